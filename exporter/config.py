@@ -1,0 +1,261 @@
+"""Configuration: command-line flags over environment variables over an optional TOML file.
+
+Every setting has one key; its environment variable is PREFECT_PG_EXPORTER_<KEY>, its flag
+--<key-with-dashes> and its file key <key>. Any DSN setting can instead be read from a file
+named by <KEY>_FILE (for mounted secrets). Anything malformed raises ConfigError with a one-line
+message; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter.dsn import DSNError, Target, parse_targets
+
+ENV_PREFIX = "PREFECT_PG_EXPORTER_"
+
+DEFAULT_HOT_TABLES = ("flow_run", "task_run", "flow_run_state", "task_run_state", "events", "log")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who made it."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    postgres_targets: tuple[Target, ...] = ()
+    listen: Listen = Listen("0.0.0.0", 9816)
+    poll_interval_seconds: float = 15.0
+    poll_timeout_seconds: float = 10.0
+    log_level: str = "info"
+    log_format: str = "auto"
+    label_top_n: int = 20
+    top_transactions: int = 5
+    hot_tables: tuple[str, ...] = DEFAULT_HOT_TABLES
+    sources: tuple[str, ...] = field(default=())
+
+    @property
+    def statement_timeout_ms(self) -> int:
+        """Server-side limit for the exporter's own queries: below the poll timeout, so the
+        server cancels a slow query before the client gives up on the connection."""
+        return max(100, int(self.poll_timeout_seconds * 800))
+
+
+# ---- value parsers: each takes the raw string and returns the value or raises ValueError ----
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    if not re.fullmatch(r"\s*\d+\s*", raw):
+        raise ValueError("must be a whole number >= 0")
+    return int(raw)
+
+
+def _positive_int(raw: str) -> int:
+    value = _non_negative_int(raw)
+    if value < 1:
+        raise ValueError("must be a whole number >= 1")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _listen(raw: str) -> Listen:
+    match = re.fullmatch(r"\s*(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\s]*)):(?P<port>\d{1,5})\s*", raw)
+    if not match or not 0 <= int(match["port"]) < 65536:
+        raise ValueError("must be host:port, e.g. 0.0.0.0:9816, :9816 or [::1]:9816 "
+                         "(port 0: any free port)")
+    return Listen(match["v6"] or match["host"] or "0.0.0.0", int(match["port"]))
+
+
+def _name_list(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+    if bad:
+        raise ValueError(f"not a table name: {bad[0]!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = "VALUE"
+    dsn: bool = False  # may come from <KEY>_FILE; never echoed back
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("postgres_dsn", str, "PostgreSQL to watch: libpq URI or key/value DSN; several "
+            "separated by ';', each optionally named as name=postgresql://...", "DSN", dsn=True),
+    Setting("listen_address", _listen, "HTTP address for /metrics, /healthz, /readyz and /",
+            "HOST:PORT"),
+    Setting("poll_interval_seconds", _positive_float, "seconds between polls of each source",
+            "SECONDS"),
+    Setting("poll_timeout_seconds", _positive_float,
+            "a poll slower than this fails (the exporter's own statement_timeout is 0.8 times it)",
+            "SECONDS"),
+    Setting("log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
+    Setting("log_format", _choice("auto", "json", "console"),
+            "json, console, or auto (console on a terminal, JSON otherwise)", "FORMAT"),
+    Setting("label_top_n", _positive_int, "values kept per label that comes from the database "
+            "(application_name, usename, datname, ...); the rest fold into 'other'", "N"),
+    Setting("top_transactions", _non_negative_int,
+            "oldest transactions exported with pid and holder as labels (0 = off)", "N"),
+    Setting("hot_tables", _name_list, "comma-separated tables whose vacuum state is exported",
+            "T1,T2"),
+)
+_BY_KEY = {s.key: s for s in SETTINGS}
+_CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
+
+
+def build_parser(prog: str = "prefect-pg-exporter") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config-file", metavar="PATH",
+                        help=f"TOML file with the same keys (env: {_CONFIG_FILE_ENV})")
+    for s in SETTINGS:
+        parser.add_argument(s.flag, dest=s.key, metavar=s.metavar, help=f"{s.help} (env: {s.env})")
+    return parser
+
+
+def load(flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> Config:
+    """Merge flags, environment and the optional file into a checked Config."""
+    environ = os.environ if environ is None else environ
+    raw = _from_file(flags.get("config_file") or environ.get(_CONFIG_FILE_ENV))
+    raw.update(_from_environ(environ))
+    raw.update({k: v for k, v in flags.items() if v is not None and k in _BY_KEY})
+    return _build(raw)
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    known = {s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s.dsn}
+    known.add(_CONFIG_FILE_ENV)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if name not in known:
+            raise ConfigError(f"unknown environment variable {name} (see --help)")
+        key = name[len(ENV_PREFIX):].lower()
+        if key.endswith("_file") and key.removesuffix("_file") in _BY_KEY:
+            base = key.removesuffix("_file")
+            if (ENV_PREFIX + base.upper()) in environ:
+                raise ConfigError(f"set either {name} or {ENV_PREFIX + base.upper()}, not both")
+            values[base] = _read_secret_file(name, value)
+        elif key != "config_file":
+            values[key] = value
+    return values
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"{variable}: cannot read {path}: {reason}") from None
+
+
+def _from_file(path: str | None) -> dict[str, str]:
+    if not path:
+        return {}
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        if key not in _BY_KEY:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        values[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return values
+
+
+def _build(raw: dict[str, str]) -> Config:
+    values: dict[str, Any] = {}
+    for key, text in raw.items():
+        setting = _BY_KEY[key]
+        if setting.dsn:
+            continue
+        try:
+            values[key] = setting.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.env}={text!r}: {exc}") from None
+    targets: tuple[Target, ...] = ()
+    if raw.get("postgres_dsn", "").strip():
+        try:
+            targets = tuple(parse_targets(raw["postgres_dsn"], ENV_PREFIX + "POSTGRES_DSN"))
+        except DSNError as exc:
+            raise ConfigError(str(exc)) from None
+    if "listen_address" in values:
+        values["listen"] = values.pop("listen_address")
+    sources = ("postgres",) if targets else ()
+    config = Config(postgres_targets=targets, sources=sources, **values)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    if not config.sources:
+        raise ConfigError(f"nothing to watch: set {ENV_PREFIX}POSTGRES_DSN (or --postgres-dsn)")
+    if config.poll_timeout_seconds > config.poll_interval_seconds:
+        raise ConfigError(
+            f"{ENV_PREFIX}POLL_TIMEOUT_SECONDS ({config.poll_timeout_seconds:g}) must not exceed "
+            f"{ENV_PREFIX}POLL_INTERVAL_SECONDS ({config.poll_interval_seconds:g})")
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The effective configuration for logs and the landing page: targets by name, no DSNs."""
+    return {
+        "postgres_targets": [t.name for t in config.postgres_targets],
+        "listen_address": str(config.listen),
+        "poll_interval_seconds": config.poll_interval_seconds,
+        "poll_timeout_seconds": config.poll_timeout_seconds,
+        "label_top_n": config.label_top_n,
+        "top_transactions": config.top_transactions,
+        "hot_tables": list(config.hot_tables),
+    }
+
+
+def environment_help(settings: Sequence[Setting] = SETTINGS) -> str:
+    return "\n".join(f"  {s.env:<44} {s.help}" for s in settings)

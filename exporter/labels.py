@@ -1,0 +1,54 @@
+"""Bounded label values for labels whose values come from outside (the database, the API).
+
+A thousand distinct application names must not become a thousand series: the top N values by
+weight keep their names and the rest fold into OTHER.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+OTHER = "other"
+MAX_LABEL_LENGTH = 128
+
+
+def clean(value: str) -> str:
+    """A label value that stays readable and encodable: bounded length, and characters that
+    cannot be UTF-8 (undecodable bytes smuggled in as surrogates) replaced. Escaping quotes,
+    backslashes and newlines is the exposition format's job; prometheus_client does it."""
+    if len(value) > MAX_LABEL_LENGTH:
+        value = value[: MAX_LABEL_LENGTH - 1] + "…"
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def keep_top(weights: Mapping[str, int], top_n: int) -> frozenset[str]:
+    """The top_n values by weight (ties broken by name, so the choice is stable)."""
+    ranked = sorted(weights.items(), key=lambda item: (-item[1], item[0]))
+    return frozenset(value for value, _ in ranked[:top_n])
+
+
+def fold(value: str, kept: frozenset[str]) -> str:
+    return clean(value) if value in kept else OTHER
+
+
+def bounded_sum(items: Iterable[tuple[K, int | float]]) -> dict[K, float]:
+    """Sum values that fold onto the same label tuple."""
+    total: Counter[K] = Counter()
+    for key, value in items:
+        total[key] += value
+    return dict(total)
+
+
+def bounded_max(items: Iterable[tuple[K, float]]) -> dict[K, float]:
+    """Keep the largest value of those that fold onto the same label tuple."""
+    best: dict[K, float] = {}
+    for key, value in items:
+        if key not in best or value > best[key]:
+            best[key] = value
+    return best

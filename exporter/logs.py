@@ -1,0 +1,35 @@
+"""structlog setup: JSON lines in containers, readable lines on a terminal.
+
+Nothing logged carries a DSN: sources log their target's name, and error texts are scrubbed of
+the target's password before they reach a log call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if fmt == "console"
+        else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # aiohttp's access log is off; its errors go through the standard library at this level.
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(name)s %(message)s")

@@ -1,0 +1,91 @@
+"""Scraping and waiting helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """A parsed /metrics body: samples by name, each with its labels."""
+
+    samples: list[tuple[str, dict[str, str], float]]
+    text: str
+
+    def values(self, metric: str, /, **labels: str) -> list[float]:
+        return [v for n, lab, v in self.samples
+                if n == metric and all(lab.get(k) == want for k, want in labels.items())]
+
+    def value(self, metric: str, /, **labels: str) -> float | None:
+        """The single sample matching, None when there is none; two matches is a test bug."""
+        found = self.values(metric, **labels)
+        assert len(found) <= 1, f"{metric}{labels} matches {len(found)} samples"
+        return found[0] if found else None
+
+    def labelsets(self, metric: str) -> list[dict[str, str]]:
+        return [lab for n, lab, _ in self.samples if n == metric]
+
+    def names(self) -> set[str]:
+        return {n for n, _, _ in self.samples}
+
+
+def parse(text: str) -> Scrape:
+    samples = [(s.name, dict(s.labels), s.value)
+               for fam in text_string_to_metric_families(text) for s in fam.samples]
+    return Scrape(samples, text)
+
+
+async def scrape(port: int) -> Scrape:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    response.raise_for_status()
+    return parse(response.text)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0,
+                     what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_value(port: int, name: str, labels: Mapping[str, str], expected: float,
+                         timeout: float = 15.0) -> Scrape:
+    """Scrape until the sample equals expected; fail with the last value seen."""
+    last: list[Scrape] = []
+
+    async def matches() -> bool:
+        s = await scrape(port)
+        last[:] = [s]
+        return s.value(name, **labels) == expected
+
+    try:
+        await eventually(matches, timeout, f"{name}{dict(labels)} == {expected}")
+    except AssertionError:
+        seen = last[0].value(name, **labels) if last else None
+        raise AssertionError(f"{name}{dict(labels)}: expected {expected}, last seen {seen}") \
+            from None
+    return last[0]
+
+
+async def wait_for(port: int, predicate: Callable[[Scrape], bool], what: str,
+                   timeout: float = 15.0) -> Scrape:
+    last: list[Scrape] = []
+
+    async def ok() -> bool:
+        s = await scrape(port)
+        last[:] = [s]
+        return predicate(s)
+
+    await eventually(ok, timeout, what)
+    return last[0]

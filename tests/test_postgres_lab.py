@@ -1,0 +1,252 @@
+"""The PostgreSQL source against a real PostgreSQL 15: incidents reproduced, exact values."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from exporter.lab.postgres import LabPostgres
+from exporter.sources import postgres as pgsrc
+from exporter.sources.postgres import APPLICATION_NAME, PostgresSnapshot
+from tests.conftest import StartExporter
+from tests.helpers import eventually, scrape, wait_for, wait_for_value
+
+pytestmark = pytest.mark.lab
+
+
+@contextlib.asynccontextmanager
+async def sessions(dsn: str, *apps: str) -> AsyncIterator[list[asyncpg.Connection]]:
+    conns = [await asyncpg.connect(dsn, server_settings={"application_name": app})
+             for app in apps]
+    try:
+        yield conns
+    finally:
+        for conn in conns:
+            conn.terminate()
+
+
+async def backends(pg: LabPostgres, application_name: str) -> int:
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            application_name)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hot_table(postgres: LabPostgres) -> None:
+    postgres.psql("CREATE TABLE IF NOT EXISTS task_run (id int PRIMARY KEY, state text)")
+    postgres.psql("INSERT INTO task_run VALUES (1, 'RUNNING'), (2, 'RUNNING') "
+                  "ON CONFLICT DO NOTHING")
+
+
+async def test_idle_in_transaction_holder_and_blocked_writer(
+        postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    port = exporter.port
+    async with sessions(postgres.dsn(), "holder", "writer") as (holder, writer):
+        holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+        await holder.execute("BEGIN; UPDATE task_run SET state = 'X' WHERE id = 1")
+        blocked = asyncio.create_task(
+            writer.execute("UPDATE task_run SET state = 'Y' WHERE id = 1"))
+        try:
+            s = await wait_for_value(port, "postgres_blocked_sessions", {}, 1)
+            assert s.value("postgres_blocking_sessions") == 1
+            await wait_for(port, lambda s: (s.value("postgres_blocked_max_wait_seconds") or 0)
+                           >= 0.5, "blocked wait grows")
+            s = await scrape(port)
+            assert s.value("postgres_connections", application_name="holder",
+                           state="idle in transaction") == 1
+            assert s.value("postgres_connections", application_name="writer",
+                           state="active") == 1
+            assert s.value("postgres_transaction_max_age_seconds", application_name="holder",
+                           state="idle in transaction") > 0.5
+            oldest = [lab for lab in s.labelsets("postgres_oldest_transaction_age_seconds")
+                      if lab["rank"] == "1"]
+            assert oldest[0]["pid"] == str(holder_pid)
+            assert oldest[0]["application_name"] == "holder"
+            assert oldest[0]["state"] == "idle in transaction"
+            assert oldest[0]["client_addr"] == "127.0.0.1"
+            # the writer waits on a lock, the holder (idle in transaction) on its client
+            assert s.value("postgres_wait_event_sessions", wait_event_type="Lock",
+                           wait_event="transactionid") == 1
+            assert s.value("postgres_client_read_in_transaction_sessions") == 1
+            # the snapshot names the root blocker for the diagnosis
+            snap = exporter.poller.states[0].snapshot
+            assert isinstance(snap, PostgresSnapshot)
+            assert [b.pid for b in snap.blockers] == [holder_pid]
+            assert snap.blockers[0].state == "idle in transaction"
+        finally:
+            await holder.execute("ROLLBACK")
+            await blocked
+    await wait_for_value(port, "postgres_blocked_sessions", {}, 0)
+    s = await wait_for_value(port, "postgres_blocking_sessions", {}, 0)
+    assert s.value("postgres_blocked_max_wait_seconds") == 0
+
+
+async def test_copy_stall_counts_but_plain_idle_sessions_do_not(
+        postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    port = exporter.port
+    never = asyncio.Event()
+
+    async def no_data() -> AsyncIterator[bytes]:
+        await never.wait()  # the client stalls mid-COPY: the server waits on ClientRead
+        yield b""
+
+    async with sessions(postgres.dsn(), "idle-1", "idle-2", "idle-3", "copier") as conns:
+        for conn in conns[:3]:
+            await conn.execute("SELECT 1")
+        copy = asyncio.create_task(conns[3].copy_to_table("task_run", source=no_data()))
+        try:
+            s = await wait_for_value(port, "postgres_client_read_in_transaction_sessions", {}, 1)
+            assert sum(s.values("postgres_connections", state="idle")) >= 3
+            assert s.value("postgres_connections", application_name="copier",
+                           state="active") == 1
+            assert s.value("postgres_wait_event_sessions", wait_event_type="Client",
+                           wait_event="ClientRead") == 1
+            await wait_for(
+                port,
+                lambda s: (s.value("postgres_client_read_in_transaction_max_age_seconds")
+                           or 0) >= 1.0,
+                "stall age grows")
+        finally:
+            copy.cancel()
+            with contextlib.suppress(BaseException):
+                await copy
+    await wait_for_value(port, "postgres_client_read_in_transaction_sessions", {}, 0)
+
+
+async def test_two_copies_of_background_services_listen(
+        postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    async with sessions(postgres.dsn(), "services-a", "services-b") as conns:
+        for conn in conns:
+            await conn.add_listener("prefect_automation_changes", lambda *_: None)
+        await wait_for_value(exporter.port, "postgres_listen_sessions",
+                             {"channel": "prefect_automation_changes"}, 2)
+        conns[1].terminate()
+        await wait_for_value(exporter.port, "postgres_listen_sessions",
+                             {"channel": "prefect_automation_changes"}, 1)
+
+
+async def test_long_running_statement(postgres: LabPostgres,
+                                      start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    async with sessions(postgres.dsn(), "sleeper", "canceller") as (conn, canceller):
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        sleep = asyncio.create_task(conn.execute("SELECT pg_sleep(60)"))
+        s = await wait_for(
+            exporter.port,
+            lambda s: (s.value("postgres_transaction_max_age_seconds",
+                               application_name="sleeper", state="active") or 0) >= 1.0,
+            "sleeper's transaction ages")
+        assert s.value("postgres_wait_event_sessions", wait_event_type="Timeout",
+                       wait_event="PgSleep") == 1
+        # a backend does not notice its client is gone until it next talks to it: cancel it
+        assert await canceller.fetchval("SELECT pg_cancel_backend($1)", pid)
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await sleep
+    await wait_for(exporter.port,
+                   lambda s: not s.values("postgres_transaction_max_age_seconds",
+                                          application_name="sleeper"),
+                   "the sleeper's series vanish once it is gone")
+
+
+async def test_settings_server_and_hot_tables(postgres: LabPostgres,
+                                             start_exporter: StartExporter) -> None:
+    postgres.psql("ALTER SYSTEM SET idle_in_transaction_session_timeout = '90s'")
+    postgres.psql("SELECT pg_reload_conf()")
+    try:
+        exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+        s = await wait_for_value(exporter.port, "postgres_setting_seconds",
+                                 {"name": "idle_in_transaction_session_timeout"}, 90)
+    finally:
+        postgres.psql("ALTER SYSTEM RESET idle_in_transaction_session_timeout")
+        postgres.psql("SELECT pg_reload_conf()")
+    assert s.value("postgres_setting_seconds", name="statement_timeout") == 0
+    assert s.value("postgres_max_connections") == postgres.max_connections
+    assert s.value("postgres_superuser_reserved_connections") == 3
+    assert s.labelsets("postgres_server_info")[0]["version"].startswith("15.")
+    postgres.psql("VACUUM task_run")
+    s = await wait_for(exporter.port,
+                       lambda s: (s.value("postgres_table_last_vacuum_timestamp_seconds",
+                                          table="task_run") or 0) > 0,
+                       "manual vacuum time of task_run")
+    assert s.value("postgres_table_live_tuples", table="task_run", schema="public") == 2
+    assert s.value("postgres_table_dead_tuples", table="task_run") is not None
+    assert s.values("postgres_table_live_tuples", table="flow_run") == []  # absent table
+
+
+async def test_monitor_role_sees_other_sessions_a_plain_role_does_not(
+        postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    postgres.psql("DROP ROLE IF EXISTS plain_role")
+    postgres.psql("CREATE ROLE plain_role LOGIN PASSWORD 'plain-secret'")
+    monitored = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    plain = await start_exporter(postgres_dsn=postgres.dsn("plain_role", "plain-secret"))
+    async with sessions(postgres.dsn(), "listener") as (conn,):
+        await conn.add_listener("prefect_automation_changes", lambda *_: None)
+        await wait_for_value(monitored.port, "postgres_listen_sessions",
+                             {"channel": "prefect_automation_changes"}, 1)
+        s = await wait_for_value(plain.port, "postgres_up", {}, 1)
+        # without pg_monitor other roles' state and query are hidden: the exporter says so
+        assert s.values("postgres_listen_sessions") == []
+        assert s.value("postgres_connections", application_name="listener",
+                       state="unknown") == 1
+    assert monitored.poller.states[0].snapshot.can_read_all_stats is True  # type: ignore[union-attr]
+    assert plain.poller.states[0].snapshot.can_read_all_stats is False  # type: ignore[union-attr]
+
+
+async def test_database_restart_is_survived_with_one_session(
+        own_postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=own_postgres.monitor_dsn())
+    port = exporter.port
+    await wait_for_value(port, "prefect_pg_exporter_source_up",
+                         {"source": "postgres"}, 1)
+    assert await backends(own_postgres, APPLICATION_NAME) == 1
+
+    own_postgres.stop()
+    s = await wait_for_value(port, "prefect_pg_exporter_source_up", {"source": "postgres"}, 0)
+    assert s.value("postgres_up") == 0
+    assert (s.value("prefect_pg_exporter_source_errors_total", source="postgres",
+                    reason="connect") or 0) + (
+        s.value("prefect_pg_exporter_source_errors_total", source="postgres",
+                reason="query") or 0) >= 1
+
+    own_postgres.start()
+    await wait_for_value(port, "prefect_pg_exporter_source_up", {"source": "postgres"}, 1,
+                         timeout=20)
+    assert await backends(own_postgres, APPLICATION_NAME) == 1
+
+    async def never_in_transaction() -> bool:
+        conn = await asyncpg.connect(own_postgres.dsn())
+        try:
+            return await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                "AND xact_start IS NOT NULL AND state <> 'active'", APPLICATION_NAME) == 0
+        finally:
+            await conn.close()
+
+    await eventually(never_in_transaction, what="no idle transaction from the exporter")
+
+
+@pytest.mark.parametrize(("sql", "row_type"), [
+    (pgsrc.ACTIVITY_SQL, pgsrc.ActivityGroup),
+    (pgsrc.OLDEST_TRANSACTIONS_SQL, pgsrc.Session),
+    (pgsrc.SESSIONS_BY_PID_SQL, pgsrc.Session),
+    (pgsrc.TABLES_SQL, pgsrc.TableStats),
+])
+async def test_query_columns_are_the_row_fields_in_order(postgres: LabPostgres, sql: str,
+                                                         row_type: type) -> None:
+    conn = await asyncpg.connect(postgres.monitor_dsn())
+    try:
+        columns = [a.name for a in (await conn.prepare(sql)).get_attributes()]
+    finally:
+        await conn.close()
+    assert columns == list(row_type._fields)  # type: ignore[attr-defined]
