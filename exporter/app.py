@@ -13,6 +13,7 @@ from exporter.config import Config, describe
 from exporter.poller import Poller
 from exporter.server import make_app
 from exporter.sources import Source
+from exporter.sources.pgbouncer import PgBouncerSource
 from exporter.sources.postgres import PostgresSource
 
 log = structlog.get_logger("exporter")
@@ -27,6 +28,8 @@ def build_sources(config: Config) -> list[Source]:
                        top_transactions=config.top_transactions, hot_tables=config.hot_tables)
         for t in config.postgres_targets
     ]
+    sources += [PgBouncerSource(t, connect_timeout=config.poll_timeout_seconds)
+                for t in config.pgbouncer_targets]
     return sources
 
 

@@ -28,6 +28,89 @@ def _spec(name: str, kind: Kind, source: str, labels: str, help_text: str) -> Me
     return MetricSpec(name, kind, help_text, tuple(labels.split()), source)
 
 
+# PgBouncer: (column or key, metric name suffix, meaning), shared with metrics/pgbouncer.py.
+POOL_COLUMNS: tuple[tuple[str, ...], ...] = (
+    ("cl_active", "client_active_connections",
+     "clients linked to a server connection or idle with no query waiting."),
+    ("cl_waiting", "client_waiting_connections",
+     "clients that sent a query and wait for a server connection: the pool is exhausted."),
+    ("cl_active_cancel_req", "client_active_cancel_connections",
+     "clients that forwarded a cancel request to the server."),
+    ("cl_waiting_cancel_req", "client_waiting_cancel_connections",
+     "clients whose cancel request is not yet forwarded."),
+    ("sv_active", "server_active_connections", "server connections linked to a client."),
+    ("sv_active_cancel", "server_active_cancel_connections",
+     "server connections forwarding a cancel request."),
+    ("sv_being_canceled", "server_being_canceled_connections",
+     "server connections whose query is being cancelled."),
+    ("sv_idle", "server_idle_connections", "server connections idle and ready to use."),
+    ("sv_used", "server_used_connections",
+     "server connections idle long enough to need server_check_query."),
+    ("sv_tested", "server_testing_connections",
+     "server connections running server_reset_query or server_check_query."),
+    ("sv_login", "server_login_connections", "server connections logging in."),
+)
+
+DATABASE_COLUMNS: tuple[tuple[str, ...], ...] = (
+    ("pool_size", "server connections allowed per pool (user) of this database."),
+    ("min_pool_size", "server connections kept open at least."),
+    ("reserve_pool", "extra server connections allowed when clients wait "
+                     "(reserve_pool, reserve_pool_size since 1.24)."),
+    ("max_connections", "server connections allowed for the database in all (0 = no limit)."),
+    ("current_connections", "server connections open for the database."),
+    ("paused", "1 if the database is PAUSEd."),
+    ("disabled", "1 if the database is DISABLEd."),
+)
+
+STATS_TOTALS_COLUMNS: tuple[tuple[str, ...], ...] = (
+    ("xact_count", "sql_transactions_pooled_total", "SQL transactions pooled."),
+    ("query_count", "queries_pooled_total", "SQL queries pooled."),
+    ("bytes_received", "received_bytes_total", "bytes received from clients."),
+    ("bytes_sent", "sent_bytes_total", "bytes sent to clients."),
+    ("xact_time", "server_in_transaction_seconds_total",
+     "time server connections spent in transactions."),
+    ("query_time", "queries_duration_seconds_total",
+     "time server connections spent running queries."),
+    ("wait_time", "client_wait_seconds_total",
+     "time clients spent waiting for a server connection."),
+    ("server_assignment_count", "server_assignments_total",
+     "server connections assigned to clients (PgBouncer 1.23+)."),
+    ("client_parse_count", "client_parses_total", "Parse messages from clients (1.24+)."),
+    ("server_parse_count", "server_parses_total", "Parse messages sent to servers (1.24+)."),
+    ("bind_count", "binds_total", "Bind messages from clients (1.24+)."),
+)
+
+CONFIG_KEYS: tuple[tuple[str, ...], ...] = (
+    ("max_client_conn", "max_client_connections",
+     ": client connections PgBouncer accepts in all."),
+    ("max_user_connections", "max_user_connections",
+     ": server connections per user (0 = no limit)."),
+    ("max_db_connections", "max_db_connections",
+     ": server connections per database (0 = no limit)."),
+    ("default_pool_size", "default_pool_size", ": server connections per pool."),
+    ("reserve_pool_size", "reserve_pool_size", ": extra connections when clients wait."),
+    ("query_wait_timeout", "query_wait_timeout_seconds",
+     ", seconds: a client waiting longer for a server is disconnected (0 = never)."),
+    ("idle_transaction_timeout", "idle_transaction_timeout_seconds",
+     ", seconds: a server idle in transaction longer is closed (0 = never)."),
+    ("query_timeout", "query_timeout_seconds",
+     ", seconds: queries running longer are cancelled (0 = never)."),
+)
+
+LIST_ITEMS: tuple[tuple[str, ...], ...] = (
+    ("databases", "databases", "databases configured."),
+    ("users", "users", "users known."),
+    ("pools", "pools", "pools."),
+    ("free_clients", "free_clients", "free client slots."),
+    ("used_clients", "used_clients", "client connections in use."),
+    ("login_clients", "login_clients", "clients logging in."),
+    ("free_servers", "free_servers", "free server slots."),
+    ("used_servers", "used_servers", "server connections in use."),
+    ("dns_names", "cached_dns_names", "DNS names cached."),
+    ("dns_zones", "cached_dns_zones", "DNS zones cached."),
+    ("dns_queries", "in_flight_dns_queries", "DNS queries in flight."),
+)
+
 SPECS: tuple[MetricSpec, ...] = (
     # --- the exporter itself -------------------------------------------------------------
     _spec("prefect_pg_exporter_build_info", "gauge", "exporter", "version python_version",
@@ -96,6 +179,33 @@ SPECS: tuple[MetricSpec, ...] = (
     _spec("postgres_table_last_autovacuum_timestamp_seconds", "gauge", "postgres",
           "target schema table",
           "Unix time of the last autovacuum of a hot table (0 = never)."),
+    # --- PgBouncer (names of prometheus-community/pgbouncer_exporter where they overlap) ----
+    _spec("pgbouncer_up", "gauge", "pgbouncer", "target",
+          "1 if the last poll of this PgBouncer's admin console succeeded, else 0."),
+    _spec("pgbouncer_version_info", "gauge", "pgbouncer", "target version",
+          "Always 1; the PgBouncer version (SHOW VERSION) as a label."),
+    *(_spec(f"pgbouncer_pools_{name}", "gauge", "pgbouncer", "target database user",
+            f"SHOW POOLS {column}: {meaning}")
+      for column, name, meaning in POOL_COLUMNS),
+    _spec("pgbouncer_pools_client_maxwait_seconds", "gauge", "pgbouncer", "target database user",
+          "How long the oldest waiting client of the pool has waited (maxwait + maxwait_us, "
+          "microsecond precision); 0 when none waits."),
+    _spec("pgbouncer_pools_mode_info", "gauge", "pgbouncer", "target database user pool_mode",
+          "Always 1; the pool's pool_mode (session, transaction, statement)."),
+    *(_spec(f"pgbouncer_databases_{name}", "gauge", "pgbouncer",
+            "target name host port database force_user pool_mode", f"SHOW DATABASES: {meaning}")
+      for name, meaning in DATABASE_COLUMNS),
+    *(_spec(f"pgbouncer_stats_totals_{name}", "counter", "pgbouncer", "target database",
+            f"SHOW STATS_TOTALS {column}: {meaning}")
+      for column, name, meaning in STATS_TOTALS_COLUMNS),
+    *(_spec(f"pgbouncer_config_{name}", "gauge", "pgbouncer", "target",
+            f"SHOW CONFIG {key}{meaning}")
+      for key, name, meaning in CONFIG_KEYS),
+    _spec("pgbouncer_config_pool_mode_info", "gauge", "pgbouncer", "target pool_mode",
+          "Always 1; the global pool_mode. Transaction pooling needs Prefect's asyncpg statement "
+          "caches off."),
+    *(_spec(f"pgbouncer_{name}", "gauge", "pgbouncer", "target", f"SHOW LISTS {item}: {meaning}")
+      for item, name, meaning in LIST_ITEMS),
 )
 
 CATALOGUE: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}

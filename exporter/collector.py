@@ -18,6 +18,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter.metrics.exporter import build_info, health_families
+from exporter.metrics.pgbouncer import pgbouncer_families
 from exporter.metrics.postgres import postgres_families
 from exporter.poller import SourceState
 
@@ -32,6 +33,8 @@ FamiliesOf = Callable[[object, str, MetricOptions], Iterator[Metric]]
 
 FAMILIES: dict[str, FamiliesOf] = {
     "postgres": lambda snap, target, opts: postgres_families(
+        snap, target, opts.label_top_n),  # type: ignore[arg-type]
+    "pgbouncer": lambda snap, target, opts: pgbouncer_families(
         snap, target, opts.label_top_n),  # type: ignore[arg-type]
 }
 

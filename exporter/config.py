@@ -40,6 +40,7 @@ class Listen:
 @dataclass(frozen=True)
 class Config:
     postgres_targets: tuple[Target, ...] = ()
+    pgbouncer_targets: tuple[Target, ...] = ()
     listen: Listen = Listen("0.0.0.0", 9816)
     poll_interval_seconds: float = 15.0
     poll_timeout_seconds: float = 10.0
@@ -125,6 +126,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("postgres_dsn", str, "PostgreSQL to watch: libpq URI or key/value DSN; several "
             "separated by ';', each optionally named as name=postgresql://...", "DSN", dsn=True),
+    Setting("pgbouncer_dsn", str, "PgBouncer admin consoles to watch (database pgbouncer, a "
+            "stats_users or admin_users user); several separated by ';', each optionally named "
+            "as name=postgresql://...", "DSN", dsn=True),
     Setting("listen_address", _listen, "HTTP address for /metrics, /healthz, /readyz and /",
             "HOST:PORT"),
     Setting("poll_interval_seconds", _positive_float, "seconds between polls of each source",
@@ -221,23 +225,30 @@ def _build(raw: dict[str, str]) -> Config:
             values[key] = setting.parse(text)
         except ValueError as exc:
             raise ConfigError(f"{setting.env}={text!r}: {exc}") from None
-    targets: tuple[Target, ...] = ()
-    if raw.get("postgres_dsn", "").strip():
-        try:
-            targets = tuple(parse_targets(raw["postgres_dsn"], ENV_PREFIX + "POSTGRES_DSN"))
-        except DSNError as exc:
-            raise ConfigError(str(exc)) from None
+    targets = {kind: _targets(raw, kind) for kind in ("postgres", "pgbouncer")}
     if "listen_address" in values:
         values["listen"] = values.pop("listen_address")
-    sources = ("postgres",) if targets else ()
-    config = Config(postgres_targets=targets, sources=sources, **values)
+    sources = tuple(kind for kind, found in targets.items() if found)
+    config = Config(postgres_targets=targets["postgres"], pgbouncer_targets=targets["pgbouncer"],
+                    sources=sources, **values)
     _check(config)
     return config
 
 
+def _targets(raw: dict[str, str], kind: str) -> tuple[Target, ...]:
+    value = raw.get(f"{kind}_dsn", "")
+    if not value.strip():
+        return ()
+    try:
+        return tuple(parse_targets(value, f"{ENV_PREFIX}{kind.upper()}_DSN"))
+    except DSNError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _check(config: Config) -> None:
     if not config.sources:
-        raise ConfigError(f"nothing to watch: set {ENV_PREFIX}POSTGRES_DSN (or --postgres-dsn)")
+        raise ConfigError(f"nothing to watch: set {ENV_PREFIX}POSTGRES_DSN and/or "
+                          f"{ENV_PREFIX}PGBOUNCER_DSN")
     if config.poll_timeout_seconds > config.poll_interval_seconds:
         raise ConfigError(
             f"{ENV_PREFIX}POLL_TIMEOUT_SECONDS ({config.poll_timeout_seconds:g}) must not exceed "
@@ -248,6 +259,7 @@ def describe(config: Config) -> dict[str, Any]:
     """The effective configuration for logs and the landing page: targets by name, no DSNs."""
     return {
         "postgres_targets": [t.name for t in config.postgres_targets],
+        "pgbouncer_targets": [t.name for t in config.pgbouncer_targets],
         "listen_address": str(config.listen),
         "poll_interval_seconds": config.poll_interval_seconds,
         "poll_timeout_seconds": config.poll_timeout_seconds,

@@ -108,7 +108,8 @@ def _default_name(target: Target) -> str:
         host = "socket"
     port = target.params.get("port", "5432").split(",")[0]
     db = target.params.get("dbname", target.params.get("user", ""))
-    return f"{host}:{port}/{db}" if db else f"{host}:{port}"
+    # a PgBouncer admin console is always database "pgbouncer": its address names it
+    return f"{host}:{port}/{db}" if db and db != "pgbouncer" else f"{host}:{port}"
 
 
 def params_of_secret(dsn: str) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
+S = TypeVar("S", str, tuple[str, str])
 
 OTHER = "other"
 MAX_LABEL_LENGTH = 128
@@ -27,7 +28,7 @@ def clean(value: str) -> str:
     return value
 
 
-def keep_top(weights: Mapping[str, int], top_n: int) -> frozenset[str]:
+def keep_top(weights: Mapping[S, int], top_n: int) -> frozenset[S]:
     """The top_n values by weight (ties broken by name, so the choice is stable)."""
     ranked = sorted(weights.items(), key=lambda item: (-item[1], item[0]))
     return frozenset(value for value, _ in ranked[:top_n])

@@ -11,6 +11,7 @@ import pytest
 from exporter.app import Exporter
 from exporter.config import load
 from exporter.lab.common import lab_root
+from exporter.lab.pgbouncer import LabPgBouncer, start_pgbouncer
 from exporter.lab.postgres import LabPostgres, start_postgres
 
 FAST_POLL = {"poll_interval_seconds": "0.25", "poll_timeout_seconds": "0.25"}
@@ -36,6 +37,14 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory, lab_dir: Path) -> Ite
     pg = start_postgres(lab_dir / tmp_path_factory.mktemp("pg").name)
     yield pg
     pg.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(lab_dir: Path, postgres: LabPostgres) -> Iterator[LabPgBouncer]:
+    """PgBouncer in transaction pooling, default_pool_size 5, in front of the lab PostgreSQL."""
+    bouncer = start_pgbouncer(lab_dir / "pgbouncer", postgres)
+    yield bouncer
+    bouncer.stop()
 
 
 StartExporter = Callable[..., Awaitable[Exporter]]

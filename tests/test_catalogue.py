@@ -23,9 +23,20 @@ def test_names_follow_prometheus_conventions() -> None:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", spec.name), spec.name
         assert (spec.kind == "counter") == spec.name.endswith("_total"), spec.name
         assert not re.search(r"_(ms|milliseconds|minutes|us)$", spec.name), spec.name
-        if "age" in spec.name or "wait" in spec.name or "duration" in spec.name:
-            assert spec.name.endswith("_seconds") or spec.name.endswith("_sessions") \
-                or spec.name.endswith("_connections"), spec.name
+        base = spec.name.removesuffix("_total")
+        if "age" in base or "wait" in base or "duration" in base:
+            assert base.endswith(("_seconds", "_sessions", "_connections")), spec.name
         if spec.source != "exporter" and spec.name != "prefect_pg_exporter_build_info":
             assert "target" in spec.labels, spec.name
         assert spec.help.strip() and spec.labels == tuple(dict.fromkeys(spec.labels))
+
+
+def test_readme_documents_every_setting() -> None:
+    from exporter.config import SETTINGS
+
+    readme = (ROOT / "README.md").read_text()
+    for setting in SETTINGS:
+        assert f"`{setting.env}`" in readme, setting.env
+        assert f"`{setting.flag}`" in readme, setting.flag
+        if setting.dsn:
+            assert f"`{setting.env}_FILE`" in readme, setting.env + "_FILE"

@@ -69,6 +69,7 @@ BAD = [
     ({"postgres_dsn": "nonsense=1"}, "invalid DSN"),
     ({"postgres_dsn": f"{DSN};{DSN}"}, "unique"),
     ({"postgres_dsn": "bad name!=postgresql://x@h/db"}, "invalid DSN"),
+    ({"pgbouncer_dsn": "host=pgb port"}, "invalid DSN"),
 ]
 
 

@@ -1,6 +1,6 @@
 """The demo: the lab on loopback and the exporter against it, until Ctrl-C.
 
-    scripts/demo                 # PostgreSQL + exporter, with a few incidents reproduced
+    scripts/demo                 # PostgreSQL, PgBouncer, the exporter, and a few incidents
     scripts/demo --no-incidents  # a quiet lab
 """
 
@@ -18,11 +18,13 @@ import asyncpg
 from exporter.app import Exporter
 from exporter.config import load
 from exporter.lab.common import lab_root
+from exporter.lab.pgbouncer import LabPgBouncer, start_pgbouncer
 from exporter.lab.postgres import LabPostgres, start_postgres
 from exporter.logs import configure
 
 DEFAULT_PORT = 9816
-INCIDENTS = "  incidents  an idle-in-transaction blocker, a writer behind it, two LISTEN sessions"
+INCIDENTS = ("  incidents  an idle-in-transaction blocker with a writer behind it, two LISTEN "
+             "sessions,\n             PgBouncer clients waiting for a server connection")
 
 
 def _port(preferred: int) -> int:
@@ -35,40 +37,54 @@ def _port(preferred: int) -> int:
             return int(s.getsockname()[1])
 
 
-async def _incidents(pg: LabPostgres) -> list[asyncpg.Connection]:
-    """An idle-in-transaction holder with a writer blocked behind it, and two LISTENers."""
+def _ignore_result(task: asyncio.Task[object]) -> None:
+    """These statements end when the demo drops its connections; their error is expected."""
+    task.cancelled() or task.exception()
+
+
+async def _incidents(pg: LabPostgres, bouncer: LabPgBouncer) -> list[asyncpg.Connection]:
+    """An idle-in-transaction holder with a writer blocked behind it, two LISTENers, and more
+    clients on PgBouncer than its pool has server connections."""
     pg.psql("CREATE TABLE IF NOT EXISTS task_run (id int PRIMARY KEY, state text)")
     pg.psql("INSERT INTO task_run VALUES (1, 'RUNNING') ON CONFLICT DO NOTHING")
     holder, writer, services_a, services_b = [
         await asyncpg.connect(pg.dsn(), server_settings={"application_name": app})
         for app in ("demo-holder", "demo-writer", "prefect-services", "prefect-services")]
     await holder.execute("BEGIN; UPDATE task_run SET state = 'X' WHERE id = 1")
-    blocked = asyncio.get_running_loop().create_task(
-        writer.execute("UPDATE task_run SET state = 'Y' WHERE id = 1"))
-    # it ends when the demo drops its connections; its error then is expected
-    blocked.add_done_callback(lambda task: task.cancelled() or task.exception())
+    loop = asyncio.get_running_loop()
+    loop.create_task(writer.execute("UPDATE task_run SET state = 'Y' WHERE id = 1")
+                     ).add_done_callback(_ignore_result)
     for conn in (services_a, services_b):
         await conn.add_listener("prefect_automation_changes", lambda *_: None)
-    return [holder, writer, services_a, services_b]
+    pooled = [await asyncpg.connect(bouncer.dsn(), statement_cache_size=0)
+              for _ in range(bouncer.pool_size + 3)]
+    for conn in pooled:
+        loop.create_task(conn.execute("SELECT pg_sleep(3600)")).add_done_callback(_ignore_result)
+    return [holder, writer, services_a, services_b, *pooled]
 
 
 async def demo(incidents: bool, port: int) -> None:
     root = lab_root("prefect-pg-demo-")
     pg = start_postgres(root / "postgres")
+    bouncer = start_pgbouncer(root / "pgbouncer", pg)
     conns: list[asyncpg.Connection] = []
     exporter = Exporter(load({"postgres_dsn": pg.monitor_dsn(),
+                              "pgbouncer_dsn": bouncer.stats_dsn(),
                               "listen_address": f"127.0.0.1:{_port(port)}",
                               "poll_interval_seconds": "5", "poll_timeout_seconds": "4",
                               "log_format": "console"}, environ={}))
     try:
         if incidents:
-            conns = await _incidents(pg)
+            conns = await _incidents(pg, bouncer)
         await exporter.start()
         url = f"http://127.0.0.1:{exporter.port}/"
         print(f"\nprefect-pg-exporter demo is running\n"
               f"  exporter   {url}   (metrics: {url}metrics)\n"
               f"  postgres   psql '{pg.dsn()}'\n"
               f"  monitoring role (pg_monitor only): {pg.monitor_dsn()}\n"
+              f"  pgbouncer  psql '{bouncer.dsn()}'   (transaction pooling, "
+              f"pool size {bouncer.pool_size})\n"
+              f"  admin console (stats_users): psql '{bouncer.stats_dsn()}'\n"
               f"{INCIDENTS if incidents else ''}\n"
               f"Ctrl-C stops it and removes {root}\n", flush=True)
         stop = asyncio.Event()
@@ -79,6 +95,7 @@ async def demo(incidents: bool, port: int) -> None:
         await exporter.stop()
         for conn in conns:
             conn.terminate()
+        bouncer.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
 

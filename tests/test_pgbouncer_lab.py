@@ -1,0 +1,141 @@
+"""The PgBouncer source against a real PgBouncer (transaction pooling) in front of PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import pytest
+
+from exporter.lab.pgbouncer import LabPgBouncer
+from exporter.lab.postgres import LabPostgres
+from tests.conftest import StartExporter
+from tests.helpers import scrape, wait_for, wait_for_value
+
+pytestmark = pytest.mark.lab
+
+
+async def test_stats_user_reads_pools_config_lists_and_version(
+        pgbouncer: LabPgBouncer, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(pgbouncer_dsn=f"bouncer-a={pgbouncer.stats_dsn()}")
+    s = await wait_for_value(exporter.port, "pgbouncer_up", {"target": "bouncer-a"}, 1)
+    assert s.labelsets("pgbouncer_version_info")[0]["version"].startswith("1.")
+    assert s.value("pgbouncer_config_max_client_connections") == pgbouncer.max_client_conn
+    assert s.value("pgbouncer_config_default_pool_size") == pgbouncer.pool_size
+    assert s.labelsets("pgbouncer_config_pool_mode_info") == [
+        {"target": "bouncer-a", "pool_mode": "transaction"}]
+    assert s.value("pgbouncer_databases_pool_size", name="prefect") == pgbouncer.pool_size
+    # SHOW LISTS counts the admin console too: prefect, postgres and pgbouncer
+    assert s.value("pgbouncer_databases", target="bouncer-a") == 3
+    # the admin console's own pool (the exporter itself) is not reported
+    assert s.values("pgbouncer_pools_client_active_connections", database="pgbouncer") == []
+
+
+async def test_more_clients_than_pool_size_wait_exactly_the_surplus(
+        postgres: LabPostgres, pgbouncer: LabPgBouncer, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(pgbouncer_dsn=pgbouncer.stats_dsn())
+    clients = pgbouncer.pool_size + 3
+    conns = [await asyncpg.connect(pgbouncer.dsn(), statement_cache_size=0)
+             for _ in range(clients)]
+    sleeps = [asyncio.create_task(c.execute("SELECT pg_sleep(30)")) for c in conns]
+    pool = {"database": "prefect", "user": "postgres"}
+    try:
+        s = await wait_for_value(exporter.port, "pgbouncer_pools_client_waiting_connections",
+                                 pool, 3)
+        assert s.value("pgbouncer_pools_server_active_connections", **pool) == pgbouncer.pool_size
+        assert s.value("pgbouncer_pools_client_active_connections", **pool) == pgbouncer.pool_size
+        assert s.labelsets("pgbouncer_pools_mode_info")[0]["pool_mode"] == "transaction"
+        first = s.value("pgbouncer_pools_client_maxwait_seconds", **pool)
+        s = await wait_for(exporter.port, lambda s: s.value(
+            "pgbouncer_pools_client_maxwait_seconds", **pool) >= first + 1.0,
+            "maxwait grows while clients wait")
+        maxwait = s.value("pgbouncer_pools_client_maxwait_seconds", **pool)
+        assert maxwait != int(maxwait), "microsecond precision, not whole seconds"
+    finally:
+        for task in sleeps:
+            task.cancel()
+        for conn in conns:
+            conn.terminate()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*sleeps, return_exceptions=True)
+        # a server backend does not notice its client left until its statement ends
+        postgres.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                      "WHERE query = 'SELECT pg_sleep(30)' AND pid <> pg_backend_pid()")
+    # PgBouncer closes the server side of cancelled clients; the pool drains
+    await wait_for_value(exporter.port, "pgbouncer_pools_client_waiting_connections", pool, 0,
+                         timeout=40)
+    s = await scrape(exporter.port)
+    assert s.value("pgbouncer_pools_client_maxwait_seconds", **pool) == 0
+    assert (s.value("pgbouncer_stats_totals_client_wait_seconds_total", database="prefect")
+            or 0) > 1.0
+
+
+async def test_admin_user_reads_the_same(pgbouncer: LabPgBouncer,
+                                         start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(pgbouncer_dsn=pgbouncer.admin_dsn())
+    s = await wait_for_value(exporter.port, "pgbouncer_up", {}, 1)
+    assert s.value("pgbouncer_databases_pool_size", name="prefect") == pgbouncer.pool_size
+
+
+async def test_pgbouncer_killed_and_restarted(lab_dir, postgres,  # type: ignore[no-untyped-def]
+                                              start_exporter: StartExporter,
+                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    from exporter.lab.pgbouncer import start_pgbouncer
+
+    bouncer = start_pgbouncer(lab_dir / tmp_path_factory.mktemp("pgb").name, postgres)
+    try:
+        exporter = await start_exporter(pgbouncer_dsn=bouncer.stats_dsn(),
+                                        postgres_dsn=postgres.monitor_dsn())
+        port = exporter.port
+        await wait_for_value(port, "pgbouncer_up", {}, 1)
+        bouncer.kill()
+        s = await wait_for_value(port, "pgbouncer_up", {}, 0)
+        # the exporter keeps serving, and the other source is unaffected
+        assert s.value("postgres_up") == 1
+        assert s.value("prefect_pg_exporter_source_up", source="pgbouncer") == 0
+        bouncer.start()
+        s = await wait_for_value(port, "pgbouncer_up", {}, 1, timeout=20)
+        assert s.value("pgbouncer_pools_client_waiting_connections", database="prefect") == 0 \
+            or s.values("pgbouncer_pools_client_waiting_connections", database="prefect") == []
+    finally:
+        bouncer.stop()
+
+
+async def test_live_exposition_is_exactly_the_catalogue(
+        postgres, pgbouncer: LabPgBouncer,  # type: ignore[no-untyped-def]
+        start_exporter: StartExporter) -> None:
+    """Every series the exporter emits on the lab is catalogued with exactly its labels, and
+    every catalogued metric appears unless it needs a newer PgBouncer than the lab's 1.18."""
+    from exporter.catalogue import CATALOGUE
+
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn(),
+                                    pgbouncer_dsn=pgbouncer.stats_dsn())
+    client = await asyncpg.connect(pgbouncer.dsn(), statement_cache_size=0)  # makes a pool
+    try:
+        await client.execute("SELECT 1")
+        s = await wait_for(exporter.port, lambda s: s.value("pgbouncer_up") == 1
+                           and s.value("postgres_up") == 1
+                           and bool(s.values("pgbouncer_pools_client_active_connections"))
+                           and bool(s.values("postgres_connections")),
+                           "both sources up, a pool and a session seen")
+    finally:
+        await client.close()
+    own = {n for n in s.names() if not n.startswith(("process_", "python_"))}
+    for name in own:
+        assert name in CATALOGUE, f"{name} is emitted but not catalogued"
+        for labels in s.labelsets(name):
+            assert set(labels) == set(CATALOGUE[name].labels), name
+    newer_pgbouncer = {"pgbouncer_stats_totals_server_assignments_total",
+                       "pgbouncer_stats_totals_client_parses_total",
+                       "pgbouncer_stats_totals_server_parses_total",
+                       "pgbouncer_stats_totals_binds_total"}
+    # series that exist only while something is happening (a blocked session, a LISTEN, ...)
+    situational = {"postgres_transaction_max_age_seconds", "postgres_oldest_transaction_age_seconds",
+                   "postgres_listen_sessions", "postgres_table_live_tuples",
+                   "postgres_table_dead_tuples", "postgres_table_last_vacuum_timestamp_seconds",
+                   "postgres_table_last_autovacuum_timestamp_seconds",
+                   "pgbouncer_config_max_user_connections", "pgbouncer_config_max_db_connections",
+                   "pgbouncer_config_query_timeout_seconds", "postgres_wait_event_sessions"}
+    missing = set(CATALOGUE) - own - newer_pgbouncer - situational
+    assert not missing, f"catalogued but never emitted on the lab: {sorted(missing)}"
