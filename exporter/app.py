@@ -15,6 +15,7 @@ from exporter.server import make_app
 from exporter.sources import Source
 from exporter.sources.pgbouncer import PgBouncerSource
 from exporter.sources.postgres import PostgresSource
+from exporter.sources.prefect import PrefectSource
 
 log = structlog.get_logger("exporter")
 
@@ -30,6 +31,13 @@ def build_sources(config: Config) -> list[Source]:
     ]
     sources += [PgBouncerSource(t, connect_timeout=config.poll_timeout_seconds)
                 for t in config.pgbouncer_targets]
+    if (prefect := config.prefect_target) is not None:
+        sources.append(PrefectSource(
+            prefect.name, prefect.api_url, auth=prefect.auth, timeout=config.poll_timeout_seconds,
+            headers=prefect.headers, verify=prefect.verify,
+            horizon_seconds=config.prefect_upcoming_horizon_seconds,
+            max_pools=config.label_top_n,
+            max_concurrency=config.prefect_max_concurrent_requests))
     return sources
 
 

@@ -206,6 +206,58 @@ SPECS: tuple[MetricSpec, ...] = (
           "caches off."),
     *(_spec(f"pgbouncer_{name}", "gauge", "pgbouncer", "target", f"SHOW LISTS {item}: {meaning}")
       for item, name, meaning in LIST_ITEMS),
+    # --- Prefect API --------------------------------------------------------------------------
+    _spec("prefect_api_up", "gauge", "prefect", "target",
+          "1 if the last poll of the Prefect API succeeded, else 0."),
+    _spec("prefect_server_info", "gauge", "prefect", "target version",
+          "Always 1; the Prefect server version (GET /admin/version; '' where not offered)."),
+    _spec("prefect_flow_runs", "gauge", "prefect", "target state_type",
+          "Flow runs now in each current state type: SCHEDULED, PENDING, RUNNING, CANCELLING, "
+          "PAUSED (not a history: finished runs are not counted)."),
+    _spec("prefect_scheduled_backlog_runs", "gauge", "prefect", "target work_pool",
+          "SCHEDULED runs whose expected start is in the past (Late ones included). "
+          "work_pool 'other': runs in no work pool or in pools beyond the top N."),
+    _spec("prefect_scheduled_backlog_max_delay_seconds", "gauge", "prefect", "target work_pool",
+          "How far past its expected start the most overdue SCHEDULED run is; 0 when none."),
+    _spec("prefect_late_runs", "gauge", "prefect", "target work_pool",
+          "Runs in state Late (marked by the server's late_runs service)."),
+    _spec("prefect_upcoming_runs", "gauge", "prefect", "target work_pool",
+          "SCHEDULED runs expected to start within the horizon (--prefect-upcoming-horizon-"
+          "seconds, default 1 h)."),
+    _spec("prefect_scheduled_runs", "gauge", "prefect", "target",
+          "Every SCHEDULED run expected to start in the future: catches a scheduler creating "
+          "far too many runs."),
+    _spec("prefect_work_pool_runs_in_flight", "gauge", "prefect", "target work_pool",
+          "Runs PENDING or RUNNING in the pool (what its concurrency limit counts)."),
+    _spec("prefect_work_pool_info", "gauge", "prefect", "target work_pool type",
+          "Always 1; the work pool's type (process, kubernetes, docker, ...)."),
+    _spec("prefect_work_pool_status", "gauge", "prefect", "target work_pool status",
+          "1 for the pool's current status, 0 for the others: READY, NOT_READY (no online "
+          "worker), PAUSED."),
+    _spec("prefect_work_pool_paused", "gauge", "prefect", "target work_pool",
+          "1 if the work pool is paused."),
+    _spec("prefect_work_pool_concurrency_limit", "gauge", "prefect", "target work_pool",
+          "The pool's concurrency limit; absent when unlimited."),
+    _spec("prefect_work_pool_workers", "gauge", "prefect", "target work_pool",
+          "Workers known to the pool."),
+    _spec("prefect_work_pool_online_workers", "gauge", "prefect", "target work_pool",
+          "Workers whose heartbeat is recent (status ONLINE)."),
+    _spec("prefect_work_pool_last_heartbeat_timestamp_seconds", "gauge", "prefect",
+          "target work_pool", "Unix time of the freshest worker heartbeat; absent with no worker."),
+    _spec("prefect_work_queue_paused", "gauge", "prefect", "target work_pool work_queue",
+          "1 if the work queue is paused."),
+    _spec("prefect_work_queue_concurrency_limit", "gauge", "prefect",
+          "target work_pool work_queue", "The queue's concurrency limit; absent when unlimited."),
+    _spec("prefect_server_setting", "gauge", "prefect", "target name",
+          "Numeric server settings from GET /admin/settings by JSON path (durations in seconds, "
+          "booleans 0/1): database pool_size, max_overflow, asyncpg statement caches, scheduler "
+          "and late_runs knobs."),
+    _spec("prefect_api_requests_total", "counter", "prefect", "target endpoint",
+          "The exporter's own requests to the Prefect API, by endpoint."),
+    _spec("prefect_api_request_errors_total", "counter", "prefect", "target endpoint",
+          "Of those, the ones that failed (transport error, HTTP 4xx/5xx, bad JSON)."),
+    _spec("prefect_api_request_duration_seconds_total", "counter", "prefect", "target endpoint",
+          "Time spent in those requests; divided by the requests, the mean latency."),
 )
 
 CATALOGUE: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}

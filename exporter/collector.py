@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from exporter.metrics.exporter import build_info, health_families
 from exporter.metrics.pgbouncer import pgbouncer_families
 from exporter.metrics.postgres import postgres_families
+from exporter.metrics.prefect import prefect_families
 from exporter.poller import SourceState
 
 
@@ -36,6 +37,7 @@ FAMILIES: dict[str, FamiliesOf] = {
         snap, target, opts.label_top_n),  # type: ignore[arg-type]
     "pgbouncer": lambda snap, target, opts: pgbouncer_families(
         snap, target, opts.label_top_n),  # type: ignore[arg-type]
+    "prefect": lambda snap, target, opts: prefect_families(snap, target),  # type: ignore[arg-type]
 }
 
 

@@ -9,6 +9,7 @@ message; the CLI prints it and exits 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import tomllib
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.dsn import DSNError, Target, parse_targets
+from exporter.sources.prefect import PrefectAuth
 
 ENV_PREFIX = "PREFECT_PG_EXPORTER_"
 
@@ -38,9 +40,21 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class PrefectTarget:
+    name: str
+    api_url: str
+    auth: PrefectAuth = field(repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    verify: bool | str = True  # False: no TLS verification; a path: that CA bundle
+
+
+@dataclass(frozen=True)
 class Config:
     postgres_targets: tuple[Target, ...] = ()
     pgbouncer_targets: tuple[Target, ...] = ()
+    prefect_target: PrefectTarget | None = None
+    prefect_upcoming_horizon_seconds: float = 3600.0
+    prefect_max_concurrent_requests: int = 4
     listen: Listen = Listen("0.0.0.0", 9816)
     poll_interval_seconds: float = 15.0
     poll_timeout_seconds: float = 10.0
@@ -98,6 +112,46 @@ def _listen(raw: str) -> Listen:
     return Listen(match["v6"] or match["host"] or "0.0.0.0", int(match["port"]))
 
 
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+_URL = re.compile(r"^(?:(?P<name>[A-Za-z0-9_.:-]+)=)?(?P<url>https?://[^/\s?#]+(?:/[^\s]*)?)$")
+
+
+def _prefect_url(raw: str) -> tuple[str, str]:
+    match = _URL.match(raw.strip())
+    if not match or "@" in match["url"].split("/")[2]:
+        raise ValueError("must be an http(s) URL of the API, e.g. http://prefect:4200/api or "
+                         "https://api.prefect.cloud/api/accounts/<id>/workspaces/<id>, "
+                         "optionally named as name=URL; credentials go in the API key or "
+                         "auth string settings")
+    url = match["url"].rstrip("/")
+    host = url.split("/")[2]
+    return match["name"] or host, url
+
+
+def _headers(raw: str) -> dict[str, str]:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError('must be a JSON object, e.g. {"X-Team": "data"}') from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError('must be a JSON object of strings, e.g. {"X-Team": "data"}')
+    return data
+
+
+def _existing_file(raw: str) -> str:
+    if not Path(raw).is_file():
+        raise ValueError("no such file")
+    return raw
+
+
 def _name_list(raw: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in raw.split(",") if n.strip())
     bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
@@ -112,7 +166,7 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     metavar: str = "VALUE"
-    dsn: bool = False  # may come from <KEY>_FILE; never echoed back
+    secret: bool = False  # may come from <KEY>_FILE; never echoed back
 
     @property
     def env(self) -> str:
@@ -125,10 +179,26 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("postgres_dsn", str, "PostgreSQL to watch: libpq URI or key/value DSN; several "
-            "separated by ';', each optionally named as name=postgresql://...", "DSN", dsn=True),
+            "separated by ';', each optionally named as name=postgresql://...", "DSN", secret=True),
     Setting("pgbouncer_dsn", str, "PgBouncer admin consoles to watch (database pgbouncer, a "
             "stats_users or admin_users user); several separated by ';', each optionally named "
-            "as name=postgresql://...", "DSN", dsn=True),
+            "as name=postgresql://...", "DSN", secret=True),
+    Setting("prefect_api_url", _prefect_url, "Prefect API to watch, e.g. http://prefect:4200/api "
+            "(default: PREFECT_API_URL); optionally named as name=URL", "URL"),
+    Setting("prefect_api_key", str, "bearer API key, Prefect Cloud (default: PREFECT_API_KEY)",
+            "KEY", secret=True),
+    Setting("prefect_api_auth_string", str, "user:password for a self-hosted server's basic auth "
+            "(default: PREFECT_API_AUTH_STRING)", "USER:PASSWORD", secret=True),
+    Setting("prefect_api_headers", _headers, "extra HTTP headers for the Prefect API, as a JSON "
+            "object", "JSON"),
+    Setting("prefect_api_ca_file", _existing_file, "CA bundle to verify the Prefect API's TLS "
+            "certificate (default: PREFECT_API_SSL_CERT_FILE)", "PATH"),
+    Setting("prefect_api_tls_insecure_skip_verify", _boolean, "do not verify the Prefect API's "
+            "TLS certificate (default: PREFECT_API_TLS_INSECURE_SKIP_VERIFY)", "BOOL"),
+    Setting("prefect_upcoming_horizon_seconds", _positive_float,
+            "how far ahead a SCHEDULED run counts as upcoming", "SECONDS"),
+    Setting("prefect_max_concurrent_requests", _positive_int,
+            "Prefect API requests in flight at once per poll", "N"),
     Setting("listen_address", _listen, "HTTP address for /metrics, /healthz, /readyz and /",
             "HOST:PORT"),
     Setting("poll_interval_seconds", _positive_float, "seconds between polls of each source",
@@ -148,6 +218,16 @@ SETTINGS: tuple[Setting, ...] = (
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
+# Prefect's own variables, read when ours are not set: a container that already talks to
+# Prefect needs no second copy of its URL and credentials.
+PREFECT_FALLBACKS = {
+    "prefect_api_url": "PREFECT_API_URL",
+    "prefect_api_key": "PREFECT_API_KEY",
+    "prefect_api_auth_string": "PREFECT_API_AUTH_STRING",
+    "prefect_api_ca_file": "PREFECT_API_SSL_CERT_FILE",
+    "prefect_api_tls_insecure_skip_verify": "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
+}
+_CREDENTIALS = {"prefect_api_key", "prefect_api_auth_string"}
 
 
 def build_parser(prog: str = "prefect-pg-exporter") -> argparse.ArgumentParser:
@@ -165,12 +245,18 @@ def load(flags: Mapping[str, str | None], environ: Mapping[str, str] | None = No
     raw = _from_file(flags.get("config_file") or environ.get(_CONFIG_FILE_ENV))
     raw.update(_from_environ(environ))
     raw.update({k: v for k, v in flags.items() if v is not None and k in _BY_KEY})
+    ours = set(raw)
+    for key, variable in PREFECT_FALLBACKS.items():
+        # credentials come as a pair: one of ours set means none of Prefect's is wanted
+        credential_set = key in _CREDENTIALS and ours & _CREDENTIALS
+        if key not in ours and not credential_set and environ.get(variable):
+            raw[key] = environ[variable]
     return _build(raw)
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     values: dict[str, str] = {}
-    known = {s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s.dsn}
+    known = {s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s.secret}
     known.add(_CONFIG_FILE_ENV)
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
@@ -219,20 +305,48 @@ def _build(raw: dict[str, str]) -> Config:
     values: dict[str, Any] = {}
     for key, text in raw.items():
         setting = _BY_KEY[key]
-        if setting.dsn:
+        if setting.secret:
             continue
         try:
             values[key] = setting.parse(text)
         except ValueError as exc:
-            raise ConfigError(f"{setting.env}={text!r}: {exc}") from None
+            shown = "" if key in ("prefect_api_url", "prefect_api_headers") else f"={text!r}"
+            raise ConfigError(f"{setting.env}{shown}: {exc}") from None
     targets = {kind: _targets(raw, kind) for kind in ("postgres", "pgbouncer")}
     if "listen_address" in values:
         values["listen"] = values.pop("listen_address")
-    sources = tuple(kind for kind, found in targets.items() if found)
+    prefect = _prefect_target(raw, values)
+    sources = tuple(kind for kind, found in targets.items() if found) + (
+        ("prefect",) if prefect else ())
     config = Config(postgres_targets=targets["postgres"], pgbouncer_targets=targets["pgbouncer"],
-                    sources=sources, **values)
+                    prefect_target=prefect, sources=sources, **values)
     _check(config)
     return config
+
+
+def _prefect_target(raw: dict[str, str], values: dict[str, Any]) -> PrefectTarget | None:
+    """Takes the Prefect connection settings out of values into one target."""
+    named_url = values.pop("prefect_api_url", None)
+    headers = values.pop("prefect_api_headers", {})
+    ca_file = values.pop("prefect_api_ca_file", None)
+    insecure = values.pop("prefect_api_tls_insecure_skip_verify", False)
+    key = raw.get("prefect_api_key", "").strip() or None
+    auth_string = raw.get("prefect_api_auth_string", "").strip() or None
+    if named_url is None:
+        if key or auth_string:
+            raise ConfigError(f"a Prefect API key or auth string is set but no "
+                              f"{ENV_PREFIX}PREFECT_API_URL (or PREFECT_API_URL)")
+        return None
+    if key and auth_string:
+        raise ConfigError("set either a Prefect API key (Cloud) or an auth string "
+                          "(self-hosted basic auth), not both")
+    if auth_string and ":" not in auth_string:
+        raise ConfigError(f"{ENV_PREFIX}PREFECT_API_AUTH_STRING must be user:password")
+    if ca_file and insecure:
+        raise ConfigError("set either a Prefect API CA file or insecure skip verify, not both")
+    name, url = named_url
+    return PrefectTarget(name, url, PrefectAuth(key, auth_string), headers,
+                         False if insecure else ca_file or True)
 
 
 def _targets(raw: dict[str, str], kind: str) -> tuple[Target, ...]:
@@ -247,8 +361,8 @@ def _targets(raw: dict[str, str], kind: str) -> tuple[Target, ...]:
 
 def _check(config: Config) -> None:
     if not config.sources:
-        raise ConfigError(f"nothing to watch: set {ENV_PREFIX}POSTGRES_DSN and/or "
-                          f"{ENV_PREFIX}PGBOUNCER_DSN")
+        raise ConfigError(f"nothing to watch: set {ENV_PREFIX}POSTGRES_DSN, "
+                          f"{ENV_PREFIX}PGBOUNCER_DSN and/or {ENV_PREFIX}PREFECT_API_URL")
     if config.poll_timeout_seconds > config.poll_interval_seconds:
         raise ConfigError(
             f"{ENV_PREFIX}POLL_TIMEOUT_SECONDS ({config.poll_timeout_seconds:g}) must not exceed "
@@ -260,6 +374,7 @@ def describe(config: Config) -> dict[str, Any]:
     return {
         "postgres_targets": [t.name for t in config.postgres_targets],
         "pgbouncer_targets": [t.name for t in config.pgbouncer_targets],
+        "prefect_target": config.prefect_target.name if config.prefect_target else None,
         "listen_address": str(config.listen),
         "poll_interval_seconds": config.poll_interval_seconds,
         "poll_timeout_seconds": config.poll_timeout_seconds,

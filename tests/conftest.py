@@ -13,8 +13,11 @@ from exporter.config import load
 from exporter.lab.common import lab_root
 from exporter.lab.pgbouncer import LabPgBouncer, start_pgbouncer
 from exporter.lab.postgres import LabPostgres, start_postgres
+from exporter.lab.prefect import LabPrefect, start_prefect
 
 FAST_POLL = {"poll_interval_seconds": "0.25", "poll_timeout_seconds": "0.25"}
+# A Prefect poll is a few dozen HTTP requests, each a query through PgBouncer: give it room.
+PREFECT_POLL = {"poll_interval_seconds": "1", "poll_timeout_seconds": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +48,17 @@ def pgbouncer(lab_dir: Path, postgres: LabPostgres) -> Iterator[LabPgBouncer]:
     bouncer = start_pgbouncer(lab_dir / "pgbouncer", postgres)
     yield bouncer
     bouncer.stop()
+
+
+LATE_AFTER_SECONDS = 5
+
+
+@pytest.fixture(scope="session")
+def prefect(lab_dir: Path, pgbouncer: LabPgBouncer) -> Iterator[LabPrefect]:
+    """A real Prefect 3.8.8 server with its services, its database through the lab PgBouncer."""
+    server = start_prefect(lab_dir / "prefect", pgbouncer, late_after_seconds=LATE_AFTER_SECONDS)
+    yield server
+    server.stop()
 
 
 StartExporter = Callable[..., Awaitable[Exporter]]

@@ -38,5 +38,5 @@ def test_readme_documents_every_setting() -> None:
     for setting in SETTINGS:
         assert f"`{setting.env}`" in readme, setting.env
         assert f"`{setting.flag}`" in readme, setting.flag
-        if setting.dsn:
+        if setting.secret:
             assert f"`{setting.env}_FILE`" in readme, setting.env + "_FILE"

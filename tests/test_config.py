@@ -11,6 +11,7 @@ import pytest
 from exporter.config import SETTINGS, ConfigError, Listen, load
 
 DSN = "postgresql://mon:s3cret-pw@db.example:5433/prefect"
+API = "http://prefect:4200/api"
 
 
 def test_defaults_and_environment() -> None:
@@ -70,6 +71,20 @@ BAD = [
     ({"postgres_dsn": f"{DSN};{DSN}"}, "unique"),
     ({"postgres_dsn": "bad name!=postgresql://x@h/db"}, "invalid DSN"),
     ({"pgbouncer_dsn": "host=pgb port"}, "invalid DSN"),
+    ({"prefect_api_url": "ftp://prefect/api"}, "http\\(s\\) URL"),
+    ({"prefect_api_url": "http://admin:s3cret-pw@prefect:4200/api"}, "credentials go in"),
+    ({"prefect_api_url": API, "prefect_api_key": "k", "prefect_api_auth_string": "u:p"},
+     "either a Prefect API key"),
+    ({"prefect_api_key": "k"}, "no PREFECT_PG_EXPORTER_PREFECT_API_URL"),
+    ({"prefect_api_url": API, "prefect_api_auth_string": "no-colon"}, "user:password"),
+    ({"prefect_api_url": API, "prefect_api_headers": "X-Team: data"}, "JSON object"),
+    ({"prefect_api_url": API, "prefect_api_headers": '{"X": 1}'}, "JSON object of strings"),
+    ({"prefect_api_url": API, "prefect_api_ca_file": "/nonexistent/ca.pem"}, "no such file"),
+    ({"prefect_api_url": API, "prefect_api_tls_insecure_skip_verify": "maybe"}, "true or false"),
+    ({"prefect_api_url": API, "prefect_api_tls_insecure_skip_verify": "true",
+      "prefect_api_ca_file": "/etc/hostname"}, "either a Prefect API CA file"),
+    ({"prefect_upcoming_horizon_seconds": "-5"}, "positive"),
+    ({"prefect_max_concurrent_requests": "0"}, ">= 1"),
 ]
 
 
@@ -85,6 +100,24 @@ def test_malformed_values_are_refused(flags: dict[str, str], message: str) -> No
 def test_every_setting_has_a_malformed_case() -> None:
     covered = {key for flags, _ in BAD for key in flags}
     assert covered >= {s.key for s in SETTINGS}
+
+
+def test_prefect_falls_back_to_prefects_own_variables(tmp_path: Path) -> None:
+    config = load({}, {"PREFECT_API_URL": "https://api.prefect.cloud/api/accounts/a/workspaces/w/",
+                       "PREFECT_API_KEY": "pnu_secret"})
+    target = config.prefect_target
+    assert target is not None and config.sources == ("prefect",)
+    assert target.api_url == "https://api.prefect.cloud/api/accounts/a/workspaces/w"
+    assert target.name == "api.prefect.cloud" and target.auth.api_key == "pnu_secret"
+    assert "pnu_secret" not in repr(config)
+    secret = tmp_path / "auth"
+    secret.write_text("admin:pw\n")
+    config = load({"prefect_api_url": "lab=http://127.0.0.1:4200/api"},
+                  {"PREFECT_API_KEY": "ignored-when-ours-is-set",
+                   "PREFECT_PG_EXPORTER_PREFECT_API_AUTH_STRING_FILE": str(secret)})
+    assert config.prefect_target is not None
+    assert config.prefect_target.name == "lab"
+    assert config.prefect_target.auth.auth_string == "admin:pw"
 
 
 def test_unknown_variables_and_keys(tmp_path: Path) -> None:

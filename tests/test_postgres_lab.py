@@ -41,8 +41,8 @@ async def backends(pg: LabPostgres, application_name: str) -> int:
 
 @pytest.fixture(scope="module", autouse=True)
 def hot_table(postgres: LabPostgres) -> None:
-    postgres.psql("CREATE TABLE IF NOT EXISTS task_run (id int PRIMARY KEY, state text)")
-    postgres.psql("INSERT INTO task_run VALUES (1, 'RUNNING'), (2, 'RUNNING') "
+    postgres.psql("CREATE TABLE IF NOT EXISTS scratch.task_run (id int PRIMARY KEY, state text)")
+    postgres.psql("INSERT INTO scratch.task_run VALUES (1, 'RUNNING'), (2, 'RUNNING') "
                   "ON CONFLICT DO NOTHING")
 
 
@@ -52,9 +52,9 @@ async def test_idle_in_transaction_holder_and_blocked_writer(
     port = exporter.port
     async with sessions(postgres.dsn(), "holder", "writer") as (holder, writer):
         holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
-        await holder.execute("BEGIN; UPDATE task_run SET state = 'X' WHERE id = 1")
+        await holder.execute("BEGIN; UPDATE scratch.task_run SET state = 'X' WHERE id = 1")
         blocked = asyncio.create_task(
-            writer.execute("UPDATE task_run SET state = 'Y' WHERE id = 1"))
+            writer.execute("UPDATE scratch.task_run SET state = 'Y' WHERE id = 1"))
         try:
             s = await wait_for_value(port, "postgres_blocked_sessions", {}, 1)
             assert s.value("postgres_blocking_sessions") == 1
@@ -103,7 +103,8 @@ async def test_copy_stall_counts_but_plain_idle_sessions_do_not(
     async with sessions(postgres.dsn(), "idle-1", "idle-2", "idle-3", "copier") as conns:
         for conn in conns[:3]:
             await conn.execute("SELECT 1")
-        copy = asyncio.create_task(conns[3].copy_to_table("task_run", source=no_data()))
+        copy = asyncio.create_task(conns[3].copy_to_table("task_run", schema_name="scratch",
+                                                                  source=no_data()))
         try:
             s = await wait_for_value(port, "postgres_client_read_in_transaction_sessions", {}, 1)
             assert sum(s.values("postgres_connections", state="idle")) >= 3
@@ -174,14 +175,14 @@ async def test_settings_server_and_hot_tables(postgres: LabPostgres,
     assert s.value("postgres_max_connections") == postgres.max_connections
     assert s.value("postgres_superuser_reserved_connections") == 3
     assert s.labelsets("postgres_server_info")[0]["version"].startswith("15.")
-    postgres.psql("VACUUM task_run")
+    postgres.psql("VACUUM scratch.task_run")
     s = await wait_for(exporter.port,
                        lambda s: (s.value("postgres_table_last_vacuum_timestamp_seconds",
-                                          table="task_run") or 0) > 0,
+                                          schema="scratch", table="task_run") or 0) > 0,
                        "manual vacuum time of task_run")
-    assert s.value("postgres_table_live_tuples", table="task_run", schema="public") == 2
-    assert s.value("postgres_table_dead_tuples", table="task_run") is not None
-    assert s.values("postgres_table_live_tuples", table="flow_run") == []  # absent table
+    assert s.value("postgres_table_live_tuples", table="task_run", schema="scratch") == 2
+    assert s.value("postgres_table_dead_tuples", table="task_run", schema="scratch") is not None
+    assert s.values("postgres_table_live_tuples", schema="scratch", table="flow_run") == []
 
 
 async def test_monitor_role_sees_other_sessions_a_plain_role_does_not(

@@ -45,14 +45,14 @@ def _ignore_result(task: asyncio.Task[object]) -> None:
 async def _incidents(pg: LabPostgres, bouncer: LabPgBouncer) -> list[asyncpg.Connection]:
     """An idle-in-transaction holder with a writer blocked behind it, two LISTENers, and more
     clients on PgBouncer than its pool has server connections."""
-    pg.psql("CREATE TABLE IF NOT EXISTS task_run (id int PRIMARY KEY, state text)")
-    pg.psql("INSERT INTO task_run VALUES (1, 'RUNNING') ON CONFLICT DO NOTHING")
+    pg.psql("CREATE TABLE IF NOT EXISTS scratch.task_run (id int PRIMARY KEY, state text)")
+    pg.psql("INSERT INTO scratch.task_run VALUES (1, 'RUNNING') ON CONFLICT DO NOTHING")
     holder, writer, services_a, services_b = [
         await asyncpg.connect(pg.dsn(), server_settings={"application_name": app})
         for app in ("demo-holder", "demo-writer", "prefect-services", "prefect-services")]
-    await holder.execute("BEGIN; UPDATE task_run SET state = 'X' WHERE id = 1")
+    await holder.execute("BEGIN; UPDATE scratch.task_run SET state = 'X' WHERE id = 1")
     loop = asyncio.get_running_loop()
-    loop.create_task(writer.execute("UPDATE task_run SET state = 'Y' WHERE id = 1")
+    loop.create_task(writer.execute("UPDATE scratch.task_run SET state = 'Y' WHERE id = 1")
                      ).add_done_callback(_ignore_result)
     for conn in (services_a, services_b):
         await conn.add_listener("prefect_automation_changes", lambda *_: None)

@@ -15,7 +15,14 @@ from exporter.lab.common import (
     stop_process,
     wait_for_port,
 )
-from exporter.lab.postgres import DATABASE, SUPERUSER, SUPERUSER_PASSWORD, LabPostgres
+from exporter.lab.postgres import (
+    APP_PASSWORD,
+    APP_ROLE,
+    DATABASE,
+    SUPERUSER,
+    SUPERUSER_PASSWORD,
+    LabPostgres,
+)
 
 ADMIN_USER, ADMIN_PASSWORD = "pgb_admin", "lab-pgb-admin-secret"
 STATS_USER, STATS_PASSWORD = "pgb_stats", "lab-pgb-stats-secret"  # stats_users: read-only SHOW
@@ -41,7 +48,7 @@ class LabPgBouncer:
 
     def _write_config(self) -> None:
         users = {SUPERUSER: SUPERUSER_PASSWORD, ADMIN_USER: ADMIN_PASSWORD,
-                 STATS_USER: STATS_PASSWORD, "prefect": "lab-prefect-secret"}
+                 STATS_USER: STATS_PASSWORD, APP_ROLE: APP_PASSWORD}
         userlist = self.root / "userlist.txt"
         userlist.write_text("".join(f'"{u}" "{p}"\n' for u, p in users.items()))
         pg = f"host=127.0.0.1 port={self.postgres.port}"

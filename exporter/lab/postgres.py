@@ -22,6 +22,8 @@ SUPERUSER_PASSWORD = "lab-superuser-secret"
 MONITOR_ROLE = "prefect_exporter"  # only pg_monitor: the least privilege the docs recommend
 MONITOR_PASSWORD = "lab-monitor-secret"
 DATABASE = "prefect"
+APP_ROLE, APP_PASSWORD = "prefect", "lab-prefect-secret"  # the Prefect server's own role
+SCRATCH_SCHEMA = "scratch"  # the tests' and demo's own tables, apart from Prefect's in public
 
 _PG_GLOBS = ("/usr/lib/postgresql/*/bin/{name}",)
 
@@ -104,8 +106,11 @@ class LabPostgres:
             stop_process(self._proc)
 
     def setup(self) -> None:
-        """The lab's database and a monitoring role with only pg_monitor."""
-        self.psql(f"CREATE DATABASE {DATABASE}", database="postgres")
+        """The lab's database, owned by Prefect's role, a scratch schema for tables of the tests'
+        own, and a monitoring role with only pg_monitor."""
+        self.psql(f"CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_PASSWORD}'", database="postgres")
+        self.psql(f"CREATE DATABASE {DATABASE} OWNER {APP_ROLE}", database="postgres")
+        self.psql(f"CREATE SCHEMA {SCRATCH_SCHEMA}")
         self.psql(f"CREATE ROLE {MONITOR_ROLE} LOGIN PASSWORD '{MONITOR_PASSWORD}' "
                   f"IN ROLE pg_monitor", database="postgres")
 

@@ -1,0 +1,56 @@
+"""Just enough of Prefect's REST API to set up the tests' scenarios, with plain httpx."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+
+class PrefectAPI:
+    def __init__(self, api_url: str, auth: tuple[str, str] | None = None) -> None:
+        self.client = httpx.AsyncClient(base_url=api_url + "/", auth=auth, timeout=30)
+
+    async def _json(self, method: str, path: str, body: Any = None) -> Any:
+        response = await self.client.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    async def work_pool(self, name: str) -> None:
+        await self._json("POST", "work_pools/", {"name": name, "type": "process"})
+
+    async def deployment(self, pool: str, name: str) -> str:
+        flow = await self._json("POST", "flows/", {"name": f"flow-{name}"})
+        deployment = await self._json("POST", "deployments/", {
+            "name": name, "flow_id": flow["id"], "work_pool_name": pool})
+        return str(deployment["id"])
+
+    async def scheduled_run(self, deployment_id: str, offset: timedelta) -> str:
+        when = (datetime.now(UTC) + offset).isoformat()
+        run = await self._json("POST", f"deployments/{deployment_id}/create_flow_run", {
+            "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}})
+        return str(run["id"])
+
+    async def set_state(self, run_id: str, state_type: str) -> None:
+        await self._json("POST", f"flow_runs/{run_id}/set_state",
+                         {"state": {"type": state_type}, "force": True})
+
+    async def heartbeat(self, pool: str, worker: str) -> None:
+        await self._json("POST", f"work_pools/{pool}/workers/heartbeat",
+                         {"name": worker, "heartbeat_interval_seconds": 30})
+
+    async def pause_pool(self, pool: str, paused: bool = True) -> None:
+        await self._json("PATCH", f"work_pools/{pool}", {"is_paused": paused})
+
+    async def set_pool_limit(self, pool: str, limit: int) -> None:
+        await self._json("PATCH", f"work_pools/{pool}", {"concurrency_limit": limit})
+
+    async def set_queue_limit(self, pool: str, queue: str, limit: int) -> None:
+        await self._json("PATCH", f"work_pools/{pool}/queues/{queue}", {"concurrency_limit": limit})
+
+    async def count(self, body: dict[str, Any]) -> int:
+        return int(await self._json("POST", "flow_runs/count", body))
+
+    async def close(self) -> None:
+        await self.client.aclose()
