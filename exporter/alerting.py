@@ -1,0 +1,320 @@
+"""Prometheus alerting and recording rules, generated so thresholds stay overridable.
+
+    python -m exporter.alerting > alerts/prefect-pg-exporter.rules.yml       # the defaults
+    python -m exporter.alerting --set idle_in_transaction_warning_seconds=120 > my.rules.yml
+    python -m exporter.alerting --thresholds                                   # list them
+
+Each alert carries `severity` (critical pages, warning and info do not), and the annotations
+`summary`, `description` (with the offending value and labels) and `runbook_url` (an anchor per
+alert in docs/runbooks.md). docs/alerts.md is generated from the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+RUNBOOK_BASE_URL = (
+    "https://github.com/prefect-pg-exporter/prefect-pg-exporter/blob/main/docs/runbooks.md")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    default: float
+    meaning: str
+
+
+THRESHOLDS: dict[str, Threshold] = {
+    "idle_in_transaction_warning_seconds": Threshold(300, "idle in transaction: warning after"),
+    "idle_in_transaction_critical_seconds": Threshold(900, "idle in transaction: page after"),
+    "active_transaction_warning_seconds": Threshold(600, "an active transaction: warning after"),
+    "active_transaction_critical_seconds": Threshold(1800, "an active transaction: page after"),
+    "blocked_wait_critical_seconds": Threshold(60, "a session blocked on a lock: page after"),
+    "client_read_stall_critical_seconds": Threshold(
+        60, "a client silent inside its transaction (ClientRead): page after"),
+    "pgbouncer_waiting_clients_warning": Threshold(0, "clients waiting in a pool: more than"),
+    "pgbouncer_maxwait_critical_seconds": Threshold(
+        5, "the oldest client waiting for a server connection: page after"),
+    "connections_warning_ratio": Threshold(
+        0.85, "client backends / (max_connections - superuser_reserved): warning above"),
+    "connections_critical_ratio": Threshold(0.95, "the same ratio: page above"),
+    "late_runs_warning": Threshold(0, "Late runs in a work pool: more than"),
+    "backlog_delay_warning_seconds": Threshold(
+        300, "the most overdue SCHEDULED run: warning after"),
+    "scheduled_runs_warning": Threshold(
+        10000, "future SCHEDULED runs in all (a scheduler creating too many): more than"),
+    "listen_sessions_warning": Threshold(
+        1, "LISTEN prefect_automation_changes sessions (copies of the services): more than"),
+    "source_stale_seconds": Threshold(120, "seconds since a source's last successful poll"),
+    "dead_tuples_warning": Threshold(100000, "dead tuples in a hot Prefect table: more than"),
+    "dead_tuples_warning_ratio": Threshold(0.2, "and dead / live tuples above"),
+}
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    severity: str  # critical | warning | info
+    expr: str  # may use {threshold_name} placeholders
+    for_seconds: int
+    summary: str
+    description: str  # Prometheus template text
+
+    def rule(self, t: Mapping[str, float], for_scale: float, runbook: str,
+             annotations: bool = True) -> dict[str, Any]:
+        duration = max(1, round(self.for_seconds * for_scale))
+        rule: dict[str, Any] = {
+            "alert": self.name,
+            "expr": " ".join(self.expr.format(**{k: _num(v) for k, v in t.items()}).split()),
+            "for": f"{duration}s" if duration < 60 or duration % 60 else f"{duration // 60}m",
+            "labels": {"severity": self.severity},
+        }
+        if annotations:
+            rule["annotations"] = {
+                "summary": self.summary,
+                "description": self.description,
+                "runbook_url": f"{runbook}#{self.name.lower()}",
+            }
+        return rule
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+RECORDING_RULES: tuple[tuple[str, str], ...] = (
+    ("prefect_pg:postgres_client_backends:sum", "sum by (target) (postgres_connections)"),
+    ("prefect_pg:postgres_connection_budget:ratio",
+     "sum by (target) (postgres_connections) / on (target) "
+     "(postgres_max_connections - postgres_superuser_reserved_connections)"),
+    ("prefect_pg:postgres_idle_in_transaction_max_age_seconds:max",
+     'max by (target) (postgres_transaction_max_age_seconds{state=~"idle in transaction.*"})'),
+    ("prefect_pg:pgbouncer_client_waiting_connections:sum",
+     "sum by (target) (pgbouncer_pools_client_waiting_connections)"),
+    ("prefect_pg:prefect_late_runs:sum", "sum by (target) (prefect_late_runs)"),
+)
+
+ALERTS: tuple[Alert, ...] = (
+    Alert("PostgresIdleInTransaction", "warning",
+          'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
+          '{{state=~"idle in transaction.*"}}) > {idle_in_transaction_warning_seconds}', 60,
+          "A session has been idle in transaction for {{ $value | humanizeDuration }}",
+          "{{ $labels.application_name }} on {{ $labels.datname }} ({{ $labels.target }}) "
+          "holds a transaction open without running anything: its row locks block writers "
+          "(INSERT INTO task_run ...). See postgres_oldest_transaction_age_seconds for its pid."),
+    Alert("PostgresIdleInTransactionStuck", "critical",
+          'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
+          '{{state=~"idle in transaction.*"}}) > {idle_in_transaction_critical_seconds}', 60,
+          "A session is stuck idle in transaction for {{ $value | humanizeDuration }}",
+          "{{ $labels.application_name }} on {{ $labels.datname }} ({{ $labels.target }}) has "
+          "held its transaction open for {{ $value | humanizeDuration }}. Terminate it if it "
+          "blocks others; set idle_in_transaction_session_timeout."),
+    Alert("PostgresLongTransaction", "warning",
+          'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
+          '{{state="active"}}) > {active_transaction_warning_seconds}', 60,
+          "A transaction has been running for {{ $value | humanizeDuration }}",
+          "An active transaction of {{ $labels.application_name }} on {{ $labels.datname }} "
+          "({{ $labels.target }}) is {{ $value | humanizeDuration }} old; it holds its locks "
+          "and keeps vacuum from cleaning up."),
+    Alert("PostgresLongTransactionCritical", "critical",
+          'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
+          '{{state="active"}}) > {active_transaction_critical_seconds}', 60,
+          "A transaction has been running for {{ $value | humanizeDuration }}",
+          "An active transaction of {{ $labels.application_name }} on {{ $labels.datname }} "
+          "({{ $labels.target }}) is {{ $value | humanizeDuration }} old."),
+    Alert("PostgresSessionsBlocked", "critical",
+          "postgres_blocked_max_wait_seconds > {blocked_wait_critical_seconds}", 60,
+          "Sessions wait on locks for {{ $value | humanizeDuration }}",
+          "On {{ $labels.target }} a session has waited {{ $value | humanizeDuration }} for a "
+          "lock another session holds. postgres_blocked_sessions says how many wait, "
+          "postgres_blocking_sessions how many hold; `prefect-pg-exporter doctor` names the root "
+          "blocker."),
+    Alert("PostgresClientReadStall", "critical",
+          "postgres_client_read_in_transaction_max_age_seconds > "
+          "{client_read_stall_critical_seconds}", 60,
+          "A client has been silent inside its transaction for {{ $value | humanizeDuration }}",
+          "On {{ $labels.target }} a session waits on ClientRead inside a transaction: its "
+          "client (an event loop blocked, a proxy) stopped talking mid-transaction while "
+          "holding its locks. postgres_client_read_in_transaction_sessions says how many."),
+    Alert("PgBouncerClientsWaiting", "warning",
+          "pgbouncer_pools_client_waiting_connections > {pgbouncer_waiting_clients_warning}", 60,
+          "{{ $value }} clients wait for a server connection in pool "
+          "{{ $labels.database }}/{{ $labels.user }}",
+          "PgBouncer {{ $labels.target }}: every server connection of pool "
+          "{{ $labels.database }}/{{ $labels.user }} is busy and clients queue; SQLAlchemy pool "
+          "timeouts follow."),
+    Alert("PgBouncerPoolExhausted", "critical",
+          "pgbouncer_pools_client_maxwait_seconds > {pgbouncer_maxwait_critical_seconds}", 60,
+          "Clients wait {{ $value | humanizeDuration }} for a server connection",
+          "PgBouncer {{ $labels.target }} pool {{ $labels.database }}/{{ $labels.user }}: the "
+          "oldest waiting client has waited {{ $value | humanizeDuration }}. The pool is "
+          "exhausted: find what holds its server connections (long or idle transactions)."),
+    Alert("PostgresConnectionsNearLimit", "warning",
+          "prefect_pg:postgres_connection_budget:ratio > {connections_warning_ratio}", 300,
+          "{{ $value | humanizePercentage }} of max_connections in use",
+          "{{ $labels.target }}: client backends use {{ $value | humanizePercentage }} of "
+          "max_connections - superuser_reserved_connections. Replicas x (pool_size + "
+          "max_overflow) must fit."),
+    Alert("PostgresConnectionsExhausted", "critical",
+          "prefect_pg:postgres_connection_budget:ratio > {connections_critical_ratio}", 120,
+          "{{ $value | humanizePercentage }} of max_connections in use",
+          "{{ $labels.target }}: new connections are about to be refused (FATAL: sorry, too "
+          "many clients already)."),
+    Alert("PrefectLateRuns", "warning",
+          "prefect_late_runs > {late_runs_warning} and delta(prefect_late_runs[15m]) >= 0", 300,
+          "{{ $value }} Late flow runs in work pool {{ $labels.work_pool }}",
+          "{{ $labels.target }}: runs in work pool {{ $labels.work_pool }} passed their "
+          "start time and were marked Late, and the count is not going down. Are workers "
+          "online, is the pool paused, is the database keeping up?"),
+    Alert("PrefectScheduledBacklogDelay", "warning",
+          "prefect_scheduled_backlog_max_delay_seconds > {backlog_delay_warning_seconds}", 300,
+          "The most overdue run in {{ $labels.work_pool }} is "
+          "{{ $value | humanizeDuration }} late",
+          "{{ $labels.target }}: SCHEDULED runs in work pool {{ $labels.work_pool }} are not "
+          "being picked up."),
+    Alert("PrefectWorkPoolWithoutWorkers", "warning",
+          "prefect_scheduled_backlog_runs > 0 and on (target, work_pool) "
+          "(prefect_work_pool_online_workers == 0 or prefect_work_pool_paused == 1)", 300,
+          "Work pool {{ $labels.work_pool }} has overdue runs and no worker to take them",
+          "{{ $labels.target }}: {{ $value }} overdue runs in {{ $labels.work_pool }}, which "
+          "is paused or has no online worker."),
+    Alert("PrefectTooManyScheduledRuns", "warning",
+          "prefect_scheduled_runs > {scheduled_runs_warning}", 900,
+          "{{ $value }} future SCHEDULED runs",
+          "{{ $labels.target }}: the scheduler has created far more future runs than it needs; "
+          "check PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS and MAX_SCHEDULED_TIME."),
+    Alert("PrefectDuplicatedBackgroundServices", "warning",
+          'postgres_listen_sessions{{channel="prefect_automation_changes"}} > '
+          "{listen_sessions_warning}", 300,
+          "{{ $value }} copies of Prefect's background services are running",
+          "{{ $labels.target }}: {{ $value }} sessions LISTEN on prefect_automation_changes; "
+          "each copy of the services holds one. Several copies duplicate every loop and contend "
+          "on the database: run the services once (`prefect server services start`) and the "
+          "API replicas with --no-services."),
+    Alert("PrefectPgExporterSourceDown", "warning",
+          "prefect_pg_exporter_source_up == 0", 120,
+          "The exporter cannot read {{ $labels.source }} {{ $labels.target }}",
+          "prefect-pg-exporter's polls of {{ $labels.source }} {{ $labels.target }} fail; its "
+          "metrics are missing. The exporter's / page shows the last error."),
+    Alert("PrefectPgExporterSourceStale", "warning",
+          "time() - prefect_pg_exporter_source_last_success_timestamp_seconds > "
+          "{source_stale_seconds} and prefect_pg_exporter_source_last_success_timestamp_seconds "
+          "> 0", 60,
+          "No fresh data from {{ $labels.source }} {{ $labels.target }} for "
+          "{{ $value | humanizeDuration }}",
+          "The last successful poll of {{ $labels.source }} {{ $labels.target }} is "
+          "{{ $value | humanizeDuration }} old."),
+    Alert("PostgresNoIdleInTransactionTimeout", "info",
+          'postgres_setting_seconds{{name="idle_in_transaction_session_timeout"}} == 0', 3600,
+          "idle_in_transaction_session_timeout is off",
+          "{{ $labels.target }}: nothing ends a session left idle in transaction; one stuck "
+          "client can hold locks forever."),
+    Alert("PostgresNoStatementTimeout", "info",
+          'postgres_setting_seconds{{name="statement_timeout"}} == 0', 3600,
+          "statement_timeout is off",
+          "{{ $labels.target }}: no statement is ever cancelled for running too long."),
+    Alert("PrefectStatementCacheWithTransactionPooling", "warning",
+          'count(pgbouncer_config_pool_mode_info{{pool_mode="transaction"}}) > 0 and on () '
+          "count(prefect_api_up) > 0 unless on () (prefect_server_setting{{name="
+          '"server.database.sqlalchemy.connect_args.statement_cache_size"}} == 0)', 600,
+          "PgBouncer transaction pooling with Prefect's asyncpg statement cache on",
+          "PgBouncer runs in transaction pooling but the Prefect server does not report "
+          "statement_cache_size=0: expect `prepared statement \"__asyncpg_stmt_...\" does not "
+          "exist`. Set PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_STATEMENT_CACHE_SIZE=0 "
+          "and ..._PREPARED_STATEMENT_CACHE_SIZE=0."),
+    Alert("PostgresHotTableBloat", "info",
+          "postgres_table_dead_tuples > {dead_tuples_warning} and postgres_table_dead_tuples / "
+          "(postgres_table_live_tuples + 1) > {dead_tuples_warning_ratio}", 3600,
+          "{{ $labels.schema }}.{{ $labels.table }} has {{ $value }} dead tuples",
+          "{{ $labels.target }}: autovacuum is not keeping up with {{ $labels.table }}; "
+          "check its last (auto)vacuum time and long transactions holding back the horizon."),
+)
+
+
+def thresholds(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    values = {name: t.default for name, t in THRESHOLDS.items()}
+    for name, value in (overrides or {}).items():
+        if name not in THRESHOLDS:
+            raise ValueError(f"unknown threshold {name!r}; see --thresholds")
+        values[name] = value
+    return values
+
+
+def rule_groups(overrides: Mapping[str, float] | None = None, for_scale: float = 1.0,
+                runbook: str = RUNBOOK_BASE_URL, annotations: bool = True) -> dict[str, Any]:
+    """The rule file's content. Without annotations for `promtool test rules`, which compares
+    expanded annotations verbatim: the unit tests check expressions, `for` and labels, and
+    `promtool check rules` and the live test check the templates."""
+    t = thresholds(overrides)
+    return {"groups": [
+        {"name": "prefect-pg-exporter.recording",
+         "rules": [{"record": name, "expr": expr} for name, expr in RECORDING_RULES]},
+        {"name": "prefect-pg-exporter.alerts",
+         "rules": [alert.rule(t, for_scale, runbook, annotations) for alert in ALERTS]},
+    ]}
+
+
+def render_yaml(groups: Mapping[str, Any]) -> str:
+    import yaml  # a development dependency: the rules are generated, not computed at run time
+
+    header = ("# Generated by `python -m exporter.alerting`; edit exporter/alerting.py or "
+              "override thresholds\n# with --set name=value, do not edit this file by hand.\n")
+    return header + yaml.safe_dump(dict(groups), sort_keys=False, width=10_000)
+
+
+def render_markdown() -> str:
+    lines = ["# Alerts", "",
+             "Generated from `exporter/alerting.py` by `python -m exporter.alerting --markdown`.",
+             "Thresholds are overridable: `python -m exporter.alerting --set NAME=VALUE ...`.",
+             "", "## Thresholds", "", "| name | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{n}` | {_num(t.default)} | {t.meaning} |" for n, t in THRESHOLDS.items()]
+    lines += ["", "## Rules", "", "| alert | severity | for | expression |", "|---|---|---|---|"]
+    for rule in rule_groups()["groups"][1]["rules"]:
+        expr = rule["expr"].replace("|", "\\|")
+        lines.append(f"| [{rule['alert']}](runbooks.md#{rule['alert'].lower()}) | "
+                     f"{rule['labels']['severity']} | {rule['for']} | `{expr}` |")
+    lines += ["", "## Recording rules", "", "| record | expression |", "|---|---|"]
+    lines += [f"| `{name}` | `{expr}` |" for name, expr in RECORDING_RULES]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exporter.alerting", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a threshold")
+    parser.add_argument("--for-scale", type=float, default=1.0,
+                        help="multiply every `for:` (tests use a short copy)")
+    parser.add_argument("--runbook-base-url", default=RUNBOOK_BASE_URL)
+    parser.add_argument("--thresholds", action="store_true", help="list thresholds and exit")
+    parser.add_argument("--markdown", action="store_true", help="print docs/alerts.md")
+    args = parser.parse_args(argv)
+    if args.thresholds:
+        for name, t in THRESHOLDS.items():
+            print(f"{name} = {_num(t.default)}  # {t.meaning}")
+        return 0
+    if args.markdown:
+        print(render_markdown(), end="")
+        return 0
+    overrides: dict[str, float] = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            print(f"error: --set {item}: not NAME=NUMBER", file=sys.stderr)
+            return 2
+    try:
+        groups = rule_groups(overrides, args.for_scale, args.runbook_base_url)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render_yaml(groups), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
