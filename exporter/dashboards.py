@@ -1,0 +1,307 @@
+"""Grafana dashboards, generated so metric names stay those of the catalogue.
+
+    python -m exporter.dashboards dashboards/      # writes one JSON file per dashboard
+
+Every dashboard has a `datasource` variable (any Prometheus) and a multi-value `target`
+variable; panels use only core Grafana panel types (stat, timeseries, table, bargauge), so no
+plugin is needed. The tests run every panel's query against a real Prometheus scraping the real
+exporter on the lab while the incidents are reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+T = 'target=~"$target"'
+GREEN, YELLOW, RED = "green", "yellow", "red"
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+    instant: bool = False
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    kind: str  # stat | timeseries | table | bargauge
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    steps: tuple[tuple[float | None, str], ...] = ((None, GREEN),)
+    width: int = 8
+    height: int = 8
+    description: str = ""
+    mappings: tuple[dict[str, Any], ...] = field(default=())
+
+
+def stat(title: str, expr: str, unit: str = "short", warn: float | None = None,
+         crit: float | None = None, description: str = "", width: int = 4,
+         mappings: tuple[dict[str, Any], ...] = ()) -> Panel:
+    steps: list[tuple[float | None, str]] = [(None, GREEN)]
+    if warn is not None:
+        steps.append((warn, YELLOW))
+    if crit is not None:
+        steps.append((crit, RED))
+    return Panel(title, "stat", (Query(expr, instant=True),), unit, tuple(steps), width, 5,
+                 description, mappings)
+
+
+def up_stat(title: str, expr: str, description: str = "") -> Panel:
+    """Red when any target of the layer is down, green when all are up."""
+    down_up = ({"type": "value", "options": {"0": {"text": "DOWN", "color": RED},
+                                             "1": {"text": "UP", "color": GREEN}}},)
+    return Panel(title, "stat", (Query(expr, instant=True),), "short",
+                 ((None, RED), (1, GREEN)), 4, 5, description, down_up)
+
+
+def series(title: str, *queries: Query, unit: str = "short", width: int = 12,
+           description: str = "") -> Panel:
+    return Panel(title, "timeseries", queries, unit, ((None, GREEN),), width, 8, description)
+
+
+def table(title: str, *queries: Query, unit: str = "short", width: int = 24,
+          description: str = "") -> Panel:
+    return Panel(title, "table", queries, unit, ((None, GREEN),), width, 8, description)
+
+
+def q(expr: str, legend: str = "") -> Query:
+    return Query(expr, legend)
+
+
+# ---- the dashboards ------------------------------------------------------------------------
+
+OVERVIEW = (
+    up_stat("PostgreSQL", f"min(postgres_up{{{T}}})"),
+    up_stat("PgBouncer", f"min(pgbouncer_up{{{T}}})"),
+    up_stat("Prefect API", f"min(prefect_api_up{{{T}}})"),
+    stat("Oldest idle in transaction", "max(prefect_pg:postgres_idle_in_transaction_max_age_"
+         f"seconds:max{{{T}}}) or vector(0)", "s", 60, 300,
+         "The longest a session has sat idle inside a transaction, holding its locks."),
+    stat("Blocked sessions", f"sum(postgres_blocked_sessions{{{T}}})", "short", 1, 5),
+    stat("Pool waiters", f"sum(pgbouncer_pools_client_waiting_connections{{{T}}}) or vector(0)",
+         "short", 1, 10, "PgBouncer clients waiting for a server connection."),
+    stat("Late runs", f"sum(prefect_late_runs{{{T}}}) or vector(0)", "short", 1, 20),
+    stat("Connection budget used", f"max(prefect_pg:postgres_connection_budget:ratio{{{T}}})",
+         "percentunit", 0.85, 0.95,
+         "Client backends / (max_connections - superuser_reserved_connections)."),
+    stat("ClientRead stalls", f"sum(postgres_client_read_in_transaction_sessions{{{T}}})",
+         "short", 1, 3, "Sessions inside a transaction whose client stopped talking."),
+    stat("Services copies (LISTEN)", "sum(postgres_listen_sessions{channel=\"prefect_automation_"
+         f"changes\",{T}}}) or vector(0)", "short", 2, 3),
+    stat("Backlog max delay", f"max(prefect_scheduled_backlog_max_delay_seconds{{{T}}})", "s",
+         60, 300),
+    stat("Exporter sources down", f"count(prefect_pg_exporter_source_up{{{T}}} == 0) "
+         "or vector(0)", "short", None, 1),
+    table("Oldest transactions: who holds them",
+          Query(f"postgres_oldest_transaction_age_seconds{{{T}}}", instant=True), unit="s",
+          description="pid, role, application, client address, state and wait event of the N "
+                      "oldest open transactions; value = age."),
+    series("Transaction age by state", q(f"max by (target, state) (postgres_transaction_max_age_"
+                                         f"seconds{{{T}}})", "{{target}} {{state}}"), unit="s"),
+    series("Pool waiters and maxwait",
+           q(f"sum by (target, database, user) (pgbouncer_pools_client_waiting_connections"
+             f"{{{T}}})", "{{target}} {{database}}/{{user}} waiting"),
+           q(f"max by (target) (pgbouncer_pools_client_maxwait_seconds{{{T}}})",
+             "{{target}} maxwait s")),
+    series("Blocked sessions and longest wait",
+           q(f"postgres_blocked_sessions{{{T}}}", "{{target}} blocked"),
+           q(f"postgres_blocked_max_wait_seconds{{{T}}}", "{{target}} longest wait s")),
+    series("Late runs and backlog by work pool",
+           q(f"sum by (work_pool) (prefect_late_runs{{{T}}})", "{{work_pool}} late"),
+           q(f"sum by (work_pool) (prefect_scheduled_backlog_runs{{{T}}})",
+             "{{work_pool}} overdue")),
+    table("Exporter sources", Query(f"prefect_pg_exporter_source_up{{{T}}}", instant=True),
+          Query(f"time() - prefect_pg_exporter_source_last_success_timestamp_seconds{{{T}}}",
+                instant=True)),
+)
+
+POSTGRES = (
+    series("Client backends by state", q(f"sum by (target, state) (postgres_connections{{{T}}})",
+                                         "{{target}} {{state}}")),
+    series("Client backends by application",
+           q(f"sum by (application_name) (postgres_connections{{{T}}})", "{{application_name}}")),
+    series("Connection budget",
+           q(f"prefect_pg:postgres_client_backends:sum{{{T}}}", "{{target}} backends"),
+           q(f"postgres_max_connections{{{T}}} - postgres_superuser_reserved_connections{{{T}}}",
+             "{{target}} usable limit")),
+    series("Oldest transaction by application and state",
+           q(f"postgres_transaction_max_age_seconds{{{T}}}",
+             "{{application_name}} {{state}}"), unit="s"),
+    series("Non-idle sessions by wait event",
+           q(f"sum by (wait_event_type, wait_event) (postgres_wait_event_sessions{{{T}}})",
+             "{{wait_event_type}} {{wait_event}}")),
+    series("Locks: blocked and blocking sessions",
+           q(f"postgres_blocked_sessions{{{T}}}", "{{target}} blocked"),
+           q(f"postgres_blocking_sessions{{{T}}}", "{{target}} blocking")),
+    series("ClientRead inside a transaction",
+           q(f"postgres_client_read_in_transaction_sessions{{{T}}}", "{{target}} sessions"),
+           q(f"postgres_client_read_in_transaction_max_age_seconds{{{T}}}",
+             "{{target}} longest s")),
+    series("LISTEN sessions by channel", q(f"postgres_listen_sessions{{{T}}}", "{{channel}}")),
+    table("Oldest transactions", Query(f"postgres_oldest_transaction_age_seconds{{{T}}}",
+                                       instant=True), unit="s"),
+    table("Safety-net settings (seconds, 0 = off)",
+          Query(f"postgres_setting_seconds{{{T}}}", instant=True), unit="s", width=12),
+    table("Server", Query(f"postgres_server_info{{{T}}}", instant=True), width=12),
+    series("Hot tables: dead tuples", q(f"postgres_table_dead_tuples{{{T}}}",
+                                        "{{schema}}.{{table}}")),
+    series("Hot tables: time since last vacuum (manual or auto)",
+           q(f"time() - ((postgres_table_last_autovacuum_timestamp_seconds{{{T}}} > "
+             f"postgres_table_last_vacuum_timestamp_seconds{{{T}}}) or (postgres_table_last_"
+             f"vacuum_timestamp_seconds{{{T}}} > 0))", "{{schema}}.{{table}}"), unit="s"),
+)
+
+PGBOUNCER = (
+    series("Clients waiting by pool",
+           q(f"pgbouncer_pools_client_waiting_connections{{{T}}}",
+             "{{target}} {{database}}/{{user}}")),
+    series("Oldest waiting client (maxwait)",
+           q(f"pgbouncer_pools_client_maxwait_seconds{{{T}}}", "{{target}} {{database}}/{{user}}"),
+           unit="s"),
+    series("Server connections by pool vs pool size",
+           q(f"pgbouncer_pools_server_active_connections{{{T}}}",
+             "{{target}} {{database}}/{{user}} active"),
+           q(f"pgbouncer_pools_server_idle_connections{{{T}}}",
+             "{{target}} {{database}}/{{user}} idle"),
+           q(f"pgbouncer_databases_pool_size{{{T}}}", "{{target}} {{name}} pool_size")),
+    series("Active clients by pool", q(f"pgbouncer_pools_client_active_connections{{{T}}}",
+                                       "{{target}} {{database}}/{{user}}")),
+    series("Queries and transactions per second",
+           q(f"sum by (target, database) (rate(pgbouncer_stats_totals_queries_pooled_total"
+             f"{{{T}}}[$__rate_interval]))", "{{target}} {{database}} queries/s"),
+           q(f"sum by (target, database) (rate(pgbouncer_stats_totals_sql_transactions_pooled"
+             f"_total{{{T}}}[$__rate_interval]))", "{{target}} {{database}} xact/s")),
+    series("Client wait time per second",
+           q(f"sum by (target, database) (rate(pgbouncer_stats_totals_client_wait_seconds_total"
+             f"{{{T}}}[$__rate_interval]))", "{{target}} {{database}}"), unit="s",
+           description="Seconds clients spent waiting for a server connection, per second."),
+    series("Client connections vs max_client_conn",
+           q(f"pgbouncer_used_clients{{{T}}}", "{{target}} used"),
+           q(f"pgbouncer_config_max_client_connections{{{T}}}", "{{target}} max_client_conn")),
+    table("Pools and modes", Query(f"pgbouncer_pools_mode_info{{{T}}}", instant=True), width=12),
+    table("Version", Query(f"pgbouncer_version_info{{{T}}}", instant=True), width=12),
+)
+
+PREFECT = (
+    series("Flow runs by state type", q(f"prefect_flow_runs{{{T}}}", "{{state_type}}")),
+    series("Overdue SCHEDULED runs by work pool",
+           q(f"prefect_scheduled_backlog_runs{{{T}}}", "{{work_pool}}")),
+    series("Most overdue run by work pool",
+           q(f"prefect_scheduled_backlog_max_delay_seconds{{{T}}}", "{{work_pool}}"), unit="s"),
+    series("Late runs by work pool", q(f"prefect_late_runs{{{T}}}", "{{work_pool}}")),
+    series("Upcoming runs (within the horizon)",
+           q(f"prefect_upcoming_runs{{{T}}}", "{{work_pool}}")),
+    series("All future SCHEDULED runs", q(f"prefect_scheduled_runs{{{T}}}", "{{target}}")),
+    series("Work pools: online workers and runs in flight",
+           q(f"prefect_work_pool_online_workers{{{T}}}", "{{work_pool}} online workers"),
+           q(f"prefect_work_pool_runs_in_flight{{{T}}}", "{{work_pool}} in flight")),
+    table("Work pool status", Query(f"prefect_work_pool_status{{{T}}} == 1", instant=True),
+          width=12),
+    table("Paused work pools and queues",
+          Query(f"prefect_work_pool_paused{{{T}}}", instant=True),
+          Query(f"prefect_work_queue_paused{{{T}}}", instant=True), width=12),
+    series("Exporter's API requests per second and mean latency",
+           q(f"sum by (endpoint) (rate(prefect_api_requests_total{{{T}}}[$__rate_interval]))",
+             "{{endpoint}} req/s"),
+           q(f"sum(rate(prefect_api_request_duration_seconds_total{{{T}}}[$__rate_interval])) / "
+             f"sum(rate(prefect_api_requests_total{{{T}}}[$__rate_interval]))", "mean s")),
+    table("Server settings", Query(f"prefect_server_setting{{{T}}}", instant=True)),
+    table("Server version", Query(f"prefect_server_info{{{T}}}", instant=True), width=12),
+)
+
+DASHBOARDS: dict[str, tuple[str, tuple[Panel, ...]]] = {
+    "overview": ("Prefect database: on-call overview", OVERVIEW),
+    "postgres": ("Prefect database: PostgreSQL activity and locks", POSTGRES),
+    "pgbouncer": ("Prefect database: PgBouncer pools", PGBOUNCER),
+    "prefect": ("Prefect database: scheduling and work pools", PREFECT),
+}
+
+
+def _layout(panels: Sequence[Panel]) -> Iterator[tuple[Panel, dict[str, int]]]:
+    x = y = row_height = 0
+    for panel in panels:
+        if x + panel.width > 24:
+            x, y, row_height = 0, y + row_height, 0
+        yield panel, {"x": x, "y": y, "w": panel.width, "h": panel.height}
+        x += panel.width
+        row_height = max(row_height, panel.height)
+
+
+def _panel(panel: Panel, panel_id: int, pos: dict[str, int]) -> dict[str, Any]:
+    targets = [{"datasource": DS, "expr": query.expr, "legendFormat": query.legend,
+                "refId": chr(ord("A") + i), "instant": query.instant,
+                "range": not query.instant, **({"format": "table"} if panel.kind == "table"
+                                               else {})}
+               for i, query in enumerate(panel.queries)]
+    spec: dict[str, Any] = {
+        "id": panel_id, "type": panel.kind, "title": panel.title, "gridPos": pos,
+        "datasource": DS, "targets": targets, "description": panel.description,
+        "fieldConfig": {"defaults": {
+            "unit": panel.unit, "mappings": list(panel.mappings),
+            "thresholds": {"mode": "absolute", "steps": [
+                {"value": value, "color": color} for value, color in panel.steps]},
+            **({"color": {"mode": "thresholds"}} if panel.kind == "stat" else {}),
+        }, "overrides": []},
+        "options": {},
+    }
+    if panel.kind == "stat":
+        spec["options"] = {"colorMode": "background", "graphMode": "none",
+                           "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}
+    if panel.kind == "table" and len(panel.queries) > 1:
+        spec["transformations"] = [{"id": "merge", "options": {}}]
+    return spec
+
+
+def dashboard(uid: str, title: str, panels: Sequence[Panel]) -> dict[str, Any]:
+    return {
+        "uid": f"prefect-pg-{uid}", "title": title, "tags": ["prefect", "postgres", "pgbouncer"],
+        "timezone": "browser", "schemaVersion": 39, "version": 1, "editable": True,
+        "refresh": "30s", "time": {"from": "now-3h", "to": "now"},
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus",
+             "label": "Data source", "current": {}, "hide": 0},
+            {"name": "target", "type": "query", "datasource": DS, "label": "Target",
+             "query": {"query": "label_values(prefect_pg_exporter_source_up, target)",
+                       "refId": "targets"},
+             "definition": "label_values(prefect_pg_exporter_source_up, target)",
+             "multi": True, "includeAll": True, "allValue": ".*", "refresh": 2, "current": {},
+             "hide": 0},
+        ]},
+        "links": [{"title": "Runbooks", "type": "link", "targetBlank": True,
+                   "url": "https://github.com/prefect-pg-exporter/prefect-pg-exporter/blob/main/"
+                          "docs/runbooks.md"}],
+        "panels": [_panel(p, i, pos) for i, (p, pos) in enumerate(_layout(panels), start=1)],
+    }
+
+
+def render_all() -> dict[str, str]:
+    return {f"{uid}.json": json.dumps(dashboard(uid, title, panels), indent=2) + "\n"
+            for uid, (title, panels) in DASHBOARDS.items()}
+
+
+def panel_queries() -> Iterator[tuple[str, str, str]]:
+    """(dashboard, panel title, expr) for every query of every panel."""
+    for uid, (_, panels) in DASHBOARDS.items():
+        for panel in panels:
+            for query in panel.queries:
+                yield uid, panel.title, query.expr
+
+
+def main(argv: Sequence[str]) -> int:
+    out = Path(argv[0] if argv else "dashboards")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in render_all().items():
+        (out / name).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
