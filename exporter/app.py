@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 import structlog
 from aiohttp import web
 
 from exporter.collector import ExporterCollector, Exposition, MetricOptions
 from exporter.config import Config, describe
+from exporter.findings import Finding, diagnose, snapshots_from
 from exporter.poller import Poller
 from exporter.server import make_app
 from exporter.sources import Source
@@ -50,19 +52,25 @@ class Exporter:
                              interval=config.poll_interval_seconds,
                              timeout=config.poll_timeout_seconds,
                              on_update=self._render)
-        options = MetricOptions(
+        self._options = MetricOptions(
             label_top_n=config.label_top_n,
             stale_after_seconds=STALE_AFTER_POLLS * config.poll_interval_seconds)
-        self.exposition = Exposition(ExporterCollector(self.poller.states, options))
+        self._collector = ExporterCollector(self.poller.states, self._options)
+        self.exposition = Exposition(self._collector)
+        self.findings: list[Finding] = []
         self.exposition.render()
         self._runner: web.AppRunner | None = None
         self.port: int = config.listen.port
 
     def _render(self) -> None:
+        """After each poll: the diagnosis, then the exposition (both off the scrape path)."""
+        snaps = snapshots_from(self.poller.states, self._options.stale_after_seconds,
+                               time.time())
+        self.findings = self._collector.findings = diagnose(snaps)
         self.exposition.render()
 
     async def start(self) -> None:
-        app = make_app(self.exposition, self.poller.states)
+        app = make_app(self.exposition, self.poller.states, lambda: self.findings)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port)

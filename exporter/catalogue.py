@@ -127,6 +127,9 @@ SPECS: tuple[MetricSpec, ...] = (
     _spec("prefect_pg_exporter_source_errors_total", "counter", "exporter",
           "source target reason",
           "Failed polls by reason: timeout, connect (cannot reach or log in), query, other."),
+    _spec("prefect_pg_exporter_finding", "gauge", "exporter", "check severity",
+          "1 while the diagnosis has an active finding of this check (the same as "
+          "`prefect-pg-exporter doctor`); listed with evidence on the exporter's / page."),
     # --- PostgreSQL ------------------------------------------------------------------------
     _spec("postgres_up", "gauge", "postgres", "target",
           "1 if the last poll of this PostgreSQL succeeded, else 0."),

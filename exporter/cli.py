@@ -1,18 +1,21 @@
-"""Command line: `prefect-pg-exporter [run]` serves metrics; `version` prints the version."""
+"""Command line: `prefect-pg-exporter [run]` serves metrics; `doctor` reads every target once
+and reports what is wrong (exit 0 nothing, 1 warnings, 2 critical); `version`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import errno
+import json
 import sys
+import time
 from collections.abc import Sequence
 
 from exporter import __version__
-from exporter.config import ConfigError, build_parser, environment_help, load
+from exporter.config import Config, ConfigError, build_parser, environment_help, load
 from exporter.logs import configure
 
-COMMANDS = ("run", "version")
+COMMANDS = ("run", "doctor", "version")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,11 +25,15 @@ def _parser() -> argparse.ArgumentParser:
         parents=[build_parser()],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n  run (default)  poll the targets and serve /metrics\n"
+               "  doctor         read every target once, print the diagnosis; exit 0 when "
+               "nothing is wrong,\n                 1 on warnings, 2 on critical findings\n"
                "  version        print the version\n\nenvironment variables:\n"
                + environment_help(),
     )
     parser.add_argument("command", nargs="?", default="run", choices=COMMANDS,
-                        help="run (default) or version")
+                        help="run (default), doctor or version")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="doctor's report format")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -44,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"prefect-pg-exporter: error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "doctor":
+        configure("error" if config.log_level == "info" else config.log_level,
+                  config.log_format)
+        return asyncio.run(_doctor(config, args.format))
     configure(config.log_level, config.log_format)
     try:
         asyncio.run(_run(config))
@@ -55,6 +66,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+async def _doctor(config: Config, fmt: str) -> int:
+    from exporter.app import build_sources
+    from exporter.findings import diagnose, exit_code, render_text, snapshots_from
+    from exporter.poller import Poller
+
+    poller = Poller(build_sources(config), interval=config.poll_interval_seconds,
+                    timeout=config.poll_timeout_seconds)
+    await asyncio.gather(*(poller.poll_once(state) for state in poller.states))
+    await poller.stop()
+    findings = diagnose(snapshots_from(poller.states, float("inf"), time.time()))
+    if fmt == "json":
+        print(json.dumps({"findings": [f.as_dict() for f in findings],
+                          "exit_code": exit_code(findings)}, indent=2))
+    else:
+        print(render_text(findings), end="")
+    return exit_code(findings)
 
 
 async def _run(config: object) -> None:

@@ -17,6 +17,8 @@ from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from exporter.catalogue import family
+from exporter.findings import Finding
 from exporter.metrics.exporter import build_info, health_families
 from exporter.metrics.pgbouncer import pgbouncer_families
 from exporter.metrics.postgres import postgres_families
@@ -47,10 +49,12 @@ class ExporterCollector(Collector):
         self._states = states
         self._options = options
         self._clock = clock
+        self.findings: list[Finding] = []  # set by the exporter before each render
 
     def collect(self) -> Iterator[Metric]:
         yield build_info()
         yield from health_families(self._states)
+        yield finding_family(self.findings)
         yield from _merge(self._source_families())
 
     def _source_families(self) -> Iterator[Metric]:
@@ -63,6 +67,13 @@ class ExporterCollector(Collector):
             if snap is None or now - snap.taken_at > self._options.stale_after_seconds:  # type: ignore[attr-defined]
                 continue
             yield from FAMILIES[state.kind](snap, state.target, self._options)
+
+
+def finding_family(findings: Sequence[Finding]) -> Metric:
+    metric = family("prefect_pg_exporter_finding")
+    for check, severity in sorted({(f.check, f.severity) for f in findings}):
+        metric.add_metric([check, severity], 1)
+    return metric
 
 
 def _merge(families: Iterator[Metric]) -> Iterator[Metric]:

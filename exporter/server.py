@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter import __version__
 from exporter.collector import Exposition
+from exporter.findings import Finding
 from exporter.poller import SourceState
 
 
-def make_app(exposition: Exposition, states: Sequence[SourceState]) -> web.Application:
+def make_app(exposition: Exposition, states: Sequence[SourceState],
+             findings: Callable[[], Sequence[Finding]] = list) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
         body = exposition.body
@@ -34,7 +36,7 @@ def make_app(exposition: Exposition, states: Sequence[SourceState]) -> web.Appli
         return web.Response(text="ready\n")
 
     async def index(_: web.Request) -> web.Response:
-        return web.Response(text=landing_page(states), content_type="text/html")
+        return web.Response(text=landing_page(states, findings()), content_type="text/html")
 
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz),
@@ -42,7 +44,21 @@ def make_app(exposition: Exposition, states: Sequence[SourceState]) -> web.Appli
     return app
 
 
-def landing_page(states: Sequence[SourceState], now: float | None = None) -> str:
+def _findings_html(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return "<p>No findings: nothing wrong seen.</p>"
+    items = []
+    for f in findings:
+        evidence = "".join(f"<li>{html.escape(e)}</li>" for e in f.evidence)
+        items.append(f"<li><b class={f.severity}>{f.severity.upper()}</b> "
+                     f"{html.escape(f.title)} <small>({html.escape(f.check)}, "
+                     f"{html.escape(f.target)})</small><ul>{evidence}"
+                     f"<li>do: {html.escape(f.action)}</li></ul></li>")
+    return f"<ol>{''.join(items)}</ol>"
+
+
+def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = (),
+                 now: float | None = None) -> str:
     now = time.time() if now is None else now
     rows = []
     for s in states:
@@ -54,12 +70,16 @@ def landing_page(states: Sequence[SourceState], now: float | None = None) -> str
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>prefect-pg-exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}
-.up{{color:#1a7f37}}.down{{color:#cf222e;font-weight:bold}}</style></head>
+.up{{color:#1a7f37}}.down,.critical{{color:#cf222e;font-weight:bold}}
+.warning{{color:#9a6700}}.info{{color:#0969da}}</style></head>
 <body><h1>prefect-pg-exporter {html.escape(__version__)}</h1>
 <p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> ·
 <a href="/readyz">/readyz</a></p>
 <h2>Sources</h2>
 <table><tr><th>source</th><th>target</th><th>state</th><th>last success</th><th>last error</th></tr>
 {"".join(rows)}
-</table></body></html>
+</table>
+<h2>Findings</h2>
+{_findings_html(findings)}
+</body></html>
 """
