@@ -70,16 +70,19 @@ class Exporter:
         self.exposition.render()
 
     async def start(self) -> None:
-        app = make_app(self.exposition, self.poller.states, lambda: self.findings)
+        app = make_app(self.exposition, self.poller.states, lambda: self.findings,
+                       self.config.web.users)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port)
+        site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port,
+                           ssl_context=self.config.web.ssl_context)
         await site.start()
         server = site._server  # the bound socket tells the port when 0 was asked for
         if server is not None and server.sockets:  # type: ignore[union-attr]
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.poller.start()
-        log.info("exporter started", url=f"http://{self.config.listen.host}:{self.port}/",
+        scheme = "https" if self.config.web.ssl_context else "http"
+        log.info("exporter started", url=f"{scheme}://{self.config.listen.host}:{self.port}/",
                  **describe(self.config))
 
     async def stop(self) -> None:

@@ -15,7 +15,7 @@ from exporter import __version__
 from exporter.config import Config, ConfigError, build_parser, environment_help, load
 from exporter.logs import configure
 
-COMMANDS = ("run", "doctor", "version")
+COMMANDS = ("run", "doctor", "healthcheck", "version")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,11 +27,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog="commands:\n  run (default)  poll the targets and serve /metrics\n"
                "  doctor         read every target once, print the diagnosis; exit 0 when "
                "nothing is wrong,\n                 1 on warnings, 2 on critical findings\n"
+               "  healthcheck    ask the running exporter's /healthz (for container "
+               "HEALTHCHECKs);\n                 follows the listen address and TLS settings\n"
                "  version        print the version\n\nenvironment variables:\n"
                + environment_help(),
     )
     parser.add_argument("command", nargs="?", default="run", choices=COMMANDS,
-                        help="run (default), doctor or version")
+                        help="run (default), doctor, healthcheck or version")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="doctor's report format")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -51,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"prefect-pg-exporter: error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "healthcheck":
+        return _healthcheck(config)
     if args.command == "doctor":
         configure("error" if config.log_level == "info" else config.log_level,
                   config.log_format)
@@ -66,6 +70,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _healthcheck(config: Config) -> int:
+    """0 if this exporter's /healthz answers on loopback, 1 otherwise. The certificate is not
+    verified: the check talks to its own process, by address, over loopback."""
+    import ssl
+    import urllib.request
+
+    tls = config.web.ssl_context is not None
+    host = "[::1]" if ":" in config.listen.host and config.listen.host != "::" else "127.0.0.1"
+    url = f"{'https' if tls else 'http'}://{host}:{config.listen.port}/healthz"
+    context = ssl._create_unverified_context() if tls else None
+    try:
+        with urllib.request.urlopen(url, timeout=4, context=context) as response:
+            return 0 if response.status == 200 else 1
+    except OSError as exc:
+        print(f"prefect-pg-exporter: unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _doctor(config: Config, fmt: str) -> int:

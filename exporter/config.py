@@ -20,6 +20,7 @@ from typing import Any
 
 from exporter.dsn import DSNError, Target, parse_targets
 from exporter.sources.prefect import PrefectAuth
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 ENV_PREFIX = "PREFECT_PG_EXPORTER_"
 
@@ -64,6 +65,7 @@ class Config:
     top_transactions: int = 5
     hot_tables: tuple[str, ...] = DEFAULT_HOT_TABLES
     sources: tuple[str, ...] = field(default=())
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def statement_timeout_ms(self) -> int:
@@ -152,6 +154,13 @@ def _existing_file(raw: str) -> str:
     return raw
 
 
+def _web_config(raw: str) -> WebConfig:
+    try:
+        return load_web_config(raw)
+    except WebConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _name_list(raw: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in raw.split(",") if n.strip())
     bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
@@ -201,6 +210,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Prefect API requests in flight at once per poll", "N"),
     Setting("listen_address", _listen, "HTTP address for /metrics, /healthz, /readyz and /",
             "HOST:PORT"),
+    Setting("web_config_file", _web_config, "TLS and basic auth for the HTTP endpoints, in the "
+            "Prometheus exporter toolkit's web config format", "PATH"),
     Setting("poll_interval_seconds", _positive_float, "seconds between polls of each source",
             "SECONDS"),
     Setting("poll_timeout_seconds", _positive_float,
@@ -228,6 +239,10 @@ PREFECT_FALLBACKS = {
     "prefect_api_tls_insecure_skip_verify": "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
 }
 _CREDENTIALS = {"prefect_api_key", "prefect_api_auth_string"}
+# Kubernetes injects <SERVICE>_SERVICE_HOST, _SERVICE_PORT[_NAME] and _PORT[_...] for every
+# Service in the namespace: a Service named prefect-pg-exporter must not crash the exporter.
+_KUBERNETES_SERVICE_LINK = re.compile(
+    ENV_PREFIX + r"(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[A-Z0-9_]+)?)$")
 
 
 def build_parser(prog: str = "prefect-pg-exporter") -> argparse.ArgumentParser:
@@ -259,7 +274,7 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     known = {s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s.secret}
     known.add(_CONFIG_FILE_ENV)
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or _KUBERNETES_SERVICE_LINK.match(name):
             continue
         if name not in known:
             raise ConfigError(f"unknown environment variable {name} (see --help)")
@@ -315,6 +330,8 @@ def _build(raw: dict[str, str]) -> Config:
     targets = {kind: _targets(raw, kind) for kind in ("postgres", "pgbouncer")}
     if "listen_address" in values:
         values["listen"] = values.pop("listen_address")
+    if "web_config_file" in values:
+        values["web"] = values.pop("web_config_file")
     prefect = _prefect_target(raw, values)
     sources = tuple(kind for kind, found in targets.items() if found) + (
         ("prefect",) if prefect else ())

@@ -13,10 +13,12 @@ from exporter import __version__
 from exporter.collector import Exposition
 from exporter.findings import Finding
 from exporter.poller import SourceState
+from exporter.webconfig import basic_auth_middleware
 
 
 def make_app(exposition: Exposition, states: Sequence[SourceState],
-             findings: Callable[[], Sequence[Finding]] = list) -> web.Application:
+             findings: Callable[[], Sequence[Finding]] = list,
+             users: dict[str, bytes] | None = None) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
         body = exposition.body
@@ -38,7 +40,7 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
     async def index(_: web.Request) -> web.Response:
         return web.Response(text=landing_page(states, findings()), content_type="text/html")
 
-    app = web.Application()
+    app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz),
                     web.get("/readyz", readyz), web.get("/", index)])
     return app

@@ -85,6 +85,7 @@ BAD = [
       "prefect_api_ca_file": "/etc/hostname"}, "either a Prefect API CA file"),
     ({"prefect_upcoming_horizon_seconds": "-5"}, "positive"),
     ({"prefect_max_concurrent_requests": "0"}, ">= 1"),
+    ({"web_config_file": "/nonexistent/web.yml"}, "web config"),
 ]
 
 
@@ -118,6 +119,16 @@ def test_prefect_falls_back_to_prefects_own_variables(tmp_path: Path) -> None:
     assert config.prefect_target is not None
     assert config.prefect_target.name == "lab"
     assert config.prefect_target.auth.auth_string == "admin:pw"
+
+
+def test_kubernetes_service_links_are_not_unknown_variables() -> None:
+    config = load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN,
+                       "PREFECT_PG_EXPORTER_SERVICE_HOST": "10.0.0.1",
+                       "PREFECT_PG_EXPORTER_SERVICE_PORT": "9816",
+                       "PREFECT_PG_EXPORTER_SERVICE_PORT_METRICS": "9816",
+                       "PREFECT_PG_EXPORTER_PORT": "tcp://10.0.0.1:9816",
+                       "PREFECT_PG_EXPORTER_PORT_9816_TCP_ADDR": "10.0.0.1"})
+    assert config.listen.port == 9816
 
 
 def test_unknown_variables_and_keys(tmp_path: Path) -> None:

@@ -218,6 +218,19 @@ def _tables(rows: Sequence[asyncpg.Record]) -> tuple[TableStats, ...]:
 # ----------------------------------------------------------------------------------------
 
 
+def _decode_lenient(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+async def _lenient_text(conn: asyncpg.Connection) -> None:
+    """Decode text and names leniently. pg_stat_activity shows other databases' query text
+    unconverted, so a SQL_ASCII database's session can put bytes there that are not UTF-8; a
+    strict decoder would fail every poll and blind the exporter for as long as it lasts."""
+    for type_name in ("text", "name", "varchar"):
+        await conn.set_type_codec(type_name, schema="pg_catalog", format="binary",
+                                  encoder=str.encode, decoder=_decode_lenient)
+
+
 class PostgresSource:
     kind = "postgres"
 
@@ -256,6 +269,7 @@ class PostgresSource:
                 server_settings={"application_name": APPLICATION_NAME,
                                  "default_transaction_read_only": "on"},
             )
+            await _lenient_text(self._conn)
             # SET, not startup parameters: pg_settings.reset_val then still shows the server's
             # own values of these timeouts, which is what the exporter reports.
             timeout = str(self._statement_timeout_ms)
