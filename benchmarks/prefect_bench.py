@@ -64,18 +64,27 @@ KINDS = """(VALUES
   (98, 100, 'PENDING', 'Pending', -600, -10, false, false))"""
 MIX = ("60% SCHEDULED (20 overdue, 10 Late, 10 in the next hour, 20 up to a week ahead), "
        "30% COMPLETED, 4% FAILED, 1% CRASHED, 3% RUNNING, 2% PENDING")
+MIXES = {
+    "growing-history": f"the first --small runs as {MIX}; every later run finished "
+                       "(COMPLETED/FAILED/CRASHED): history grows, the scheduler keeps a "
+                       "bounded number of future runs",
+    "scheduled-heavy": f"every run as {MIX}: a scheduler that creates far too many runs",
+}
+NEVER = 2**31 - 1
 
 # Runs i in [$2, $3) copied from the template run $1; each with its own current state row (the
 # two tables reference each other, so foreign-key triggers are off for this transaction).
 INSERT_RUNS = f"""
 WITH t AS (SELECT * FROM flow_run WHERE id = $1),
 g AS (SELECT i, gen_random_uuid() AS id, gen_random_uuid() AS sid,
-             ((i::bigint * 2654435761) % 4294967296) / 4294967296.0 AS f
+             ((i::bigint * 2654435761) % 4294967296) / 4294967296.0 AS f,
+             -- from run $4 on, finished runs only (COMPLETED, FAILED, CRASHED buckets)
+             CASE WHEN i >= $4 THEN 60 + i % 35 ELSE i % 100 END AS bucket
       FROM generate_series($2::int, $3::int - 1) AS i),
 k(b0, b1, type, name, lo, hi, started, ended) AS {KINDS},
 e AS (SELECT g.id, g.sid, g.i, k.type::state_type AS type, k.name, k.started, k.ended,
              now() + (k.lo + (k.hi - k.lo) * g.f) * interval '1 second' AS expected
-      FROM g JOIN k ON g.i % 100 >= k.b0 AND g.i % 100 < k.b1),
+      FROM g JOIN k ON g.bucket >= k.b0 AND g.bucket < k.b1),
 r AS (SELECT e.*,
              CASE WHEN e.started THEN e.expected + interval '5 seconds' END AS start_time,
              CASE WHEN e.ended THEN e.expected + interval '65 seconds' END AS end_time,
@@ -152,7 +161,8 @@ async def create_template_run(api_url: str) -> str:
         return str(run["id"])
 
 
-async def add_runs(pg: LabPostgres, template: str, first: int, last: int) -> float:
+async def add_runs(pg: LabPostgres, template: str, first: int, last: int,
+                   finished_from: int = NEVER) -> float:
     """Runs first..last-1 in chunks, then VACUUM ANALYZE as autovacuum would. Seconds taken."""
     started = time.monotonic()
     conn = await asyncpg.connect(pg.dsn())
@@ -160,7 +170,8 @@ async def add_runs(pg: LabPostgres, template: str, first: int, last: int) -> flo
         for lo in range(first, last, CHUNK):
             async with conn.transaction():
                 await conn.execute("SET LOCAL session_replication_role = replica")
-                await conn.execute(INSERT_RUNS, template, lo, min(lo + CHUNK, last))
+                await conn.execute(INSERT_RUNS, template, lo, min(lo + CHUNK, last),
+                                   finished_from)
         await conn.execute("VACUUM ANALYZE flow_run, flow_run_state")
     finally:
         await conn.close()
@@ -600,15 +611,16 @@ async def run(args: argparse.Namespace) -> None:
         bench.template = await create_template_run(prefect.api_url)
         print(f"lab up: Prefect 3.8.8 at {prefect.api_url} (services off), its database through "
               f"PgBouncer (transaction pooling)\nruns: 1 created through the REST API, the rest "
-              f"copied from it in SQL: {MIX}", flush=True)
+              f"copied from it in SQL; mix {args.mix}: {MIXES[args.mix]}", flush=True)
         await start_ppe_pair(bench)
         if bench.ppe is not None:
             print(f"prometheus-prefect-exporter {ppe_commit(args.ppe_dir)} running from "
                   f"{args.ppe_dir} (defaults: PAGINATION_LIMIT 200, OFFSET_MINUTES 3)")
         results = []
         have = 1
+        finished_from = args.small if args.mix == "growing-history" else NEVER
         for size in (args.small, args.large):
-            seconds = await add_runs(bench.pg, bench.template, have, size)
+            seconds = await add_runs(bench.pg, bench.template, have, size, finished_from)
             have = size
             results.append(await measure(bench, seconds))
             print_size(results[-1])
@@ -636,6 +648,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--ppe-venv", type=Path, default=Path("/tmp/prometheus-prefect-exporter-venv"),
         help="its virtualenv (made there when missing)")
     add("--no-ppe", action="store_true", help="do not measure prometheus-prefect-exporter")
+    add("--mix", choices=tuple(MIXES), default="growing-history",
+        help="how the generated runs are spread over states: " + "; ".join(
+            f"{name}: {text}" for name, text in MIXES.items()))
     args = parser.parse_args(argv)
     if not 1 < args.small < args.large:
         parser.error("need 1 < --small < --large")

@@ -40,8 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -108,7 +106,7 @@ async def _doctor(config: Config, fmt: str) -> int:
     return exit_code(findings)
 
 
-async def _run(config: object) -> None:
-    from exporter.app import serve
+async def _run(config: Config) -> None:
+    from exporter.app import serve  # imported here: --help and version stay fast
 
-    await serve(config)  # type: ignore[arg-type]
+    await serve(config)

@@ -33,3 +33,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     )
     # aiohttp's access log is off; its errors go through the standard library at this level.
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(name)s %(message)s")
+    # httpx logs every request at INFO: a Prefect poll is a few dozen of them.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(
+            level.upper())))

@@ -16,10 +16,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ import pytest
 import yaml
 
 from exporter.config import ENV_PREFIX, PREFECT_FALLBACKS, SETTINGS, Config, ConfigError, load
-from exporter.lab.common import free_port
+from exporter.lab.common import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -163,18 +161,6 @@ def test_dockerfile_healthcheck_is_the_cli_healthcheck() -> None:
     assert _healthcheck_argv()[1] in COMMANDS
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"the exporter did not listen on {port}")
-
-
 def test_dockerfile_healthcheck_passes_on_a_running_exporter_and_fails_without() -> None:
     check = [sys.executable, "-m", "exporter", *_healthcheck_argv()[1:]]
     port = free_port()
@@ -187,7 +173,7 @@ def test_dockerfile_healthcheck_passes_on_a_running_exporter_and_fails_without()
         env={**env, "PREFECT_PG_EXPORTER_POSTGRES_DSN": "postgresql://x@127.0.0.1:1/x",
              "PREFECT_PG_EXPORTER_LOG_LEVEL": "error"})
     try:
-        _wait_for_port(port, exporter)
+        wait_for_port(port, 20, "the exporter", exporter)  # type: ignore[arg-type]
         healthy = subprocess.run(check, env=env, capture_output=True, text=True, timeout=20)
         assert healthy.returncode == 0, healthy.stderr
     finally:

@@ -8,9 +8,9 @@ import pytest
 from exporter.lab.pgbouncer import LabPgBouncer
 from exporter.lab.postgres import LabPostgres
 from exporter.lab.prefect import LabPrefect
+from exporter.lab.prefect_api import PrefectAPI
 from tests.conftest import PREFECT_POLL, StartExporter
 from tests.helpers import wait_for
-from tests.prefect_api import PrefectAPI
 
 pytestmark = pytest.mark.lab
 

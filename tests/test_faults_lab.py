@@ -19,7 +19,7 @@ from tests.helpers import scrape, wait_for, wait_for_value
 
 pytestmark = pytest.mark.lab
 
-INTERVAL = 1.0  # seconds: the poll interval of these tests, and the timeout
+INTERVAL = 2.0  # seconds: the poll interval of these tests, and the timeout
 SLACK = 1.0  # scheduling and scrape round trips
 
 

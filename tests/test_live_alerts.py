@@ -19,10 +19,10 @@ from exporter import alerting, dashboards
 from exporter.lab.pgbouncer import LabPgBouncer
 from exporter.lab.postgres import LabPostgres
 from exporter.lab.prefect import LabPrefect
+from exporter.lab.prefect_api import PrefectAPI
 from exporter.lab.prometheus import LabPrometheus
-from tests.conftest import StartExporter
+from tests.conftest import PREFECT_POLL, StartExporter
 from tests.helpers import eventually
-from tests.prefect_api import PrefectAPI
 
 pytestmark = pytest.mark.lab
 
@@ -112,8 +112,7 @@ async def test_alerts_fire_dashboards_have_data_and_alerts_resolve(
 
     exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn(),
                                     pgbouncer_dsn=pgbouncer.stats_dsn(),
-                                    prefect_api_url=prefect.api_url,
-                                    poll_interval_seconds="0.5", poll_timeout_seconds="0.5")
+                                    prefect_api_url=prefect.api_url, **PREFECT_POLL)
     rules = tmp_path / "rules.yml"
     rules.write_text(alerting.render_yaml(alerting.rule_groups(SHORT, for_scale=1 / 60)))
     prom = LabPrometheus(tmp_path / "prometheus", exporter.port, rules)

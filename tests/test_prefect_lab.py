@@ -9,9 +9,9 @@ import pytest
 
 from exporter.lab.pgbouncer import LabPgBouncer
 from exporter.lab.prefect import LabPrefect, start_prefect
+from exporter.lab.prefect_api import PrefectAPI
 from tests.conftest import PREFECT_POLL, StartExporter
 from tests.helpers import scrape, wait_for, wait_for_value
-from tests.prefect_api import PrefectAPI
 
 pytestmark = pytest.mark.lab
 

@@ -1,7 +1,9 @@
 """The demo: the lab on loopback and the exporter against it, until Ctrl-C.
 
-    scripts/demo                 # PostgreSQL, PgBouncer, the exporter, and a few incidents
+    scripts/demo                 # PostgreSQL, PgBouncer, Prefect, the exporter, Prometheus
+                                 # with the shipped rules, and a few incidents
     scripts/demo --no-incidents  # a quiet lab
+    scripts/demo --no-prefect    # without the Prefect server (quicker on a first run)
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import contextlib
 import shutil
 import signal
 import socket
+from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 
@@ -20,11 +24,28 @@ from exporter.config import load
 from exporter.lab.common import lab_root
 from exporter.lab.pgbouncer import LabPgBouncer, start_pgbouncer
 from exporter.lab.postgres import LabPostgres, start_postgres
+from exporter.lab.prefect import LabPrefect, start_prefect
+from exporter.lab.prefect_api import PrefectAPI
+from exporter.lab.prometheus import LabPrometheus
 from exporter.logs import configure
 
 DEFAULT_PORT = 9816
 INCIDENTS = ("  incidents  an idle-in-transaction blocker with a writer behind it, two LISTEN "
-             "sessions,\n             PgBouncer clients waiting for a server connection")
+             "sessions,\n             PgBouncer clients waiting for a server connection, "
+             "overdue runs in work pool demo-pool\n             (Late after 15 s, no worker)")
+RULES = Path(__file__).resolve().parents[2] / "alerts" / "prefect-pg-exporter.rules.yml"
+
+
+async def _late_runs(prefect: LabPrefect) -> None:
+    api = PrefectAPI(prefect.api_url)
+    try:
+        await api.work_pool("demo-pool")
+        deployment = await api.deployment("demo-pool", "demo-nightly")
+        for minutes in (5, 10, 30):
+            await api.scheduled_run(deployment, timedelta(minutes=-minutes))
+        await api.scheduled_run(deployment, timedelta(minutes=20))
+    finally:
+        await api.close()
 
 
 def _port(preferred: int) -> int:
@@ -63,24 +84,37 @@ async def _incidents(pg: LabPostgres, bouncer: LabPgBouncer) -> list[asyncpg.Con
     return [holder, writer, services_a, services_b, *pooled]
 
 
-async def demo(incidents: bool, port: int) -> None:
+async def demo(incidents: bool, port: int, with_prefect: bool, with_prometheus: bool) -> None:
     root = lab_root("prefect-pg-demo-")
     pg = start_postgres(root / "postgres")
     bouncer = start_pgbouncer(root / "pgbouncer", pg)
+    prefect = start_prefect(root / "prefect", bouncer) if with_prefect else None
     conns: list[asyncpg.Connection] = []
-    exporter = Exporter(load({"postgres_dsn": pg.monitor_dsn(),
-                              "pgbouncer_dsn": bouncer.stats_dsn(),
-                              "listen_address": f"127.0.0.1:{_port(port)}",
-                              "poll_interval_seconds": "5", "poll_timeout_seconds": "4",
-                              "log_format": "console"}, environ={}))
+    settings = {"postgres_dsn": pg.monitor_dsn(), "pgbouncer_dsn": bouncer.stats_dsn(),
+                "listen_address": f"127.0.0.1:{_port(port)}", "poll_interval_seconds": "5",
+                "poll_timeout_seconds": "4", "log_format": "console"}
+    if prefect is not None:
+        settings["prefect_api_url"] = prefect.api_url
+    exporter = Exporter(load(settings, environ={}))
+    prometheus: LabPrometheus | None = None
     try:
         if incidents:
             conns = await _incidents(pg, bouncer)
+            if prefect is not None:
+                await _late_runs(prefect)
         await exporter.start()
+        if with_prometheus:
+            prometheus = LabPrometheus(root / "prometheus", exporter.port, RULES, 5.0)
+            prometheus.start()
         url = f"http://127.0.0.1:{exporter.port}/"
         print(f"\nprefect-pg-exporter demo is running\n"
-              f"  exporter   {url}   (metrics: {url}metrics)\n"
-              f"  postgres   psql '{pg.dsn()}'\n"
+              f"  exporter   {url}   (metrics: {url}metrics; findings on the page, or: "
+              f"prefect-pg-exporter doctor with the DSNs below)\n"
+              + (f"  prometheus {prometheus.url}/alerts   (the shipped rules; pages after "
+                 f"their `for:`, minutes)\n" if prometheus else "")
+              + (f"  prefect    {prefect.api_url}   (3.8.8, its database through PgBouncer)\n"
+                 if prefect else "")
+              + f"  postgres   psql '{pg.dsn()}'\n"
               f"  monitoring role (pg_monitor only): {pg.monitor_dsn()}\n"
               f"  pgbouncer  psql '{bouncer.dsn()}'   (transaction pooling, "
               f"pool size {bouncer.pool_size})\n"
@@ -92,9 +126,13 @@ async def demo(incidents: bool, port: int) -> None:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
+        if prometheus is not None:
+            prometheus.stop()
         await exporter.stop()
         for conn in conns:
             conn.terminate()
+        if prefect is not None:
+            prefect.stop()
         bouncer.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -104,12 +142,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-incidents", action="store_true", help="a quiet lab")
+    parser.add_argument("--no-prefect", action="store_true", help="no Prefect server")
+    parser.add_argument("--no-prometheus", action="store_true", help="no Prometheus")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="exporter port (a free one if taken)")
     args = parser.parse_args()
     configure("info", "console")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(demo(not args.no_incidents, args.port))
+        asyncio.run(demo(not args.no_incidents, args.port, not args.no_prefect,
+                         not args.no_prometheus))
 
 
 if __name__ == "__main__":

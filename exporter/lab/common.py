@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,18 @@ LAB_USER_FALLBACK = "prefect-lab"
 
 class LabError(RuntimeError):
     pass
+
+
+def dies_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn: the server gets `sig` when the process that started it dies, so a test run
+    killed by a timeout leaves no PostgreSQL or Prefect behind (Linux prctl PR_SET_PDEATHSIG)."""
+
+    def preexec() -> None:
+        # not Linux / no libc: the servers then outlive a killed parent, as before
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig, 0, 0, 0)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -88,6 +103,24 @@ def wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[b
         except OSError:
             time.sleep(0.05)
     raise LabError(f"{what} did not listen on port {port} within {timeout:g}s: {tail(log)}")
+
+
+def wait_for_http(url: str, timeout: float, what: str, proc: subprocess.Popen[bytes],
+                  log: Path) -> None:
+    """Until url answers 200; fail early, with the log's tail, if the process exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"{what} exited with {proc.returncode}: {tail(log, 30)}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise LabError(f"{what} not ready within {timeout:g}s: {tail(log, 30)}")
 
 
 def tail(log: Path | None, lines: int = 15) -> str:

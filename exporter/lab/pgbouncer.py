@@ -8,6 +8,7 @@ from pathlib import Path
 
 from exporter.lab.common import (
     RunAs,
+    dies_with_parent,
     find_binary,
     free_port,
     make_dir,
@@ -84,7 +85,7 @@ pidfile = {self.root / "pgbouncer.pid"}
         self._proc = subprocess.Popen(
             [find_binary("pgbouncer", ["/usr/sbin/pgbouncer"]), str(self.ini)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            start_new_session=True, **self.who.popen_kwargs())
+            start_new_session=True, preexec_fn=dies_with_parent(), **self.who.popen_kwargs())
         wait_for_port(self.port, 20, "pgbouncer", self._proc, self.log)
 
     def stop(self) -> None:

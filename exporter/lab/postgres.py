@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from exporter.lab.common import (
     LabError,
     RunAs,
+    dies_with_parent,
     find_binary,
     free_port,
     make_dir,
@@ -76,13 +79,13 @@ class LabPostgres:
         log = self.log.open("ab")
         self._proc = subprocess.Popen(
             [_bin("postgres"), "-D", str(self.data)], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, **self.who.popen_kwargs())
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            # SIGQUIT: immediate shutdown (SIGTERM would wait for every client to leave)
+            preexec_fn=dies_with_parent(signal.SIGQUIT), **self.who.popen_kwargs())
         wait_for_port(self.port, 30, "postgres", self._proc, self.log)
         self._wait_accepting()
 
     def _wait_accepting(self) -> None:
-        import time
-
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             done = subprocess.run(
@@ -95,8 +98,6 @@ class LabPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: 'fast' (SIGINT, disconnects clients) or 'immediate' (SIGQUIT)."""
-        import signal
-
         if self._proc is None or self._proc.poll() is not None:
             return
         self._proc.send_signal(signal.SIGINT if mode == "fast" else signal.SIGQUIT)

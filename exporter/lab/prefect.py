@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from exporter.lab.common import LabError, free_port, stop_process, tail
+from exporter.lab.common import (
+    LabError,
+    dies_with_parent,
+    free_port,
+    stop_process,
+    wait_for_http,
+)
 from exporter.lab.pgbouncer import LabPgBouncer
 from exporter.lab.postgres import APP_PASSWORD, APP_ROLE, DATABASE
 
@@ -91,19 +94,9 @@ class LabPrefect:
         log = self.log.open("ab")
         self._proc = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=dies_with_parent(),
                                       cwd=self.root)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise LabError(f"prefect server exited with {self._proc.returncode}: "
-                               f"{tail(self.log, 30)}")
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise LabError(f"prefect server not healthy within {timeout:g}s: {tail(self.log, 30)}")
+        wait_for_http(f"{self.api_url}/health", timeout, "prefect server", self._proc, self.log)
 
     def stop(self) -> None:
         stop_process(self._proc, timeout=20)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from exporter.lab.common import LabError, find_binary, free_port, stop_process, tail
+from exporter.lab.common import (
+    LabError,
+    dies_with_parent,
+    find_binary,
+    free_port,
+    stop_process,
+    wait_for_http,
+)
 
 
 class LabPrometheus:
@@ -39,18 +45,8 @@ class LabPrometheus:
              f"--storage.tsdb.path={self.root / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise LabError(f"prometheus exited: {tail(self.log)}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise LabError(f"prometheus not ready in {timeout:g}s: {tail(self.log)}")
+            start_new_session=True, preexec_fn=dies_with_parent())
+        wait_for_http(f"{self.url}/-/ready", timeout, "prometheus", self._proc, self.log)
 
     def stop(self) -> None:
         stop_process(self._proc)

@@ -1,4 +1,4 @@
-"""Just enough of Prefect's REST API to set up the tests' scenarios, with plain httpx."""
+"""Just enough of Prefect's REST API to set up the lab's scenarios (tests and demo), with httpx."""
 
 from __future__ import annotations
 
