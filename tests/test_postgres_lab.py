@@ -125,9 +125,10 @@ async def test_copy_stall_counts_but_plain_idle_sessions_do_not(
 
 
 async def test_two_copies_of_background_services_listen(
-        postgres: LabPostgres, start_exporter: StartExporter) -> None:
-    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
-    async with sessions(postgres.dsn(), "services-a", "services-b") as conns:
+        own_postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    # a PostgreSQL of its own: the session lab's Prefect server holds a LISTEN of its own
+    exporter = await start_exporter(postgres_dsn=own_postgres.monitor_dsn())
+    async with sessions(own_postgres.dsn(), "services-a", "services-b") as conns:
         for conn in conns:
             await conn.add_listener("prefect_automation_changes", lambda *_: None)
         await wait_for_value(exporter.port, "postgres_listen_sessions",
@@ -186,7 +187,8 @@ async def test_settings_server_and_hot_tables(postgres: LabPostgres,
 
 
 async def test_monitor_role_sees_other_sessions_a_plain_role_does_not(
-        postgres: LabPostgres, start_exporter: StartExporter) -> None:
+        own_postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    postgres = own_postgres  # the session lab's Prefect server holds a LISTEN of its own
     postgres.psql("DROP ROLE IF EXISTS plain_role")
     postgres.psql("CREATE ROLE plain_role LOGIN PASSWORD 'plain-secret'")
     monitored = await start_exporter(postgres_dsn=postgres.monitor_dsn())
