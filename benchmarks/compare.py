@@ -48,7 +48,14 @@ from benchmarks.bench import bare_sql, open_backends, pct, rss_mb
 from exporter.collector import ExporterCollector, Exposition, MetricOptions
 from exporter.config import load
 from exporter.findings import diagnose, snapshots_from
-from exporter.lab.common import LabError, free_port, lab_root, stop_process, tail
+from exporter.lab.common import (
+    LabError,
+    dies_with_parent,
+    free_port,
+    lab_root,
+    stop_process,
+    tail,
+)
 from exporter.lab.pgbouncer import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -105,7 +112,7 @@ class Procs:
         with log.open("ab") as out:
             proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=dies_with_parent())
         running = Running(name, proc, port, log)
         self.started.append(running)
         wait_metrics(running)
@@ -178,8 +185,8 @@ def package_version(package: str) -> str:
 
 @dataclass
 class Figures:
-    """One exporter at one size. CPU in seconds per scrape; db_cpu per scrape (collect on
-    scrape) or per poll (ours); poll_* only for ours."""
+    """One exporter at one size, in seconds and MB. cpu: per scrape; server_cpu: the database's
+    or PgBouncer's per scrape (collect on scrape) or per poll (ours); poll_*: ours only."""
 
     name: str
     p50: float
@@ -299,10 +306,11 @@ def pg_sessions(observer: asyncpg.Connection) -> Sessions:
 def pgb_clients(observer: psycopg.AsyncConnection[tuple[object, ...]], server_pid: int
                 ) -> Sessions:
     async def clients() -> list[int]:
+        """The stats user's client ports."""
         cur = await observer.execute("SHOW CLIENTS")
         names = [c.name for c in cur.description or ()]
-        rows = await cur.fetchall()
-        return [0 for row in rows if dict(zip(names, row, strict=True))["user"] == STATS_USER]
+        rows = [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+        return [int(str(row["port"])) for row in rows if row["user"] == STATS_USER]
 
     return Sessions(clients, 1.0, server_pid)
 
@@ -333,59 +341,55 @@ def health(port: int, kind: str) -> tuple[int, float]:
             found.get("prefect_pg_exporter_source_poll_duration_seconds", 0.0))
 
 
-async def watch_polls(port: int, kind: str, polls: int, interval: float
-                      ) -> tuple[list[float], int, int]:
-    """Waits for `polls` polls, reading each one's duration. Returns the durations, the polls
-    seen and the scrapes it took to see them."""
+async def watch_polls(port: int, kind: str, polls: int, interval: float) -> list[float]:
+    """Waits for `polls` polls, reading each one's duration."""
     first, _ = await asyncio.to_thread(health, port, kind)
-    last, durations, scrapes = first, [], 1
+    last, durations = first, []
     deadline = time.monotonic() + polls * interval * 3 + 30
     while last - first < polls and time.monotonic() < deadline:
         await asyncio.sleep(interval / 4)
         count, duration = await asyncio.to_thread(health, port, kind)
-        scrapes += 1
         if count != last:
             durations.append(duration)
             last = count
-    return durations, last - first, scrapes
+    return durations
+
+
+async def quiet_polls(running: Running, kind: str, polls: int, interval: float
+                      ) -> tuple[int, float]:
+    """Polls made and CPU used over `polls` intervals with nothing scraping."""
+    count = (await asyncio.to_thread(health, running.port, kind))[0]
+    cpu = cpu_seconds(running.pid)
+    await asyncio.sleep(polls * interval)
+    cpu = cpu_seconds(running.pid) - cpu
+    return (await asyncio.to_thread(health, running.port, kind))[0] - count, cpu
 
 
 async def measure_ours(running: Running, kind: str, sessions: Sessions, polls: int,
                        scrapes: int, interval: float,
                        logins: Callable[[], int] | None = None) -> Figures:
-    """Ours polls on its own: window A watches `polls` polls (a few small scrapes to read their
-    durations), window B is `scrapes` back-to-back scrapes (a poll or two happen meanwhile).
-    CPU per poll and per scrape solve the two windows' CPU = polls * x + scrapes * y."""
-    before_logins = logins() if logins else 0
+    """Ours polls on its own. Its poll durations are read in a first window (a small scrape
+    every quarter interval); its CPU and the server's per poll in a second one with nothing
+    scraping; its scrapes in a third, back to back, less the CPU of the polls made meanwhile."""
     async with sessions.running():
+        durations = await watch_polls(running.port, kind, polls, interval)
+        before_logins = logins() if logins else 0
         server = sessions.server_cpu
-        cpu_a = cpu_seconds(running.pid)
-        durations, polls_a, scrapes_a = await watch_polls(running.port, kind, polls, interval)
-        cpu_a = cpu_seconds(running.pid) - cpu_a
+        polls_a, cpu_a = await quiet_polls(running, kind, polls, interval)
+    per_poll = cpu_a / max(polls_a, 1)
     server_cpu = (sessions.server_cpu - server) / max(polls_a, 1)
     logins_per = (logins() - before_logins) / max(polls_a, 1) if logins else None
-    count_b, _ = await asyncio.to_thread(health, running.port, kind)
+    count_b = (await asyncio.to_thread(health, running.port, kind))[0]
     cpu_b = cpu_seconds(running.pid)
     times = await asyncio.to_thread(scrape_times, running.port, scrapes)
     cpu_b = cpu_seconds(running.pid) - cpu_b
     polls_b = (await asyncio.to_thread(health, running.port, kind))[0] - count_b
-    per_poll, per_scrape = solve(cpu_a, polls_a, scrapes_a, cpu_b, polls_b, scrapes + 2)
     if not durations:
         raise LabError(f"{running.name} made no {kind} poll: {tail(running.log, 1).strip()}")
-    return Figures(running.name, pct(times, 0.5), pct(times, 0.99), per_scrape,
-                   rss_mb(running.pid), sessions.current, sessions.max, server_cpu, logins_per,
+    return Figures(running.name, pct(times, 0.5), pct(times, 0.99),
+                   max(cpu_b - polls_b * per_poll, 0.0) / scrapes, rss_mb(running.pid),
+                   sessions.current, sessions.max, server_cpu, logins_per,
                    pct(durations, 0.5), pct(durations, 0.99), per_poll, len(durations))
-
-
-def solve(cpu_a: float, polls_a: int, scrapes_a: int, cpu_b: float, polls_b: int,
-          scrapes_b: int) -> tuple[float, float]:
-    """x, y >= 0 with cpu_a = polls_a x + scrapes_a y and cpu_b = polls_b x + scrapes_b y."""
-    det = polls_a * scrapes_b - scrapes_a * polls_b
-    if det == 0:
-        return cpu_a / max(polls_a, 1), cpu_b / max(scrapes_b, 1)
-    x = (cpu_a * scrapes_b - scrapes_a * cpu_b) / det
-    y = (polls_a * cpu_b - polls_b * cpu_a) / det
-    return max(x, 0.0), max(y, 0.0)
 
 
 # ---- the exporters ----------------------------------------------------------------------------
@@ -453,8 +457,7 @@ def print_floor(what: str, floor: tuple[float, float, float, float], rounds: int
     ours_wall, bare_wall, ours_cpu, bare_cpu = floor
     print(f"  floor, median of {rounds} interleaved: our {what} {ms(ours_wall)} wall "
           f"{ms(ours_cpu)} CPU; bare {ms(bare_wall)} wall {ms(bare_cpu)} CPU; "
-          f"ratio {ratio(ours_wall, bare_wall).strip()} wall, {ratio(ours_cpu, bare_cpu).strip()}"
-          " CPU")
+          f"ratio {ratio(ours_wall, bare_wall)} wall, {ratio(ours_cpu, bare_cpu)} CPU")
 
 
 def postgres_source(pg: LabPostgres) -> PostgresSource:
@@ -978,7 +981,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--our-scrapes", type=int, default=2000,
                         help="scrapes of ours (cheap: more of them to measure its CPU above "
                              "the 10 ms tick)")
-    parser.add_argument("--polls", type=int, default=40, help="polls of ours watched")
+    parser.add_argument("--polls", type=int, default=40,
+                        help="polls of ours watched for their duration, then for CPU")
     parser.add_argument("--interval", type=float, default=0.5,
                         help="our poll interval while measured (seconds)")
     parser.add_argument("--rounds", type=int, default=20, help="floor and profile rounds")
@@ -999,8 +1003,9 @@ def header(run: Run) -> None:
     print(f"  Scrapes are sequential on one keep-alive connection: {args.scrapes} of each "
           f"collect-on-scrape exporter, which queries on every scrape, {args.our_scrapes} of "
           f"{OURS}, which polls on its own (every {args.interval:g}s here; {args.polls} polls "
-          "watched). CPU: utime+stime from /proc/<pid>/stat (10 ms ticks); DB CPU: the "
-          "exporter's own backends; held: sessions (connections) it holds, most seen at once.",
+          f"watched for their duration, {args.polls} more with nothing scraping for CPU).\n"
+          "  CPU: utime+stime from /proc/<pid>/stat (10 ms ticks); DB CPU: the exporter's own "
+          "backends; held: sessions (connections) it holds at the end, most seen at once.",
           flush=True)
 
 
@@ -1013,12 +1018,15 @@ async def main() -> None:
     observer = await asyncpg.connect(pg.dsn(),
                                      server_settings={"application_name": "compare-observer"})
     run = Run(args, root, pg, bouncer, observer)
+    started, load = time.monotonic(), os.getloadavg()[0]
     try:
         header(run)
         for n in args.backends:
             await postgres_at(run, n)
         await incidents(run)
         await pgbouncer_section(run)
+        print(f"\n(whole run {time.monotonic() - started:.0f}s; 1-minute load average "
+              f"{load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end)")
     finally:
         run.procs.stop_all()
         observer.terminate()
