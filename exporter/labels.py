@@ -6,6 +6,7 @@ weight keep their names and the rest fold into OTHER.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TypeVar
@@ -30,12 +31,22 @@ def clean(value: str) -> str:
 
 def keep_top(weights: Mapping[S, int], top_n: int) -> frozenset[S]:
     """The top_n values by weight (ties broken by name, so the choice is stable)."""
-    ranked = sorted(weights.items(), key=lambda item: (-item[1], item[0]))
-    return frozenset(value for value, _ in ranked[:top_n])
+    if len(weights) <= top_n:  # the common case: nothing to fold, nothing to sort
+        return frozenset(weights)
+    ranked = heapq.nsmallest(top_n, weights.items(), key=lambda item: (-item[1], item[0]))
+    return frozenset(value for value, _ in ranked)
 
 
-def fold(value: str, kept: frozenset[str]) -> str:
-    return clean(value) if value in kept else OTHER
+class Folder:
+    """Maps a label's raw values to what is exported: kept values cleaned (once each), the
+    rest OTHER. Built once per label per snapshot."""
+
+    def __init__(self, weights: Mapping[str, int], top_n: int) -> None:
+        self._names = {value: clean(value) for value in keep_top(weights, top_n)}
+
+    def __call__(self, value: str) -> str:
+        return self._names.get(value, OTHER)
+
 
 
 def bounded_sum(items: Iterable[tuple[K, int | float]]) -> dict[K, float]:

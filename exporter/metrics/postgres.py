@@ -4,21 +4,43 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
 from exporter.catalogue import family
-from exporter.labels import bounded_max, bounded_sum, clean, fold, keep_top
+from exporter.labels import Folder, bounded_max, bounded_sum, clean
 from exporter.sources.postgres import ActivityGroup, PostgresSnapshot
 
 TRANSACTION_STATES = ("active", "idle in transaction", "idle in transaction (aborted)")
 
 
+@dataclass(frozen=True)
+class _Folders:
+    """The bounded labels from the database, each decided once per snapshot."""
+
+    datname: Folder
+    usename: Folder
+    application_name: Folder
+
+
+def _folders(groups: tuple[ActivityGroup, ...], top_n: int) -> _Folders:
+    dbs: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    apps: Counter[str] = Counter()
+    for g in groups:
+        dbs[g.datname] += g.sessions
+        users[g.usename] += g.sessions
+        apps[g.application_name] += g.sessions
+    return _Folders(Folder(dbs, top_n), Folder(users, top_n), Folder(apps, top_n))
+
+
 def postgres_families(snap: PostgresSnapshot, target: str, top_n: int) -> Iterator[Metric]:
+    folders = _folders(snap.activity, top_n)
     yield _server_info(snap, target)
     yield from _connection_limits(snap, target)
-    yield from _connections(snap, target, top_n)
-    yield _transaction_max_age(snap, target, top_n)
+    yield from _connections(snap, target, folders)
+    yield _transaction_max_age(snap, target, folders)
     yield from _client_read(snap, target)
     yield _wait_events(snap, target, top_n)
     yield from _blocking(snap, target)
@@ -43,19 +65,9 @@ def _connection_limits(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
         yield metric
 
 
-def _kept(groups: tuple[ActivityGroup, ...], attribute: str, top_n: int) -> frozenset[str]:
-    weights: Counter[str] = Counter()
-    for group in groups:
-        weights[getattr(group, attribute)] += group.sessions
-    return keep_top(weights, top_n)
-
-
-def _connections(snap: PostgresSnapshot, target: str, top_n: int) -> Iterator[Metric]:
-    dbs = _kept(snap.activity, "datname", top_n)
-    users = _kept(snap.activity, "usename", top_n)
-    apps = _kept(snap.activity, "application_name", top_n)
+def _connections(snap: PostgresSnapshot, target: str, f: _Folders) -> Iterator[Metric]:
     counts = bounded_sum(
-        ((fold(g.datname, dbs), fold(g.usename, users), fold(g.application_name, apps),
+        ((f.datname(g.datname), f.usename(g.usename), f.application_name(g.application_name),
           g.state), g.sessions)
         for g in snap.activity)
     metric = family("postgres_connections")
@@ -64,15 +76,12 @@ def _connections(snap: PostgresSnapshot, target: str, top_n: int) -> Iterator[Me
     yield metric
 
 
-def _transaction_max_age(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
-    in_transaction = [g for g in snap.activity
-                      if g.state in TRANSACTION_STATES and g.max_transaction_age is not None]
-    dbs = _kept(snap.activity, "datname", top_n)
-    apps = _kept(snap.activity, "application_name", top_n)
+def _transaction_max_age(snap: PostgresSnapshot, target: str, f: _Folders) -> Metric:
     ages = bounded_max(
-        ((fold(g.datname, dbs), fold(g.application_name, apps), g.state),
-         g.max_transaction_age or 0.0)
-        for g in in_transaction)
+        ((f.datname(g.datname), f.application_name(g.application_name), g.state),
+         g.max_transaction_age)
+        for g in snap.activity
+        if g.max_transaction_age is not None and g.state in TRANSACTION_STATES)
     metric = family("postgres_transaction_max_age_seconds")
     for labels, value in sorted(ages.items()):
         metric.add_metric([target, *labels], value)
@@ -94,8 +103,8 @@ def _wait_events(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
     weights: Counter[str] = Counter()
     for g in busy:
         weights[g.wait_event] += g.sessions
-    kept = keep_top(weights, top_n)
-    counts = bounded_sum(((g.wait_event_type, fold(g.wait_event, kept) if g.wait_event else ""),
+    event = Folder(weights, top_n)
+    counts = bounded_sum(((g.wait_event_type, event(g.wait_event) if g.wait_event else ""),
                           g.sessions) for g in busy)
     metric = family("postgres_wait_event_sessions")
     for labels, value in sorted(counts.items()):
@@ -130,9 +139,9 @@ def _listen(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
     for g in snap.activity:
         if g.listen_channel:
             channels[g.listen_channel] += g.sessions
-    kept = keep_top(channels, top_n)
+    channel_of = Folder(channels, top_n)
     metric = family("postgres_listen_sessions")
-    for channel, value in sorted(bounded_sum((fold(c, kept), n)
+    for channel, value in sorted(bounded_sum((channel_of(c), n)
                                              for c, n in channels.items()).items()):
         metric.add_metric([target, channel], value)
     return metric

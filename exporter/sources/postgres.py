@@ -225,7 +225,8 @@ def _decode_lenient(data: bytes) -> str:
 async def _lenient_text(conn: asyncpg.Connection) -> None:
     """Decode text and names leniently. pg_stat_activity shows other databases' query text
     unconverted, so a SQL_ASCII database's session can put bytes there that are not UTF-8; a
-    strict decoder would fail every poll and blind the exporter for as long as it lasts."""
+    strict decoder would fail every poll and blind the exporter for as long as it lasts. Only
+    after such bytes were seen: Python codecs cost about twice asyncpg's built-in ones."""
     for type_name in ("text", "name", "varchar"):
         await conn.set_type_codec(type_name, schema="pg_catalog", format="binary",
                                   encoder=str.encode, decoder=_decode_lenient)
@@ -243,11 +244,20 @@ class PostgresSource:
         self._top_transactions = top_transactions
         self._hot_tables = list(hot_tables)
         self._conn: asyncpg.Connection | None = None
+        self._lenient = False
 
     async def poll(self) -> PostgresSnapshot:
         try:
-            conn = await self._connection()
-            return await self._read(conn)
+            try:
+                return await self._read(await self._connection())
+            except UnicodeDecodeError:
+                if self._lenient:
+                    raise
+                # bytes that are not UTF-8 (another database's query text, unconverted): from
+                # now on decode leniently, at some CPU cost, on a fresh connection
+                self._lenient = True
+                await self.close()
+                return await self._read(await self._connection())
         except SourceError:
             await self.close()
             raise
@@ -269,7 +279,8 @@ class PostgresSource:
                 server_settings={"application_name": APPLICATION_NAME,
                                  "default_transaction_read_only": "on"},
             )
-            await _lenient_text(self._conn)
+            if self._lenient:
+                await _lenient_text(self._conn)
             # SET, not startup parameters: pg_settings.reset_val then still shows the server's
             # own values of these timeouts, which is what the exporter reports.
             timeout = str(self._statement_timeout_ms)
