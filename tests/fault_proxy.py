@@ -51,6 +51,6 @@ class FaultProxy:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
-        await self._client.aclose()
-        if self._runner is not None:
+        if self._runner is not None:  # first stop serving, then close the upstream client
             await self._runner.cleanup()
+        await self._client.aclose()
