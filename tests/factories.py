@@ -1,0 +1,149 @@
+"""Snapshot factories for the tests that need no server: one place, so every test builds its
+snapshots the same way (and the recorded exposition test covers every source kind)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.sources.pgbouncer import Database, PgBouncerSnapshot, Pool, Stats
+from exporter.sources.postgres import (
+    ActivityGroup,
+    BlockedSession,
+    PostgresSnapshot,
+    Session,
+    TableStats,
+)
+from exporter.sources.prefect import (
+    PoolCounts,
+    PrefectSnapshot,
+    RequestStats,
+    WorkPool,
+    WorkQueue,
+)
+
+
+def group(app: str = "app", state: str = "idle", sessions: int = 1, **kw: Any) -> ActivityGroup:
+    base: dict[str, Any] = dict(
+        datname="prefect", usename="prefect", application_name=app, state=state,
+        wait_event_type="Client" if state == "idle" else "", wait_event="ClientRead"
+        if state == "idle" else "", client_read_in_transaction=False, listen_channel=None,
+        sessions=sessions, max_transaction_age=None, max_state_age=1.0)
+    base.update(kw)
+    return ActivityGroup(**base)
+
+
+def pg_snapshot(*groups: ActivityGroup, **kw: Any) -> PostgresSnapshot:
+    base: dict[str, Any] = dict(
+        taken_at=1000.0, server_version="15.18", max_connections=100,
+        superuser_reserved_connections=3, timeouts_seconds={"statement_timeout": 0.0},
+        can_read_all_stats=True, activity=groups, oldest_transactions=(), blocked=(),
+        blockers=(), tables=())
+    base.update(kw)
+    return PostgresSnapshot(**base)
+
+
+def session(pid: int, state: str = "idle in transaction", age: float = 400.0,
+            app: str = "prefect-server") -> Session:
+    return Session(pid, "prefect", "prefect", app, "10.0.0.7", state, "Client", "ClientRead",
+                   age, age)
+
+
+def healthy_pg(**kw: Any) -> PostgresSnapshot:
+    base: dict[str, Any] = {"timeouts_seconds": {"idle_in_transaction_session_timeout": 300.0,
+                                                 "statement_timeout": 60.0}}
+    base.update(kw)
+    return pg_snapshot(group(sessions=10), **base)
+
+
+PREFECT_SETTINGS = {
+    "server.database.sqlalchemy.pool_size": 5.0,
+    "server.database.sqlalchemy.max_overflow": 10.0,
+    "server.database.sqlalchemy.connect_args.statement_cache_size": 0.0,
+    "server.database.sqlalchemy.connect_args.prepared_statement_cache_size": 0.0,
+}
+
+
+def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
+    base: dict[str, Any] = dict(
+        taken_at=10_000.0, version="3.8.8", runs_by_state_type={},
+        totals=PoolCounts(0, 0, 0, 0, None), scheduled_future=10, pools=(), pool_counts={},
+        queues=(), settings=dict(PREFECT_SETTINGS),
+        text_settings={
+            "server.database.sqlalchemy.connect_args.application_name": "prefect-server"})
+    base.update(kw)
+    return PrefectSnapshot(**base)
+
+
+def pgbouncer_snapshot(pools: tuple[Pool, ...] = (), **kw: Any) -> PgBouncerSnapshot:
+    db = Database("prefect", "db", "5432", "prefect", "", "", {"pool_size": 5})
+    base: dict[str, Any] = dict(taken_at=1.0, version="1.18.0", pools=pools, databases=(db,),
+                                stats=(), config={"pool_mode": "transaction"}, lists={})
+    base.update(kw)
+    return PgBouncerSnapshot(**base)
+
+
+# ---- a recorded set: every source kind, every metric family with samples -----------------
+
+def rich_postgres(taken_at: float) -> PostgresSnapshot:
+    return pg_snapshot(
+        group(app="prefect-server", sessions=12),
+        group(app="prefect-server", state="active", wait_event_type="Lock",
+              wait_event="transactionid", max_transaction_age=42.5, max_state_age=40.0),
+        group(app="holder", state="idle in transaction", max_transaction_age=321.0,
+              client_read_in_transaction=True, max_state_age=300.0, wait_event_type="Client",
+              wait_event="ClientRead"),
+        group(app="services", listen_channel="prefect_automation_changes", sessions=2),
+        group(app='we"ird\\app\n', sessions=3),
+        *(group(app=f"app-{i:02d}", sessions=1) for i in range(25)),
+        taken_at=taken_at,
+        timeouts_seconds={"idle_in_transaction_session_timeout": 0.0, "statement_timeout": 60.0,
+                          "lock_timeout": 0.0, "idle_session_timeout": 0.0,
+                          "tcp_keepalives_idle": 7200.0},
+        oldest_transactions=(session(4711, age=321.0, app="holder"),
+                             session(4790, state="active", age=42.5)),
+        blocked=(BlockedSession(4790, (4711,), 40.0),),
+        blockers=(session(4711, age=321.0, app="holder"),),
+        tables=(TableStats("public", "flow_run", 1000, 50, None, 990.0),
+                TableStats("public", "log", 20_000, 9_000, 900.0, None)))
+
+
+def rich_pgbouncer(taken_at: float) -> PgBouncerSnapshot:
+    pools = (Pool("prefect", "prefect", "transaction",
+                  {"cl_active": 5, "cl_waiting": 3, "sv_active": 5, "sv_idle": 0, "sv_used": 0,
+                   "sv_tested": 0, "sv_login": 0, "cl_active_cancel_req": 0,
+                   "cl_waiting_cancel_req": 0, "sv_active_cancel": 0, "sv_being_canceled": 0},
+                  2.25),
+             Pool("postgres", "postgres", "session", {"cl_active": 1, "sv_idle": 1}, 0.0))
+    return pgbouncer_snapshot(
+        pools, taken_at=taken_at,
+        databases=(Database("prefect", "10.0.0.5", "5432", "prefect", "", "",
+                            {"pool_size": 20, "min_pool_size": 0, "reserve_pool": 2,
+                             "max_connections": 0, "current_connections": 7, "paused": 0,
+                             "disabled": 0}),),
+        stats=(Stats("prefect", {"xact_count": 10, "query_count": 20, "bytes_received": 300,
+                                 "bytes_sent": 400, "xact_time": 5_000_000,
+                                 "query_time": 2_500_000, "wait_time": 1_500_000}),),
+        config={"pool_mode": "transaction", "max_client_conn": "200", "default_pool_size": "20",
+                "reserve_pool_size": "0", "query_wait_timeout": "120",
+                "idle_transaction_timeout": "0", "max_user_connections": "0",
+                "max_db_connections": "0", "query_timeout": "0"},
+        lists={"databases": 2, "users": 3, "pools": 2, "free_clients": 40, "used_clients": 10,
+               "login_clients": 0, "free_servers": 45, "used_servers": 5, "dns_names": 0,
+               "dns_zones": 0, "dns_queries": 0})
+
+
+def rich_prefect(taken_at: float) -> PrefectSnapshot:
+    return prefect_snapshot(
+        taken_at=taken_at,
+        runs_by_state_type={"SCHEDULED": 9, "PENDING": 1, "RUNNING": 2, "CANCELLING": 0,
+                            "PAUSED": 0},
+        totals=PoolCounts(6, 3, 4, 3, taken_at - 900.0),
+        scheduled_future=40,
+        pools=(WorkPool("pool-a", "process", "READY", False, 4, 2, 1, taken_at - 5.0),
+               WorkPool("pool-b", "kubernetes", "NOT_READY", False, None, 0, 0, None)),
+        pool_counts={"pool-a": PoolCounts(2, 1, 3, 2, taken_at - 600.0),
+                     "pool-b": PoolCounts(1, 1, 0, 0, taken_at - 300.0)},
+        queues=(WorkQueue("pool-a", "default", False, 2), WorkQueue("pool-b", "default", True,
+                                                                     None)),
+        requests={"/flow_runs/count": RequestStats(40, 1, 0.5),
+                  "/work_pools/filter": RequestStats(2, 0, 0.01)})
