@@ -25,9 +25,9 @@ from pathlib import Path
 import asyncpg
 
 from exporter.config import load
-from exporter.lab.common import free_port, lab_root
-from exporter.lab.postgres import LabPostgres, start_postgres
-from exporter.sources import postgres as pgsrc
+from exporter.postgres import source as pgsrc
+from lab.common import free_port, lab_root
+from lab.postgres import LabPostgres, start_postgres
 
 
 async def open_backends(pg: LabPostgres, n: int) -> list[asyncpg.Connection]:

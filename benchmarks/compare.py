@@ -45,10 +45,16 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.bench import bare_sql, open_backends, pct, rss_mb
-from exporter.collector import ExporterCollector, Exposition, MetricOptions
+from exporter.collector import ExporterCollector, Exposition
 from exporter.config import load
-from exporter.findings import diagnose, snapshots_from
-from exporter.lab.common import (
+from exporter.diagnosis import diagnose
+from exporter.metricspec import MetricOptions
+from exporter.pgbouncer.source import PgBouncerSource
+from exporter.poller import SourceState
+from exporter.postgres.metrics import postgres_families
+from exporter.postgres.snapshot import PostgresSnapshot
+from exporter.postgres.source import PostgresSource
+from lab.common import (
     LabError,
     dies_with_parent,
     free_port,
@@ -56,7 +62,7 @@ from exporter.lab.common import (
     stop_process,
     tail,
 )
-from exporter.lab.pgbouncer import (
+from lab.pgbouncer import (
     ADMIN_PASSWORD,
     ADMIN_USER,
     STATS_PASSWORD,
@@ -64,11 +70,7 @@ from exporter.lab.pgbouncer import (
     LabPgBouncer,
     start_pgbouncer,
 )
-from exporter.lab.postgres import MONITOR_ROLE, LabPostgres, start_postgres
-from exporter.metrics.postgres import postgres_families
-from exporter.poller import SourceState
-from exporter.sources.pgbouncer import PgBouncerSource
-from exporter.sources.postgres import PostgresSnapshot, PostgresSource
+from lab.postgres import MONITOR_ROLE, LabPostgres, start_postgres
 
 OURS = "prefect-pg-exporter"
 PG_EXPORTER = "prometheus-postgres-exporter"
@@ -901,6 +903,7 @@ NOT_OURS = ("benchmarks/compare.py", "asyncio/base_events.py", "asyncio/events.p
 
 
 def print_profile(title: str, profile: cProfile.Profile, wall: float, top: int) -> None:
+    # the raw table behind print_stats(); typeshed does not declare it
     entries = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     print(f"\n{title}: {wall * 1000:.0f} ms profiled (cProfile, which slows Python code down);"
           f" top {top} by cumulative time, share of the profiled wall time, own time:")
@@ -926,7 +929,7 @@ async def profile_postgres(pg: LabPostgres, rounds: int) -> None:
     profile.enable()
     for _ in range(rounds):
         snap = await source.poll()
-        list(postgres_families(snap, "postgres", 20))
+        list(postgres_families(snap, MetricOptions(label_top_n=20)))
     profile.disable()
     wall = time.perf_counter() - started
     await source.close()
@@ -940,8 +943,8 @@ def render_profile(source: PostgresSource, snap: PostgresSnapshot, rounds: int) 
     """What the exporter does after each poll (diagnose, then render), with every application
     kept as its own series (--label-top-n 5000), as benchmarks/bench.py serves it."""
     state = SourceState(source, snapshot=snap, up=True, last_success=time.time(), polls=1)
-    options = MetricOptions(label_top_n=5000, stale_after_seconds=3600)
-    collector = ExporterCollector([state], options)
+    collector = ExporterCollector([state], MetricOptions(label_top_n=5000))
+    collector.update([snap], [])
     exposition = Exposition(collector)
     exposition.render()
     series = sum(1 for line in exposition.body.splitlines() if not line.startswith(b"#"))
@@ -949,7 +952,7 @@ def render_profile(source: PostgresSource, snap: PostgresSnapshot, rounds: int) 
     started = time.perf_counter()
     profile.enable()
     for _ in range(rounds):
-        collector.findings = diagnose(snapshots_from([state], 3600, time.time()))
+        collector.update([snap], diagnose([snap]))
         exposition.render()
     profile.disable()
     wall = time.perf_counter() - started

@@ -38,11 +38,12 @@ from aiohttp import web
 
 from exporter.app import build_sources
 from exporter.config import load
-from exporter.lab.common import LabError, free_port, lab_root, stop_process, wait_for_port
-from exporter.lab.pgbouncer import LabPgBouncer, start_pgbouncer
-from exporter.lab.postgres import LabPostgres, start_postgres
-from exporter.lab.prefect import LabPrefect, start_prefect
-from exporter.sources.prefect import PrefectSnapshot, PrefectSource
+from exporter.prefect.snapshot import PrefectSnapshot
+from exporter.prefect.source import PrefectSource
+from lab.common import LabError, free_port, lab_root, stop_process, wait_for_port
+from lab.pgbouncer import LabPgBouncer, start_pgbouncer
+from lab.postgres import LabPostgres, start_postgres
+from lab.prefect import LabPrefect, start_prefect
 
 PAGE = 200
 POOL, DEPLOYMENT = "bench-pool", "bench"

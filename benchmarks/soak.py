@@ -27,12 +27,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from exporter.lab.common import free_port, lab_root
-from exporter.lab.pgbouncer import LabPgBouncer, start_pgbouncer
-from exporter.lab.postgres import LabPostgres, start_postgres
-from exporter.lab.prefect import start_prefect
-from exporter.sources.postgres import APPLICATION_NAME
-from tests.fault_proxy import MODES, FaultProxy
+from exporter.postgres.source import APPLICATION_NAME
+from lab.common import free_port, lab_root
+from lab.pgbouncer import LabPgBouncer, start_pgbouncer
+from lab.postgres import LabPostgres, start_postgres
+from lab.prefect import start_prefect
+from tests.lab.fault_proxy import MODES, FaultProxy
 
 
 @dataclass

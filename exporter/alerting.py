@@ -17,41 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.thresholds import THRESHOLDS, thresholds
+
 RUNBOOK_BASE_URL = (
     "https://github.com/prefect-pg-exporter/prefect-pg-exporter/blob/main/docs/runbooks.md")
-
-
-@dataclass(frozen=True)
-class Threshold:
-    default: float
-    meaning: str
-
-
-THRESHOLDS: dict[str, Threshold] = {
-    "idle_in_transaction_warning_seconds": Threshold(300, "idle in transaction: warning after"),
-    "idle_in_transaction_critical_seconds": Threshold(900, "idle in transaction: page after"),
-    "active_transaction_warning_seconds": Threshold(600, "an active transaction: warning after"),
-    "active_transaction_critical_seconds": Threshold(1800, "an active transaction: page after"),
-    "blocked_wait_critical_seconds": Threshold(60, "a session blocked on a lock: page after"),
-    "client_read_stall_critical_seconds": Threshold(
-        60, "a client silent inside its transaction (ClientRead): page after"),
-    "pgbouncer_waiting_clients_warning": Threshold(0, "clients waiting in a pool: more than"),
-    "pgbouncer_maxwait_critical_seconds": Threshold(
-        5, "the oldest client waiting for a server connection: page after"),
-    "connections_warning_ratio": Threshold(
-        0.85, "client backends / (max_connections - superuser_reserved): warning above"),
-    "connections_critical_ratio": Threshold(0.95, "the same ratio: page above"),
-    "late_runs_warning": Threshold(0, "Late runs in a work pool: more than"),
-    "backlog_delay_warning_seconds": Threshold(
-        300, "the most overdue SCHEDULED run: warning after"),
-    "scheduled_runs_warning": Threshold(
-        10000, "future SCHEDULED runs in all (a scheduler creating too many): more than"),
-    "listen_sessions_warning": Threshold(
-        1, "LISTEN prefect_automation_changes sessions (copies of the services): more than"),
-    "source_stale_seconds": Threshold(120, "seconds since a source's last successful poll"),
-    "dead_tuples_warning": Threshold(100000, "dead tuples in a hot Prefect table: more than"),
-    "dead_tuples_warning_ratio": Threshold(0.2, "and dead / live tuples above"),
-}
 
 
 @dataclass(frozen=True)
@@ -232,15 +201,6 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: autovacuum is not keeping up with {{ $labels.table }}; "
           "check its last (auto)vacuum time and long transactions holding back the horizon."),
 )
-
-
-def thresholds(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
-    values = {name: t.default for name, t in THRESHOLDS.items()}
-    for name, value in (overrides or {}).items():
-        if name not in THRESHOLDS:
-            raise ValueError(f"unknown threshold {name!r}; see --thresholds")
-        values[name] = value
-    return values
 
 
 def rule_groups(overrides: Mapping[str, float] | None = None, for_scale: float = 1.0,

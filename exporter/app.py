@@ -9,15 +9,15 @@ import time
 import structlog
 from aiohttp import web
 
-from exporter.collector import ExporterCollector, Exposition, MetricOptions
+from exporter.collector import ExporterCollector, Exposition
 from exporter.config import Config, describe
-from exporter.findings import Finding, diagnose, snapshots_from
-from exporter.poller import Poller
+from exporter.diagnosis import diagnose
+from exporter.finding import Finding
+from exporter.kinds import KINDS
+from exporter.metricspec import MetricOptions
+from exporter.poller import Poller, failures, fresh_snapshots
 from exporter.server import make_app
-from exporter.sources import Source
-from exporter.sources.pgbouncer import PgBouncerSource
-from exporter.sources.postgres import PostgresSource
-from exporter.sources.prefect import PrefectSource
+from exporter.source import Source
 
 log = structlog.get_logger("exporter")
 
@@ -25,22 +25,7 @@ STALE_AFTER_POLLS = 3  # a snapshot is exported until this many intervals have p
 
 
 def build_sources(config: Config) -> list[Source]:
-    sources: list[Source] = [
-        PostgresSource(t, statement_timeout_ms=config.statement_timeout_ms,
-                       connect_timeout=config.poll_timeout_seconds,
-                       top_transactions=config.top_transactions, hot_tables=config.hot_tables)
-        for t in config.postgres_targets
-    ]
-    sources += [PgBouncerSource(t, connect_timeout=config.poll_timeout_seconds)
-                for t in config.pgbouncer_targets]
-    if (prefect := config.prefect_target) is not None:
-        sources.append(PrefectSource(
-            prefect.name, prefect.api_url, auth=prefect.auth, timeout=config.poll_timeout_seconds,
-            headers=prefect.headers, verify=prefect.verify,
-            horizon_seconds=config.prefect_upcoming_horizon_seconds,
-            max_pools=config.label_top_n,
-            max_concurrency=config.prefect_max_concurrent_requests))
-    return sources
+    return [source for kind in KINDS for source in kind.sources(config)]
 
 
 class Exporter:
@@ -52,10 +37,9 @@ class Exporter:
                              interval=config.poll_interval_seconds,
                              timeout=config.poll_timeout_seconds,
                              on_update=self._render)
-        self._options = MetricOptions(
-            label_top_n=config.label_top_n,
-            stale_after_seconds=STALE_AFTER_POLLS * config.poll_interval_seconds)
-        self._collector = ExporterCollector(self.poller.states, self._options)
+        self.stale_after_seconds = STALE_AFTER_POLLS * config.poll_interval_seconds
+        self._collector = ExporterCollector(self.poller.states,
+                                            MetricOptions(label_top_n=config.label_top_n))
         self.exposition = Exposition(self._collector)
         self.findings: list[Finding] = []
         self.exposition.render()
@@ -63,10 +47,12 @@ class Exporter:
         self.port: int = config.listen.port
 
     def _render(self) -> None:
-        """After each poll: the diagnosis, then the exposition (both off the scrape path)."""
-        snaps = snapshots_from(self.poller.states, self._options.stale_after_seconds,
-                               time.time())
-        self.findings = self._collector.findings = diagnose(snaps)
+        """After each poll: which snapshots are fresh (decided once), the diagnosis, then the
+        exposition (all off the scrape path)."""
+        states = self.poller.states
+        snapshots = fresh_snapshots(states, time.time(), self.stale_after_seconds)
+        self.findings = diagnose(snapshots, failures(states))
+        self._collector.update(snapshots, self.findings)
         self.exposition.render()
 
     async def start(self) -> None:
@@ -77,9 +63,8 @@ class Exporter:
         site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port,
                            ssl_context=self.config.web.ssl_context)
         await site.start()
-        server = site._server  # the bound socket tells the port when 0 was asked for
-        if server is not None and server.sockets:  # type: ignore[union-attr]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # the bound address tells the port when 0 was asked for
+        self.port = int(self._runner.addresses[0][1])
         self.poller.start()
         scheme = "https" if self.config.web.ssl_context else "http"
         log.info("exporter started", url=f"{scheme}://{self.config.listen.host}:{self.port}/",

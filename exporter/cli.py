@@ -90,14 +90,16 @@ def _healthcheck(config: Config) -> int:
 
 async def _doctor(config: Config, fmt: str) -> int:
     from exporter.app import build_sources
-    from exporter.findings import diagnose, exit_code, render_text, snapshots_from
-    from exporter.poller import Poller
+    from exporter.diagnosis import diagnose
+    from exporter.finding import exit_code, render_text
+    from exporter.poller import Poller, failures, fresh_snapshots
 
     poller = Poller(build_sources(config), interval=config.poll_interval_seconds,
                     timeout=config.poll_timeout_seconds)
     await asyncio.gather(*(poller.poll_once(state) for state in poller.states))
     await poller.stop()
-    findings = diagnose(snapshots_from(poller.states, float("inf"), time.time()))
+    states = poller.states
+    findings = diagnose(fresh_snapshots(states, time.time(), float("inf")), failures(states))
     if fmt == "json":
         print(json.dumps({"findings": [f.as_dict() for f in findings],
                           "exit_code": exit_code(findings)}, indent=2))

@@ -1,82 +1,55 @@
 """From the latest snapshots to the exposition text.
 
-A custom prometheus_client Collector yields fresh families from the latest snapshots, so a label
-set that disappears (an application that went away) leaves no stale series. The text is rendered
-once per poll, off the scrape path, so a scrape is a memory read whatever the targets do.
+A custom prometheus_client Collector yields fresh families from the latest fresh snapshots, so a
+label set that disappears (an application that went away) leaves no stale series. The text is
+rendered once per poll, off the scrape path, so a scrape is a memory read whatever the targets do.
 """
 
 from __future__ import annotations
 
 import gzip
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from exporter.catalogue import family
-from exporter.findings import Finding
-from exporter.metrics.exporter import build_info, health_families
-from exporter.metrics.pgbouncer import pgbouncer_families
-from exporter.metrics.postgres import postgres_families
-from exporter.metrics.prefect import prefect_families
+from exporter.finding import Finding
+from exporter.health import build_info, finding_family, health_families
+from exporter.kinds import KINDS
+from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState
-
-
-@dataclass(frozen=True)
-class MetricOptions:
-    label_top_n: int
-    stale_after_seconds: float  # a snapshot older than this is no longer exported
-
-
-FamiliesOf = Callable[[object, str, MetricOptions], Iterator[Metric]]
-
-FAMILIES: dict[str, FamiliesOf] = {
-    "postgres": lambda snap, target, opts: postgres_families(
-        snap, target, opts.label_top_n),  # type: ignore[arg-type]
-    "pgbouncer": lambda snap, target, opts: pgbouncer_families(
-        snap, target, opts.label_top_n),  # type: ignore[arg-type]
-    "prefect": lambda snap, target, opts: prefect_families(snap, target),  # type: ignore[arg-type]
-}
+from exporter.source import Snapshot
 
 
 class ExporterCollector(Collector):
-    def __init__(self, states: Sequence[SourceState], options: MetricOptions,
-                 clock: Callable[[], float] = time.time) -> None:
+    """The exporter's own metrics from the poller's states, and each kind's families from the
+    snapshots and findings it was last given (update(), after every poll)."""
+
+    def __init__(self, states: Sequence[SourceState], options: MetricOptions) -> None:
         self._states = states
         self._options = options
-        self._clock = clock
-        self.findings: list[Finding] = []  # set by the exporter before each render
+        self._snapshots: Sequence[Snapshot] = ()
+        self._findings: Sequence[Finding] = ()
+
+    def update(self, snapshots: Sequence[Snapshot], findings: Sequence[Finding]) -> None:
+        self._snapshots, self._findings = snapshots, findings
 
     def collect(self) -> Iterator[Metric]:
         yield build_info()
         yield from health_families(self._states)
-        yield finding_family(self.findings)
+        yield finding_family(self._findings)
         yield from _merge(self._source_families())
 
     def _source_families(self) -> Iterator[Metric]:
-        now = self._clock()
-        for state in self._states:
-            snap = state.snapshot
-            # Keep serving a recent snapshot through a failed poll or two, so one timeout in
-            # the middle of an incident does not reset every alert's `for:`; but never export
-            # data older than stale_after as if it were current.
-            if snap is None or now - snap.taken_at > self._options.stale_after_seconds:  # type: ignore[attr-defined]
-                continue
-            yield from FAMILIES[state.kind](snap, state.target, self._options)
+        for snapshot in self._snapshots:
+            for kind in KINDS:
+                if kind.owns(snapshot):
+                    yield from kind.export(snapshot, self._options)
 
 
-def finding_family(findings: Sequence[Finding]) -> Metric:
-    metric = family("prefect_pg_exporter_finding")
-    for check, severity in sorted({(f.check, f.severity) for f in findings}):
-        metric.add_metric([check, severity], 1)
-    return metric
-
-
-def _merge(families: Iterator[Metric]) -> Iterator[Metric]:
+def _merge(families: Iterable[Metric]) -> Iterator[Metric]:
     """One family per name: several targets of one kind each build their own."""
     merged: dict[str, Metric] = {}
     for metric in families:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from exporter.dsn import DSNError, Target, parse_targets
-from exporter.sources.prefect import PrefectAuth
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 ENV_PREFIX = "PREFECT_PG_EXPORTER_"
@@ -41,6 +40,17 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class PrefectAuth:
+    api_key: str | None = None  # bearer (Prefect Cloud)
+    auth_string: str | None = None  # "user:password", basic auth of a self-hosted server
+
+    def secrets(self) -> list[str | None]:
+        password = self.auth_string.partition(":")[2] if self.auth_string else None
+        return [self.api_key, self.auth_string, password]
+
+
+
+@dataclass(frozen=True)
 class PrefectTarget:
     name: str
     api_url: str
@@ -53,7 +63,7 @@ class PrefectTarget:
 class Config:
     postgres_targets: tuple[Target, ...] = ()
     pgbouncer_targets: tuple[Target, ...] = ()
-    prefect_target: PrefectTarget | None = None
+    prefect_targets: tuple[PrefectTarget, ...] = ()
     prefect_upcoming_horizon_seconds: float = 3600.0
     prefect_max_concurrent_requests: int = 4
     listen: Listen = Listen("0.0.0.0", 9816)
@@ -64,8 +74,14 @@ class Config:
     label_top_n: int = 20
     top_transactions: int = 5
     hot_tables: tuple[str, ...] = DEFAULT_HOT_TABLES
-    sources: tuple[str, ...] = field(default=())
     web: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The kinds of target configured."""
+        configured = (("postgres", self.postgres_targets), ("pgbouncer", self.pgbouncer_targets),
+                      ("prefect", self.prefect_targets))
+        return tuple(kind for kind, targets in configured if targets)
 
     @property
     def statement_timeout_ms(self) -> int:
@@ -333,10 +349,8 @@ def _build(raw: dict[str, str]) -> Config:
     if "web_config_file" in values:
         values["web"] = values.pop("web_config_file")
     prefect = _prefect_target(raw, values)
-    sources = tuple(kind for kind, found in targets.items() if found) + (
-        ("prefect",) if prefect else ())
     config = Config(postgres_targets=targets["postgres"], pgbouncer_targets=targets["pgbouncer"],
-                    prefect_target=prefect, sources=sources, **values)
+                    prefect_targets=(prefect,) if prefect else (), **values)
     _check(config)
     return config
 
@@ -391,7 +405,7 @@ def describe(config: Config) -> dict[str, Any]:
     return {
         "postgres_targets": [t.name for t in config.postgres_targets],
         "pgbouncer_targets": [t.name for t in config.pgbouncer_targets],
-        "prefect_target": config.prefect_target.name if config.prefect_target else None,
+        "prefect_targets": [t.name for t in config.prefect_targets],
         "listen_address": str(config.listen),
         "poll_interval_seconds": config.poll_interval_seconds,
         "poll_timeout_seconds": config.poll_timeout_seconds,

@@ -7,6 +7,7 @@ means to psql. asyncpg only reads URIs, so key/value DSNs are turned into one.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
@@ -67,7 +68,7 @@ class Target:
             if "password" in p:
                 auth += ":" + quote(p["password"], safe="")
             auth += "@"
-        query = {k: p[k] for k in ("host", "port") if k in p}
+        query: dict[str, str] = {k: p[k] for k in ("host", "port") if k in p}
         query.update({k: v for k, v in p.items() if k in _ASYNCPG_QUERY_KEYS})
         path = quote(p.get("dbname", ""), safe="")
         return f"postgresql://{auth}/{path}" + (f"?{urlencode(query)}" if query else "")
@@ -80,7 +81,7 @@ def parse_target(entry: str, what: str) -> Target:
     if not dsn:
         raise DSNError(f"{what}: empty DSN")
     try:
-        params = conninfo_to_dict(dsn)
+        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
     except ProgrammingError as exc:
         raise DSNError(f"{what}: invalid DSN: {_first_line(exc, params_of_secret(dsn))}") from None
     target = Target(name or "", params)
@@ -124,7 +125,7 @@ def _first_line(exc: BaseException, secrets: list[str]) -> str:
                   secrets)
 
 
-def redact(text: str, secrets: list[str | None]) -> str:
+def redact(text: str, secrets: Sequence[str | None]) -> str:
     """Replace every known secret in a message with ***."""
     for secret in secrets:
         if secret:

@@ -7,7 +7,6 @@ weight keep their names and the rest fold into OTHER.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TypeVar
 
@@ -48,13 +47,12 @@ class Folder:
         return self._names.get(value, OTHER)
 
 
-
 def bounded_sum(items: Iterable[tuple[K, int | float]]) -> dict[K, float]:
     """Sum values that fold onto the same label tuple."""
-    total: Counter[K] = Counter()
+    total: dict[K, float] = {}
     for key, value in items:
-        total[key] += value
-    return dict(total)
+        total[key] = total.get(key, 0) + value
+    return total
 
 
 def bounded_max(items: Iterable[tuple[K, float]]) -> dict[K, float]:

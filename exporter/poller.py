@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from exporter.sources import Source, SourceError
+from exporter.finding import SourceFailure
+from exporter.source import Reason, Snapshot, Source, SourceError, is_fresh
 
 log = structlog.get_logger("exporter.poller")
 
@@ -25,13 +26,13 @@ FIRST_RETRY_SECONDS = 0.5
 @dataclass
 class SourceState:
     source: Source
-    snapshot: object | None = None
+    snapshot: Snapshot | None = None
     up: bool = False
     last_success: float = 0.0  # unix time, 0 = never
     last_duration: float = 0.0
     last_error: str = ""
     polls: int = 0
-    errors: Counter[str] = field(default_factory=Counter)  # by reason
+    errors: Counter[Reason] = field(default_factory=Counter)
 
     @property
     def kind(self) -> str:
@@ -40,6 +41,30 @@ class SourceState:
     @property
     def target(self) -> str:
         return self.source.target
+
+
+def fresh_snapshots(states: Sequence[SourceState], now: float, stale_after: float
+                    ) -> list[Snapshot]:
+    """The snapshots that may be exported and diagnosed as current, in the states' order."""
+    return [s.snapshot for s in states
+            if s.snapshot is not None and is_fresh(s.snapshot, now, stale_after)]
+
+
+def failures(states: Sequence[SourceState]) -> list[SourceFailure]:
+    """The targets whose last poll failed."""
+    return [SourceFailure(s.kind, s.target, s.last_error) for s in states
+            if not s.up and s.polls]
+
+
+def next_delay(succeeded: bool, elapsed: float, retry: float, interval: float
+               ) -> tuple[float, float]:
+    """(seconds until the next poll, the retry delay after that). After a success the next poll
+    starts one interval after this one started; after a failure it comes after `retry`, which
+    doubles on each failure but never exceeds the interval, so a target that comes back is seen
+    within one interval and a target that is down is not hammered."""
+    if succeeded:
+        return max(0.0, interval - elapsed), FIRST_RETRY_SECONDS
+    return min(retry, interval), min(retry * 2, interval)
 
 
 class Poller:
@@ -74,7 +99,7 @@ class Poller:
         state.last_duration = time.monotonic() - started
         self._on_update()
 
-    def _failed(self, state: SourceState, reason: str, message: str) -> None:
+    def _failed(self, state: SourceState, reason: Reason, message: str) -> None:
         if state.up or state.polls == 1 or message != state.last_error:
             log.warning("source poll failed", source=state.kind, target=state.target,
                         reason=reason, error=message)
@@ -87,12 +112,9 @@ class Poller:
         while True:
             started = time.monotonic()
             await self.poll_once(state)
-            if state.up:
-                retry = FIRST_RETRY_SECONDS
-                delay = self._interval - (time.monotonic() - started)
-            else:
-                delay, retry = min(retry, self._interval), min(retry * 2, self._interval)
-            await asyncio.sleep(max(0.0, delay))
+            delay, retry = next_delay(state.up, time.monotonic() - started, retry,
+                                      self._interval)
+            await asyncio.sleep(delay)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._loop(s), name=f"poll {s.kind}/{s.target}")

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter import __version__
 from exporter.collector import Exposition
-from exporter.findings import Finding
+from exporter.finding import Finding
 from exporter.poller import SourceState
 from exporter.webconfig import basic_auth_middleware
 
@@ -22,7 +22,7 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
     async def metrics(request: web.Request) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
         body = exposition.body
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
             headers["Content-Encoding"] = "gzip"
             body = exposition.gzipped()
         return web.Response(body=body, headers=headers)
@@ -44,6 +44,26 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz),
                     web.get("/readyz", readyz), web.get("/", index)])
     return app
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header admits gzip (RFC 9110, 12.5.3): named, or by `*`, with
+    a weight above 0. prometheus_client's gzip_accepted() ignores the weight, so `gzip;q=0`
+    (gzip refused) would be answered gzipped; and a substring test would take `x-gzip`."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if coding:
+            weights[coding.lower()] = weight
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
 
 
 def _findings_html(findings: Sequence[Finding]) -> str:

@@ -5,21 +5,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.sources.pgbouncer import Database, PgBouncerSnapshot, Pool, Stats
-from exporter.sources.postgres import (
+from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Stats
+from exporter.postgres.snapshot import (
     ActivityGroup,
     BlockedSession,
     PostgresSnapshot,
     Session,
     TableStats,
 )
-from exporter.sources.prefect import (
+from exporter.prefect.snapshot import (
     PoolCounts,
     PrefectSnapshot,
     RequestStats,
     WorkPool,
     WorkQueue,
 )
+
+
+class NamedSource:
+    """A Source that is only its kind and target name: for poller states built by hand."""
+
+    def __init__(self, kind: str, target: str) -> None:
+        self.kind, self.target = kind, target
+
+    async def poll(self) -> Any:
+        raise AssertionError("not polled in these tests")
+
+    async def close(self) -> None:
+        pass
 
 
 def group(app: str = "app", state: str = "idle", sessions: int = 1, **kw: Any) -> ActivityGroup:
@@ -34,7 +47,7 @@ def group(app: str = "app", state: str = "idle", sessions: int = 1, **kw: Any) -
 
 def pg_snapshot(*groups: ActivityGroup, **kw: Any) -> PostgresSnapshot:
     base: dict[str, Any] = dict(
-        taken_at=1000.0, server_version="15.18", max_connections=100,
+        taken_at=1000.0, target="db", server_version="15.18", max_connections=100,
         superuser_reserved_connections=3, timeouts_seconds={"statement_timeout": 0.0},
         can_read_all_stats=True, activity=groups, oldest_transactions=(), blocked=(),
         blockers=(), tables=())
@@ -65,7 +78,7 @@ PREFECT_SETTINGS = {
 
 def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
     base: dict[str, Any] = dict(
-        taken_at=10_000.0, version="3.8.8", runs_by_state_type={},
+        taken_at=10_000.0, target="prefect", version="3.8.8", runs_by_state_type={},
         totals=PoolCounts(0, 0, 0, 0, None), scheduled_future=10, pools=(), pool_counts={},
         queues=(), settings=dict(PREFECT_SETTINGS),
         text_settings={
@@ -76,15 +89,16 @@ def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
 
 def pgbouncer_snapshot(pools: tuple[Pool, ...] = (), **kw: Any) -> PgBouncerSnapshot:
     db = Database("prefect", "db", "5432", "prefect", "", "", {"pool_size": 5})
-    base: dict[str, Any] = dict(taken_at=1.0, version="1.18.0", pools=pools, databases=(db,),
-                                stats=(), config={"pool_mode": "transaction"}, lists={})
+    base: dict[str, Any] = dict(taken_at=1.0, target="pgb", version="1.18.0", pools=pools,
+                                databases=(db,), stats=(), config={"pool_mode": "transaction"},
+                                lists={})
     base.update(kw)
     return PgBouncerSnapshot(**base)
 
 
 # ---- a recorded set: every source kind, every metric family with samples -----------------
 
-def rich_postgres(taken_at: float) -> PostgresSnapshot:
+def rich_postgres(taken_at: float, target: str = "db") -> PostgresSnapshot:
     return pg_snapshot(
         group(app="prefect-server", sessions=12),
         group(app="prefect-server", state="active", wait_event_type="Lock",
@@ -95,7 +109,7 @@ def rich_postgres(taken_at: float) -> PostgresSnapshot:
         group(app="services", listen_channel="prefect_automation_changes", sessions=2),
         group(app='we"ird\\app\n', sessions=3),
         *(group(app=f"app-{i:02d}", sessions=1) for i in range(25)),
-        taken_at=taken_at,
+        taken_at=taken_at, target=target,
         timeouts_seconds={"idle_in_transaction_session_timeout": 0.0, "statement_timeout": 60.0,
                           "lock_timeout": 0.0, "idle_session_timeout": 0.0,
                           "tcp_keepalives_idle": 7200.0},
@@ -107,7 +121,7 @@ def rich_postgres(taken_at: float) -> PostgresSnapshot:
                 TableStats("public", "log", 20_000, 9_000, 900.0, None)))
 
 
-def rich_pgbouncer(taken_at: float) -> PgBouncerSnapshot:
+def rich_pgbouncer(taken_at: float, target: str = "pgb") -> PgBouncerSnapshot:
     pools = (Pool("prefect", "prefect", "transaction",
                   {"cl_active": 5, "cl_waiting": 3, "sv_active": 5, "sv_idle": 0, "sv_used": 0,
                    "sv_tested": 0, "sv_login": 0, "cl_active_cancel_req": 0,
@@ -115,7 +129,7 @@ def rich_pgbouncer(taken_at: float) -> PgBouncerSnapshot:
                   2.25),
              Pool("postgres", "postgres", "session", {"cl_active": 1, "sv_idle": 1}, 0.0))
     return pgbouncer_snapshot(
-        pools, taken_at=taken_at,
+        pools, taken_at=taken_at, target=target,
         databases=(Database("prefect", "10.0.0.5", "5432", "prefect", "", "",
                             {"pool_size": 20, "min_pool_size": 0, "reserve_pool": 2,
                              "max_connections": 0, "current_connections": 7, "paused": 0,
@@ -132,9 +146,9 @@ def rich_pgbouncer(taken_at: float) -> PgBouncerSnapshot:
                "dns_zones": 0, "dns_queries": 0})
 
 
-def rich_prefect(taken_at: float) -> PrefectSnapshot:
+def rich_prefect(taken_at: float, target: str = "prefect") -> PrefectSnapshot:
     return prefect_snapshot(
-        taken_at=taken_at,
+        taken_at=taken_at, target=target,
         runs_by_state_type={"SCHEDULED": 9, "PENDING": 1, "RUNNING": 2, "CANCELLING": 0,
                             "PAUSED": 0},
         totals=PoolCounts(6, 3, 4, 3, taken_at - 900.0),

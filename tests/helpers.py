@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from exporter.app import Exporter
+
+
+FAST_POLL = {"poll_interval_seconds": "0.25", "poll_timeout_seconds": "0.25"}
+# A Prefect poll is a few dozen HTTP requests, each a query through PgBouncer: give it room,
+# also on a loaded 2-core CI machine.
+PREFECT_POLL = {"poll_interval_seconds": "2", "poll_timeout_seconds": "2"}
+
+StartExporter = Callable[..., Awaitable["Exporter"]]
 
 
 @dataclass(frozen=True)
@@ -22,11 +36,17 @@ class Scrape:
         return [v for n, lab, v in self.samples
                 if n == metric and all(lab.get(k) == want for k, want in labels.items())]
 
-    def value(self, metric: str, /, **labels: str) -> float | None:
+    def find(self, metric: str, /, **labels: str) -> float | None:
         """The single sample matching, None when there is none; two matches is a test bug."""
         found = self.values(metric, **labels)
         assert len(found) <= 1, f"{metric}{labels} matches {len(found)} samples"
         return found[0] if found else None
+
+    def value(self, metric: str, /, **labels: str) -> float:
+        """The single sample matching; none is a failure that says which."""
+        found = self.find(metric, **labels)
+        assert found is not None, f"no sample {metric}{labels}"
+        return found
 
     def labelsets(self, metric: str) -> list[dict[str, str]]:
         return [lab for n, lab, _ in self.samples if n == metric]
@@ -41,6 +61,26 @@ def parse(text: str) -> Scrape:
     return Scrape(samples, text)
 
 
+class _Families:
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def exposition(families: Iterable[Metric]) -> str:
+    """Families rendered as prometheus_client renders them for /metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry).decode("utf-8", errors="strict")
+
+
+def render(families: Iterable[Metric]) -> Scrape:
+    """Families rendered and parsed back, as a scraper would see them."""
+    return parse(exposition(families))
+
+
 async def scrape(port: int) -> Scrape:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
@@ -50,12 +90,18 @@ async def scrape(port: int) -> Scrape:
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0,
                      what: str = "condition") -> None:
+    """Until check() is true. A check that fails an assertion (a sample not there yet) is not
+    true yet; after the timeout, that assertion is part of the error."""
     deadline = time.monotonic() + timeout
     while True:
-        if await check():
-            return
+        last = ""
+        try:
+            if await check():
+                return
+        except AssertionError as exc:
+            last = f" (last: {exc})"
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{last}")
         await asyncio.sleep(0.1)
 
 
@@ -67,12 +113,12 @@ async def wait_for_value(port: int, name: str, labels: Mapping[str, str], expect
     async def matches() -> bool:
         s = await scrape(port)
         last[:] = [s]
-        return s.value(name, **labels) == expected
+        return s.find(name, **labels) == expected
 
     try:
         await eventually(matches, timeout, f"{name}{dict(labels)} == {expected}")
     except AssertionError:
-        seen = last[0].value(name, **labels) if last else None
+        seen = last[0].find(name, **labels) if last else None
         raise AssertionError(f"{name}{dict(labels)}: expected {expected}, last seen {seen}") \
             from None
     return last[0]

@@ -6,31 +6,30 @@ from __future__ import annotations
 
 import platform
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import ExporterCollector, MetricOptions
-from exporter.findings import diagnose, render_text, snapshots_from
-from exporter.poller import SourceState
-from tests.factories import rich_pgbouncer, rich_postgres, rich_prefect
+from exporter.collector import ExporterCollector
+from exporter.diagnosis import diagnose
+from exporter.finding import render_text
+from exporter.metricspec import MetricOptions
+from exporter.poller import SourceState, failures, fresh_snapshots
+from exporter.source import Reason, Snapshot
+from tests.factories import NamedSource, rich_pgbouncer, rich_postgres, rich_prefect
 
 GOLDEN = Path(__file__).parent / "golden" / "exposition.prom"
 GOLDEN_DOCTOR = Path(__file__).parent / "golden" / "doctor.txt"
 NOW = 1_700_000_000.0
 
 
-class _Named:
-    def __init__(self, kind: str, target: str) -> None:
-        self.kind, self.target = kind, target
-
-
-def _state(kind: str, target: str, snapshot: Any, up: bool = True, **errors: int) -> SourceState:
-    state = SourceState(_Named(kind, target))  # type: ignore[arg-type]
+def _state(kind: str, target: str, snapshot: Snapshot, up: bool = True,
+           errors: Mapping[Reason, int] | None = None) -> SourceState:
+    state = SourceState(NamedSource(kind, target))
     state.snapshot, state.up, state.polls = snapshot, up, 7
     state.last_success, state.last_duration = NOW - 2.0, 0.125
-    state.errors = Counter(errors)
+    state.errors = Counter(errors or {})
     if not up:
         state.last_error = "cannot connect to db2:5432/prefect: connection refused"
     return state
@@ -38,19 +37,20 @@ def _state(kind: str, target: str, snapshot: Any, up: bool = True, **errors: int
 
 def recorded_states() -> list[SourceState]:
     return [
-        _state("postgres", "db", rich_postgres(NOW - 1.0)),
-        _state("postgres", "db2", rich_postgres(NOW - 1.5), up=False, connect=3),
-        _state("pgbouncer", "pgb", rich_pgbouncer(NOW - 1.0), timeout=1),
-        _state("prefect", "prefect", rich_prefect(NOW - 1.0)),
-        _state("prefect", "stale", rich_prefect(NOW - 1000.0)),
+        _state("postgres", "db", rich_postgres(NOW - 1.0, "db")),
+        _state("postgres", "db2", rich_postgres(NOW - 1.5, "db2"), up=False,
+               errors={"connect": 3}),
+        _state("pgbouncer", "pgb", rich_pgbouncer(NOW - 1.0, "pgb"), errors={"timeout": 1}),
+        _state("prefect", "prefect", rich_prefect(NOW - 1.0, "prefect")),
+        _state("prefect", "stale", rich_prefect(NOW - 1000.0, "stale")),
     ]
 
 
 def recorded_exposition() -> str:
     states = recorded_states()
-    options = MetricOptions(label_top_n=20, stale_after_seconds=45.0)
-    collector = ExporterCollector(states, options, clock=lambda: NOW)
-    collector.findings = diagnose(snapshots_from(states, 45.0, NOW))
+    snapshots = fresh_snapshots(states, NOW, 45.0)
+    collector = ExporterCollector(states, MetricOptions(label_top_n=20))
+    collector.update(snapshots, diagnose(snapshots, failures(states)))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     text = generate_latest(registry).decode()
@@ -64,7 +64,7 @@ def test_exposition_of_the_recorded_snapshots_is_unchanged() -> None:
 
 def recorded_doctor() -> str:
     states = recorded_states()
-    return render_text(diagnose(snapshots_from(states, 45.0, NOW)))
+    return render_text(diagnose(fresh_snapshots(states, NOW, 45.0), failures(states)))
 
 
 def test_doctor_report_of_the_recorded_snapshots_is_unchanged() -> None:

@@ -1,0 +1,80 @@
+"""What the diagnosis says: findings, each with its evidence and what to do, and the context the
+checks read. The checks themselves live with their source kind (exporter/<kind>/checks.py) and
+are pure: snapshots and thresholds in, findings out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from exporter.source import Snapshot
+
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str  # a stable identifier, also the metric label
+    severity: str  # critical | warning | info
+    target: str
+    title: str
+    evidence: tuple[str, ...]
+    action: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceFailure:
+    kind: str
+    target: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every check may read besides its own snapshot: the thresholds and the other fresh
+    snapshots (the connection budget reads Prefect's pool sizes, the statement-cache check
+    PgBouncer's pool modes)."""
+
+    thresholds: Mapping[str, float]
+    snapshots: Sequence[Snapshot] = ()
+
+    def of(self, kind: type[T]) -> list[T]:
+        return [s for s in self.snapshots if isinstance(s, kind)]
+
+
+def age(seconds: float | None) -> str:
+    """A duration as people say it: 45s, 7min, 2.5h."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    return f"{seconds / 3600:.1f}h"
+
+
+def exit_code(findings: Sequence[Finding]) -> int:
+    """0 when nothing is wrong (info only), 1 on warnings, 2 on critical findings."""
+    severities = {f.severity for f in findings}
+    return 2 if "critical" in severities else 1 if "warning" in severities else 0
+
+
+def render_text(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return "No findings: nothing wrong seen in the configured targets.\n"
+    lines = []
+    for i, f in enumerate(findings, start=1):
+        lines.append(f"{i}. [{f.severity.upper()}] {f.title}  ({f.check}, {f.target})")
+        lines += [f"     evidence: {e}" for e in f.evidence]
+        lines.append(f"     do: {f.action}")
+        lines.append("")
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_RANK}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,50 @@
+"""A source kind: everything the exporter knows about one kind of target, in one entry.
+
+Each kind's package (exporter/postgres, exporter/pgbouncer, exporter/prefect) declares its KIND:
+its name, how to build its sources from the configuration, its snapshot type, its `up` metric,
+its metric specs and families builder, and its checks. exporter/kinds.py lists them; nothing
+else in the exporter names a kind. Adding a source kind is a new package and one line there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from prometheus_client.core import Metric
+
+from exporter.finding import Context, Finding
+from exporter.metricspec import MetricOptions, MetricSpec
+from exporter.source import Snapshot, Source
+
+if TYPE_CHECKING:
+    from exporter.config import Config
+
+SnapshotT = TypeVar("SnapshotT", bound=Snapshot)
+
+
+@dataclass(frozen=True)
+class SourceKind(Generic[SnapshotT]):
+    name: str  # postgres | pgbouncer | prefect: the `source` label, Source.kind
+    snapshot_type: type[SnapshotT]
+    up: MetricSpec  # the plain `<kind>_up` users of other exporters look for
+    specs: Sequence[MetricSpec]  # every metric the families builder may emit, `up` included
+    families: Callable[[SnapshotT, MetricOptions], Iterable[Metric]]
+    checks: Callable[[SnapshotT, Context], Iterable[Finding]]
+    # The configured sources of this kind. Each kind imports its driver (asyncpg, psycopg,
+    # httpx) only here, so a configuration without that kind never loads it.
+    sources: Callable[[Config], Sequence[Source]]
+
+    def owns(self, snapshot: Snapshot) -> bool:
+        return isinstance(snapshot, self.snapshot_type)
+
+    def export(self, snapshot: Snapshot, options: MetricOptions) -> Iterable[Metric]:
+        if not isinstance(snapshot, self.snapshot_type):
+            raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
+        return self.families(snapshot, options)
+
+    def diagnose(self, snapshot: Snapshot, context: Context) -> Iterable[Finding]:
+        if not isinstance(snapshot, self.snapshot_type):
+            raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
+        return self.checks(snapshot, context)

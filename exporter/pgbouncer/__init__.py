@@ -1,0 +1,26 @@
+"""PgBouncer: the admin console's SHOW commands, through psycopg (simple query protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from exporter.kind import SourceKind
+from exporter.pgbouncer.checks import pool_waiters
+from exporter.pgbouncer.metrics import SPECS, UP, pgbouncer_families
+from exporter.pgbouncer.snapshot import PgBouncerSnapshot
+
+if TYPE_CHECKING:
+    from exporter.config import Config
+    from exporter.source import Source
+
+
+def _sources(config: Config) -> Sequence[Source]:
+    from exporter.pgbouncer.source import PgBouncerSource  # psycopg only when configured
+
+    return [PgBouncerSource(t, connect_timeout=config.poll_timeout_seconds)
+            for t in config.pgbouncer_targets]
+
+
+KIND = SourceKind(name="pgbouncer", snapshot_type=PgBouncerSnapshot, up=UP, specs=SPECS,
+                  families=pgbouncer_families, checks=pool_waiters, sources=_sources)

@@ -1,0 +1,43 @@
+"""What a PgBouncer poll sees: plain typed data, no driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Pool:
+    database: str
+    user: str
+    pool_mode: str
+    counts: dict[str, int]  # the numeric SHOW POOLS columns present: cl_active, cl_waiting, ...
+    maxwait_seconds: float  # maxwait + maxwait_us: how long the oldest waiting client has waited
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+    host: str
+    port: str
+    database: str
+    force_user: str
+    pool_mode: str  # '' when the database follows the global pool_mode
+    values: dict[str, int]  # pool_size, min_pool_size, reserve_pool, max_connections, ...
+
+
+@dataclass(frozen=True)
+class Stats:
+    database: str
+    totals: dict[str, int]  # SHOW STATS_TOTALS columns: xact_count, query_time (us), ...
+
+
+@dataclass(frozen=True)
+class PgBouncerSnapshot:
+    taken_at: float
+    target: str
+    version: str
+    pools: tuple[Pool, ...]
+    databases: tuple[Database, ...]
+    stats: tuple[Stats, ...]
+    config: dict[str, str]
+    lists: dict[str, int]

@@ -1,0 +1,29 @@
+"""PostgreSQL: pg_stat_activity, locks, settings and hot-table vacuum state, through asyncpg."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from exporter.kind import SourceKind
+from exporter.postgres.checks import postgres_checks
+from exporter.postgres.metrics import SPECS, UP, postgres_families
+from exporter.postgres.snapshot import PostgresSnapshot
+
+if TYPE_CHECKING:
+    from exporter.config import Config
+    from exporter.source import Source
+
+
+def _sources(config: Config) -> Sequence[Source]:
+    from exporter.postgres.source import PostgresSource  # asyncpg only when configured
+
+    return [PostgresSource(t, statement_timeout_ms=config.statement_timeout_ms,
+                           connect_timeout=config.poll_timeout_seconds,
+                           top_transactions=config.top_transactions,
+                           hot_tables=config.hot_tables)
+            for t in config.postgres_targets]
+
+
+KIND = SourceKind(name="postgres", snapshot_type=PostgresSnapshot, up=UP, specs=SPECS,
+                  families=postgres_families, checks=postgres_checks, sources=_sources)

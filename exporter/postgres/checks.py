@@ -1,0 +1,206 @@
+"""The PostgreSQL checks of the diagnosis: pure functions from a snapshot (and the context) to
+findings, each with its evidence and what to do. The thresholds are the alert rules'."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from exporter.finding import Context, Finding, age
+from exporter.postgres.snapshot import PostgresSnapshot, Session
+from exporter.prefect.snapshot import PrefectSnapshot
+
+SERVICES_CHANNEL = "prefect_automation_changes"
+
+
+def _who(s: Session) -> str:
+    return (f"pid {s.pid} ({s.application_name or 'no application_name'}, {s.usename}@"
+            f"{s.datname}, client {s.client_addr or '-'}, {s.state}, transaction "
+            f"{age(s.transaction_age)})")
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------------
+
+def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Who blocks whom, down to the root blockers: holders that are not waiting themselves."""
+    t = ctx.thresholds
+    if not pg.blocked:
+        return
+    waiting = {b.pid for b in pg.blocked}
+    holders = {s.pid: s for s in pg.blockers}
+    blocked_by: dict[int, set[int]] = {}
+    for b in pg.blocked:
+        for pid in b.blocked_by:
+            blocked_by.setdefault(pid, set()).add(b.pid)
+    roots = sorted(pid for pid in blocked_by if pid not in waiting)
+    longest = max(b.wait_seconds for b in pg.blocked)
+
+    def victims(pid: int, seen: set[int]) -> set[int]:
+        for child in blocked_by.get(pid, set()) - seen:
+            seen.add(child)
+            victims(child, seen)
+        return seen
+
+    for root in roots or sorted(blocked_by):
+        holder = holders.get(root)
+        behind = victims(root, set())
+        idle = holder is not None and holder.state.startswith("idle in transaction")
+        critical = idle or longest > t["blocked_wait_critical_seconds"]
+        evidence = [f"root blocker: {_who(holder)}" if holder else f"root blocker: pid {root}",
+                    f"{len(behind)} session(s) wait behind it (pids "
+                    f"{', '.join(map(str, sorted(behind)[:10]))}), the longest for "
+                    f"{age(longest)}"]
+        if idle:
+            evidence.append("it is idle in transaction: it holds its locks and does nothing")
+        yield Finding(
+            "lock_chain", "critical" if critical else "warning", pg.target,
+            f"pid {root} blocks {len(behind)} session(s)"
+            + (" while idle in transaction" if idle else ""),
+            tuple(evidence),
+            f"SELECT pg_terminate_backend({root}); ends it (its transaction rolls back). For "
+            "good: idle_in_transaction_session_timeout, lock_timeout for Prefect's role, short "
+            "transactions in the client that took the lock.")
+
+
+def stalled_clients(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    t = ctx.thresholds
+    stalled = [g for g in pg.activity if g.client_read_in_transaction]
+    if not stalled:
+        return
+    longest = max(g.max_state_age or 0.0 for g in stalled)
+    if longest <= t["client_read_stall_critical_seconds"]:
+        return
+    active = [g for g in stalled if g.state == "active"]
+    apps = sorted({g.application_name or "-" for g in stalled})
+    yield Finding(
+        "client_read_stall", "critical", pg.target,
+        f"{sum(g.sessions for g in stalled)} session(s) wait on their client inside a "
+        f"transaction, the longest for {age(longest)}",
+        (f"applications: {', '.join(apps[:10])}",
+         f"{sum(g.sessions for g in active)} of them are active statements waiting on ClientRead "
+         "(the client stopped sending mid-statement); the rest are idle in transaction"),
+        "Look at those clients: an event loop blocked by CPU-bound work, a proxy, a paused "
+        "process. Terminate the session if it blocks others; idle_in_transaction_session_timeout "
+        "and TCP keepalives end such stalls for good.")
+
+
+def long_transactions(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    t = ctx.thresholds
+    limits = {"idle in transaction": ("idle_in_transaction_warning_seconds",
+                                      "idle_in_transaction_critical_seconds"),
+              "idle in transaction (aborted)": ("idle_in_transaction_warning_seconds",
+                                                "idle_in_transaction_critical_seconds"),
+              "active": ("active_transaction_warning_seconds",
+                         "active_transaction_critical_seconds")}
+    for s in pg.oldest_transactions:
+        warn, crit = limits.get(s.state, (None, None))
+        if warn is None or crit is None or (s.transaction_age or 0) <= t[warn]:
+            continue
+        severity = "critical" if (s.transaction_age or 0) > t[crit] else "warning"
+        yield Finding(
+            "long_transaction", severity, pg.target,
+            f"a transaction {s.state} for {age(s.transaction_age)}", (_who(s),),
+            f"SELECT pg_terminate_backend({s.pid}); if it must not live on. Long transactions "
+            "hold locks and keep vacuum from cleaning Prefect's hot tables.")
+
+
+def connection_budget(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    t = ctx.thresholds
+    used = sum(g.sessions for g in pg.activity)
+    usable = pg.max_connections - pg.superuser_reserved_connections
+    if usable <= 0:
+        return
+    ratio = used / usable
+    evidence = [f"{used} client backends of max_connections {pg.max_connections} - "
+                f"superuser_reserved_connections {pg.superuser_reserved_connections} = {usable} "
+                f"({ratio:.0%})"]
+    per_process = None
+    prefect = next(iter(ctx.of(PrefectSnapshot)), None)
+    if prefect is not None:
+        size = prefect.settings.get("server.database.sqlalchemy.pool_size")
+        overflow = prefect.settings.get("server.database.sqlalchemy.max_overflow")
+        app = prefect.text_settings.get("server.database.sqlalchemy.connect_args.application_name")
+        if size is not None and overflow is not None:
+            per_process = int(size + overflow)
+            evidence.append(f"each Prefect server process may open pool_size {size:g} + "
+                            f"max_overflow {overflow:g} = {per_process} connections: "
+                            f"{usable // max(per_process, 1)} processes fit in {usable}")
+        if app:
+            prefect_sessions = sum(g.sessions for g in pg.activity if g.application_name == app)
+            evidence.append(f"{prefect_sessions} sessions are Prefect's (application_name "
+                            f"{app!r})" + (f", about {-(-prefect_sessions // per_process)} "
+                                           f"process(es) at full pools" if per_process else ""))
+    if ratio > t["connections_warning_ratio"]:
+        yield Finding(
+            "connection_budget", "critical" if ratio > t["connections_critical_ratio"]
+            else "warning", pg.target, f"{ratio:.0%} of the usable connections are in use",
+            tuple(evidence),
+            "Replicas x workers x (pool_size + max_overflow) + services must fit under "
+            "max_connections - superuser_reserved_connections: lower the pools, scale down, or "
+            "put PgBouncer (transaction pooling, asyncpg statement caches off) in front.")
+    elif per_process is not None and per_process * 2 > usable:
+        yield Finding("connection_budget", "info", pg.target,
+                      "two Prefect server processes at full pools would exhaust the database",
+                      tuple(evidence), "Lower pool_size + max_overflow or raise max_connections.")
+
+
+def duplicated_services(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    t = ctx.thresholds
+    copies = sum(g.sessions for g in pg.activity if g.listen_channel == SERVICES_CHANNEL)
+    if copies > t["listen_sessions_warning"]:
+        apps = sorted({g.application_name or "-" for g in pg.activity
+                       if g.listen_channel == SERVICES_CHANNEL})
+        yield Finding(
+            "duplicated_services", "warning", pg.target,
+            f"{copies} copies of Prefect's background services are running",
+            (f"{copies} sessions LISTEN \"{SERVICES_CHANNEL}\" (applications: "
+             f"{', '.join(apps)})",),
+            "Run the services once (`prefect server services start` or one `prefect server "
+            "start`), every other API replica with `--no-services`.")
+
+
+def safety_nets(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    if pg.timeouts_seconds.get("idle_in_transaction_session_timeout") == 0:
+        yield Finding(
+            "no_idle_in_transaction_timeout", "warning", pg.target,
+            "idle_in_transaction_session_timeout is off",
+            ("a session left idle in transaction holds its locks until someone ends it",),
+            "ALTER SYSTEM SET idle_in_transaction_session_timeout = '5min'; "
+            "SELECT pg_reload_conf();  (or ALTER ROLE prefect SET ...)")
+    if pg.timeouts_seconds.get("statement_timeout") == 0:
+        yield Finding("no_statement_timeout", "info", pg.target, "statement_timeout is off",
+                      ("no statement is ever cancelled for running too long",),
+                      "ALTER ROLE prefect SET statement_timeout = '60s';")
+
+
+def hot_tables(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    t = ctx.thresholds
+    for table in pg.tables:
+        ratio = table.dead_tuples / max(table.live_tuples, 1)
+        if table.dead_tuples > t["dead_tuples_warning"] and ratio > t["dead_tuples_warning_ratio"]:
+            last = max(table.last_vacuum or 0, table.last_autovacuum or 0)
+            yield Finding(
+                "hot_table_bloat", "warning", pg.target,
+                f"{table.schema}.{table.table} carries {table.dead_tuples} dead tuples",
+                (f"{table.dead_tuples} dead vs {table.live_tuples} live ({ratio:.0%}); last "
+                 f"vacuum {age(pg.taken_at - last) + ' ago' if last else 'never'}",),
+                f"VACUUM (VERBOSE) {table.schema}.{table.table}; end long transactions that "
+                "hold back the horizon; tune autovacuum for this table.")
+
+
+def blind_spots(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    if not pg.can_read_all_stats:
+        yield Finding(
+            "missing_pg_monitor", "warning", pg.target,
+            "the exporter's role cannot see other roles' sessions",
+            ("without pg_monitor (pg_read_all_stats), state, query, waits and transaction ages "
+             "of other roles read NULL: stuck transactions and lock chains are invisible",),
+            "GRANT pg_monitor TO <the exporter's role>;")
+
+
+CHECKS = (blocking_tree, stalled_clients, long_transactions, duplicated_services, safety_nets,
+          hot_tables, blind_spots, connection_budget)
+
+
+def postgres_checks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    for check in CHECKS:
+        yield from check(pg, ctx)

@@ -1,0 +1,240 @@
+"""PostgreSQL snapshot -> metric families. Pure: no I/O, no clock. Each metric's spec (name,
+labels, meaning) is declared here, beside the builder that emits it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import Metric
+
+from exporter.labels import Folder, bounded_max, bounded_sum, clean
+from exporter.metricspec import MetricOptions, MetricSpec, spec
+from exporter.postgres.snapshot import ActivityGroup, PostgresSnapshot, TableStats
+
+TRANSACTION_STATES = ("active", "idle in transaction", "idle in transaction (aborted)")
+
+
+def _pg(name: str, labels: str, help_text: str) -> MetricSpec:
+    return spec(name, "gauge", "postgres", labels, help_text)
+
+
+UP = _pg("postgres_up", "target", "1 if the last poll of this PostgreSQL succeeded, else 0.")
+SERVER_INFO = _pg("postgres_server_info", "target version",
+                  "Always 1; the server version as a label.")
+CONNECTIONS = _pg(
+    "postgres_connections", "target datname usename application_name state",
+    "Client backends by database, role, application and state (the exporter's own session "
+    "excluded). Label values beyond the top N fold into 'other'.")
+MAX_CONNECTIONS = _pg("postgres_max_connections", "target", "The max_connections setting.")
+SUPERUSER_RESERVED = _pg(
+    "postgres_superuser_reserved_connections", "target",
+    "The superuser_reserved_connections setting: slots ordinary roles cannot use.")
+TRANSACTION_MAX_AGE = _pg(
+    "postgres_transaction_max_age_seconds", "target datname application_name state",
+    "Age of the oldest open transaction (now - xact_start) per database, application and "
+    "state: active, idle in transaction, idle in transaction (aborted).")
+CLIENT_READ_SESSIONS = _pg(
+    "postgres_client_read_in_transaction_sessions", "target",
+    "Sessions inside a transaction waiting on Client/ClientRead: the client stalled "
+    "mid-transaction. Plain idle sessions are not counted.")
+CLIENT_READ_MAX_AGE = _pg(
+    "postgres_client_read_in_transaction_max_age_seconds", "target",
+    "How long the longest such stall has lasted (now - state_change); 0 when none.")
+WAIT_EVENT_SESSIONS = _pg(
+    "postgres_wait_event_sessions", "target wait_event_type wait_event",
+    "Non-idle client sessions by wait event ('' = running on CPU, not waiting).")
+BLOCKED_SESSIONS = _pg("postgres_blocked_sessions", "target",
+                       "Sessions waiting on a heavyweight lock held by another session.")
+BLOCKED_MAX_WAIT = _pg(
+    "postgres_blocked_max_wait_seconds", "target",
+    "Longest wait among blocked sessions (now - state_change of the waiting statement); "
+    "0 when none.")
+BLOCKING_SESSIONS = _pg(
+    "postgres_blocking_sessions", "target",
+    "Distinct sessions that block at least one other session (pg_blocking_pids).")
+OLDEST_TRANSACTIONS = _pg(
+    "postgres_oldest_transaction_age_seconds",
+    "target rank pid datname usename application_name client_addr state wait_event",
+    "The N oldest open transactions (rank 1 = oldest) with who holds them; value = age. "
+    "Bounded by --top-transactions; 0 disables.")
+LISTEN_SESSIONS = _pg(
+    "postgres_listen_sessions", "target channel",
+    "Sessions whose last statement is LISTEN, by channel. One Prefect background-services "
+    "copy holds one LISTEN \"prefect_automation_changes\".")
+SETTING_SECONDS = _pg(
+    "postgres_setting_seconds", "target name",
+    "Timeout settings in seconds (0 = disabled): idle_in_transaction_session_timeout, "
+    "statement_timeout, lock_timeout, tcp_keepalives_idle.")
+TABLE_LIVE = _pg("postgres_table_live_tuples", "target schema table",
+                 "Estimated live rows of Prefect's hot tables.")
+TABLE_DEAD = _pg("postgres_table_dead_tuples", "target schema table",
+                 "Estimated dead rows of Prefect's hot tables, waiting for vacuum.")
+TABLE_LAST_VACUUM = _pg("postgres_table_last_vacuum_timestamp_seconds", "target schema table",
+                        "Unix time of the last manual VACUUM of a hot table (0 = never).")
+TABLE_LAST_AUTOVACUUM = _pg("postgres_table_last_autovacuum_timestamp_seconds",
+                            "target schema table",
+                            "Unix time of the last autovacuum of a hot table (0 = never).")
+
+SPECS: tuple[MetricSpec, ...] = (
+    UP, SERVER_INFO, CONNECTIONS, MAX_CONNECTIONS, SUPERUSER_RESERVED, TRANSACTION_MAX_AGE,
+    CLIENT_READ_SESSIONS, CLIENT_READ_MAX_AGE, WAIT_EVENT_SESSIONS, BLOCKED_SESSIONS,
+    BLOCKED_MAX_WAIT, BLOCKING_SESSIONS, OLDEST_TRANSACTIONS, LISTEN_SESSIONS, SETTING_SECONDS,
+    TABLE_LIVE, TABLE_DEAD, TABLE_LAST_VACUUM, TABLE_LAST_AUTOVACUUM)
+
+
+@dataclass(frozen=True)
+class _Folders:
+    """The bounded labels from the database, each decided once per snapshot."""
+
+    datname: Folder
+    usename: Folder
+    application_name: Folder
+
+
+def _folders(groups: tuple[ActivityGroup, ...], top_n: int) -> _Folders:
+    dbs: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    apps: Counter[str] = Counter()
+    for g in groups:
+        dbs[g.datname] += g.sessions
+        users[g.usename] += g.sessions
+        apps[g.application_name] += g.sessions
+    return _Folders(Folder(dbs, top_n), Folder(users, top_n), Folder(apps, top_n))
+
+
+def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterator[Metric]:
+    top_n = options.label_top_n
+    target = snap.target
+    folders = _folders(snap.activity, top_n)
+    yield _server_info(snap, target)
+    yield from _connection_limits(snap, target)
+    yield from _connections(snap, target, folders)
+    yield _transaction_max_age(snap, target, folders)
+    yield from _client_read(snap, target)
+    yield _wait_events(snap, target, top_n)
+    yield from _blocking(snap, target)
+    yield _oldest_transactions(snap, target)
+    yield _listen(snap, target, top_n)
+    yield _settings(snap, target)
+    yield from _tables(snap, target)
+
+
+def _server_info(snap: PostgresSnapshot, target: str) -> Metric:
+    info = SERVER_INFO.family()
+    info.add_metric([target, snap.server_version], 1)
+    return info
+
+
+def _connection_limits(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
+    for metric_spec, value in ((MAX_CONNECTIONS, snap.max_connections),
+                               (SUPERUSER_RESERVED, snap.superuser_reserved_connections)):
+        metric = metric_spec.family()
+        metric.add_metric([target], value)
+        yield metric
+
+
+def _connections(snap: PostgresSnapshot, target: str, f: _Folders) -> Iterator[Metric]:
+    counts = bounded_sum(
+        ((f.datname(g.datname), f.usename(g.usename), f.application_name(g.application_name),
+          g.state), g.sessions)
+        for g in snap.activity)
+    metric = CONNECTIONS.family()
+    for labels, value in sorted(counts.items()):
+        metric.add_metric([target, *labels], value)
+    yield metric
+
+
+def _transaction_max_age(snap: PostgresSnapshot, target: str, f: _Folders) -> Metric:
+    ages = bounded_max(
+        ((f.datname(g.datname), f.application_name(g.application_name), g.state),
+         g.max_transaction_age)
+        for g in snap.activity
+        if g.max_transaction_age is not None and g.state in TRANSACTION_STATES)
+    metric = TRANSACTION_MAX_AGE.family()
+    for labels, value in sorted(ages.items()):
+        metric.add_metric([target, *labels], value)
+    return metric
+
+
+def _client_read(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
+    stalled = [g for g in snap.activity if g.client_read_in_transaction]
+    count = CLIENT_READ_SESSIONS.family()
+    count.add_metric([target], sum(g.sessions for g in stalled))
+    age = CLIENT_READ_MAX_AGE.family()
+    age.add_metric([target], max((g.max_state_age or 0.0 for g in stalled), default=0.0))
+    yield count
+    yield age
+
+
+def _wait_events(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
+    busy = [g for g in snap.activity if g.state != "idle"]
+    weights: Counter[str] = Counter()
+    for g in busy:
+        weights[g.wait_event] += g.sessions
+    event = Folder(weights, top_n)
+    counts = bounded_sum(((g.wait_event_type, event(g.wait_event) if g.wait_event else ""),
+                          g.sessions) for g in busy)
+    metric = WAIT_EVENT_SESSIONS.family()
+    for labels, value in sorted(counts.items()):
+        metric.add_metric([target, *labels], value)
+    return metric
+
+
+def _blocking(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
+    blocked = BLOCKED_SESSIONS.family()
+    blocked.add_metric([target], len(snap.blocked))
+    longest = BLOCKED_MAX_WAIT.family()
+    longest.add_metric([target], max((b.wait_seconds for b in snap.blocked), default=0.0))
+    blocking = BLOCKING_SESSIONS.family()
+    blocking.add_metric([target], len({pid for b in snap.blocked for pid in b.blocked_by}))
+    yield blocked
+    yield longest
+    yield blocking
+
+
+def _oldest_transactions(snap: PostgresSnapshot, target: str) -> Metric:
+    metric = OLDEST_TRANSACTIONS.family()
+    for rank, s in enumerate(snap.oldest_transactions, start=1):
+        metric.add_metric(
+            [target, str(rank), str(s.pid), clean(s.datname), clean(s.usename),
+             clean(s.application_name), s.client_addr, s.state, s.wait_event],
+            s.transaction_age or 0.0)
+    return metric
+
+
+def _listen(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
+    channels: Counter[str] = Counter()
+    for g in snap.activity:
+        if g.listen_channel:
+            channels[g.listen_channel] += g.sessions
+    channel_of = Folder(channels, top_n)
+    metric = LISTEN_SESSIONS.family()
+    for channel, value in sorted(bounded_sum((channel_of(c), n)
+                                             for c, n in channels.items()).items()):
+        metric.add_metric([target, channel], value)
+    return metric
+
+
+def _settings(snap: PostgresSnapshot, target: str) -> Metric:
+    metric = SETTING_SECONDS.family()
+    for name, seconds in sorted(snap.timeouts_seconds.items()):
+        metric.add_metric([target, name], seconds)
+    return metric
+
+
+TABLE_COLUMNS: tuple[tuple[MetricSpec, Callable[[TableStats], float]], ...] = (
+    (TABLE_LIVE, lambda t: t.live_tuples),
+    (TABLE_DEAD, lambda t: t.dead_tuples),
+    (TABLE_LAST_VACUUM, lambda t: t.last_vacuum or 0.0),
+    (TABLE_LAST_AUTOVACUUM, lambda t: t.last_autovacuum or 0.0),
+)
+
+
+def _tables(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
+    for metric_spec, value_of in TABLE_COLUMNS:
+        metric = metric_spec.family()
+        for table in snap.tables:
+            metric.add_metric([target, table.schema, table.table], value_of(table))
+        yield metric

@@ -1,0 +1,72 @@
+"""What a PostgreSQL poll sees: plain typed data, no driver. The row types are NamedTuples whose
+fields are their query's columns in order (the queries are in source.py; a lab test checks the
+two agree): at thousands of backends, building them with _make(row) keeps the poll close to the
+cost of the SQL itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class ActivityGroup(NamedTuple):
+    """Client backends that share database, role, application, state and wait event."""
+
+    datname: str
+    usename: str
+    application_name: str
+    state: str
+    wait_event_type: str
+    wait_event: str
+    client_read_in_transaction: bool
+    listen_channel: str | None
+    sessions: int
+    max_transaction_age: float | None  # now - xact_start, None when none is in a transaction
+    max_state_age: float | None  # now - state_change
+
+
+class Session(NamedTuple):
+    """One backend, for the oldest transactions and the blockers."""
+
+    pid: int
+    datname: str
+    usename: str
+    application_name: str
+    client_addr: str
+    state: str
+    wait_event_type: str
+    wait_event: str
+    transaction_age: float | None
+    state_age: float | None
+
+
+@dataclass(frozen=True)
+class BlockedSession:
+    pid: int
+    blocked_by: tuple[int, ...]
+    wait_seconds: float
+
+
+class TableStats(NamedTuple):
+    schema: str
+    table: str
+    live_tuples: int
+    dead_tuples: int
+    last_vacuum: float | None  # unix time
+    last_autovacuum: float | None
+
+
+@dataclass(frozen=True)
+class PostgresSnapshot:
+    taken_at: float
+    target: str
+    server_version: str
+    max_connections: int
+    superuser_reserved_connections: int
+    timeouts_seconds: dict[str, float]  # 0 = disabled
+    can_read_all_stats: bool  # pg_monitor / pg_read_all_stats: other roles' details visible
+    activity: tuple[ActivityGroup, ...]
+    oldest_transactions: tuple[Session, ...]
+    blocked: tuple[BlockedSession, ...]
+    blockers: tuple[Session, ...]  # details of every pid that blocks another
+    tables: tuple[TableStats, ...]

@@ -1,0 +1,271 @@
+"""PostgreSQL source: pg_stat_activity, locks, settings and hot-table vacuum state.
+
+One long-lived asyncpg connection, never inside a transaction (asyncpg autocommits unless told
+otherwise), read-only, with its own application_name and statement_timeout. Its own backend is
+excluded from everything it reports. Everything here works for a role with only pg_monitor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import asyncpg
+
+from exporter.dsn import Target
+from exporter.postgres.snapshot import (
+    ActivityGroup,
+    BlockedSession,
+    PostgresSnapshot,
+    Session,
+    TableStats,
+)
+from exporter.source import ErrorMap, SourceError, translated
+
+APPLICATION_NAME = "prefect-pg-exporter"
+
+# ----------------------------------------------------------------------------------------
+# SQL, each beside the code that reads its columns.
+
+# Client backends grouped by everything the metrics label or count on, in one scan of
+# pg_stat_activity. A session inside a transaction waiting on ClientRead is a stalled client;
+# plain idle sessions also wait on ClientRead but have no transaction, so they are excluded.
+# Without pg_monitor, backend_type (like state and query) reads NULL for other roles' sessions;
+# those with a database and a role are client backends (autovacuum workers have no role).
+CLIENT_BACKEND = """(backend_type = 'client backend'
+       OR (backend_type IS NULL AND datname IS NOT NULL AND usename IS NOT NULL))"""
+
+ACTIVITY_SQL = rf"""
+SELECT coalesce(datname, '') AS datname,
+       coalesce(usename, '') AS usename,
+       coalesce(application_name, '') AS application_name,
+       coalesce(state, 'unknown') AS state,
+       coalesce(wait_event_type, '') AS wait_event_type,
+       coalesce(wait_event, '') AS wait_event,
+       (xact_start IS NOT NULL AND wait_event = 'ClientRead') AS client_read_in_transaction,
+       substring(query FROM '(?i)^\s*listen\s+"?([^";\s]+)') AS listen_channel,
+       count(*) AS sessions,
+       extract(epoch FROM max(now() - xact_start))::float8 AS max_transaction_age,
+       extract(epoch FROM max(now() - state_change))::float8 AS max_state_age
+FROM pg_stat_activity
+WHERE {CLIENT_BACKEND} AND pid <> pg_backend_pid()
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+"""
+
+
+def _activity(rows: Sequence[asyncpg.Record]) -> tuple[ActivityGroup, ...]:
+    return tuple(map(ActivityGroup._make, rows))
+
+
+_SESSION_COLUMNS = """
+       pid,
+       coalesce(datname, '') AS datname,
+       coalesce(usename, '') AS usename,
+       coalesce(application_name, '') AS application_name,
+       coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local' ELSE '' END)
+           AS client_addr,
+       coalesce(state, 'unknown') AS state,
+       coalesce(wait_event_type, '') AS wait_event_type,
+       coalesce(wait_event, '') AS wait_event,
+       extract(epoch FROM now() - xact_start)::float8 AS transaction_age,
+       extract(epoch FROM now() - state_change)::float8 AS state_age
+"""
+
+OLDEST_TRANSACTIONS_SQL = f"""
+SELECT {_SESSION_COLUMNS}
+FROM pg_stat_activity
+WHERE xact_start IS NOT NULL AND {CLIENT_BACKEND} AND pid <> pg_backend_pid()
+ORDER BY xact_start
+LIMIT $1
+"""
+
+SESSIONS_BY_PID_SQL = f"""
+SELECT {_SESSION_COLUMNS}
+FROM pg_stat_activity
+WHERE pid = ANY($1::int[])
+ORDER BY xact_start NULLS LAST, pid
+"""
+
+
+def _sessions(rows: Sequence[asyncpg.Record]) -> tuple[Session, ...]:
+    return tuple(map(Session._make, rows))
+
+
+# pg_blocking_pids() takes the lock manager's partition locks, so it is called only for the
+# sessions that are waiting on a lock. The wait is measured from the waiting statement's start
+# (state_change), which is when an active statement began.
+BLOCKED_SQL = """
+SELECT pid,
+       pg_blocking_pids(pid) AS blocked_by,
+       extract(epoch FROM now() - state_change)::float8 AS wait_seconds
+FROM pg_stat_activity
+WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()
+"""
+
+
+def _blocked(rows: Sequence[asyncpg.Record]) -> tuple[BlockedSession, ...]:
+    return tuple(
+        BlockedSession(pid=r["pid"], blocked_by=tuple(r["blocked_by"] or ()),
+                       wait_seconds=r["wait_seconds"] or 0.0)
+        for r in rows
+        if r["blocked_by"]
+    )
+
+
+TIMEOUT_SETTINGS = ("idle_in_transaction_session_timeout", "statement_timeout", "lock_timeout",
+                    "idle_session_timeout", "tcp_keepalives_idle")
+
+# reset_val, not setting: the exporter SETs its own timeouts, and reset_val is the value the
+# server, database or role configuration gives (what a new session of this role gets).
+SETTINGS_SQL = """
+SELECT name, reset_val AS setting, unit
+FROM pg_settings
+WHERE name = ANY($1::text[])
+"""
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _settings(rows: Sequence[asyncpg.Record]) -> tuple[dict[str, str], dict[str, float]]:
+    raw = {r["name"]: r["setting"] for r in rows}
+    timeouts = {
+        r["name"]: float(r["setting"]) * _UNIT_SECONDS[r["unit"]]
+        for r in rows
+        if r["name"] in TIMEOUT_SETTINGS and r["unit"] in _UNIT_SECONDS
+    }
+    return raw, timeouts
+
+
+PRIVILEGE_SQL = "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read"
+
+TABLES_SQL = """
+SELECT schemaname AS "schema", relname AS "table", n_live_tup AS live_tuples,
+       n_dead_tup AS dead_tuples,
+       extract(epoch FROM last_vacuum)::float8 AS last_vacuum,
+       extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum
+FROM pg_stat_user_tables
+WHERE relname = ANY($1::text[])
+ORDER BY 1, 2
+"""
+
+
+def _tables(rows: Sequence[asyncpg.Record]) -> tuple[TableStats, ...]:
+    return tuple(map(TableStats._make, rows))
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def _decode_lenient(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+async def _lenient_text(conn: asyncpg.Connection) -> None:
+    """Decode text and names leniently. pg_stat_activity shows other databases' query text
+    unconverted, so a SQL_ASCII database's session can put bytes there that are not UTF-8; a
+    strict decoder would fail every poll and blind the exporter for as long as it lasts. Only
+    after such bytes were seen: Python codecs cost about twice asyncpg's built-in ones."""
+    for type_name in ("text", "name", "varchar"):
+        await conn.set_type_codec(type_name, schema="pg_catalog", format="binary",
+                                  encoder=str.encode, decoder=_decode_lenient)
+
+
+# What a failed poll means: PostgreSQL answered with an error, or the network failed it.
+QUERY_ERRORS: ErrorMap = (((asyncpg.PostgresError, asyncpg.InterfaceError), "query"),
+                          ((TimeoutError, OSError), "connect"))
+# While connecting, every failure is a connect failure (ValueError: a DSN asyncpg refuses).
+CONNECT_ERRORS: ErrorMap = (((TimeoutError, OSError, asyncpg.PostgresError,
+                              asyncpg.InterfaceError, ValueError), "connect"),)
+
+
+class PostgresSource:
+    kind = "postgres"
+
+    def __init__(self, target: Target, *, statement_timeout_ms: int, connect_timeout: float,
+                 top_transactions: int, hot_tables: Sequence[str]) -> None:
+        self.target = target.name
+        self._target = target
+        self._statement_timeout_ms = statement_timeout_ms
+        self._connect_timeout = connect_timeout
+        self._top_transactions = top_transactions
+        self._hot_tables = list(hot_tables)
+        self._conn: asyncpg.Connection | None = None
+        self._lenient = False
+
+    async def poll(self) -> PostgresSnapshot:
+        try:
+            with translated(QUERY_ERRORS, [self._target.password]):
+                try:
+                    return await self._read(await self._connection())
+                except UnicodeDecodeError:
+                    if self._lenient:
+                        raise
+                    # bytes that are not UTF-8 (another database's query text, unconverted):
+                    # from now on decode leniently, at some CPU cost, on a fresh connection
+                    self._lenient = True
+                    await self.close()
+                    return await self._read(await self._connection())
+        except SourceError:
+            await self.close()
+            raise
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        await self.close()
+        with translated(CONNECT_ERRORS, [self._target.password],
+                        f"cannot connect to {self._target.redacted()}: "):
+            self._conn = await asyncpg.connect(
+                self._target.asyncpg_dsn(),
+                timeout=self._connect_timeout,
+                server_settings={"application_name": APPLICATION_NAME,
+                                 "default_transaction_read_only": "on"},
+            )
+            if self._lenient:
+                await _lenient_text(self._conn)
+            # SET, not startup parameters: pg_settings.reset_val then still shows the server's
+            # own values of these timeouts, which is what the exporter reports.
+            timeout = str(self._statement_timeout_ms)
+            for name in ("statement_timeout", "lock_timeout",
+                         "idle_in_transaction_session_timeout"):
+                await self._conn.execute(f"SET {name} = {timeout}")
+        return self._conn
+
+    async def _read(self, conn: asyncpg.Connection) -> PostgresSnapshot:
+        settings_rows = await conn.fetch(
+            SETTINGS_SQL,
+            [*TIMEOUT_SETTINGS, "max_connections", "superuser_reserved_connections",
+             "server_version"])
+        raw_settings, timeouts = _settings(settings_rows)
+        activity = _activity(await conn.fetch(ACTIVITY_SQL))
+        oldest = (_sessions(await conn.fetch(OLDEST_TRANSACTIONS_SQL, self._top_transactions))
+                  if self._top_transactions else ())
+        blocked: tuple[BlockedSession, ...] = ()
+        blockers: tuple[Session, ...] = ()
+        if any(g.wait_event_type == "Lock" for g in activity):
+            blocked = _blocked(await conn.fetch(BLOCKED_SQL))
+            blocker_pids = sorted({pid for b in blocked for pid in b.blocked_by})
+            if blocker_pids:
+                blockers = _sessions(await conn.fetch(SESSIONS_BY_PID_SQL, blocker_pids))
+        tables = _tables(await conn.fetch(TABLES_SQL, self._hot_tables)) if self._hot_tables else ()
+        return PostgresSnapshot(
+            taken_at=time.time(),
+            target=self.target,
+            server_version=raw_settings.get("server_version", ""),
+            max_connections=int(raw_settings.get("max_connections", 0)),
+            superuser_reserved_connections=int(
+                raw_settings.get("superuser_reserved_connections", 0)),
+            timeouts_seconds=timeouts,
+            can_read_all_stats=bool(await conn.fetchval(PRIVILEGE_SQL)),
+            activity=activity,
+            oldest_transactions=oldest,
+            blocked=blocked,
+            blockers=blockers,
+            tables=tables,
+        )
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            # terminate(), not close(): close() waits on the server, which may be the thing
+            # that is stuck; the exporter must never add a second session while one lingers.
+            conn.terminate()

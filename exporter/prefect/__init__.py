@@ -1,0 +1,30 @@
+"""Prefect API: scheduling, work pools and workers, server settings, through httpx."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from exporter.kind import SourceKind
+from exporter.prefect.checks import prefect_checks
+from exporter.prefect.metrics import API_UP, SPECS, prefect_families
+from exporter.prefect.snapshot import PrefectSnapshot
+
+if TYPE_CHECKING:
+    from exporter.config import Config
+    from exporter.source import Source
+
+
+def _sources(config: Config) -> Sequence[Source]:
+    from exporter.prefect.source import PrefectSource  # httpx only when configured
+
+    return [PrefectSource(t.name, t.api_url, auth=t.auth, timeout=config.poll_timeout_seconds,
+                          headers=t.headers, verify=t.verify,
+                          horizon_seconds=config.prefect_upcoming_horizon_seconds,
+                          max_pools=config.label_top_n,
+                          max_concurrency=config.prefect_max_concurrent_requests)
+            for t in config.prefect_targets]
+
+
+KIND = SourceKind(name="prefect", snapshot_type=PrefectSnapshot, up=API_UP, specs=SPECS,
+                  families=prefect_families, checks=prefect_checks, sources=_sources)

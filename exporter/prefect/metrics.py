@@ -1,0 +1,191 @@
+"""Prefect snapshot -> metric families. Pure: no I/O, no clock (ages are from taken_at). Each
+metric's spec is declared here, beside the builder that emits it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from exporter.labels import OTHER, clean
+from exporter.metricspec import Kind, MetricOptions, MetricSpec, spec
+from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot
+
+POOL_STATUSES = ("READY", "NOT_READY", "PAUSED")
+
+
+def _pf(name: str, labels: str, help_text: str, kind: Kind = "gauge") -> MetricSpec:
+    return spec(name, kind, "prefect", labels, help_text)
+
+
+API_UP = _pf("prefect_api_up", "target",
+             "1 if the last poll of the Prefect API succeeded, else 0.")
+SERVER_INFO = _pf("prefect_server_info", "target version",
+                  "Always 1; the Prefect server version (GET /admin/version; '' where not "
+                  "offered).")
+FLOW_RUNS = _pf("prefect_flow_runs", "target state_type",
+                "Flow runs now in each current state type: SCHEDULED, PENDING, RUNNING, "
+                "CANCELLING, PAUSED (not a history: finished runs are not counted).")
+BACKLOG_RUNS = _pf("prefect_scheduled_backlog_runs", "target work_pool",
+                   "SCHEDULED runs whose expected start is in the past (Late ones included). "
+                   "work_pool 'other': runs in no work pool or in pools beyond the top N.")
+BACKLOG_MAX_DELAY = _pf("prefect_scheduled_backlog_max_delay_seconds", "target work_pool",
+                        "How far past its expected start the most overdue SCHEDULED run is; 0 "
+                        "when none.")
+LATE_RUNS = _pf("prefect_late_runs", "target work_pool",
+                "Runs in state Late (marked by the server's late_runs service).")
+UPCOMING_RUNS = _pf("prefect_upcoming_runs", "target work_pool",
+                    "SCHEDULED runs expected to start within the horizon (--prefect-upcoming-"
+                    "horizon-seconds, default 1 h).")
+SCHEDULED_RUNS = _pf("prefect_scheduled_runs", "target",
+                     "Every SCHEDULED run expected to start in the future: catches a scheduler "
+                     "creating far too many runs.")
+RUNS_IN_FLIGHT = _pf("prefect_work_pool_runs_in_flight", "target work_pool",
+                     "Runs PENDING or RUNNING in the pool (what its concurrency limit counts).")
+POOL_INFO = _pf("prefect_work_pool_info", "target work_pool type",
+                "Always 1; the work pool's type (process, kubernetes, docker, ...).")
+POOL_STATUS = _pf("prefect_work_pool_status", "target work_pool status",
+                  "1 for the pool's current status, 0 for the others: READY, NOT_READY (no "
+                  "online worker), PAUSED.")
+POOL_PAUSED = _pf("prefect_work_pool_paused", "target work_pool",
+                  "1 if the work pool is paused.")
+POOL_LIMIT = _pf("prefect_work_pool_concurrency_limit", "target work_pool",
+                 "The pool's concurrency limit; absent when unlimited.")
+POOL_WORKERS = _pf("prefect_work_pool_workers", "target work_pool",
+                   "Workers known to the pool.")
+POOL_ONLINE_WORKERS = _pf("prefect_work_pool_online_workers", "target work_pool",
+                          "Workers whose heartbeat is recent (status ONLINE).")
+POOL_LAST_HEARTBEAT = _pf("prefect_work_pool_last_heartbeat_timestamp_seconds",
+                          "target work_pool",
+                          "Unix time of the freshest worker heartbeat; absent with no worker.")
+QUEUE_PAUSED = _pf("prefect_work_queue_paused", "target work_pool work_queue",
+                   "1 if the work queue is paused.")
+QUEUE_LIMIT = _pf("prefect_work_queue_concurrency_limit", "target work_pool work_queue",
+                  "The queue's concurrency limit; absent when unlimited.")
+SERVER_SETTING = _pf("prefect_server_setting", "target name",
+                     "Numeric server settings from GET /admin/settings by JSON path (durations "
+                     "in seconds, booleans 0/1): database pool_size, max_overflow, asyncpg "
+                     "statement caches, scheduler and late_runs knobs.")
+API_REQUESTS = _pf("prefect_api_requests_total", "target endpoint",
+                   "The exporter's own requests to the Prefect API, by endpoint.", "counter")
+API_REQUEST_ERRORS = _pf("prefect_api_request_errors_total", "target endpoint",
+                         "Of those, the ones that failed (transport error, HTTP 4xx/5xx, bad "
+                         "JSON).", "counter")
+API_REQUEST_SECONDS = _pf("prefect_api_request_duration_seconds_total", "target endpoint",
+                          "Time spent in those requests; divided by the requests, the mean "
+                          "latency.", "counter")
+
+SPECS: tuple[MetricSpec, ...] = (
+    API_UP, SERVER_INFO, FLOW_RUNS, BACKLOG_RUNS, BACKLOG_MAX_DELAY, LATE_RUNS, UPCOMING_RUNS,
+    SCHEDULED_RUNS, RUNS_IN_FLIGHT, POOL_INFO, POOL_STATUS, POOL_PAUSED, POOL_LIMIT,
+    POOL_WORKERS, POOL_ONLINE_WORKERS, POOL_LAST_HEARTBEAT, QUEUE_PAUSED, QUEUE_LIMIT,
+    SERVER_SETTING, API_REQUESTS, API_REQUEST_ERRORS, API_REQUEST_SECONDS)
+
+
+def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[Metric]:
+    target = snap.target
+    info = SERVER_INFO.family()
+    info.add_metric([target, snap.version], 1)
+    yield info
+    states = FLOW_RUNS.family()
+    for state_type, count in snap.runs_by_state_type.items():
+        states.add_metric([target, state_type], count)
+    yield states
+    future = SCHEDULED_RUNS.family()
+    future.add_metric([target], snap.scheduled_future)
+    yield future
+    yield from _scheduling(snap, target)
+    yield from _work_pools(snap, target)
+    yield from _work_queues(snap, target)
+    yield from _settings(snap, target)
+    yield from _requests(snap, target)
+
+
+def pool_rows(snap: PrefectSnapshot) -> dict[str, PoolCounts]:
+    """Counts per listed work pool, plus OTHER: what the totals hold beyond them (runs in no
+    work pool, or in pools beyond the top N). Counts are taken concurrently, so the remainder is
+    clamped at 0. OTHER's oldest run is known only when it is older than every listed pool's."""
+    rows = {clean(name): counts for name, counts in snap.pool_counts.items()}
+    t = snap.totals
+    listed = list(snap.pool_counts.values())
+    oldest_listed = min((c.oldest_backlog_start for c in listed
+                         if c.oldest_backlog_start is not None), default=None)
+    other_oldest = t.oldest_backlog_start if t.oldest_backlog_start is not None and (
+        oldest_listed is None or t.oldest_backlog_start < oldest_listed) else None
+    rows[OTHER] = PoolCounts(
+        backlog=max(0, t.backlog - sum(c.backlog for c in listed)),
+        late=max(0, t.late - sum(c.late for c in listed)),
+        upcoming=max(0, t.upcoming - sum(c.upcoming for c in listed)),
+        in_flight=max(0, t.in_flight - sum(c.in_flight for c in listed)),
+        oldest_backlog_start=other_oldest)
+    return rows
+
+
+SCHEDULING_COLUMNS = ((BACKLOG_RUNS, "backlog"), (LATE_RUNS, "late"),
+                      (UPCOMING_RUNS, "upcoming"), (RUNS_IN_FLIGHT, "in_flight"))
+
+
+def _scheduling(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    rows = pool_rows(snap)
+    for metric_spec, attribute in SCHEDULING_COLUMNS:
+        metric = metric_spec.family()
+        for pool, counts in rows.items():
+            metric.add_metric([target, pool], getattr(counts, attribute))
+        yield metric
+    delay = BACKLOG_MAX_DELAY.family()
+    for pool, counts in rows.items():
+        if counts.oldest_backlog_start is not None:
+            delay.add_metric([target, pool], max(0.0, snap.taken_at - counts.oldest_backlog_start))
+        elif counts.backlog == 0:
+            delay.add_metric([target, pool], 0.0)
+    yield delay
+
+
+def _work_pools(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    info, status, paused, limit = (POOL_INFO.family(), POOL_STATUS.family(),
+                                   POOL_PAUSED.family(), POOL_LIMIT.family())
+    workers, online, heartbeat = (POOL_WORKERS.family(), POOL_ONLINE_WORKERS.family(),
+                                  POOL_LAST_HEARTBEAT.family())
+    for pool in snap.pools:
+        labels = [target, clean(pool.name)]
+        info.add_metric([*labels, clean(pool.type)], 1)
+        for name in POOL_STATUSES:
+            status.add_metric([*labels, name], 1 if pool.status == name else 0)
+        paused.add_metric(labels, 1 if pool.paused else 0)
+        if pool.concurrency_limit is not None:
+            limit.add_metric(labels, pool.concurrency_limit)
+        workers.add_metric(labels, pool.workers)
+        online.add_metric(labels, pool.online_workers)
+        if pool.last_heartbeat is not None:
+            heartbeat.add_metric(labels, pool.last_heartbeat)
+    yield from (info, status, paused, limit, workers, online, heartbeat)
+
+
+def _work_queues(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    paused = QUEUE_PAUSED.family()
+    limit = QUEUE_LIMIT.family()
+    for queue in snap.queues:
+        labels = [target, clean(queue.work_pool), clean(queue.name)]
+        paused.add_metric(labels, 1 if queue.paused else 0)
+        if queue.concurrency_limit is not None:
+            limit.add_metric(labels, queue.concurrency_limit)
+    yield paused
+    yield limit
+
+
+def _settings(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    metric = SERVER_SETTING.family()
+    for name, value in sorted(snap.settings.items()):
+        metric.add_metric([target, name], value)
+    yield metric
+
+
+def _requests(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    count = API_REQUESTS.family()
+    errors = API_REQUEST_ERRORS.family()
+    seconds = API_REQUEST_SECONDS.family()
+    for endpoint, stats in sorted(snap.requests.items()):
+        count.add_metric([target, endpoint], stats.count)
+        errors.add_metric([target, endpoint], stats.errors)
+        seconds.add_metric([target, endpoint], stats.seconds)
+    yield from (count, errors, seconds)

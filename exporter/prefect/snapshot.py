@@ -1,0 +1,59 @@
+"""What a Prefect API poll sees: plain typed data, no driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PoolCounts:
+    backlog: int  # SCHEDULED with expected start in the past (Late ones included)
+    late: int  # state name Late
+    upcoming: int  # SCHEDULED with expected start within the horizon
+    in_flight: int  # PENDING or RUNNING
+    oldest_backlog_start: float | None  # unix time of the most overdue run's expected start
+
+
+@dataclass(frozen=True)
+class WorkPool:
+    name: str
+    type: str
+    status: str  # READY | NOT_READY | PAUSED
+    paused: bool
+    concurrency_limit: int | None
+    workers: int
+    online_workers: int
+    last_heartbeat: float | None  # unix time of the freshest worker heartbeat
+
+
+@dataclass(frozen=True)
+class WorkQueue:
+    work_pool: str
+    name: str
+    paused: bool
+    concurrency_limit: int | None
+
+
+@dataclass(frozen=True)
+class PrefectSnapshot:
+    taken_at: float
+    target: str
+    version: str
+    runs_by_state_type: dict[str, int]
+    totals: PoolCounts  # across all work pools and runs without one
+    scheduled_future: int  # every SCHEDULED run with expected start after now
+    pools: tuple[WorkPool, ...]  # the top N, alphabetically
+    pool_counts: dict[str, PoolCounts]  # for the pools in `pools`
+    queues: tuple[WorkQueue, ...]
+    settings: dict[str, float]  # numeric settings by path; durations in seconds
+    text_settings: dict[str, str]
+    requests: dict[str, RequestStats] = field(default_factory=dict)
+
+
+@dataclass
+class RequestStats:
+    """The exporter's own API calls, by endpoint template: cumulative, like counters."""
+
+    count: int = 0
+    errors: int = 0
+    seconds: float = 0.0

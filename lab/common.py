@@ -1,0 +1,150 @@
+"""Helpers the lab's servers share: ports, the unprivileged user, processes, waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LAB_USER_FALLBACK = "prefect-lab"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def dies_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn: the server gets `sig` when the process that started it dies, so a test run
+    killed by a timeout leaves no PostgreSQL or Prefect behind (Linux prctl PR_SET_PDEATHSIG)."""
+
+    def preexec() -> None:
+        # not Linux / no libc: the servers then outlive a killed parent, as before
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig, 0, 0, 0)
+
+    return preexec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """Who the lab's servers run as: the current user, or an unprivileged one when root."""
+
+    uid: int | None
+    gid: int | None
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if self.uid is None:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def own(self, path: Path) -> None:
+        if self.uid is not None:
+            os.chown(path, self.uid, self.gid or -1)
+
+
+def run_as() -> RunAs:
+    if os.geteuid() != 0:
+        return RunAs(None, None)
+    for name in ("postgres", LAB_USER_FALLBACK):
+        try:
+            entry = pwd.getpwnam(name)
+            return RunAs(entry.pw_uid, entry.pw_gid)
+        except KeyError:
+            continue
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    LAB_USER_FALLBACK], check=True)
+    entry = pwd.getpwnam(LAB_USER_FALLBACK)
+    return RunAs(entry.pw_uid, entry.pw_gid)
+
+
+def make_dir(path: Path, who: RunAs) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    who.own(path)
+    return path
+
+
+def find_binary(name: str, extra_globs: Sequence[str] = ()) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for pattern in extra_globs:
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            return matches[-1]
+    raise LabError(f"{name} not found: install it (see scripts/bootstrap)")
+
+
+def wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[Any] | None = None,
+                  log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LabError(f"{what} exited with {proc.returncode}: {tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise LabError(f"{what} did not listen on port {port} within {timeout:g}s: {tail(log)}")
+
+
+def wait_for_http(url: str, timeout: float, what: str, proc: subprocess.Popen[Any],
+                  log: Path) -> None:
+    """Until url answers 200; fail early, with the log's tail, if the process exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"{what} exited with {proc.returncode}: {tail(log, 30)}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise LabError(f"{what} not ready within {timeout:g}s: {tail(log, 30)}")
+
+
+def tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def lab_root(prefix: str = "prefect-pg-lab-") -> Path:
+    """A fresh temporary directory the lab's unprivileged user can traverse."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o711)
+    return root

@@ -1,0 +1,210 @@
+"""The incidents the exporter exists for, reproduced for real on the lab's servers: one module
+for the demo, the tests and the benchmarks.
+
+Each is an async context manager: the incident holds inside the `async with` block and is
+cleaned up on the way out, whatever happens. Each yields what it made (pids, application names,
+the table), so a test can assert on exactly those.
+
+    async with lock_chain(pg, writers=2) as chain:   # an idle-in-transaction holder
+        ...                                          # and writers queued behind it
+        await chain.end()                            # end it early: the holder rolls back
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
+
+SERVICES_CHANNEL = "prefect_automation_changes"
+
+
+def background(coro: Awaitable[object]) -> asyncio.Task[object]:
+    """A statement left running; its error when the incident ends it is expected."""
+    task: asyncio.Task[object] = asyncio.ensure_future(coro)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
+
+
+async def connect(dsn: str, application_name: str, **kwargs: Any) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, server_settings={"application_name": application_name},
+                                 **kwargs)
+
+
+async def wait_until(pg: LabPostgres, sql: str, *args: object, timeout: float = 15.0) -> None:
+    """Until `sql` (run as the superuser) answers true: the incident has really begun."""
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await conn.fetchval(sql, *args):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"the incident did not begin within {timeout:g}s: {sql}")
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+def ensure_table(pg: LabPostgres, table: str) -> None:
+    """A table of the lab's own (schema scratch) with one row, id 1, to fight over."""
+    # not ON CONFLICT: that waits on a holder's row lock, where a plain read does not
+    pg.psql(f"CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY, state text); "
+            f"INSERT INTO {table} SELECT 1, 'RUNNING' "
+            f"WHERE NOT EXISTS (SELECT FROM {table} WHERE id = 1)")
+
+
+@dataclass
+class LockChain:
+    table: str
+    holder: asyncpg.Connection
+    holder_pid: int
+    writer_pids: list[int]
+    holder_app: str
+    writer_app: str
+    _writes: list[asyncio.Task[object]] = field(default_factory=list, repr=False)
+
+    async def end(self) -> None:
+        """The holder rolls back; the writers go through."""
+        if not self.holder.is_closed() and self.holder.is_in_transaction():
+            await self.holder.execute("ROLLBACK")
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def lock_chain(pg: LabPostgres, *, table: str = "scratch.task_run", writers: int = 1,
+                     app: str = "incident", dsn: str | None = None) -> AsyncIterator[LockChain]:
+    """Incident 1: a session idle in transaction holding a row lock, `writers` sessions queued
+    behind it (UPDATE of the same row). Yields once every writer waits on the lock."""
+    ensure_table(pg, table)
+    dsn = dsn or pg.dsn()
+    holder = await connect(dsn, f"{app}-holder")
+    conns = [holder] + [await connect(dsn, f"{app}-writer") for _ in range(writers)]
+    try:
+        holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+        writer_pids = [await c.fetchval("SELECT pg_backend_pid()") for c in conns[1:]]
+        await holder.execute(f"BEGIN; UPDATE {table} SET state = 'HELD' WHERE id = 1")
+        writes = [background(c.execute(f"UPDATE {table} SET state = 'WRITTEN' WHERE id = 1"))
+                  for c in conns[1:]]
+        await wait_until(pg, "SELECT count(*) = $1 FROM pg_stat_activity WHERE pid = ANY($2) "
+                         "AND wait_event_type = 'Lock'", writers, writer_pids)
+        chain = LockChain(table, holder, holder_pid, writer_pids, f"{app}-holder",
+                          f"{app}-writer", writes)
+        yield chain
+        await chain.end()
+    finally:
+        for conn in conns:
+            conn.terminate()
+
+
+@dataclass
+class CopyStall:
+    pid: int
+    application_name: str
+
+
+@contextlib.asynccontextmanager
+async def copy_stall(pg: LabPostgres, *, table: str = "scratch.task_run",
+                     app: str = "incident-copier") -> AsyncIterator[CopyStall]:
+    """Incident 2: an active COPY FROM STDIN whose client never sends the data: the server
+    waits on ClientRead inside a transaction."""
+    ensure_table(pg, table)
+    schema, _, name = table.rpartition(".")
+    copier = await connect(pg.dsn(), app)
+    never = asyncio.Event()
+
+    async def no_data() -> AsyncIterator[bytes]:
+        await never.wait()  # the client stalls mid-COPY
+        yield b""
+
+    pid = await copier.fetchval("SELECT pg_backend_pid()")
+    copy = background(copier.copy_to_table(name, schema_name=schema or None, source=no_data()))
+    try:
+        await wait_until(pg, "SELECT wait_event = 'ClientRead' AND state = 'active' "
+                         "FROM pg_stat_activity WHERE pid = $1", pid)
+        yield CopyStall(pid, app)
+    finally:
+        copy.cancel()
+        with contextlib.suppress(BaseException):
+            await copy
+        copier.terminate()
+
+
+@contextlib.asynccontextmanager
+async def listeners(pg: LabPostgres, *, apps: tuple[str, ...] = ("services-a", "services-b"),
+                    channel: str = SERVICES_CHANNEL) -> AsyncIterator[list[asyncpg.Connection]]:
+    """Incident 5: several copies of Prefect's background services, each holding a LISTEN."""
+    conns = [await connect(pg.dsn(), app) for app in apps]
+    try:
+        for conn in conns:
+            await conn.add_listener(channel, lambda *_: None)
+        yield conns
+    finally:
+        for conn in conns:
+            conn.terminate()
+
+
+@dataclass
+class LongStatement:
+    pid: int
+    application_name: str
+    task: asyncio.Task[object]
+
+
+@contextlib.asynccontextmanager
+async def long_statement(pg: LabPostgres, *, seconds: int = 600, app: str = "incident-sleeper",
+                         comment: str = "") -> AsyncIterator[LongStatement]:
+    """Incident 7: a statement running for long (pg_sleep), cancelled on the way out: a
+    backend does not notice its client left until it next talks to it."""
+    conn = await connect(pg.dsn(), app)
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    sql = f"SELECT pg_sleep({int(seconds)})" + (f" /* {comment} */" if comment else "")
+    sleep = background(conn.execute(sql))
+    try:
+        await wait_until(pg, "SELECT wait_event = 'PgSleep' FROM pg_stat_activity "
+                         "WHERE pid = $1", pid)
+        yield LongStatement(pid, app, sleep)
+    finally:
+        pg.psql(f"SELECT pg_cancel_backend({int(pid)})")
+        await asyncio.wait([sleep], timeout=10)
+        conn.terminate()
+
+
+@contextlib.asynccontextmanager
+async def idle_sessions(pg: LabPostgres, count: int, *, app: str = "incident-idle"
+                        ) -> AsyncIterator[list[asyncpg.Connection]]:
+    """Plain idle sessions (not stalls): `count` of them, for the connection budget."""
+    conns = [await connect(pg.dsn(), f"{app}-{i}") for i in range(count)]
+    try:
+        yield conns
+    finally:
+        for conn in conns:
+            conn.terminate()
+
+
+@contextlib.asynccontextmanager
+async def pool_exhaustion(pg: LabPostgres, bouncer: LabPgBouncer, *, clients: int,
+                          seconds: int = 600, user: str | None = None,
+                          password: str | None = None, app: str = "incident-pooled"
+                          ) -> AsyncIterator[list[asyncpg.Connection]]:
+    """Incident 3: `clients` clients on PgBouncer each running a long statement: beyond the
+    pool size they wait for a server connection."""
+    dsn = bouncer.dsn(user, password) if user and password else bouncer.dsn()
+    conns = [await connect(dsn, app, statement_cache_size=0) for _ in range(clients)]
+    sql = f"SELECT pg_sleep({int(seconds)})"
+    for conn in conns:
+        background(conn.execute(sql))
+    try:
+        yield conns
+    finally:
+        for conn in conns:
+            conn.terminate()
+        # a server backend does not notice its client left until its statement ends
+        pg.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                f"WHERE query = '{sql}' AND pid <> pg_backend_pid()")

@@ -1,0 +1,61 @@
+"""The whole exposition on the lab, all three sources: exactly the catalogue, no more."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.prefect import LabPrefect
+from lab.prefect_api import PrefectAPI
+from tests.helpers import PREFECT_POLL, StartExporter, wait_for
+
+pytestmark = pytest.mark.lab
+
+
+async def test_live_exposition_is_exactly_the_catalogue(
+        postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect,
+        start_exporter: StartExporter) -> None:
+    """Every series the exporter emits on the lab is catalogued with exactly its labels, and
+    every catalogued metric appears unless it needs a newer PgBouncer than the lab's 1.18."""
+    from exporter.catalogue import CATALOGUE
+
+    api = PrefectAPI(prefect.api_url)
+    await api.work_pool("pool-catalogue")
+    await api.set_pool_limit("pool-catalogue", 3)
+    await api.heartbeat("pool-catalogue", "worker-c")
+    await api.set_queue_limit("pool-catalogue", "default", 2)
+    await api.close()
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn(),
+                                    pgbouncer_dsn=pgbouncer.stats_dsn(),
+                                    prefect_api_url=prefect.api_url, **PREFECT_POLL)
+    client = await asyncpg.connect(pgbouncer.dsn(), statement_cache_size=0)  # makes a pool
+    try:
+        await client.execute("SELECT 1")
+        s = await wait_for(exporter.port, lambda s: s.value("pgbouncer_up") == 1
+                           and s.value("postgres_up") == 1 and s.value("prefect_api_up") == 1
+                           and bool(s.values("pgbouncer_pools_client_active_connections"))
+                           and bool(s.values("postgres_connections")),
+                           "all sources up, a pool and a session seen")
+    finally:
+        await client.close()
+    own = {n for n in s.names() if not n.startswith(("process_", "python_"))}
+    for name in own:
+        assert name in CATALOGUE, f"{name} is emitted but not catalogued"
+        for labels in s.labelsets(name):
+            assert set(labels) == set(CATALOGUE[name].labels), name
+    newer_pgbouncer = {"pgbouncer_stats_totals_server_assignments_total",
+                       "pgbouncer_stats_totals_client_parses_total",
+                       "pgbouncer_stats_totals_server_parses_total",
+                       "pgbouncer_stats_totals_binds_total"}
+    # series that exist only while something is happening (a blocked session, a LISTEN, ...)
+    situational = {"postgres_transaction_max_age_seconds",
+                   "postgres_oldest_transaction_age_seconds", "postgres_listen_sessions",
+                   "postgres_table_live_tuples",
+                   "postgres_table_dead_tuples", "postgres_table_last_vacuum_timestamp_seconds",
+                   "postgres_table_last_autovacuum_timestamp_seconds",
+                   "pgbouncer_config_max_user_connections", "pgbouncer_config_max_db_connections",
+                   "pgbouncer_config_query_timeout_seconds", "postgres_wait_event_sessions"}
+    missing = set(CATALOGUE) - own - newer_pgbouncer - situational
+    assert not missing, f"catalogued but never emitted on the lab: {sorted(missing)}"

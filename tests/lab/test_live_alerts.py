@@ -1,0 +1,135 @@
+"""Live proof: a real Prometheus scrapes the real exporter on the lab, with a copy of the shipped
+rules whose `for:` and thresholds are shortened. The incidents are reproduced for real; the
+matching alerts must fire, every dashboard panel query must return data while they are held,
+and the alerts must resolve when the incidents end."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter import alerting, dashboards
+from lab import incidents
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.prefect import LabPrefect
+from lab.prefect_api import PrefectAPI
+from lab.prometheus import LabPrometheus
+from tests.helpers import PREFECT_POLL, StartExporter, eventually, wait_for
+
+pytestmark = pytest.mark.lab
+
+SHORT = {
+    "idle_in_transaction_warning_seconds": 1, "idle_in_transaction_critical_seconds": 2,
+    "blocked_wait_critical_seconds": 1, "client_read_stall_critical_seconds": 1,
+    "pgbouncer_maxwait_critical_seconds": 1, "connections_warning_ratio": 0.25,
+}
+POOL = "pool-live"
+EXPECTED = {  # alert -> labels that identify this test's incident
+    "PostgresIdleInTransaction": {"application_name": "live-holder"},
+    "PostgresIdleInTransactionStuck": {"application_name": "live-holder"},
+    "PostgresSessionsBlocked": {},
+    "PostgresClientReadStall": {},
+    "PgBouncerClientsWaiting": {"database": "prefect", "user": "postgres"},
+    "PgBouncerPoolExhausted": {"database": "prefect", "user": "postgres"},
+    "PostgresConnectionsNearLimit": {},
+    "PrefectDuplicatedBackgroundServices": {"channel": "prefect_automation_changes"},
+    "PrefectLateRuns": {"work_pool": POOL},
+}
+
+
+@contextlib.asynccontextmanager
+async def every_incident(pg: LabPostgres, bouncer: LabPgBouncer) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as stack:
+        for incident in (
+                incidents.lock_chain(pg, table="scratch.live", app="live"),
+                incidents.copy_stall(pg, table="scratch.live", app="live-copier"),
+                incidents.listeners(pg, apps=("live-services-a", "live-services-b")),
+                incidents.idle_sessions(pg, 30, app="live-idle"),  # past 25% of max_connections
+                incidents.pool_exhaustion(pg, bouncer, clients=bouncer.pool_size + 3,
+                                          seconds=120)):
+            await stack.enter_async_context(incident)
+        yield
+
+
+def _matches(alerts: list[dict[str, Any]], labels: dict[str, str]) -> bool:
+    return any(all(a["labels"].get(k) == v for k, v in labels.items()) for a in alerts)
+
+
+def _runnable(expr: str) -> str:
+    return expr.replace("$target", ".*").replace("$__rate_interval", "1m")
+
+
+async def test_alerts_fire_dashboards_have_data_and_alerts_resolve(
+        postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect,
+        start_exporter: StartExporter, tmp_path: Path) -> None:
+    api = PrefectAPI(prefect.api_url)
+    await api.work_pool(POOL)
+    deployment = await api.deployment(POOL, "live")
+    late = [await api.scheduled_run(deployment, timedelta(minutes=-m)) for m in (5, 6)]
+    await api.heartbeat(POOL, "live-worker")
+    postgres.psql("VACUUM public.flow_run")  # a vacuum time for the hot-table panel
+
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn(),
+                                    pgbouncer_dsn=pgbouncer.stats_dsn(),
+                                    prefect_api_url=prefect.api_url, **PREFECT_POLL)
+    # The lab's Prefect services LISTEN too (through PgBouncer, so that session's last query
+    # can show on one server connection or another): the duplicate threshold is set above what
+    # is there before the incident, so the two sessions of the incident are what fires it.
+    before = await wait_for(exporter.port, lambda s: s.value("postgres_up") == 1, "postgres up")
+    listening = sum(before.values("postgres_listen_sessions",
+                                  channel="prefect_automation_changes"))
+    rules = tmp_path / "rules.yml"
+    rules.write_text(alerting.render_yaml(alerting.rule_groups(
+        {**SHORT, "listen_sessions_warning": listening + 1}, for_scale=1 / 60)))
+    prom = LabPrometheus(tmp_path / "prometheus", exporter.port, rules)
+    prom.start()
+    try:
+        async with every_incident(postgres, pgbouncer):
+            async def all_firing() -> bool:
+                firing = await prom.firing()
+                return all(_matches(firing.get(name, []), labels)
+                           for name, labels in EXPECTED.items())
+
+            try:
+                await eventually(all_firing, timeout=60, what="every incident's alert firing")
+            except AssertionError:
+                firing = await prom.firing()
+                missing = [n for n, lab in EXPECTED.items()
+                           if not _matches(firing.get(n, []), lab)]
+                raise AssertionError(f"not firing: {missing}; firing: {sorted(firing)}") \
+                    from None
+            firing = await prom.firing()
+            idle = firing["PostgresIdleInTransaction"][0]
+            assert "live-holder" in idle["annotations"]["description"]
+            assert idle["annotations"]["runbook_url"].endswith("#postgresidleintransaction")
+
+            empty = []
+            for board, title, expr in dashboards.panel_queries():
+                data = await prom.query(_runnable(expr))  # raises if it does not parse
+                if not data["result"]:
+                    empty.append(f"{board}: {title}: {expr}")
+            assert not empty, "panels without data:\n" + "\n".join(empty)
+
+        for run in late:
+            await api.set_state(run, "CANCELLED")
+
+        async def resolved() -> bool:
+            firing = await prom.firing()
+            return not any(_matches(firing.get(name, []), labels)
+                           for name, labels in EXPECTED.items())
+
+        try:
+            await eventually(resolved, timeout=60, what="the alerts to resolve")
+        except AssertionError:
+            firing = await prom.firing()
+            still = [n for n, lab in EXPECTED.items() if _matches(firing.get(n, []), lab)]
+            raise AssertionError(f"still firing: {still}") from None
+    finally:
+        prom.stop()
+        await api.close()

@@ -1,0 +1,219 @@
+"""The PostgreSQL source against a real PostgreSQL 15: incidents reproduced, exact values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from exporter.postgres import snapshot as pgsnap
+from exporter.postgres import source as pgsrc
+from exporter.postgres.snapshot import PostgresSnapshot
+from exporter.postgres.source import APPLICATION_NAME
+from lab import incidents
+from lab.postgres import LabPostgres
+from tests.helpers import StartExporter, eventually, scrape, wait_for, wait_for_value
+
+pytestmark = pytest.mark.lab
+
+
+async def backends(pg: LabPostgres, application_name: str) -> int:
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            application_name)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hot_table(postgres: LabPostgres) -> None:
+    incidents.ensure_table(postgres, "scratch.task_run")
+    postgres.psql("INSERT INTO scratch.task_run VALUES (2, 'RUNNING') ON CONFLICT DO NOTHING")
+
+
+async def test_idle_in_transaction_holder_and_blocked_writer(
+        postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    port = exporter.port
+    async with incidents.lock_chain(postgres, app="t") as chain:
+        s = await wait_for_value(port, "postgres_blocked_sessions", {}, 1)
+        assert s.value("postgres_blocking_sessions") == 1
+        await wait_for(port, lambda s: (s.find("postgres_blocked_max_wait_seconds") or 0)
+                       >= 0.5, "blocked wait grows")
+        s = await scrape(port)
+        assert s.value("postgres_connections", application_name="t-holder",
+                       state="idle in transaction") == 1
+        assert s.value("postgres_connections", application_name="t-writer",
+                       state="active") == 1
+        assert s.value("postgres_transaction_max_age_seconds", application_name="t-holder",
+                       state="idle in transaction") > 0.5
+        oldest = [lab for lab in s.labelsets("postgres_oldest_transaction_age_seconds")
+                  if lab["rank"] == "1"]
+        assert oldest[0]["pid"] == str(chain.holder_pid)
+        assert oldest[0]["application_name"] == "t-holder"
+        assert oldest[0]["state"] == "idle in transaction"
+        assert oldest[0]["client_addr"] == "127.0.0.1"
+        # the writer waits on a lock, the holder (idle in transaction) on its client
+        assert s.value("postgres_wait_event_sessions", wait_event_type="Lock",
+                       wait_event="transactionid") == 1
+        assert s.value("postgres_client_read_in_transaction_sessions") == 1
+        # the snapshot names the root blocker for the diagnosis
+        snap = exporter.poller.states[0].snapshot
+        assert isinstance(snap, PostgresSnapshot)
+        assert [b.pid for b in snap.blockers] == [chain.holder_pid]
+        assert snap.blockers[0].state == "idle in transaction"
+        await chain.end()
+        await wait_for_value(port, "postgres_blocked_sessions", {}, 0)
+        s = await wait_for_value(port, "postgres_blocking_sessions", {}, 0)
+        assert s.value("postgres_blocked_max_wait_seconds") == 0
+
+
+async def test_copy_stall_counts_but_plain_idle_sessions_do_not(
+        postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    port = exporter.port
+    async with incidents.idle_sessions(postgres, 3, app="idle") as idle:
+        for conn in idle:
+            await conn.execute("SELECT 1")
+        async with incidents.copy_stall(postgres, app="copier"):
+            s = await wait_for_value(port, "postgres_client_read_in_transaction_sessions", {},
+                                     1)
+            assert sum(s.values("postgres_connections", state="idle")) >= 3
+            assert s.value("postgres_connections", application_name="copier",
+                           state="active") == 1
+            assert s.value("postgres_wait_event_sessions", wait_event_type="Client",
+                           wait_event="ClientRead") == 1
+            await wait_for(
+                port,
+                lambda s: (s.find("postgres_client_read_in_transaction_max_age_seconds")
+                           or 0) >= 1.0,
+                "stall age grows")
+        await wait_for_value(port, "postgres_client_read_in_transaction_sessions", {}, 0)
+
+
+async def test_two_copies_of_background_services_listen(
+        own_postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    # a PostgreSQL of its own: the session lab's Prefect server holds a LISTEN of its own
+    exporter = await start_exporter(postgres_dsn=own_postgres.monitor_dsn())
+    async with incidents.listeners(own_postgres) as conns:
+        await wait_for_value(exporter.port, "postgres_listen_sessions",
+                             {"channel": "prefect_automation_changes"}, 2)
+        conns[1].terminate()
+        await wait_for_value(exporter.port, "postgres_listen_sessions",
+                             {"channel": "prefect_automation_changes"}, 1)
+
+
+async def test_long_running_statement(postgres: LabPostgres,
+                                      start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    async with incidents.long_statement(postgres, seconds=60, app="sleeper") as sleeper:
+        s = await wait_for(
+            exporter.port,
+            lambda s: (s.find("postgres_transaction_max_age_seconds",
+                               application_name="sleeper", state="active") or 0) >= 1.0,
+            "sleeper's transaction ages")
+        assert s.value("postgres_wait_event_sessions", wait_event_type="Timeout",
+                       wait_event="PgSleep") == 1
+    with pytest.raises(asyncpg.QueryCanceledError):
+        await sleeper.task
+    await wait_for(exporter.port,
+                   lambda s: not s.values("postgres_transaction_max_age_seconds",
+                                          application_name="sleeper"),
+                   "the sleeper's series vanish once it is gone")
+
+
+async def test_settings_server_and_hot_tables(postgres: LabPostgres,
+                                             start_exporter: StartExporter) -> None:
+    postgres.psql("ALTER SYSTEM SET idle_in_transaction_session_timeout = '90s'")
+    postgres.psql("SELECT pg_reload_conf()")
+    try:
+        exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+        s = await wait_for_value(exporter.port, "postgres_setting_seconds",
+                                 {"name": "idle_in_transaction_session_timeout"}, 90)
+    finally:
+        postgres.psql("ALTER SYSTEM RESET idle_in_transaction_session_timeout")
+        postgres.psql("SELECT pg_reload_conf()")
+    assert s.value("postgres_setting_seconds", name="statement_timeout") == 0
+    assert s.value("postgres_max_connections") == postgres.max_connections
+    assert s.value("postgres_superuser_reserved_connections") == 3
+    assert s.labelsets("postgres_server_info")[0]["version"].startswith("15.")
+    postgres.psql("VACUUM scratch.task_run")
+    s = await wait_for(exporter.port,
+                       lambda s: (s.find("postgres_table_last_vacuum_timestamp_seconds",
+                                          schema="scratch", table="task_run") or 0) > 0,
+                       "manual vacuum time of task_run")
+    assert s.value("postgres_table_live_tuples", table="task_run", schema="scratch") == 2
+    assert s.find("postgres_table_dead_tuples", table="task_run", schema="scratch") is not None
+    assert s.values("postgres_table_live_tuples", schema="scratch", table="flow_run") == []
+
+
+async def test_monitor_role_sees_other_sessions_a_plain_role_does_not(
+        own_postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    postgres = own_postgres  # the session lab's Prefect server holds a LISTEN of its own
+    postgres.psql("DROP ROLE IF EXISTS plain_role")
+    postgres.psql("CREATE ROLE plain_role LOGIN PASSWORD 'plain-secret'")
+    monitored = await start_exporter(postgres_dsn=postgres.monitor_dsn())
+    plain = await start_exporter(postgres_dsn=postgres.dsn("plain_role", "plain-secret"))
+    async with incidents.listeners(postgres, apps=("listener",)):
+        await wait_for_value(monitored.port, "postgres_listen_sessions",
+                             {"channel": "prefect_automation_changes"}, 1)
+        s = await wait_for_value(plain.port, "postgres_up", {}, 1)
+        # without pg_monitor other roles' state and query are hidden: the exporter says so
+        assert s.values("postgres_listen_sessions") == []
+        assert s.value("postgres_connections", application_name="listener",
+                       state="unknown") == 1
+    seen = [e.poller.states[0].snapshot for e in (monitored, plain)]
+    assert [s.can_read_all_stats for s in seen if isinstance(s, PostgresSnapshot)] == [True, False]
+
+
+async def test_database_restart_is_survived_with_one_session(
+        own_postgres: LabPostgres, start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=own_postgres.monitor_dsn())
+    port = exporter.port
+    await wait_for_value(port, "prefect_pg_exporter_source_up",
+                         {"source": "postgres"}, 1)
+    assert await backends(own_postgres, APPLICATION_NAME) == 1
+
+    own_postgres.stop()
+    s = await wait_for_value(port, "prefect_pg_exporter_source_up", {"source": "postgres"}, 0)
+    assert s.value("postgres_up") == 0
+    assert (s.find("prefect_pg_exporter_source_errors_total", source="postgres",
+                    reason="connect") or 0) + (
+        s.find("prefect_pg_exporter_source_errors_total", source="postgres",
+                reason="query") or 0) >= 1
+
+    own_postgres.start()
+    await wait_for_value(port, "prefect_pg_exporter_source_up", {"source": "postgres"}, 1,
+                         timeout=20)
+    assert await backends(own_postgres, APPLICATION_NAME) == 1
+
+    async def never_in_transaction() -> bool:
+        conn = await asyncpg.connect(own_postgres.dsn())
+        try:
+            return await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                "AND xact_start IS NOT NULL AND state <> 'active'", APPLICATION_NAME) == 0
+        finally:
+            await conn.close()
+
+    await eventually(never_in_transaction, what="no idle transaction from the exporter")
+
+
+@pytest.mark.parametrize(("sql", "row_type"), [
+    (pgsrc.ACTIVITY_SQL, pgsnap.ActivityGroup),
+    (pgsrc.OLDEST_TRANSACTIONS_SQL, pgsnap.Session),
+    (pgsrc.SESSIONS_BY_PID_SQL, pgsnap.Session),
+    (pgsrc.TABLES_SQL, pgsnap.TableStats),
+])
+async def test_query_columns_are_the_row_fields_in_order(postgres: LabPostgres, sql: str,
+                                                         row_type: type[tuple[Any, ...]]
+                                                         ) -> None:
+    conn = await asyncpg.connect(postgres.monitor_dsn())
+    try:
+        columns = [a.name for a in (await conn.prepare(sql)).get_attributes()]
+    finally:
+        await conn.close()
+    assert columns == list(getattr(row_type, "_fields"))  # noqa: B009  # a NamedTuple type

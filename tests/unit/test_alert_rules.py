@@ -1,0 +1,229 @@
+"""Alert rules: generated file in sync, `promtool check rules` clean, and a `promtool test
+rules` case for every alert that fires when it should and stays quiet when it should not."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter import alerting
+from exporter.catalogue import CATALOGUE
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "alerts" / "prefect-pg-exporter.rules.yml"
+PROMTOOL = shutil.which("promtool") or "promtool"  # scripts/bootstrap installs it
+
+DB = 'target="db"'
+IIT = f'{DB},datname="prefect",application_name="app"'
+POOL = 'target="pgb",database="prefect",user="prefect"'
+WP = 'target="prefect",work_pool="a"'
+CACHE = 'name="server.database.sqlalchemy.connect_args.statement_cache_size"'
+
+# (alert, input series {series: values}, eval time, expected labels or [] for quiet)
+Case = tuple[str, dict[str, str], str, list[dict[str, str]]]
+CASES: list[Case] = [
+    ("PostgresIdleInTransaction",
+     {f'postgres_transaction_max_age_seconds{{{IIT},state="idle in transaction"}}': "0+60x30"},
+     "10m", [{"target": "db", "datname": "prefect", "application_name": "app"}]),
+    ("PostgresIdleInTransaction",  # a short one stays quiet
+     {f'postgres_transaction_max_age_seconds{{{IIT},state="idle in transaction"}}': "30x30"},
+     "20m", []),
+    ("PostgresIdleInTransaction",  # plain idle sessions have no transaction: quiet
+     {f'postgres_connections{{{IIT},usename="u",state="idle"}}': "50x30"}, "20m", []),
+    ("PostgresIdleInTransactionStuck",
+     {f'postgres_transaction_max_age_seconds{{{IIT},state="idle in transaction (aborted)"}}':
+      "0+60x30"},
+     "20m", [{"target": "db", "datname": "prefect", "application_name": "app"}]),
+    ("PostgresIdleInTransactionStuck",
+     {f'postgres_transaction_max_age_seconds{{{IIT},state="idle in transaction"}}': "0+60x30"},
+     "10m", []),
+    ("PostgresLongTransaction",
+     {f'postgres_transaction_max_age_seconds{{{IIT},state="active"}}': "0+60x40"},
+     "15m", [{"target": "db", "datname": "prefect", "application_name": "app"}]),
+    ("PostgresLongTransaction",
+     {f'postgres_transaction_max_age_seconds{{{IIT},state="active"}}': "30x40"}, "15m", []),
+    ("PostgresLongTransactionCritical",
+     {f'postgres_transaction_max_age_seconds{{{IIT},state="active"}}': "0+60x40"}, "15m", []),
+    ("PostgresLongTransactionCritical",
+     {f'postgres_transaction_max_age_seconds{{{IIT},state="active"}}': "0+60x40"},
+     "35m", [{"target": "db", "datname": "prefect", "application_name": "app"}]),
+    ("PostgresSessionsBlocked", {f"postgres_blocked_max_wait_seconds{{{DB}}}": "0+60x10"},
+     "5m", [{"target": "db"}]),
+    ("PostgresSessionsBlocked", {f"postgres_blocked_max_wait_seconds{{{DB}}}": "0x10"},
+     "5m", []),
+    ("PostgresClientReadStall",
+     {f"postgres_client_read_in_transaction_max_age_seconds{{{DB}}}": "0+60x10"},
+     "5m", [{"target": "db"}]),
+    ("PostgresClientReadStall",
+     {f"postgres_client_read_in_transaction_max_age_seconds{{{DB}}}": "30x10"}, "5m", []),
+    ("PgBouncerClientsWaiting", {f"pgbouncer_pools_client_waiting_connections{{{POOL}}}": "3x10"},
+     "5m", [{"target": "pgb", "database": "prefect", "user": "prefect"}]),
+    ("PgBouncerClientsWaiting", {f"pgbouncer_pools_client_waiting_connections{{{POOL}}}": "0x10"},
+     "5m", []),
+    ("PgBouncerPoolExhausted",
+     {f"pgbouncer_pools_client_maxwait_seconds{{{POOL}}}": "0+60x10"},
+     "5m", [{"target": "pgb", "database": "prefect", "user": "prefect"}]),
+    ("PgBouncerPoolExhausted", {f"pgbouncer_pools_client_maxwait_seconds{{{POOL}}}": "2x10"},
+     "5m", []),
+    ("PostgresConnectionsNearLimit",
+     {f'postgres_connections{{{IIT},usename="u",state="idle"}}': "90x20",
+      f"postgres_max_connections{{{DB}}}": "100x20",
+      f"postgres_superuser_reserved_connections{{{DB}}}": "3x20"}, "10m", [{"target": "db"}]),
+    ("PostgresConnectionsExhausted",
+     {f'postgres_connections{{{IIT},usename="u",state="idle"}}': "90x20",
+      f"postgres_max_connections{{{DB}}}": "100x20",
+      f"postgres_superuser_reserved_connections{{{DB}}}": "3x20"}, "10m", []),
+    ("PostgresConnectionsExhausted",
+     {f'postgres_connections{{{IIT},usename="u",state="active"}}': "60x20",
+      f'postgres_connections{{{IIT},usename="u",state="idle"}}': "36x20",
+      f"postgres_max_connections{{{DB}}}": "100x20",
+      f"postgres_superuser_reserved_connections{{{DB}}}": "3x20"}, "10m", [{"target": "db"}]),
+    ("PrefectLateRuns", {f"prefect_late_runs{{{WP}}}": "0 0 3 3 3 3 3 4 4 4 4 4 4 4 4 4"},
+     "12m", [{"target": "prefect", "work_pool": "a"}]),
+    ("PrefectLateRuns",  # going down: being worked off, quiet
+     {f"prefect_late_runs{{{WP}}}": "30 28 26 24 22 20 18 16 14 12 10 8 6 4 2"}, "12m", []),
+    ("PrefectScheduledBacklogDelay",
+     {f"prefect_scheduled_backlog_max_delay_seconds{{{WP}}}": "600x20"},
+     "10m", [{"target": "prefect", "work_pool": "a"}]),
+    ("PrefectScheduledBacklogDelay",
+     {f"prefect_scheduled_backlog_max_delay_seconds{{{WP}}}": "20x20"}, "10m", []),
+    ("PrefectWorkPoolWithoutWorkers",
+     {f"prefect_scheduled_backlog_runs{{{WP}}}": "5x20",
+      f"prefect_work_pool_online_workers{{{WP}}}": "0x20",
+      f"prefect_work_pool_paused{{{WP}}}": "0x20"},
+     "10m", [{"target": "prefect", "work_pool": "a"}]),
+    ("PrefectWorkPoolWithoutWorkers",
+     {f"prefect_scheduled_backlog_runs{{{WP}}}": "5x20",
+      f"prefect_work_pool_online_workers{{{WP}}}": "2x20",
+      f"prefect_work_pool_paused{{{WP}}}": "0x20"}, "10m", []),
+    ("PrefectTooManyScheduledRuns", {'prefect_scheduled_runs{target="prefect"}': "20000x30"},
+     "20m", [{"target": "prefect"}]),
+    ("PrefectTooManyScheduledRuns", {'prefect_scheduled_runs{target="prefect"}': "300x30"},
+     "20m", []),
+    ("PrefectDuplicatedBackgroundServices",
+     {f'postgres_listen_sessions{{{DB},channel="prefect_automation_changes"}}': "2x20"},
+     "10m", [{"target": "db", "channel": "prefect_automation_changes"}]),
+    ("PrefectDuplicatedBackgroundServices",
+     {f'postgres_listen_sessions{{{DB},channel="prefect_automation_changes"}}': "1x20"},
+     "10m", []),
+    ("PrefectPgExporterSourceDown",
+     {'prefect_pg_exporter_source_up{source="postgres",target="db"}': "0x10"},
+     "5m", [{"source": "postgres", "target": "db"}]),
+    ("PrefectPgExporterSourceDown",
+     {'prefect_pg_exporter_source_up{source="postgres",target="db"}': "1x10"}, "5m", []),
+    ("PrefectPgExporterSourceStale",
+     {'prefect_pg_exporter_source_last_success_timestamp_seconds{source="postgres",target="db"}':
+      "60x20"}, "10m", [{"source": "postgres", "target": "db"}]),
+    ("PrefectPgExporterSourceStale",  # polled every minute: fresh
+     {'prefect_pg_exporter_source_last_success_timestamp_seconds{source="postgres",target="db"}':
+      "0+60x20"}, "10m", []),
+    ("PostgresNoIdleInTransactionTimeout",
+     {f'postgres_setting_seconds{{{DB},name="idle_in_transaction_session_timeout"}}': "0x150"},
+     "2h", [{"target": "db", "name": "idle_in_transaction_session_timeout"}]),
+    ("PostgresNoIdleInTransactionTimeout",
+     {f'postgres_setting_seconds{{{DB},name="idle_in_transaction_session_timeout"}}': "60x150"},
+     "2h", []),
+    ("PostgresNoStatementTimeout",
+     {f'postgres_setting_seconds{{{DB},name="statement_timeout"}}': "0x150"},
+     "2h", [{"target": "db", "name": "statement_timeout"}]),
+    ("PrefectStatementCacheWithTransactionPooling",
+     {'pgbouncer_config_pool_mode_info{target="pgb",pool_mode="transaction"}': "1x30",
+      'prefect_api_up{target="prefect"}': "1x30",
+      f'prefect_server_setting{{target="prefect",{CACHE}}}': "100x30"}, "20m", [{}]),
+    ("PrefectStatementCacheWithTransactionPooling",
+     {'pgbouncer_config_pool_mode_info{target="pgb",pool_mode="transaction"}': "1x30",
+      'prefect_api_up{target="prefect"}': "1x30",
+      f'prefect_server_setting{{target="prefect",{CACHE}}}': "0x30"}, "20m", []),
+    ("PrefectStatementCacheWithTransactionPooling",  # session pooling: quiet
+     {'pgbouncer_config_pool_mode_info{target="pgb",pool_mode="session"}': "1x30",
+      'prefect_api_up{target="prefect"}': "1x30"}, "20m", []),
+    ("PostgresHotTableBloat",
+     {f'postgres_table_dead_tuples{{{DB},schema="public",table="log"}}': "200000x150",
+      f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "100000x150"},
+     "2h", [{"target": "db", "schema": "public", "table": "log"}]),
+    ("PostgresHotTableBloat",
+     {f'postgres_table_dead_tuples{{{DB},schema="public",table="log"}}': "200000x150",
+      f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "10000000x150"},
+     "2h", []),
+]
+
+
+def test_generated_rules_and_docs_are_in_sync() -> None:
+    assert RULES.read_text() == alerting.render_yaml(alerting.rule_groups()), \
+        "regenerate: python -m exporter.alerting > alerts/prefect-pg-exporter.rules.yml"
+    assert (ROOT / "docs" / "alerts.md").read_text() == alerting.render_markdown(), \
+        "regenerate: python -m exporter.alerting --markdown > docs/alerts.md"
+
+
+def test_rules_use_only_catalogued_metrics_and_have_runbooks() -> None:
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    recorded = {name for name, _ in alerting.RECORDING_RULES}
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            names = set(re.findall(r"\b([a-z_][a-z0-9_]*:?[a-z0-9_:]*)\s*(?:\{|\[|\)|\s|$|>|<|=|/)",
+                                   rule["expr"]))
+            metrics = {n for n in names if n.startswith(("postgres_", "pgbouncer_", "prefect_"))}
+            unknown = metrics - set(CATALOGUE) - recorded
+            assert not unknown, f"{rule.get('alert', rule.get('record'))} uses {unknown}"
+            if "alert" in rule:
+                ann = rule["annotations"]
+                assert {"summary", "description", "runbook_url"} <= set(ann)
+                assert rule["labels"]["severity"] in ("critical", "warning", "info")
+                anchor = rule["alert"].lower()
+                assert ann["runbook_url"].endswith("#" + anchor)
+                assert re.search(rf"^#+ .*{rule['alert']}", runbooks, re.M | re.I), \
+                    f"docs/runbooks.md has no section for {rule['alert']}"
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    alerts = {a.name for a in alerting.ALERTS}
+    assert {c[0] for c in CASES if c[3]} == alerts
+    assert {c[0] for c in CASES if not c[3]} >= alerts - {"PostgresNoStatementTimeout",
+                                                           "PostgresConnectionsNearLimit"}
+
+
+def test_thresholds_can_be_overridden() -> None:
+    groups = alerting.rule_groups({"idle_in_transaction_warning_seconds": 42})
+    exprs = [r["expr"] for r in groups["groups"][1]["rules"]
+             if r["alert"] == "PostgresIdleInTransaction"]
+    assert exprs[0].endswith("> 42")
+    with pytest.raises(ValueError, match="unknown threshold"):
+        alerting.rule_groups({"nonsense": 1})
+
+
+def _promtool_tests(cases: list[Case]) -> dict[str, Any]:
+    severity = {a.name: a.severity for a in alerting.ALERTS}
+    return {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in series.items()],
+            "alert_rule_test": [{
+                "eval_time": at, "alertname": alert,
+                "exp_alerts": [{"exp_labels": {**labels, "severity": severity[alert]}}
+                               for labels in expected],
+            }],
+        } for alert, series, at, expected in cases],
+    }
+
+
+def test_promtool_check_rules() -> None:
+    done = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_unit_tests(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(
+        alerting.render_yaml(alerting.rule_groups(annotations=False)))
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(_promtool_tests(CASES), sort_keys=False))
+    done = subprocess.run([PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]

@@ -1,0 +1,191 @@
+"""Configuration: precedence, every malformed value refused with one line, secrets from files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.config import SETTINGS, ConfigError, Listen, load
+
+DSN = "postgresql://mon:s3cret-pw@db.example:5433/prefect"
+API = "http://prefect:4200/api"
+
+
+def test_defaults_and_environment() -> None:
+    config = load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN,
+                       "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "30",
+                       "PREFECT_PG_EXPORTER_LISTEN_ADDRESS": ":9999"})
+    assert [t.name for t in config.postgres_targets] == ["db.example:5433/prefect"]
+    assert config.poll_interval_seconds == 30
+    assert config.poll_timeout_seconds == 10
+    assert config.listen == Listen("0.0.0.0", 9999)
+    assert config.statement_timeout_ms == 8000
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    file = tmp_path / "exporter.toml"
+    file.write_text('poll_interval_seconds = 60\nlabel_top_n = 7\nlog_level = "debug"\n'
+                    f'postgres_dsn = "{DSN}"\n')
+    env = {"PREFECT_PG_EXPORTER_CONFIG_FILE": str(file),
+           "PREFECT_PG_EXPORTER_LABEL_TOP_N": "9"}
+    config = load({"log_level": "error"}, env)
+    assert (config.poll_interval_seconds, config.label_top_n, config.log_level) == (60, 9, "error")
+
+
+def test_named_targets_and_key_value_dsn() -> None:
+    config = load({"postgres_dsn": f"primary={DSN}; host=/var/run/postgresql dbname=prefect"}, {})
+    assert [t.name for t in config.postgres_targets] == ["primary", "socket:5432/prefect"]
+    uri = config.postgres_targets[1].asyncpg_dsn()
+    assert uri == "postgresql:///prefect?host=%2Fvar%2Frun%2Fpostgresql"
+
+
+def test_dsn_from_file_is_read_and_both_forms_conflict(tmp_path: Path) -> None:
+    secret = tmp_path / "dsn"
+    secret.write_text(DSN + "\n")
+    config = load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DSN_FILE": str(secret)})
+    assert config.postgres_targets[0].password == "s3cret-pw"
+    with pytest.raises(ConfigError, match="either"):
+        load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DSN_FILE": str(secret),
+                  "PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
+
+
+BAD = [
+    ({"poll_interval_seconds": "soon"}, "POLL_INTERVAL_SECONDS='soon'"),
+    ({"poll_interval_seconds": "-1"}, "positive"),
+    ({"poll_interval_seconds": "nan"}, "positive"),
+    ({"poll_timeout_seconds": "0"}, "positive"),
+    ({"poll_interval_seconds": "5", "poll_timeout_seconds": "10"}, "must not exceed"),
+    ({"listen_address": "localhost"}, "host:port"),
+    ({"listen_address": "1.2.3.4:99999"}, "host:port"),
+    ({"log_level": "loud"}, "one of"),
+    ({"log_format": "xml"}, "one of"),
+    ({"label_top_n": "0"}, ">= 1"),
+    ({"label_top_n": "ten"}, "whole number"),
+    ({"top_transactions": "-3"}, "whole number"),
+    ({"hot_tables": "task_run,drop table"}, "not a table name"),
+    ({"postgres_dsn": "host=db bogus"}, "invalid DSN"),
+    ({"postgres_dsn": "nonsense=1"}, "invalid DSN"),
+    ({"postgres_dsn": f"{DSN};{DSN}"}, "unique"),
+    ({"postgres_dsn": "bad name!=postgresql://x@h/db"}, "invalid DSN"),
+    ({"pgbouncer_dsn": "host=pgb port"}, "invalid DSN"),
+    ({"prefect_api_url": "ftp://prefect/api"}, "http\\(s\\) URL"),
+    ({"prefect_api_url": "http://admin:s3cret-pw@prefect:4200/api"}, "credentials go in"),
+    ({"prefect_api_url": API, "prefect_api_key": "k", "prefect_api_auth_string": "u:p"},
+     "either a Prefect API key"),
+    ({"prefect_api_key": "k"}, "no PREFECT_PG_EXPORTER_PREFECT_API_URL"),
+    ({"prefect_api_url": API, "prefect_api_auth_string": "no-colon"}, "user:password"),
+    ({"prefect_api_url": API, "prefect_api_headers": "X-Team: data"}, "JSON object"),
+    ({"prefect_api_url": API, "prefect_api_headers": '{"X": 1}'}, "JSON object of strings"),
+    ({"prefect_api_url": API, "prefect_api_ca_file": "/nonexistent/ca.pem"}, "no such file"),
+    ({"prefect_api_url": API, "prefect_api_tls_insecure_skip_verify": "maybe"}, "true or false"),
+    ({"prefect_api_url": API, "prefect_api_tls_insecure_skip_verify": "true",
+      "prefect_api_ca_file": "/etc/hostname"}, "either a Prefect API CA file"),
+    ({"prefect_upcoming_horizon_seconds": "-5"}, "positive"),
+    ({"prefect_max_concurrent_requests": "0"}, ">= 1"),
+    ({"web_config_file": "/nonexistent/web.yml"}, "web config"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD)
+def test_malformed_values_are_refused(flags: dict[str, str], message: str) -> None:
+    flags = {"postgres_dsn": DSN, **flags}
+    with pytest.raises(ConfigError, match=message) as info:
+        load(flags, {})
+    assert "\n" not in str(info.value)
+    assert "s3cret-pw" not in str(info.value)
+
+
+def test_every_setting_has_a_malformed_case() -> None:
+    covered = {key for flags, _ in BAD for key in flags}
+    assert covered >= {s.key for s in SETTINGS}
+
+
+def test_prefect_falls_back_to_prefects_own_variables(tmp_path: Path) -> None:
+    config = load({}, {"PREFECT_API_URL": "https://api.prefect.cloud/api/accounts/a/workspaces/w/",
+                       "PREFECT_API_KEY": "pnu_secret"})
+    (target,) = config.prefect_targets
+    assert config.sources == ("prefect",)
+    assert target.api_url == "https://api.prefect.cloud/api/accounts/a/workspaces/w"
+    assert target.name == "api.prefect.cloud" and target.auth.api_key == "pnu_secret"
+    assert "pnu_secret" not in repr(config)
+    secret = tmp_path / "auth"
+    secret.write_text("admin:pw\n")
+    config = load({"prefect_api_url": "lab=http://127.0.0.1:4200/api"},
+                  {"PREFECT_API_KEY": "ignored-when-ours-is-set",
+                   "PREFECT_PG_EXPORTER_PREFECT_API_AUTH_STRING_FILE": str(secret)})
+    (target,) = config.prefect_targets
+    assert target.name == "lab"
+    assert target.auth.auth_string == "admin:pw"
+
+
+def test_kubernetes_service_links_are_not_unknown_variables() -> None:
+    config = load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN,
+                       "PREFECT_PG_EXPORTER_SERVICE_HOST": "10.0.0.1",
+                       "PREFECT_PG_EXPORTER_SERVICE_PORT": "9816",
+                       "PREFECT_PG_EXPORTER_SERVICE_PORT_METRICS": "9816",
+                       "PREFECT_PG_EXPORTER_PORT": "tcp://10.0.0.1:9816",
+                       "PREFECT_PG_EXPORTER_PORT_9816_TCP_ADDR": "10.0.0.1"})
+    assert config.listen.port == 9816
+
+
+def test_unknown_variables_and_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown environment variable"):
+        load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DNS": DSN})
+    file = tmp_path / "c.toml"
+    file.write_text("pol_interval = 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'pol_interval'"):
+        load({"config_file": str(file)}, {})
+    file.write_text("this is = = not toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load({"config_file": str(file)}, {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DSN_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="nothing to watch"):
+        load({}, {})
+
+
+def test_password_in_a_refused_dsn_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"postgres_dsn": "host=db password=hunter2-secret bogus"}, {})
+    assert "hunter2-secret" not in str(info.value)
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", **(env or {})}, timeout=30)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2() -> None:
+    done = _cli(env={"PREFECT_PG_EXPORTER_POSTGRES_DSN": "host=db password=pw-xyz oops"})
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("prefect-pg-exporter: error: ")
+    assert "pw-xyz" not in done.stderr
+    done = _cli("--poll-interval-seconds", "x", "--postgres-dsn", DSN)
+    assert done.returncode == 2 and "POLL_INTERVAL_SECONDS='x'" in done.stderr
+
+
+def test_cli_help_and_version() -> None:
+    done = _cli("--help")
+    assert done.returncode == 0
+    for setting in SETTINGS:
+        assert setting.flag in done.stdout and setting.env in done.stdout
+    from exporter import __version__
+
+    assert _cli("--version").stdout.strip() == f"prefect-pg-exporter {__version__}"
+    assert _cli("version").stdout.strip() == f"prefect-pg-exporter {__version__}"
+
+
+def test_cli_listen_address_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _cli("--postgres-dsn", DSN, "--listen-address", f"127.0.0.1:{port}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("address already in use")

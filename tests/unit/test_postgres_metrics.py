@@ -1,0 +1,144 @@
+"""Snapshot -> metric families, with no database: folding, filtering and hostile values."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import replace
+
+from exporter.catalogue import CATALOGUE
+from exporter.collector import ExporterCollector
+from exporter.labels import OTHER, keep_top
+from exporter.metricspec import MetricOptions
+from exporter.poller import SourceState, fresh_snapshots
+from exporter.postgres.metrics import postgres_families
+from exporter.postgres.snapshot import BlockedSession, PostgresSnapshot, Session, TableStats
+from tests.factories import NamedSource, group
+from tests.factories import pg_snapshot as snapshot
+from tests.helpers import Scrape, exposition, parse, render
+
+
+def rendered(snap: PostgresSnapshot, top_n: int = 20) -> Scrape:
+    return render(postgres_families(snap, MetricOptions(label_top_n=top_n)))
+
+
+def test_keep_top_is_stable_on_ties() -> None:
+    assert keep_top({"b": 2, "a": 2, "c": 1}, 2) == {"a", "b"}
+
+
+def test_application_names_beyond_top_n_fold_into_other_and_sum() -> None:
+    groups = [group(app=f"app-{i}", sessions=10 - i) for i in range(6)]
+    s = rendered(snapshot(*groups), top_n=3)
+    apps = {lab["application_name"]: v for lab, v in
+            zip(s.labelsets("postgres_connections"), s.values("postgres_connections"),
+                strict=True)}
+    assert apps == {"app-0": 10, "app-1": 9, "app-2": 8, OTHER: 7 + 6 + 5}
+
+
+def test_transaction_ages_take_the_oldest_per_state_and_ignore_idle() -> None:
+    s = rendered(snapshot(
+        group(app="a", state="active", max_transaction_age=5.0),
+        group(app="a", state="active", wait_event_type="Lock", wait_event="tuple",
+              max_transaction_age=50.0),
+        group(app="a", state="idle in transaction", max_transaction_age=7.0),
+        group(app="b", state="idle")))
+    assert s.value("postgres_transaction_max_age_seconds", application_name="a",
+                   state="active") == 50.0
+    assert s.value("postgres_transaction_max_age_seconds", state="idle in transaction") == 7.0
+    assert s.values("postgres_transaction_max_age_seconds", application_name="b") == []
+
+
+def test_client_read_counts_only_sessions_inside_a_transaction() -> None:
+    s = rendered(snapshot(
+        group(app="idle", state="idle", sessions=40, max_state_age=900.0),
+        group(app="copy", state="active", wait_event_type="Client", wait_event="ClientRead",
+              client_read_in_transaction=True, max_transaction_age=50.0, max_state_age=49.0)))
+    assert s.value("postgres_client_read_in_transaction_sessions") == 1
+    assert s.value("postgres_client_read_in_transaction_max_age_seconds") == 49.0
+    # wait events leave idle sessions out
+    assert s.value("postgres_wait_event_sessions", wait_event="ClientRead") == 1
+
+
+def test_blocking_counts_distinct_blockers() -> None:
+    snap = snapshot(blocked=(BlockedSession(10, (1,), 3.0), BlockedSession(11, (1, 2), 8.0),
+                             BlockedSession(12, (10,), 1.0)))
+    s = rendered(snap)
+    assert s.value("postgres_blocked_sessions") == 3
+    assert s.value("postgres_blocking_sessions") == 3
+    assert s.value("postgres_blocked_max_wait_seconds") == 8.0
+
+
+def test_listen_channels_and_tables() -> None:
+    s = rendered(snapshot(
+        group(app="s1", listen_channel="prefect_automation_changes"),
+        group(app="s2", listen_channel="prefect_automation_changes", sessions=2),
+        tables=(TableStats("public", "flow_run", 10, 4, None, 1234.5),)))
+    assert s.value("postgres_listen_sessions", channel="prefect_automation_changes") == 3
+    assert s.value("postgres_table_dead_tuples", table="flow_run") == 4
+    assert s.value("postgres_table_last_vacuum_timestamp_seconds", table="flow_run") == 0
+    assert s.value("postgres_table_last_autovacuum_timestamp_seconds", table="flow_run") == 1234.5
+
+
+HOSTILE = ['quo"te', "back\\slash", "new\nline", "bad-\udcff-bytes", "x" * 500, "", "{}=,"]
+
+
+def test_hostile_label_values_give_valid_bounded_exposition() -> None:
+    groups = [group(app=name, sessions=5) for name in HOSTILE]
+    groups += [group(app=f"generated-{i}") for i in range(10_000)]
+    oldest = tuple(Session(i, "prefect", "u", name, "local", "idle in transaction", "Client",
+                           "ClientRead", float(i), 1.0) for i, name in enumerate(HOSTILE))
+    snap = snapshot(*groups, oldest_transactions=oldest)
+    text = exposition(postgres_families(snap, MetricOptions(label_top_n=20)))
+    s = parse(text)  # the real parser accepts it
+    assert len(s.values("postgres_connections")) <= 21
+    # the 7 hostile names (5 sessions each) and 13 of the generated ones keep their names
+    assert s.value("postgres_connections", application_name=OTHER) == 10_000 - (20 - 7)
+    assert sum(s.values("postgres_connections")) == 10_000 + 5 * len(HOSTILE)
+    assert len(max((lab["application_name"] for lab in
+                    s.labelsets("postgres_oldest_transaction_age_seconds")), key=len)) <= 128
+    promtool = shutil.which("promtool") or "promtool"  # scripts/bootstrap installs it
+    done = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                          capture_output=True)
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+
+
+def test_every_emitted_family_is_catalogued_with_its_labels() -> None:
+    snap = snapshot(group(state="active", max_transaction_age=1.0, listen_channel="c"),
+                    blocked=(BlockedSession(2, (1,), 1.0),),
+                    oldest_transactions=(Session(1, "d", "u", "a", "", "active", "", "", 1.0,
+                                                 1.0),),
+                    tables=(TableStats("public", "log", 1, 1, 1.0, 1.0),))
+    state = SourceState(NamedSource("postgres", "t"))
+    collector = ExporterCollector([state], MetricOptions(20))
+    collector.update([snap], [])
+    emitted = {}
+    for metric in collector.collect():
+        for sample in metric.samples:
+            emitted[sample.name] = set(sample.labels)
+    postgres_specs = {n for n, spec in CATALOGUE.items() if spec.source == "postgres"}
+    assert postgres_specs <= set(emitted), postgres_specs - set(emitted)
+    for name, labels in emitted.items():
+        assert name in CATALOGUE, name
+        assert labels == set(CATALOGUE[name].labels), name
+
+
+def test_stale_snapshots_are_not_exported_but_health_is() -> None:
+    state = SourceState(NamedSource("postgres", "t"))
+    state.snapshot = replace(snapshot(group()), taken_at=1000.0)
+    collector = ExporterCollector([state], MetricOptions(20))
+
+    def names(now: float) -> set[str]:
+        collector.update(fresh_snapshots([state], now, stale_after=45.0), [])
+        return {m.name for m in collector.collect()}
+
+    assert "postgres_connections" in names(1040.0)
+    assert "postgres_connections" not in names(1046.0)
+    assert "prefect_pg_exporter_source_up" in names(1046.0)
+
+
+def test_two_targets_share_one_family_per_name() -> None:
+    collector = ExporterCollector([], MetricOptions(20))
+    collector.update([snapshot(group(), target="a"), snapshot(group(), target="b")], [])
+    text = exposition(collector.collect())
+    assert text.count("# TYPE postgres_connections gauge") == 1
+    assert {lab["target"] for lab in parse(text).labelsets("postgres_connections")} == {"a", "b"}
