@@ -236,7 +236,7 @@ async def time_exporter(api_url: str, polls: int) -> PollResult:
     finally:
         await source.close()
     return PollResult(statistics.median(times), requests,
-                      previous.runs_by_state_type.get("SCHEDULED", -1),
+                      previous.scheduling.runs_by_state_type.get("SCHEDULED", -1),
                       mean_latency(first, previous))
 
 

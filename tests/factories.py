@@ -3,6 +3,7 @@ snapshots the same way (and the recorded exposition test covers every source kin
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Stats
@@ -17,6 +18,7 @@ from exporter.prefect.snapshot import (
     PoolCounts,
     PrefectSnapshot,
     RequestStats,
+    Scheduling,
     WorkPool,
     WorkQueue,
 )
@@ -76,13 +78,21 @@ PREFECT_SETTINGS = {
 }
 
 
+SCHEDULING_FIELDS = {f.name for f in fields(Scheduling)}
+
+
 def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
+    """A healthy Prefect snapshot; keyword arguments override any field, those of its
+    Scheduling part included (pools=..., pool_counts=...)."""
+    scheduling: dict[str, Any] = dict(
+        runs_by_state_type={}, totals=PoolCounts(0, 0, 0, 0, None), scheduled_future=10,
+        pools=(), pool_counts={}, queues=())
+    scheduling.update({k: kw.pop(k) for k in list(kw) if k in SCHEDULING_FIELDS})
     base: dict[str, Any] = dict(
-        taken_at=10_000.0, target="prefect", version="3.8.8", runs_by_state_type={},
-        totals=PoolCounts(0, 0, 0, 0, None), scheduled_future=10, pools=(), pool_counts={},
-        queues=(), settings=dict(PREFECT_SETTINGS),
+        taken_at=10_000.0, target="prefect", version="3.8.8", settings=dict(PREFECT_SETTINGS),
         text_settings={
-            "server.database.sqlalchemy.connect_args.application_name": "prefect-server"})
+            "server.database.sqlalchemy.connect_args.application_name": "prefect-server"},
+        scheduling=Scheduling(**scheduling))
     base.update(kw)
     return PrefectSnapshot(**base)
 

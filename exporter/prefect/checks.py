@@ -35,8 +35,9 @@ def statement_cache(prefect: PrefectSnapshot, ctx: Context) -> Iterator[Finding]
 def scheduling(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     t = ctx.thresholds
     now = pf.taken_at
-    for pool in pf.pools:
-        counts = pf.pool_counts.get(pool.name)
+    sch = pf.scheduling
+    for pool in sch.pools:
+        counts = sch.pool_counts.get(pool.name)
         if counts is None or counts.backlog == 0:
             continue
         delay = now - counts.oldest_backlog_start if counts.oldest_backlog_start else 0.0
@@ -59,11 +60,11 @@ def scheduling(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
                  f"{pool.concurrency_limit if pool.concurrency_limit is not None else 'none'}",),
                 "Workers cannot keep up or the pool's concurrency limit is reached; add workers "
                 "or raise the limit, and check the database alerts (workers poll through it).")
-    if pf.scheduled_future > t["scheduled_runs_warning"]:
+    if sch.scheduled_future > t["scheduled_runs_warning"]:
         s = pf.settings
         yield Finding(
             "scheduler_horizon", "warning", pf.target,
-            f"{pf.scheduled_future} future SCHEDULED runs: the scheduler creates far too many",
+            f"{sch.scheduled_future} future SCHEDULED runs: the scheduler creates far too many",
             (f"scheduler max_runs {s.get('server.services.scheduler.max_runs', '?')}, "
              f"max_scheduled_time "
              f"{age(s.get('server.services.scheduler.max_scheduled_time'))}",),

@@ -88,11 +88,11 @@ def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[
     info.add_metric([target, snap.version], 1)
     yield info
     states = FLOW_RUNS.family()
-    for state_type, count in snap.runs_by_state_type.items():
+    for state_type, count in snap.scheduling.runs_by_state_type.items():
         states.add_metric([target, state_type], count)
     yield states
     future = SCHEDULED_RUNS.family()
-    future.add_metric([target], snap.scheduled_future)
+    future.add_metric([target], snap.scheduling.scheduled_future)
     yield future
     yield from _scheduling(snap, target)
     yield from _work_pools(snap, target)
@@ -105,9 +105,10 @@ def pool_rows(snap: PrefectSnapshot) -> dict[str, PoolCounts]:
     """Counts per listed work pool, plus OTHER: what the totals hold beyond them (runs in no
     work pool, or in pools beyond the top N). Counts are taken concurrently, so the remainder is
     clamped at 0. OTHER's oldest run is known only when it is older than every listed pool's."""
-    rows = {clean(name): counts for name, counts in snap.pool_counts.items()}
-    t = snap.totals
-    listed = list(snap.pool_counts.values())
+    sch = snap.scheduling
+    rows = {clean(name): counts for name, counts in sch.pool_counts.items()}
+    t = sch.totals
+    listed = list(sch.pool_counts.values())
     oldest_listed = min((c.oldest_backlog_start for c in listed
                          if c.oldest_backlog_start is not None), default=None)
     other_oldest = t.oldest_backlog_start if t.oldest_backlog_start is not None and (
@@ -146,7 +147,7 @@ def _work_pools(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
                                    POOL_PAUSED.family(), POOL_LIMIT.family())
     workers, online, heartbeat = (POOL_WORKERS.family(), POOL_ONLINE_WORKERS.family(),
                                   POOL_LAST_HEARTBEAT.family())
-    for pool in snap.pools:
+    for pool in snap.scheduling.pools:
         labels = [target, clean(pool.name)]
         info.add_metric([*labels, clean(pool.type)], 1)
         for name in POOL_STATUSES:
@@ -164,7 +165,7 @@ def _work_pools(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
 def _work_queues(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     paused = QUEUE_PAUSED.family()
     limit = QUEUE_LIMIT.family()
-    for queue in snap.queues:
+    for queue in snap.scheduling.queues:
         labels = [target, clean(queue.work_pool), clean(queue.name)]
         paused.add_metric(labels, 1 if queue.paused else 0)
         if queue.concurrency_limit is not None:

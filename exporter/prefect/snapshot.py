@@ -35,18 +35,25 @@ class WorkQueue:
 
 
 @dataclass(frozen=True)
-class PrefectSnapshot:
-    taken_at: float
-    target: str
-    version: str
+class Scheduling:
+    """Is scheduling keeping up, and is anyone there to take the runs? (scheduling.py)"""
+
     runs_by_state_type: dict[str, int]
     totals: PoolCounts  # across all work pools and runs without one
     scheduled_future: int  # every SCHEDULED run with expected start after now
     pools: tuple[WorkPool, ...]  # the top N, alphabetically
     pool_counts: dict[str, PoolCounts]  # for the pools in `pools`
     queues: tuple[WorkQueue, ...]
+
+
+@dataclass(frozen=True)
+class PrefectSnapshot:
+    taken_at: float
+    target: str
+    version: str
     settings: dict[str, float]  # numeric settings by path; durations in seconds
     text_settings: dict[str, str]
+    scheduling: Scheduling
     requests: dict[str, RequestStats] = field(default_factory=dict)
 
 

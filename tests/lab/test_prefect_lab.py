@@ -101,7 +101,7 @@ async def test_requests_per_poll_do_not_grow_with_runs(
         await api.scheduled_run(deployment, timedelta(minutes=-minutes))
     many = await requests_in_one_poll()
     assert few == many
-    pools = len((await next_snapshot()).pools)
+    pools = len((await next_snapshot()).scheduling.pools)
     # version, pools, 5 state counts, 5 totals, future runs, queues, settings + 6 per pool
     assert many == 15 + 6 * pools
 

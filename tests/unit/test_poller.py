@@ -13,6 +13,7 @@ from exporter.poller import (
     fresh_snapshots,
     next_delay,
 )
+from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.source import SourceError
 from tests.factories import NamedSource, pg_snapshot
 
@@ -50,7 +51,7 @@ class _Flaky(NamedSource):
         self.calls = 0
         self.closed = 0
 
-    async def poll(self):  # type: ignore[no-untyped-def]  # a stand-in for Source.poll
+    async def poll(self) -> PostgresSnapshot:
         self.calls += 1
         if self.calls == 1:
             raise SourceError("connect", "connection refused")

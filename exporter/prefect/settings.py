@@ -1,0 +1,33 @@
+"""The server's settings from GET /admin/settings: the ones the diagnosis and the metrics use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.prefect.values import dig, setting_number
+
+# Settings read from GET /admin/settings, by JSON path. Durations come as ISO 8601 strings.
+SETTING_PATHS = (
+    "server.database.sqlalchemy.pool_size",
+    "server.database.sqlalchemy.max_overflow",
+    "server.database.sqlalchemy.pool_timeout",
+    "server.database.sqlalchemy.pool_recycle",
+    "server.database.sqlalchemy.connect_args.statement_cache_size",
+    "server.database.sqlalchemy.connect_args.prepared_statement_cache_size",
+    "server.services.scheduler.enabled",
+    "server.services.scheduler.loop_seconds",
+    "server.services.scheduler.max_runs",
+    "server.services.scheduler.min_runs",
+    "server.services.scheduler.max_scheduled_time",
+    "server.services.scheduler.min_scheduled_time",
+    "server.services.late_runs.enabled",
+    "server.services.late_runs.loop_seconds",
+    "server.services.late_runs.after_seconds",
+)
+TEXT_SETTING_PATHS = ("server.database.sqlalchemy.connect_args.application_name",)
+
+
+def parse_settings(data: Any) -> tuple[dict[str, float], dict[str, str]]:
+    numbers = {p: n for p in SETTING_PATHS if (n := setting_number(dig(data, p))) is not None}
+    texts = {p: v for p in TEXT_SETTING_PATHS if isinstance(v := dig(data, p), str)}
+    return numbers, texts
