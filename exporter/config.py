@@ -23,6 +23,8 @@ from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 ENV_PREFIX = "PREFECT_PG_EXPORTER_"
 
+DEFAULT_POLL_TIMEOUT_SECONDS = 10.0  # or the interval, when that is shorter
+
 DEFAULT_HOT_TABLES = ("flow_run", "task_run", "flow_run_state", "task_run_state", "events", "log")
 
 
@@ -68,7 +70,7 @@ class Config:
     prefect_max_concurrent_requests: int = 4
     listen: Listen = Listen("0.0.0.0", 9816)
     poll_interval_seconds: float = 15.0
-    poll_timeout_seconds: float = 10.0
+    poll_timeout_seconds: float = DEFAULT_POLL_TIMEOUT_SECONDS
     log_level: str = "info"
     log_format: str = "auto"
     label_top_n: int = 20
@@ -231,8 +233,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_interval_seconds", _positive_float, "seconds between polls of each source",
             "SECONDS"),
     Setting("poll_timeout_seconds", _positive_float,
-            "a poll slower than this fails (the exporter's own statement_timeout is 0.8 times it)",
-            "SECONDS"),
+            "a poll slower than this fails (the exporter's own statement_timeout is 0.8 times "
+            "it); default: 10 or the poll interval, whichever is shorter", "SECONDS"),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
     Setting("log_format", _choice("auto", "json", "console"),
             "json, console, or auto (console on a terminal, JSON otherwise)", "FORMAT"),
@@ -344,6 +346,10 @@ def _build(raw: dict[str, str]) -> Config:
             shown = "" if key in ("prefect_api_url", "prefect_api_headers") else f"={text!r}"
             raise ConfigError(f"{setting.env}{shown}: {exc}") from None
     targets = {kind: _targets(raw, kind) for kind in ("postgres", "pgbouncer")}
+    if "poll_timeout_seconds" not in values:
+        # a default follows the interval: setting only a short interval must just work
+        interval = values.get("poll_interval_seconds", Config.poll_interval_seconds)
+        values["poll_timeout_seconds"] = min(DEFAULT_POLL_TIMEOUT_SECONDS, interval)
     if "listen_address" in values:
         values["listen"] = values.pop("listen_address")
     if "web_config_file" in values:
@@ -394,7 +400,7 @@ def _check(config: Config) -> None:
     if not config.sources:
         raise ConfigError(f"nothing to watch: set {ENV_PREFIX}POSTGRES_DSN, "
                           f"{ENV_PREFIX}PGBOUNCER_DSN and/or {ENV_PREFIX}PREFECT_API_URL")
-    if config.poll_timeout_seconds > config.poll_interval_seconds:
+    if config.poll_timeout_seconds > config.poll_interval_seconds:  # both set by the user
         raise ConfigError(
             f"{ENV_PREFIX}POLL_TIMEOUT_SECONDS ({config.poll_timeout_seconds:g}) must not exceed "
             f"{ENV_PREFIX}POLL_INTERVAL_SECONDS ({config.poll_interval_seconds:g})")

@@ -25,6 +25,26 @@ def test_defaults_and_environment() -> None:
     assert config.statement_timeout_ms == 8000
 
 
+@pytest.mark.parametrize(("interval", "timeout"), [("5", 5.0), ("2", 2.0), ("0.5", 0.5),
+                                                   ("15", 10.0), ("60", 10.0)])
+def test_the_default_timeout_follows_a_short_interval(interval: str, timeout: float) -> None:
+    """Only the interval set: the default timeout is the smaller of 10 s and the interval
+    (it was a fixed 10 s, and a 5 s interval alone refused to start)."""
+    config = load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN,
+                       "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": interval})
+    assert config.poll_timeout_seconds == timeout
+    assert config.statement_timeout_ms == max(100, int(timeout * 800))
+
+
+def test_only_a_timeout_the_user_set_can_conflict_with_the_interval() -> None:
+    with pytest.raises(ConfigError, match=r"POLL_TIMEOUT_SECONDS \(6\) must not exceed"):
+        load({"poll_timeout_seconds": "6"},
+             {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN,
+              "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "5"})
+    assert load({"poll_timeout_seconds": "3"},
+                {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN}).poll_timeout_seconds == 3
+
+
 def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
     file = tmp_path / "exporter.toml"
     file.write_text('poll_interval_seconds = 60\nlabel_top_n = 7\nlog_level = "debug"\n'
