@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.thresholds import THRESHOLDS, thresholds
+from exporter.prefect.snapshot import SHARED_DOCKET_SCHEMES
+from exporter.thresholds import THRESHOLDS, parse_overrides, thresholds
 
 RUNBOOK_BASE_URL = (
     "https://github.com/prefect-pg-exporter/prefect-pg-exporter/blob/main/docs/runbooks.md")
@@ -31,6 +32,9 @@ class Alert:
     for_seconds: int
     summary: str
     description: str  # Prometheus template text
+    # The doctor's check that sees the same condition: on the same data both fire or neither
+    # (with a finding of at least this severity). tests/unit/test_parity.py holds them to it.
+    check: str | None = None
 
     def rule(self, t: Mapping[str, float], for_scale: float, runbook: str,
              annotations: bool = True) -> dict[str, Any]:
@@ -66,6 +70,10 @@ RECORDING_RULES: tuple[tuple[str, str], ...] = (
     ("prefect_pg:prefect_late_runs:sum", "sum by (target) (prefect_late_runs)"),
 )
 
+# A work pool with nobody to take its runs: PrefectWorkPoolWithoutWorkers names that cause, so
+# the Late and backlog alerts of the same pool stay quiet (one page, the root cause).
+UNSERVED = "(prefect_work_pool_online_workers == 0 or prefect_work_pool_paused == 1)"
+
 ALERTS: tuple[Alert, ...] = (
     Alert("PostgresIdleInTransaction", "warning",
           'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
@@ -73,101 +81,121 @@ ALERTS: tuple[Alert, ...] = (
           "A session has been idle in transaction for {{ $value | humanizeDuration }}",
           "{{ $labels.application_name }} on {{ $labels.datname }} ({{ $labels.target }}) "
           "holds a transaction open without running anything: its row locks block writers "
-          "(INSERT INTO task_run ...). See postgres_oldest_transaction_age_seconds for its pid."),
+          "(INSERT INTO task_run ...). See postgres_oldest_transaction_age_seconds for its pid.",
+          check="idle_in_transaction"),
     Alert("PostgresIdleInTransactionStuck", "critical",
           'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
           '{{state=~"idle in transaction.*"}}) > {idle_in_transaction_critical_seconds}', 60,
           "A session is stuck idle in transaction for {{ $value | humanizeDuration }}",
           "{{ $labels.application_name }} on {{ $labels.datname }} ({{ $labels.target }}) has "
           "held its transaction open for {{ $value | humanizeDuration }}. Terminate it if it "
-          "blocks others; set idle_in_transaction_session_timeout."),
+          "blocks others; set idle_in_transaction_session_timeout.",
+          check="idle_in_transaction"),
     Alert("PostgresLongTransaction", "warning",
           'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
           '{{state="active"}}) > {active_transaction_warning_seconds}', 60,
           "A transaction has been running for {{ $value | humanizeDuration }}",
           "An active transaction of {{ $labels.application_name }} on {{ $labels.datname }} "
           "({{ $labels.target }}) is {{ $value | humanizeDuration }} old; it holds its locks "
-          "and keeps vacuum from cleaning up."),
+          "and keeps vacuum from cleaning up.",
+          check="long_transaction"),
     Alert("PostgresLongTransactionCritical", "critical",
           'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
           '{{state="active"}}) > {active_transaction_critical_seconds}', 60,
           "A transaction has been running for {{ $value | humanizeDuration }}",
           "An active transaction of {{ $labels.application_name }} on {{ $labels.datname }} "
-          "({{ $labels.target }}) is {{ $value | humanizeDuration }} old."),
+          "({{ $labels.target }}) is {{ $value | humanizeDuration }} old.",
+          check="long_transaction"),
     Alert("PostgresSessionsBlocked", "critical",
           "postgres_blocked_max_wait_seconds > {blocked_wait_critical_seconds}", 60,
           "Sessions wait on locks for {{ $value | humanizeDuration }}",
           "On {{ $labels.target }} a session has waited {{ $value | humanizeDuration }} for a "
           "lock another session holds. postgres_blocked_sessions says how many wait, "
           "postgres_blocking_sessions how many hold; `prefect-pg-exporter doctor` names the root "
-          "blocker."),
+          "blocker.",
+          check="lock_chain"),
     Alert("PostgresClientReadStall", "critical",
           "postgres_client_read_in_transaction_max_age_seconds > "
           "{client_read_stall_critical_seconds}", 60,
           "A client has been silent inside its transaction for {{ $value | humanizeDuration }}",
           "On {{ $labels.target }} a session waits on ClientRead inside a transaction: its "
           "client (an event loop blocked, a proxy) stopped talking mid-transaction while "
-          "holding its locks. postgres_client_read_in_transaction_sessions says how many."),
+          "holding its locks. postgres_client_read_in_transaction_sessions says how many.",
+          check="client_read_stall"),
     Alert("PgBouncerClientsWaiting", "warning",
           "pgbouncer_pools_client_waiting_connections > {pgbouncer_waiting_clients_warning}", 60,
           "{{ $value }} clients wait for a server connection in pool "
           "{{ $labels.database }}/{{ $labels.user }}",
           "PgBouncer {{ $labels.target }}: every server connection of pool "
           "{{ $labels.database }}/{{ $labels.user }} is busy and clients queue; SQLAlchemy pool "
-          "timeouts follow."),
+          "timeouts follow.",
+          check="pgbouncer_pool_waiting"),
     Alert("PgBouncerPoolExhausted", "critical",
           "pgbouncer_pools_client_maxwait_seconds > {pgbouncer_maxwait_critical_seconds}", 60,
           "Clients wait {{ $value | humanizeDuration }} for a server connection",
           "PgBouncer {{ $labels.target }} pool {{ $labels.database }}/{{ $labels.user }}: the "
           "oldest waiting client has waited {{ $value | humanizeDuration }}. The pool is "
-          "exhausted: find what holds its server connections (long or idle transactions)."),
+          "exhausted: find what holds its server connections (long or idle transactions).",
+          check="pgbouncer_pool_waiting"),
     Alert("PostgresConnectionsNearLimit", "warning",
           "prefect_pg:postgres_connection_budget:ratio > {connections_warning_ratio}", 300,
           "{{ $value | humanizePercentage }} of max_connections in use",
           "{{ $labels.target }}: client backends use {{ $value | humanizePercentage }} of "
           "max_connections - superuser_reserved_connections. Replicas x (pool_size + "
-          "max_overflow) must fit."),
+          "max_overflow) must fit.",
+          check="connection_budget"),
     Alert("PostgresConnectionsExhausted", "critical",
           "prefect_pg:postgres_connection_budget:ratio > {connections_critical_ratio}", 120,
           "{{ $value | humanizePercentage }} of max_connections in use",
           "{{ $labels.target }}: new connections are about to be refused (FATAL: sorry, too "
-          "many clients already)."),
+          "many clients already).",
+          check="connection_budget"),
     Alert("PrefectLateRuns", "warning",
-          "prefect_late_runs > {late_runs_warning} and delta(prefect_late_runs[15m]) >= 0", 300,
+          "prefect_late_runs > {late_runs_warning} and delta(prefect_late_runs[15m]) >= 0 "
+          "unless on (target, work_pool) " + UNSERVED, 300,
           "{{ $value }} Late flow runs in work pool {{ $labels.work_pool }}",
           "{{ $labels.target }}: runs in work pool {{ $labels.work_pool }} passed their "
           "start time and were marked Late, and the count is not going down. Are workers "
-          "online, is the pool paused, is the database keeping up?"),
+          "online, is the pool paused, is the database keeping up?",
+          check="late_runs"),
     Alert("PrefectScheduledBacklogDelay", "warning",
-          "prefect_scheduled_backlog_max_delay_seconds > {backlog_delay_warning_seconds}", 300,
+          "prefect_scheduled_backlog_max_delay_seconds > {backlog_delay_warning_seconds} "
+          "unless on (target, work_pool) " + UNSERVED, 300,
           "The most overdue run in {{ $labels.work_pool }} is "
           "{{ $value | humanizeDuration }} late",
           "{{ $labels.target }}: SCHEDULED runs in work pool {{ $labels.work_pool }} are not "
-          "being picked up."),
+          "being picked up.",
+          check="scheduled_backlog"),
     Alert("PrefectWorkPoolWithoutWorkers", "warning",
           "prefect_scheduled_backlog_runs > 0 and on (target, work_pool) "
           "(prefect_work_pool_online_workers == 0 or prefect_work_pool_paused == 1)", 300,
           "Work pool {{ $labels.work_pool }} has overdue runs and no worker to take them",
           "{{ $labels.target }}: {{ $value }} overdue runs in {{ $labels.work_pool }}, which "
-          "is paused or has no online worker."),
+          "is paused or has no online worker.",
+          check="work_pool_unserved"),
     Alert("PrefectTooManyScheduledRuns", "warning",
           "prefect_scheduled_runs > {scheduled_runs_warning}", 900,
           "{{ $value }} future SCHEDULED runs",
           "{{ $labels.target }}: the scheduler has created far more future runs than it needs; "
-          "check PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS and MAX_SCHEDULED_TIME."),
+          "check PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS and MAX_SCHEDULED_TIME.",
+          check="scheduler_horizon"),
     Alert("PrefectDuplicatedBackgroundServices", "warning",
           'postgres_listen_sessions{{channel="prefect_automation_changes"}} > '
-          "{listen_sessions_warning}", 300,
+          "{listen_sessions_warning} unless on () prefect_server_docket_info{{scheme=~"
+          f'"{"|".join(SHARED_DOCKET_SCHEMES)}"}}}}', 300,
           "{{ $value }} copies of Prefect's background services are running",
           "{{ $labels.target }}: {{ $value }} sessions LISTEN on prefect_automation_changes; "
           "each copy of the services holds one. Several copies duplicate every loop and contend "
           "on the database: run the services once (`prefect server services start`) and the "
-          "API replicas with --no-services."),
+          "API replicas with --no-services. (Quiet where Prefect's docket is on Redis: "
+          "several service replicas are then supported.)",
+          check="duplicated_services"),
     Alert("PrefectPgExporterSourceDown", "warning",
           "prefect_pg_exporter_source_up == 0", 120,
           "The exporter cannot read {{ $labels.source }} {{ $labels.target }}",
           "prefect-pg-exporter's polls of {{ $labels.source }} {{ $labels.target }} fail; its "
-          "metrics are missing. The exporter's / page shows the last error."),
+          "metrics are missing. The exporter's / page shows the last error.",
+          check="source_down"),
     Alert("PrefectPgExporterSourceStale", "warning",
           "time() - prefect_pg_exporter_source_last_success_timestamp_seconds > "
           "{source_stale_seconds} and prefect_pg_exporter_source_last_success_timestamp_seconds "
@@ -176,30 +204,38 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $value | humanizeDuration }}",
           "The last successful poll of {{ $labels.source }} {{ $labels.target }} is "
           "{{ $value | humanizeDuration }} old."),
-    Alert("PostgresNoIdleInTransactionTimeout", "info",
+    Alert("PostgresNoIdleInTransactionTimeout", "warning",
           'postgres_setting_seconds{{name="idle_in_transaction_session_timeout"}} == 0', 3600,
           "idle_in_transaction_session_timeout is off",
           "{{ $labels.target }}: nothing ends a session left idle in transaction; one stuck "
-          "client can hold locks forever."),
+          "client can hold locks forever.",
+          check="no_idle_in_transaction_timeout"),
     Alert("PostgresNoStatementTimeout", "info",
           'postgres_setting_seconds{{name="statement_timeout"}} == 0', 3600,
           "statement_timeout is off",
-          "{{ $labels.target }}: no statement is ever cancelled for running too long."),
+          "{{ $labels.target }}: no statement is ever cancelled for running too long.",
+          check="no_statement_timeout"),
     Alert("PrefectStatementCacheWithTransactionPooling", "warning",
-          'count(pgbouncer_config_pool_mode_info{{pool_mode="transaction"}}) > 0 and on () '
-          "count(prefect_api_up) > 0 unless on () (prefect_server_setting{{name="
-          '"server.database.sqlalchemy.connect_args.statement_cache_size"}} == 0)', 600,
-          "PgBouncer transaction pooling with Prefect's asyncpg statement cache on",
-          "PgBouncer runs in transaction pooling but the Prefect server does not report "
-          "statement_cache_size=0: expect `prepared statement \"__asyncpg_stmt_...\" does not "
-          "exist`. Set PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_STATEMENT_CACHE_SIZE=0 "
-          "and ..._PREPARED_STATEMENT_CACHE_SIZE=0."),
-    Alert("PostgresHotTableBloat", "info",
+          'count(pgbouncer_pools_mode_info{{pool_mode="transaction"}} unless on (target) '
+          "(pgbouncer_config_max_prepared_statements > 0)) > 0 and on () "
+          "count(prefect_server_setting) > 0 unless on () "
+          "(count(prefect_server_setting{{name=~"
+          '"server.database.sqlalchemy.connect_args.(prepared_)?statement_cache_size"}} == 0) '
+          ">= 2)", 600,
+          "PgBouncer transaction pooling with Prefect's asyncpg statement caches on",
+          "PgBouncer pools in transaction mode (without max_prepared_statements) but the Prefect "
+          "server does not report statement_cache_size=0 and prepared_statement_cache_size=0: "
+          "expect `prepared statement \"__asyncpg_stmt_...\" does not exist`. Set "
+          "PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_STATEMENT_CACHE_SIZE=0 and "
+          "..._PREPARED_STATEMENT_CACHE_SIZE=0.",
+          check="statement_cache_with_transaction_pooling"),
+    Alert("PostgresHotTableBloat", "warning",
           "postgres_table_dead_tuples > {dead_tuples_warning} and postgres_table_dead_tuples / "
           "(postgres_table_live_tuples + 1) > {dead_tuples_warning_ratio}", 3600,
           "{{ $labels.schema }}.{{ $labels.table }} has {{ $value }} dead tuples",
           "{{ $labels.target }}: autovacuum is not keeping up with {{ $labels.table }}; "
-          "check its last (auto)vacuum time and long transactions holding back the horizon."),
+          "check its last (auto)vacuum time and long transactions holding back the horizon.",
+          check="hot_table_bloat"),
 )
 
 
@@ -259,14 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(render_markdown(), end="")
         return 0
-    overrides: dict[str, float] = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        try:
-            overrides[name] = float(value)
-        except ValueError:
-            print(f"error: --set {item}: not NAME=NUMBER", file=sys.stderr)
-            return 2
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as exc:
+        print(f"error: --set {exc}", file=sys.stderr)
+        return 2
     try:
         groups = rule_groups(overrides, args.for_scale, args.runbook_base_url)
     except ValueError as exc:

@@ -51,7 +51,7 @@ class Exporter:
         exposition (all off the scrape path)."""
         states = self.poller.states
         snapshots = fresh_snapshots(states, time.time(), self.stale_after_seconds)
-        self.findings = diagnose(snapshots, failures(states))
+        self.findings = diagnose(snapshots, failures(states), self.config.thresholds)
         self._collector.update(snapshots, self.findings)
         self.exposition.render()
 

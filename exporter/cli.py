@@ -99,7 +99,8 @@ async def _doctor(config: Config, fmt: str) -> int:
     await asyncio.gather(*(poller.poll_once(state) for state in poller.states))
     await poller.stop()
     states = poller.states
-    findings = diagnose(fresh_snapshots(states, time.time(), float("inf")), failures(states))
+    findings = diagnose(fresh_snapshots(states, time.time(), float("inf")), failures(states),
+                        config.thresholds)
     if fmt == "json":
         print(json.dumps({"findings": [f.as_dict() for f in findings],
                           "exit_code": exit_code(findings)}, indent=2))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.dsn import DSNError, Target, parse_targets
+from exporter.thresholds import parse_overrides, split_items
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 ENV_PREFIX = "PREFECT_PG_EXPORTER_"
@@ -76,6 +77,9 @@ class Config:
     label_top_n: int = 20
     top_transactions: int = 5
     hot_tables: tuple[str, ...] = DEFAULT_HOT_TABLES
+    # threshold overrides (exporter/thresholds.py): the diagnosis and the findings metric use
+    # them, as the rules generated with the same --set do
+    thresholds: Mapping[str, float] = field(default_factory=dict)
     web: WebConfig = field(default_factory=WebConfig)
 
     @property
@@ -247,6 +251,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
+THRESHOLDS_KEY = "thresholds"
+THRESHOLDS_ENV = ENV_PREFIX + "THRESHOLDS"
 # Prefect's own variables, read when ours are not set: a container that already talks to
 # Prefect needs no second copy of its URL and credentials.
 PREFECT_FALLBACKS = {
@@ -269,28 +275,45 @@ def build_parser(prog: str = "prefect-pg-exporter") -> argparse.ArgumentParser:
                         help=f"TOML file with the same keys (env: {_CONFIG_FILE_ENV})")
     for s in SETTINGS:
         parser.add_argument(s.flag, dest=s.key, metavar=s.metavar, help=f"{s.help} (env: {s.env})")
+    parser.add_argument("--set", dest=THRESHOLDS_KEY, action="append", metavar="NAME=VALUE",
+                        help="override an alert/diagnosis threshold, as for the rules generator "
+                             "(repeatable; python -m exporter.alerting --thresholds lists them; "
+                             f"env: {THRESHOLDS_ENV}=name=value,name=value)")
     return parser
 
 
-def load(flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> Config:
+def load(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """Merge flags, environment and the optional file into a checked Config."""
     environ = os.environ if environ is None else environ
-    raw = _from_file(flags.get("config_file") or environ.get(_CONFIG_FILE_ENV))
+    file = flags.get("config_file") or environ.get(_CONFIG_FILE_ENV)
+    raw = _from_file(file)
+    overrides = _thresholds(raw.pop(THRESHOLDS_KEY, ""), f"config file {file}: thresholds")
     raw.update(_from_environ(environ))
+    overrides.update(_thresholds(raw.pop(THRESHOLDS_KEY, ""), THRESHOLDS_ENV))
     raw.update({k: v for k, v in flags.items() if v is not None and k in _BY_KEY})
+    overrides.update(_thresholds(",".join(flags.get(THRESHOLDS_KEY) or ()), "--set"))
     ours = set(raw)
     for key, variable in PREFECT_FALLBACKS.items():
         # credentials come as a pair: one of ours set means none of Prefect's is wanted
         credential_set = key in _CREDENTIALS and ours & _CREDENTIALS
         if key not in ours and not credential_set and environ.get(variable):
             raw[key] = environ[variable]
-    return _build(raw)
+    return _build(raw, overrides)
+
+
+def _thresholds(text: str, where: str) -> dict[str, float]:
+    """Threshold overrides, `name=value,name=value`; each layer overrides the one before by
+    name (file, then environment, then --set)."""
+    try:
+        return parse_overrides(split_items(text))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     values: dict[str, str] = {}
     known = {s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s.secret}
-    known.add(_CONFIG_FILE_ENV)
+    known |= {_CONFIG_FILE_ENV, THRESHOLDS_ENV}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or _KUBERNETES_SERVICE_LINK.match(name):
             continue
@@ -326,16 +349,18 @@ def _from_file(path: str | None) -> dict[str, str]:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
     values: dict[str, str] = {}
     for key, value in data.items():
-        if key not in _BY_KEY:
+        if key not in _BY_KEY and key != THRESHOLDS_KEY:
             raise ConfigError(f"config file {path}: unknown key {key!r}")
+        if isinstance(value, dict):  # a [thresholds] table: name = value
+            value = ",".join(f"{name}={number}" for name, number in value.items())
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
         values[key] = str(value).lower() if isinstance(value, bool) else str(value)
     return values
 
 
-def _build(raw: dict[str, str]) -> Config:
-    values: dict[str, Any] = {}
+def _build(raw: dict[str, str], overrides: Mapping[str, float] | None = None) -> Config:
+    values: dict[str, Any] = {"thresholds": dict(overrides or {})}
     for key, text in raw.items():
         setting = _BY_KEY[key]
         if setting.secret:
@@ -418,6 +443,7 @@ def describe(config: Config) -> dict[str, Any]:
         "label_top_n": config.label_top_n,
         "top_transactions": config.top_transactions,
         "hot_tables": list(config.hot_tables),
+        "thresholds": dict(config.thresholds),
     }
 
 

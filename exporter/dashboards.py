@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exporter.alerting import RUNBOOK_BASE_URL
+from exporter.thresholds import thresholds
+
 DS = {"type": "prometheus", "uid": "${datasource}"}
+# The alert rules' thresholds colour the stats: yellow at the warning, red where it pages.
+TH = thresholds()
+
+
+def above(name: str) -> float:
+    """The first count past a 'more than N' threshold (Grafana steps start at a value)."""
+    return TH[name] + 1
 T = 'target=~"$target"'
 GREEN, YELLOW, RED = "green", "yellow", "red"
 
@@ -83,21 +93,24 @@ OVERVIEW = (
     up_stat("PgBouncer", f"min(pgbouncer_up{{{T}}})"),
     up_stat("Prefect API", f"min(prefect_api_up{{{T}}})"),
     stat("Oldest idle in transaction", "max(prefect_pg:postgres_idle_in_transaction_max_age_"
-         f"seconds:max{{{T}}}) or vector(0)", "s", 60, 300,
+         f"seconds:max{{{T}}}) or vector(0)", "s", TH["idle_in_transaction_warning_seconds"],
+         TH["idle_in_transaction_critical_seconds"],
          "The longest a session has sat idle inside a transaction, holding its locks."),
     stat("Blocked sessions", f"sum(postgres_blocked_sessions{{{T}}})", "short", 1, 5),
     stat("Pool waiters", f"sum(pgbouncer_pools_client_waiting_connections{{{T}}}) or vector(0)",
-         "short", 1, 10, "PgBouncer clients waiting for a server connection."),
-    stat("Late runs", f"sum(prefect_late_runs{{{T}}}) or vector(0)", "short", 1, 20),
+         "short", above("pgbouncer_waiting_clients_warning"), None,
+         "PgBouncer clients waiting for a server connection."),
+    stat("Late runs", f"sum(prefect_late_runs{{{T}}}) or vector(0)", "short",
+         above("late_runs_warning")),
     stat("Connection budget used", f"max(prefect_pg:postgres_connection_budget:ratio{{{T}}})",
-         "percentunit", 0.85, 0.95,
+         "percentunit", TH["connections_warning_ratio"], TH["connections_critical_ratio"],
          "Client backends / (max_connections - superuser_reserved_connections)."),
     stat("ClientRead stalls", f"sum(postgres_client_read_in_transaction_sessions{{{T}}})",
          "short", 1, 3, "Sessions inside a transaction whose client stopped talking."),
     stat("Services copies (LISTEN)", "sum(postgres_listen_sessions{channel=\"prefect_automation_"
-         f"changes\",{T}}}) or vector(0)", "short", 2, 3),
+         f"changes\",{T}}}) or vector(0)", "short", above("listen_sessions_warning")),
     stat("Backlog max delay", f"max(prefect_scheduled_backlog_max_delay_seconds{{{T}}})", "s",
-         60, 300),
+         TH["backlog_delay_warning_seconds"]),
     stat("Exporter sources down", f"count(prefect_pg_exporter_source_up{{{T}}} == 0) "
          "or vector(0)", "short", None, 1),
     table("Oldest transactions: who holds them",
@@ -276,8 +289,7 @@ def dashboard(uid: str, title: str, panels: Sequence[Panel]) -> dict[str, Any]:
              "hide": 0},
         ]},
         "links": [{"title": "Runbooks", "type": "link", "targetBlank": True,
-                   "url": "https://github.com/prefect-pg-exporter/prefect-pg-exporter/blob/main/"
-                          "docs/runbooks.md"}],
+                   "url": RUNBOOK_BASE_URL}],
         "panels": [_panel(p, i, pos) for i, (p, pos) in enumerate(_layout(panels), start=1)],
     }
 

@@ -14,7 +14,7 @@ from exporter.thresholds import thresholds
 
 def source_failures(failures: Sequence[SourceFailure]) -> Iterator[Finding]:
     for f in failures:
-        yield Finding("source_down", "critical", f.target, f"cannot read {f.kind} {f.target}",
+        yield Finding("source_down", "warning", f.target, f"cannot read {f.kind} {f.target}",
                       (f.error,), "Is it up and reachable with these credentials? The exporter "
                       "keeps retrying; its other sources are not affected.")
 

@@ -3,7 +3,8 @@ the dashboards, so that what pages and what the diagnosis says always agree."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -42,9 +43,36 @@ THRESHOLDS: dict[str, Threshold] = {
 
 
 def thresholds(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Every threshold: the defaults, with the overrides given."""
     values = {name: t.default for name, t in THRESHOLDS.items()}
     for name, value in (overrides or {}).items():
         if name not in THRESHOLDS:
-            raise ValueError(f"unknown threshold {name!r}; see --thresholds")
+            raise ValueError(f"unknown threshold {name!r} (python -m exporter.alerting "
+                             "--thresholds lists them)")
         values[name] = value
     return values
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, float]:
+    """`NAME=VALUE` items (from --set, or a comma-separated PREFECT_PG_EXPORTER_THRESHOLDS) into
+    overrides; a malformed item, an unknown name or a value that is not a finite number
+    >= 0 raises ValueError with a one-line message."""
+    overrides: dict[str, float] = {}
+    for item in items:
+        name, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not name:
+            raise ValueError(f"{item.strip()!r} is not NAME=VALUE")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r}: not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}={text}: must be a finite number >= 0")
+        overrides[name] = value
+    thresholds(overrides)  # refuses unknown names
+    return overrides
+
+
+def split_items(text: str) -> list[str]:
+    """'a=1, b=2' -> ['a=1', 'b=2'] (empty items ignored)."""
+    return [item for item in text.split(",") if item.strip()]

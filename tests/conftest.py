@@ -4,6 +4,7 @@ the lab's real servers)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ async def start_exporter() -> AsyncIterator[StartExporter]:
     """Start an exporter on a free port with fast polling; flags as keyword arguments."""
     started: list[Exporter] = []
 
-    async def start(**flags: str) -> Exporter:
+    async def start(**flags: Any) -> Exporter:
         settings = {**FAST_POLL, "listen_address": "127.0.0.1:0", **flags}
         exporter = Exporter(load(settings, environ={}))
         await exporter.start()

@@ -81,6 +81,9 @@ CONFIG_KEYS: tuple[tuple[str, ...], ...] = (
      ", seconds: a server idle in transaction longer is closed (0 = never)."),
     ("query_timeout", "query_timeout_seconds",
      ", seconds: queries running longer are cancelled (0 = never)."),
+    ("max_prepared_statements", "max_prepared_statements",
+     ": protocol-level prepared statements tracked per connection in transaction pooling "
+     "(1.21+; 0 = off: asyncpg's statement caches then break through transaction pooling)."),
 )
 
 LIST_ITEMS: tuple[tuple[str, ...], ...] = (

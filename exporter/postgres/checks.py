@@ -44,7 +44,8 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
         holder = holders.get(root)
         behind = victims(root, set())
         idle = holder is not None and holder.state.startswith("idle in transaction")
-        critical = idle or longest > t["blocked_wait_critical_seconds"]
+        # as PostgresSessionsBlocked pages: on the wait, whoever holds the lock
+        critical = longest > t["blocked_wait_critical_seconds"]
         evidence = [f"root blocker: {_who(holder)}" if holder else f"root blocker: pid {root}",
                     f"{len(behind)} session(s) wait behind it (pids "
                     f"{', '.join(map(str, sorted(behind)[:10]))}), the longest for "
@@ -83,24 +84,42 @@ def stalled_clients(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
         "and TCP keepalives end such stalls for good.")
 
 
+# (check, states, warning threshold, critical threshold): as the alert rules group them
+TRANSACTION_CHECKS = (
+    ("idle_in_transaction", ("idle in transaction", "idle in transaction (aborted)"),
+     "idle_in_transaction_warning_seconds", "idle_in_transaction_critical_seconds"),
+    ("long_transaction", ("active",),
+     "active_transaction_warning_seconds", "active_transaction_critical_seconds"),
+)
+
+
 def long_transactions(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Transactions idle or active for too long, per database and application, from every
+    session (the activity groups), as the alert rules see them; the holder's pid and client
+    come from the oldest-transactions list when it names them (--top-transactions)."""
     t = ctx.thresholds
-    limits = {"idle in transaction": ("idle_in_transaction_warning_seconds",
-                                      "idle_in_transaction_critical_seconds"),
-              "idle in transaction (aborted)": ("idle_in_transaction_warning_seconds",
-                                                "idle_in_transaction_critical_seconds"),
-              "active": ("active_transaction_warning_seconds",
-                         "active_transaction_critical_seconds")}
-    for s in pg.oldest_transactions:
-        warn, crit = limits.get(s.state, (None, None))
-        if warn is None or crit is None or (s.transaction_age or 0) <= t[warn]:
-            continue
-        severity = "critical" if (s.transaction_age or 0) > t[crit] else "warning"
-        yield Finding(
-            "long_transaction", severity, pg.target,
-            f"a transaction {s.state} for {age(s.transaction_age)}", (_who(s),),
-            f"SELECT pg_terminate_backend({s.pid}); if it must not live on. Long transactions "
-            "hold locks and keep vacuum from cleaning Prefect's hot tables.")
+    for check, states, warn, crit in TRANSACTION_CHECKS:
+        oldest: dict[tuple[str, str], float] = {}
+        for g in pg.activity:
+            if g.state in states and (g.max_transaction_age or 0) > t[warn]:
+                key = (g.datname, g.application_name)
+                oldest[key] = max(oldest.get(key, 0.0), g.max_transaction_age or 0.0)
+        for (datname, app), seconds in sorted(oldest.items(), key=lambda item: -item[1]):
+            holder = next((s for s in pg.oldest_transactions if s.state in states
+                           and (s.datname, s.application_name) == (datname, app)), None)
+            yield Finding(
+                check, "critical" if seconds > t[crit] else "warning", pg.target,
+                f"a transaction {states[0]} for {age(seconds)} ({app or '-'} on {datname})",
+                (_who(holder),) if holder else (
+                    f"{app or 'no application_name'} on {datname}: its pid is not among the "
+                    f"{len(pg.oldest_transactions)} oldest transactions the exporter lists "
+                    "(--top-transactions)",),
+                (f"SELECT pg_terminate_backend({holder.pid}); if it must not live on. "
+                 if holder else "Find it: SELECT pid, state, xact_start FROM pg_stat_activity "
+                 "ORDER BY xact_start LIMIT 5; then pg_terminate_backend(pid) if it must not "
+                 "live on. ")
+                + "Long transactions hold locks and keep vacuum from cleaning Prefect's hot "
+                  "tables.")
 
 
 def connection_budget(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
@@ -146,6 +165,8 @@ def connection_budget(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 def duplicated_services(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     t = ctx.thresholds
     copies = sum(g.sessions for g in pg.activity if g.listen_channel == SERVICES_CHANNEL)
+    if any(pf.services_may_be_replicated for pf in ctx.of(PrefectSnapshot)):
+        return  # a Redis docket: several service replicas are supported and expected
     if copies > t["listen_sessions_warning"]:
         apps = sorted({g.application_name or "-" for g in pg.activity
                        if g.listen_channel == SERVICES_CHANNEL})
@@ -175,7 +196,7 @@ def safety_nets(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 def hot_tables(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     t = ctx.thresholds
     for table in pg.tables:
-        ratio = table.dead_tuples / max(table.live_tuples, 1)
+        ratio = table.dead_tuples / (table.live_tuples + 1)  # as PostgresHotTableBloat
         if table.dead_tuples > t["dead_tuples_warning"] and ratio > t["dead_tuples_warning_ratio"]:
             last = max(table.last_vacuum or 0, table.last_autovacuum or 0)
             yield Finding(

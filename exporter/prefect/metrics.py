@@ -62,6 +62,11 @@ QUEUE_PAUSED = _pf("prefect_work_queue_paused", "target work_pool work_queue",
                    "1 if the work queue is paused.")
 QUEUE_LIMIT = _pf("prefect_work_queue_concurrency_limit", "target work_pool work_queue",
                   "The queue's concurrency limit; absent when unlimited.")
+DOCKET_INFO = _pf("prefect_server_docket_info", "target scheme",
+                  "Always 1; the scheme of the server's docket (server.docket.url, Prefect "
+                  "3.6+): memory = one background-services process; redis = several replicas "
+                  "share the work (several LISTEN sessions are then expected). Only the scheme: "
+                  "the URL may hold a password.")
 SERVER_SETTING = _pf("prefect_server_setting", "target name",
                      "Numeric server settings from GET /admin/settings by JSON path (durations "
                      "in seconds, booleans 0/1): database pool_size, max_overflow, asyncpg "
@@ -79,7 +84,7 @@ SPECS: tuple[MetricSpec, ...] = (
     API_UP, SERVER_INFO, FLOW_RUNS, BACKLOG_RUNS, BACKLOG_MAX_DELAY, LATE_RUNS, UPCOMING_RUNS,
     SCHEDULED_RUNS, RUNS_IN_FLIGHT, POOL_INFO, POOL_STATUS, POOL_PAUSED, POOL_LIMIT,
     POOL_WORKERS, POOL_ONLINE_WORKERS, POOL_LAST_HEARTBEAT, QUEUE_PAUSED, QUEUE_LIMIT,
-    SERVER_SETTING, API_REQUESTS, API_REQUEST_ERRORS, API_REQUEST_SECONDS)
+    DOCKET_INFO, SERVER_SETTING, API_REQUESTS, API_REQUEST_ERRORS, API_REQUEST_SECONDS)
 
 
 def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[Metric]:
@@ -175,6 +180,10 @@ def _work_queues(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
 
 
 def _settings(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    if snap.docket_scheme:
+        docket = DOCKET_INFO.family()
+        docket.add_metric([target, snap.docket_scheme], 1)
+        yield docket
     metric = SERVER_SETTING.family()
     for name, value in sorted(snap.settings.items()):
         metric.add_metric([target, name], value)

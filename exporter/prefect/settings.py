@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from exporter.prefect.values import dig, setting_number
@@ -31,3 +32,15 @@ def parse_settings(data: Any) -> tuple[dict[str, float], dict[str, str]]:
     numbers = {p: n for p in SETTING_PATHS if (n := setting_number(dig(data, p))) is not None}
     texts = {p: v for p in TEXT_SETTING_PATHS if isinstance(v := dig(data, p), str)}
     return numbers, texts
+
+
+DOCKET_URL = "server.docket.url"  # Prefect 3.6+: memory:// (one services process) or redis://
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def docket_scheme(data: Any) -> str:
+    """Only the scheme of the docket URL ('memory', 'redis', ...; '' where the server has no
+    docket). Prefect does not redact this setting and a Redis URL may hold a password: the rest
+    of the URL is never kept, logged or exported."""
+    match = _SCHEME.match(value) if isinstance(value := dig(data, DOCKET_URL), str) else None
+    return match[1].lower() if match else ""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# docket URL schemes of a shared store: several background-service replicas are then supported
+SHARED_DOCKET_SCHEMES = ("redis", "rediss")
+
 
 @dataclass(frozen=True)
 class PoolCounts:
@@ -48,13 +51,24 @@ class Scheduling:
 
 @dataclass(frozen=True)
 class PrefectSnapshot:
+    """One poll of a Prefect server."""
+
     taken_at: float
     target: str
     version: str
     settings: dict[str, float]  # numeric settings by path; durations in seconds
     text_settings: dict[str, str]
     scheduling: Scheduling
+    # the scheme of server.docket.url: 'memory' (the default: one services process), 'redis'
+    # (several service replicas share the work), '' (before 3.6 or not readable)
+    docket_scheme: str = ""
     requests: dict[str, RequestStats] = field(default_factory=dict)
+
+    @property
+    def services_may_be_replicated(self) -> bool:
+        """Whether several background-service copies are supported: a shared (Redis) docket
+        runs each periodic job once across them (Prefect 3.6+)."""
+        return self.docket_scheme in SHARED_DOCKET_SCHEMES
 
 
 @dataclass

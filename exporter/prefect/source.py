@@ -18,7 +18,7 @@ import httpx
 from exporter.config import PrefectAuth
 from exporter.prefect.client import PrefectClient
 from exporter.prefect.scheduling import list_work_pools, read_scheduling
-from exporter.prefect.settings import parse_settings
+from exporter.prefect.settings import docket_scheme, parse_settings
 from exporter.prefect.snapshot import PrefectSnapshot
 from exporter.source import ErrorMap, translated
 
@@ -62,6 +62,7 @@ class PrefectSource:
             version=version if isinstance(version, str) else "",
             settings=numbers, text_settings=texts,
             scheduling=scheduling,
+            docket_scheme=docket_scheme(settings),
             requests=api.request_stats(),
         )
 

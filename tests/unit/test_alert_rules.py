@@ -24,6 +24,7 @@ IIT = f'{DB},datname="prefect",application_name="app"'
 POOL = 'target="pgb",database="prefect",user="prefect"'
 WP = 'target="prefect",work_pool="a"'
 CACHE = 'name="server.database.sqlalchemy.connect_args.statement_cache_size"'
+PREPARED = 'name="server.database.sqlalchemy.connect_args.prepared_statement_cache_size"'
 
 # (alert, input series {series: values}, eval time, expected labels or [] for quiet)
 Case = tuple[str, dict[str, str], str, list[dict[str, str]]]
@@ -88,6 +89,9 @@ CASES: list[Case] = [
      "12m", [{"target": "prefect", "work_pool": "a"}]),
     ("PrefectLateRuns",  # going down: being worked off, quiet
      {f"prefect_late_runs{{{WP}}}": "30 28 26 24 22 20 18 16 14 12 10 8 6 4 2"}, "12m", []),
+    ("PrefectLateRuns",  # nobody to take them: PrefectWorkPoolWithoutWorkers says so, quiet
+     {f"prefect_late_runs{{{WP}}}": "4x20", f"prefect_work_pool_online_workers{{{WP}}}": "0x20",
+      f"prefect_work_pool_paused{{{WP}}}": "0x20"}, "12m", []),
     ("PrefectScheduledBacklogDelay",
      {f"prefect_scheduled_backlog_max_delay_seconds{{{WP}}}": "600x20"},
      "10m", [{"target": "prefect", "work_pool": "a"}]),
@@ -112,6 +116,13 @@ CASES: list[Case] = [
     ("PrefectDuplicatedBackgroundServices",
      {f'postgres_listen_sessions{{{DB},channel="prefect_automation_changes"}}': "1x20"},
      "10m", []),
+    ("PrefectDuplicatedBackgroundServices",  # a Redis docket: replicas are supported, quiet
+     {f'postgres_listen_sessions{{{DB},channel="prefect_automation_changes"}}': "3x20",
+      'prefect_server_docket_info{target="prefect",scheme="redis"}': "1x20"}, "10m", []),
+    ("PrefectDuplicatedBackgroundServices",  # the default memory docket: fires
+     {f'postgres_listen_sessions{{{DB},channel="prefect_automation_changes"}}': "2x20",
+      'prefect_server_docket_info{target="prefect",scheme="memory"}': "1x20"},
+     "10m", [{"target": "db", "channel": "prefect_automation_changes"}]),
     ("PrefectPgExporterSourceDown",
      {'prefect_pg_exporter_source_up{source="postgres",target="db"}': "0x10"},
      "5m", [{"source": "postgres", "target": "db"}]),
@@ -133,15 +144,22 @@ CASES: list[Case] = [
      {f'postgres_setting_seconds{{{DB},name="statement_timeout"}}': "0x150"},
      "2h", [{"target": "db", "name": "statement_timeout"}]),
     ("PrefectStatementCacheWithTransactionPooling",
-     {'pgbouncer_config_pool_mode_info{target="pgb",pool_mode="transaction"}': "1x30",
-      'prefect_api_up{target="prefect"}': "1x30",
-      f'prefect_server_setting{{target="prefect",{CACHE}}}': "100x30"}, "20m", [{}]),
+     {f'pgbouncer_pools_mode_info{{{POOL},pool_mode="transaction"}}': "1x30",
+      f'prefect_server_setting{{target="prefect",{CACHE}}}': "100x30",
+      f'prefect_server_setting{{target="prefect",{PREPARED}}}': "0x30"}, "20m", [{}]),
     ("PrefectStatementCacheWithTransactionPooling",
-     {'pgbouncer_config_pool_mode_info{target="pgb",pool_mode="transaction"}': "1x30",
-      'prefect_api_up{target="prefect"}': "1x30",
-      f'prefect_server_setting{{target="prefect",{CACHE}}}': "0x30"}, "20m", []),
+     {f'pgbouncer_pools_mode_info{{{POOL},pool_mode="transaction"}}': "1x30",
+      f'prefect_server_setting{{target="prefect",{CACHE}}}': "0x30",
+      f'prefect_server_setting{{target="prefect",{PREPARED}}}': "0x30"}, "20m", []),
     ("PrefectStatementCacheWithTransactionPooling",  # session pooling: quiet
-     {'pgbouncer_config_pool_mode_info{target="pgb",pool_mode="session"}': "1x30",
+     {f'pgbouncer_pools_mode_info{{{POOL},pool_mode="session"}}': "1x30",
+      f'prefect_server_setting{{target="prefect",{CACHE}}}': "100x30"}, "20m", []),
+    ("PrefectStatementCacheWithTransactionPooling",  # PgBouncer 1.21+ tracks them: quiet
+     {f'pgbouncer_pools_mode_info{{{POOL},pool_mode="transaction"}}': "1x30",
+      'pgbouncer_config_max_prepared_statements{target="pgb"}': "200x30",
+      f'prefect_server_setting{{target="prefect",{CACHE}}}': "100x30"}, "20m", []),
+    ("PrefectStatementCacheWithTransactionPooling",  # no settings to tell (Cloud): quiet
+     {f'pgbouncer_pools_mode_info{{{POOL},pool_mode="transaction"}}': "1x30",
       'prefect_api_up{target="prefect"}': "1x30"}, "20m", []),
     ("PostgresHotTableBloat",
      {f'postgres_table_dead_tuples{{{DB},schema="public",table="log"}}': "200000x150",
@@ -156,9 +174,9 @@ CASES: list[Case] = [
 
 def test_generated_rules_and_docs_are_in_sync() -> None:
     assert RULES.read_text() == alerting.render_yaml(alerting.rule_groups()), \
-        "regenerate: python -m exporter.alerting > alerts/prefect-pg-exporter.rules.yml"
+        "regenerate: scripts/generate"
     assert (ROOT / "docs" / "alerts.md").read_text() == alerting.render_markdown(), \
-        "regenerate: python -m exporter.alerting --markdown > docs/alerts.md"
+        "regenerate: scripts/generate"
 
 
 def test_rules_use_only_catalogued_metrics_and_have_runbooks() -> None:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_docs_metrics_md_is_generated_from_the_catalogue() -> None:
     committed = (ROOT / "docs" / "metrics.md").read_text()
     assert committed == render_markdown(), \
-        "regenerate: .venv/bin/python -m exporter.catalogue > docs/metrics.md"
+        "regenerate: scripts/generate"
 
 
 def test_names_follow_prometheus_conventions() -> None:
@@ -40,3 +40,4 @@ def test_readme_documents_every_setting() -> None:
         assert f"`{setting.flag}`" in readme, setting.flag
         if setting.secret:
             assert f"`{setting.env}_FILE`" in readme, setting.env + "_FILE"
+    assert "`PREFECT_PG_EXPORTER_THRESHOLDS`" in readme and "`--set NAME=VALUE`" in readme

@@ -209,3 +209,41 @@ def test_cli_listen_address_in_use_is_a_clear_error() -> None:
         done = _cli("--postgres-dsn", DSN, "--listen-address", f"127.0.0.1:{port}")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith("address already in use")
+
+
+def test_thresholds_from_file_environment_and_set_merge_by_name(tmp_path: Path) -> None:
+    file = tmp_path / "exporter.toml"
+    file.write_text(f'postgres_dsn = "{DSN}"\n[thresholds]\nlate_runs_warning = 5\n'
+                    "blocked_wait_critical_seconds = 30\n")
+    env = {"PREFECT_PG_EXPORTER_CONFIG_FILE": str(file),
+           "PREFECT_PG_EXPORTER_THRESHOLDS": "late_runs_warning=7, dead_tuples_warning=10"}
+    config = load({"thresholds": ["dead_tuples_warning=20"]}, env)
+    assert config.thresholds == {"late_runs_warning": 7, "blocked_wait_critical_seconds": 30,
+                                 "dead_tuples_warning": 20}
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("env", "nonsense=1", "unknown threshold 'nonsense'"),
+    ("env", "late_runs_warning", "not NAME=VALUE"),
+    ("env", "late_runs_warning=soon", "not a number"),
+    ("env", "late_runs_warning=-1", "finite number >= 0"),
+    ("flag", "late_runs_warning=nan", "finite number >= 0"),
+])
+def test_malformed_thresholds_are_refused_in_one_line(where: str, value: str,
+                                                      message: str) -> None:
+    flags = {"thresholds": [value]} if where == "flag" else {}
+    env = {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN}
+    if where == "env":
+        env["PREFECT_PG_EXPORTER_THRESHOLDS"] = value
+    with pytest.raises(ConfigError, match=message) as info:
+        load(flags, env)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_set_reaches_the_doctor_and_a_bad_one_exits_2() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PREFECT_PG_EXPORTER_POSTGRES_DSN":
+           "postgresql://x@127.0.0.1:1/db", "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "1"}
+    bad = subprocess.run([sys.executable, "-m", "exporter", "doctor", "--set", "nope=1"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "unknown threshold 'nope'" in bad.stderr

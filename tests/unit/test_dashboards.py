@@ -24,4 +24,19 @@ def test_committed_dashboards_are_generated() -> None:
     root = Path(__file__).resolve().parents[2] / "dashboards"
     for name, text in dashboards.render_all().items():
         assert (root / name).read_text() == text, \
-            f"regenerate: python -m exporter.dashboards dashboards ({name})"
+            f"regenerate: scripts/generate ({name})"
+
+
+def test_dashboards_take_their_thresholds_and_runbook_link_from_the_one_place() -> None:
+    from exporter.thresholds import THRESHOLDS
+
+    board = dashboards.dashboard("overview", "t", dashboards.OVERVIEW)
+    budget = next(p for p in board["panels"] if p["title"] == "Connection budget used")
+    steps = [s["value"] for s in budget["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, THRESHOLDS["connections_warning_ratio"].default,
+                     THRESHOLDS["connections_critical_ratio"].default]
+    idle = next(p for p in board["panels"] if p["title"] == "Oldest idle in transaction")
+    steps = [s["value"] for s in idle["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, THRESHOLDS["idle_in_transaction_warning_seconds"].default,
+                     THRESHOLDS["idle_in_transaction_critical_seconds"].default]
+    assert board["links"][0]["url"] == alerting.RUNBOOK_BASE_URL

@@ -849,7 +849,7 @@ def test_committed_prometheusrule_is_up_to_date() -> None:
     source = _source_groups()
     (rule,) = _yaml_docs(committed)
     _check_prometheusrule_shape(rule)
-    assert rule["spec"]["groups"] == source, "run generate_prometheusrule.py again"
+    assert rule["spec"]["groups"] == source, "regenerate: scripts/generate"
 
 
 def _write_rules(path: Path, *groups: str) -> None:
