@@ -2,7 +2,7 @@
 # prefect-pg-exporter container image.
 #
 #   docker build -t prefect-pg-exporter .
-#   docker run --rm -p 9816:9816 \
+#   docker run --rm -p 10816:10816 \
 #     -e PREFECT_PG_EXPORTER_POSTGRES_DSN='postgresql://prefect_exporter@db:5432/prefect' \
 #     -e PGPASSWORD=... prefect-pg-exporter
 #
@@ -40,9 +40,9 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels prefect-pg-exporter \
  && prefect-pg-exporter --version
 USER 65532:65532
-EXPOSE 9816
+EXPOSE 10816
 # No curl in the slim image: the exporter asks its own /healthz, on the port of
-# PREFECT_PG_EXPORTER_LISTEN_ADDRESS (default 0.0.0.0:9816), over TLS when the web config says so.
+# PREFECT_PG_EXPORTER_LISTEN_ADDRESS (default 0.0.0.0:10816), over TLS when the web config says so.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["prefect-pg-exporter", "healthcheck"]
 ENTRYPOINT ["prefect-pg-exporter"]

@@ -69,7 +69,7 @@ class Config:
     prefect_targets: tuple[PrefectTarget, ...] = ()
     prefect_upcoming_horizon_seconds: float = 3600.0
     prefect_max_concurrent_requests: int = 4
-    listen: Listen = Listen("0.0.0.0", 9816)
+    listen: Listen = Listen("0.0.0.0", 10816)
     poll_interval_seconds: float = 15.0
     poll_timeout_seconds: float = DEFAULT_POLL_TIMEOUT_SECONDS
     log_level: str = "info"
@@ -131,7 +131,7 @@ def _choice(*choices: str) -> Callable[[str], str]:
 def _listen(raw: str) -> Listen:
     match = re.fullmatch(r"\s*(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\s]*)):(?P<port>\d{1,5})\s*", raw)
     if not match or not 0 <= int(match["port"]) < 65536:
-        raise ValueError("must be host:port, e.g. 0.0.0.0:9816, :9816 or [::1]:9816 "
+        raise ValueError("must be host:port, e.g. 0.0.0.0:10816, :10816 or [::1]:10816 "
                          "(port 0: any free port)")
     return Listen(match["v6"] or match["host"] or "0.0.0.0", int(match["port"]))
 

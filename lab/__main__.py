@@ -28,7 +28,7 @@ from lab.prefect import LabPrefect, start_prefect
 from lab.prefect_api import PrefectAPI
 from lab.prometheus import LabPrometheus
 
-DEFAULT_PORT = 9816
+DEFAULT_PORT = 10816
 INCIDENTS = ("  incidents  an idle-in-transaction blocker with a writer behind it, two LISTEN "
              "sessions,\n             PgBouncer clients waiting for a server connection, "
              "overdue runs in work pool demo-pool\n             (Late after 15 s, no worker)")

@@ -144,11 +144,11 @@ def test_prefect_falls_back_to_prefects_own_variables(tmp_path: Path) -> None:
 def test_kubernetes_service_links_are_not_unknown_variables() -> None:
     config = load({}, {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN,
                        "PREFECT_PG_EXPORTER_SERVICE_HOST": "10.0.0.1",
-                       "PREFECT_PG_EXPORTER_SERVICE_PORT": "9816",
-                       "PREFECT_PG_EXPORTER_SERVICE_PORT_METRICS": "9816",
-                       "PREFECT_PG_EXPORTER_PORT": "tcp://10.0.0.1:9816",
-                       "PREFECT_PG_EXPORTER_PORT_9816_TCP_ADDR": "10.0.0.1"})
-    assert config.listen.port == 9816
+                       "PREFECT_PG_EXPORTER_SERVICE_PORT": "10816",
+                       "PREFECT_PG_EXPORTER_SERVICE_PORT_METRICS": "10816",
+                       "PREFECT_PG_EXPORTER_PORT": "tcp://10.0.0.1:10816",
+                       "PREFECT_PG_EXPORTER_PORT_10816_TCP_ADDR": "10.0.0.1"})
+    assert config.listen.port == 10816
 
 
 def test_unknown_variables_and_keys(tmp_path: Path) -> None:
