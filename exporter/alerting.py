@@ -74,6 +74,22 @@ RECORDING_RULES: tuple[tuple[str, str], ...] = (
 # the Late and backlog alerts of the same pool stay quiet (one page, the root cause).
 UNSERVED = "(prefect_work_pool_online_workers == 0 or prefect_work_pool_paused == 1)"
 
+# Opt-in (alerts/compat/): the names of prometheus-community/pgbouncer_exporter up to 0.10
+# (SHOW STATS), which the pgbouncer-mixin's dashboards and older dashboards still query. 0.11
+# moved to SHOW STATS_TOTALS and pgbouncer_stats_totals_*, the names this exporter uses.
+PGBOUNCER_EXPORTER_0_10_NAMES: tuple[tuple[str, str], ...] = tuple(
+    (f"pgbouncer_stats_{suffix}", f"pgbouncer_stats_totals_{suffix}") for suffix in (
+        "queries_pooled_total", "queries_duration_seconds_total", "received_bytes_total",
+        "sent_bytes_total", "client_wait_seconds_total", "sql_transactions_pooled_total",
+        "server_in_transaction_seconds_total"))
+
+
+def compat_rule_groups() -> dict[str, Any]:
+    return {"groups": [{"name": "prefect-pg-exporter.pgbouncer-exporter-0.10-names",
+                        "rules": [{"record": old, "expr": new}
+                                  for old, new in PGBOUNCER_EXPORTER_0_10_NAMES]}]}
+
+
 ALERTS: tuple[Alert, ...] = (
     Alert("PostgresIdleInTransaction", "warning",
           'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
@@ -287,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runbook-base-url", default=RUNBOOK_BASE_URL)
     parser.add_argument("--thresholds", action="store_true", help="list thresholds and exit")
     parser.add_argument("--markdown", action="store_true", help="print docs/alerts.md")
+    parser.add_argument("--pgbouncer-0.10-names", dest="compat", action="store_true",
+                        help="print the opt-in recording rules for pgbouncer_exporter <= 0.10 "
+                             "names (alerts/compat/)")
     args = parser.parse_args(argv)
     if args.thresholds:
         for name, t in THRESHOLDS.items():
@@ -294,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.markdown:
         print(render_markdown(), end="")
+        return 0
+    if args.compat:
+        print(render_yaml(compat_rule_groups()), end="")
         return 0
     try:
         overrides = parse_overrides(args.set)
