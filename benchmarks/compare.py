@@ -3,18 +3,24 @@
 Starts the lab (PostgreSQL 15 with room for thousands of backends, PgBouncer in transaction
 pooling in front of it) and prints, all measured in this run:
 
-1. PostgreSQL at 100 / 1,000 / 2,000 client backends (opened as benchmarks/bench.py does):
-   prometheus-community postgres_exporter (Debian's prometheus-postgres-exporter, default
-   collectors, as the pg_monitor role) and this exporter, each alone: scrape latency p50/p99,
-   CPU per scrape (ours: per poll, and per scrape), CPU of the database backends per scrape or
-   poll, RSS, sessions held on the database; our poll duration; and the floor, our SQL bare
-   through asyncpg, with our poll as a ratio to it.
-2. Incidents reproduced one at a time in a quiet lab, and whether each exporter's /metrics
-   identifies them: a metric whose value says so, and did not say so just before.
+1. PostgreSQL at 100 / 1,000 / 2,000 / 5,000 client backends (opened as benchmarks/bench.py
+   does): prometheus-community postgres_exporter (Debian's prometheus-postgres-exporter 0.11.1,
+   as the pg_monitor role) in two setups, its defaults and "emulated current" (the same binary
+   running, through --extend.query-path, the SQL of the current release's stat_activity with
+   wait-event labels, of the opt-in long_running_transactions collector and of the proposed
+   pg_blocked / pg_oldest_blocked collectors: benchmarks/postgres_exporter_current.yaml), and
+   this exporter, each alone: scrape latency p50/p99, CPU per scrape (ours: per poll, and per
+   scrape), CPU of the database backends per scrape or poll, RSS, sessions held on the
+   database, series exported; our poll duration; and the floor, our SQL bare through asyncpg,
+   with our poll as a ratio to it.
+2. Incidents reproduced one at a time with lab/incidents.py in a quiet lab (a lock chain, a
+   stalled COPY, a duplicated LISTEN, a long statement), and whether each exporter's /metrics
+   identifies them: a sign (metric, labels, value) that holds during the incident and did not
+   just before, evaluated on every exporter's real output; when none holds, what changed.
 3. PgBouncer: the PgBouncer exporters available here (Debian's prometheus-pgbouncer-exporter;
    spreaker's prometheus-pgbouncer-exporter from PyPI when its virtualenv exists) and this
    exporter, the same figures plus logins and connections held on PgBouncer (SHOW CLIENTS), the
-   floor through psycopg, and the pool-exhaustion incident.
+   floor through psycopg, and the pool-exhaustion incident judged the same way.
 4. cProfile's top functions of our PostgreSQL poll (poll + postgres_families) at the largest
    size, and of a render (diagnose + Exposition.render) with thousands of series.
 
@@ -33,54 +39,80 @@ import asyncio
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import psycopg
 
 from benchmarks.bench import open_backends
-from benchmarks.compare_incidents import incidents, pool_incident
+from benchmarks.compare_incidents import POOL_SURPLUS, pool_section, postgres_section
 from benchmarks.compare_procs import (
-    PG_EXPORTER,
     Figures,
+    Peer,
     Run,
     Running,
+    Sessions,
     bouncer_version,
     login_counter,
     measure_ours,
     measure_theirs,
     pg_sessions,
-    pgb_candidates,
     pgb_clients,
+    pgbouncer_peers,
+    postgres_peers,
     start_ours,
-    start_postgres_exporter,
+    start_peer,
 )
 from benchmarks.compare_profile import pgbouncer_floor, postgres_floor, profile_postgres
-from benchmarks.compare_report import header, print_figures, print_floor, print_ratios
-from lab.common import LabError, lab_root
+from benchmarks.compare_report import (
+    header,
+    print_figures,
+    print_floor,
+    print_incidents,
+    print_ratios,
+)
+from lab.common import lab_root
 from lab.pgbouncer import ADMIN_PASSWORD, ADMIN_USER, start_pgbouncer
 from lab.postgres import start_postgres
 
+
+async def measure_peers(run: Run, peers: Sequence[Peer], sessions: Callable[[], Sessions],
+                        logins: Callable[[], int] | None = None) -> list[Figures]:
+    """Each peer alone, started, scraped and stopped; those that cannot run are named."""
+    rows = []
+    for peer in peers:
+        running = start_peer(run.procs, run.root, peer)
+        if not isinstance(running, Running):
+            print(f"  {peer.name}: not measured: {running}")
+            continue
+        try:
+            rows.append(await measure_theirs(running, sessions(), run.args.scrapes, logins))
+        finally:
+            run.procs.stop(running)
+    return rows
+
+
+# ---- 1. PostgreSQL at N backends ----------------------------------------------------------------
 
 async def postgres_at(run: Run, n: int) -> None:
     args = run.args
     started = time.monotonic()
     conns = await open_backends(run.pg, n)
     print(f"\nAt {n:,} client backends (opened in {time.monotonic() - started:.1f}s; 5% idle "
-          "in transaction, 5% in pg_sleep):", flush=True)
+          f"in transaction, 5% in pg_sleep; load average {os.getloadavg()[0]:.2f}):", flush=True)
     try:
-        theirs = None
-        if shutil.which(PG_EXPORTER):
-            running = start_postgres_exporter(run.procs, run.root, run.pg)
-            theirs = await measure_theirs(running, pg_sessions(run.observer), args.scrapes)
-            run.procs.stop(running)
+        theirs = await measure_peers(run, postgres_peers(run.pg),
+                                     lambda: pg_sessions(run.observer))
         running = start_ours(run.procs, run.root, args.interval,
                              postgres_dsn=run.pg.monitor_dsn())
-        ours = await measure_ours(running, "postgres", pg_sessions(run.observer), args.polls,
-                                  args.our_scrapes, args.interval)
-        run.procs.stop(running)
-        print_figures([f for f in (theirs, ours) if f is not None], "DB")
-        if theirs is not None:
-            print_ratios(ours, theirs, "DB")
+        try:
+            ours = await measure_ours(running, "postgres", pg_sessions(run.observer),
+                                      args.polls, args.our_scrapes, args.interval)
+        finally:
+            run.procs.stop(running)
+        print_figures([*theirs, ours], "DB")
+        for peer in theirs:
+            print_ratios(ours, peer, "DB")
         print_floor("PostgresSource.poll", await postgres_floor(run.pg, args.rounds),
                     args.rounds)
         if args.profile and n == max(args.backends):
@@ -100,39 +132,37 @@ async def drop_backends(observer: asyncpg.Connection) -> None:
         await asyncio.sleep(0.2)
 
 
+# ---- 2. incidents -------------------------------------------------------------------------------
+
+async def incidents(run: Run) -> None:
+    print(f"\nIncidents, each reproduced alone (lab/incidents.py) in a quiet lab, every exporter "
+          f"scraped just before it and {run.args.settle:g}s after it began. DETECTED = a sign "
+          "(a sample whose name, labels and value identify it) that holds during the incident "
+          "and did not just before; otherwise what changed meanwhile in the families that "
+          "describe sessions and locks:", flush=True)
+    print_incidents(await postgres_section(run))
+
+
+# ---- 3. PgBouncer -------------------------------------------------------------------------------
+
 async def pgbouncer_section(run: Run) -> None:
     args, bouncer = run.args, run.bouncer
     print(f"\nPgBouncer {bouncer_version(bouncer)} (transaction pooling, pool_size "
-          f"{bouncer.pool_size}), quiet:")
+          f"{bouncer.pool_size}), quiet:", flush=True)
     observer = await psycopg.AsyncConnection.connect(
         bouncer.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgbouncer"), autocommit=True,
         prepare_threshold=None)
     logins = login_counter(bouncer)
     pid = int((bouncer.root / "pgbouncer.pid").read_text().split()[0])
-    rows: list[Figures] = []
-    started: dict[str, Running] = {}
-    failed: dict[str, str] = {}
     try:
-        for key, starter, why in pgb_candidates():
-            if starter is None:
-                print(f"  skipped {key}: {why}")
-                failed[key] = why
-                continue
-            try:
-                running = starter(run.procs, run.root, bouncer)
-            except LabError as exc:
-                print(f"  {key}: does not start against PgBouncer {bouncer_version(bouncer)}: "
-                      f"{exc}")
-                failed[key] = f"does not start ({str(exc).split(': ', 1)[-1]})"
-                continue
-            rows.append(await measure_theirs(running, pgb_clients(observer, pid),
-                                             args.scrapes, logins))
-            started[key] = running
-            run.procs.stop(running)
+        rows = await measure_peers(run, pgbouncer_peers(bouncer),
+                                   lambda: pgb_clients(observer, pid), logins)
         ours = start_ours(run.procs, run.root, args.interval, pgbouncer_dsn=bouncer.stats_dsn())
-        rows.append(await measure_ours(ours, "pgbouncer", pgb_clients(observer, pid),
-                                       args.polls, args.our_scrapes, args.interval, logins))
-        run.procs.stop(ours)
+        try:
+            rows.append(await measure_ours(ours, "pgbouncer", pgb_clients(observer, pid),
+                                           args.polls, args.our_scrapes, args.interval, logins))
+        finally:
+            run.procs.stop(ours)
     finally:
         await observer.close()
     print_figures(rows, "PgBouncer")
@@ -140,34 +170,50 @@ async def pgbouncer_section(run: Run) -> None:
         print_ratios(rows[-1], theirs, "PgBouncer")
     print_floor("PgBouncerSource.poll", await pgbouncer_floor(bouncer, args.rounds),
                 args.rounds)
-    await pool_incident(run, started, failed)
+    print(f"\nPool exhaustion: {bouncer.pool_size + POOL_SURPLUS} clients in pg_sleep through "
+          f"PgBouncer, pool_size {bouncer.pool_size}, scraped {args.settle:g}s after they "
+          "began:", flush=True)
+    print_incidents(await pool_section(run))
 
 
+# ---- main ---------------------------------------------------------------------------------------
 
 def sizes(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def parse_args() -> argparse.Namespace:
+FULL = {"backends": [100, 1000, 2000, 5000], "scrapes": 300, "our_scrapes": 2000, "polls": 40,
+        "rounds": 20}
+# For developing on a shared machine: one small size, a few of everything (figures not for use).
+QUICK = {"backends": [100], "scrapes": 50, "our_scrapes": 300, "polls": 8, "rounds": 5}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", type=sizes, default=[100, 1000, 2000],
-                        help="client backend counts, comma-separated (default 100,1000,2000)")
-    parser.add_argument("--scrapes", type=int, default=300,
-                        help="scrapes of each collect-on-scrape exporter")
-    parser.add_argument("--our-scrapes", type=int, default=2000,
-                        help="scrapes of ours (cheap: more of them to measure its CPU above "
-                             "the 10 ms tick)")
-    parser.add_argument("--polls", type=int, default=40,
-                        help="polls of ours watched for their duration, then for CPU")
+    parser.add_argument("--quick", action="store_true",
+                        help="small and short: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+                        + "; options given explicitly still win")
+    parser.add_argument("--backends", "--sizes", type=sizes,
+                        help="client backend counts, comma-separated (default 100,1000,2000,5000)")
+    parser.add_argument("--scrapes", type=int,
+                        help="scrapes of each collect-on-scrape exporter (default 300)")
+    parser.add_argument("--our-scrapes", type=int,
+                        help="scrapes of ours (default 2000; cheap: more of them to measure its "
+                             "CPU above the 10 ms tick)")
+    parser.add_argument("--polls", type=int,
+                        help="polls of ours watched for their duration, then for CPU (default 40)")
     parser.add_argument("--interval", type=float, default=0.5,
                         help="our poll interval while measured (seconds)")
-    parser.add_argument("--rounds", type=int, default=20, help="floor and profile rounds")
+    parser.add_argument("--rounds", type=int, help="floor and profile rounds (default 20)")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds between an incident's start and the scrape")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
-    return parser.parse_args()
-
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 async def main() -> None:

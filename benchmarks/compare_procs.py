@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -35,6 +36,7 @@ SPREAKER_VENV = Path(os.environ.get("SPREAKER_PGBOUNCER_EXPORTER_VENV",
 SPREAKER_SETUP = (f"python3 -m venv {SPREAKER_VENV} && {SPREAKER_VENV}/bin/pip install --no-deps "
                   "prometheus-pgbouncer-exporter==2.1.2 prometheus-client==0.8.0 "
                   "python-json-logger==0.1.11 PyYAML psycopg2-binary")
+CURRENT_QUERIES = Path(__file__).with_name("postgres_exporter_current.yaml")
 SHOWS = ("VERSION", "POOLS", "DATABASES", "STATS_TOTALS", "CONFIG", "LISTS")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 Sample = tuple[str, dict[str, str], float]
@@ -158,6 +160,7 @@ class Figures:
     poll_p99: float = 0.0
     poll_cpu: float = 0.0
     polls: int = 0
+    series: int = 0  # samples in one /metrics body, read after the measurement
 
 
 # ---- who holds what on the servers ----------------------------------------------------------
@@ -250,7 +253,7 @@ async def measure_theirs(running: Running, sessions: Sessions, scrapes: int,
     logins_per = (logins() - before_logins) / scrapes if logins else None
     return Figures(running.name, pct(times, 0.5), pct(times, 0.99), cpu / scrapes,
                    rss_mb(running.pid), sessions.current, sessions.max, server / scrapes,
-                   logins_per)
+                   logins_per, series=len(await asyncio.to_thread(samples, running.port)))
 
 
 def health(port: int, kind: str) -> tuple[int, float]:
@@ -308,7 +311,8 @@ async def measure_ours(running: Running, kind: str, sessions: Sessions, polls: i
     return Figures(running.name, pct(times, 0.5), pct(times, 0.99),
                    max(cpu_b - polls_b * per_poll, 0.0) / scrapes, rss_mb(running.pid),
                    sessions.current, sessions.max, server_cpu, logins_per,
-                   pct(durations, 0.5), pct(durations, 0.99), per_poll, len(durations))
+                   pct(durations, 0.5), pct(durations, 0.99), per_poll, len(durations),
+                   len(await asyncio.to_thread(samples, running.port)))
 
 
 # ---- the exporters ----------------------------------------------------------------------------
@@ -323,13 +327,15 @@ def start_ours(procs: Procs, root: Path, interval: float, **settings: str) -> Ru
     return procs.start(OURS, [sys.executable, "-m", "exporter"], env, port, root / "ours.log")
 
 
-def start_postgres_exporter(procs: Procs, root: Path, pg: LabPostgres) -> Running:
+def start_postgres_exporter(procs: Procs, root: Path, pg: LabPostgres,
+                            setup: PgSetup | None = None) -> Running:
+    setup = setup or PG_SETUPS[0]
     port = free_port()
-    name = f"postgres_exporter {package_version(PG_EXPORTER).split('-')[0]}"
+    name = f"postgres_exporter {package_version(PG_EXPORTER).split('-')[0]}{setup.suffix}"
     return procs.start(name, [PG_EXPORTER, f"--web.listen-address=127.0.0.1:{port}",
-                              "--log.level=warn"],
+                              "--log.level=warn", *setup.argv],
                        {"DATA_SOURCE_NAME": pg.monitor_dsn() + "?sslmode=disable"}, port,
-                       root / "postgres_exporter.log")
+                       root / f"postgres_exporter-{setup.key}.log")
 
 
 def start_debian_pgb(procs: Procs, root: Path, bouncer: LabPgBouncer) -> Running:
@@ -352,7 +358,81 @@ def start_spreaker_pgb(procs: Procs, root: Path, bouncer: LabPgBouncer) -> Runni
                        {"PYTHONWARNINGS": "ignore"}, port, root / "pgb-spreaker.log")
 
 
-# ---- 1. PostgreSQL at N backends ----------------------------------------------------------------
+# ---- the peers ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PgSetup:
+    """One way of running postgres_exporter: its defaults, or with a queries file."""
+
+    key: str
+    suffix: str  # added to its name in the report
+    argv: tuple[str, ...] = ()
+
+
+PG_SETUPS = (
+    PgSetup("defaults", ""),
+    # No release newer than 0.11.1 is packaged here: the queries file makes 0.11.1 run the SQL
+    # of the current collectors and of the proposed ones (see the file for where each is from).
+    PgSetup("current", ", emulated current", (f"--extend.query-path={CURRENT_QUERIES}",)),
+)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An exporter measured against ours, or why it cannot be here."""
+
+    key: str
+    family: str  # whose metric names it exports: ours, postgres_exporter, pgbouncer_exporter...
+    name: str
+    start: Callable[[Procs, Path], Running] | None
+    why_not: str = ""
+
+
+def postgres_peers(pg: LabPostgres) -> list[Peer]:
+    version = package_version(PG_EXPORTER).split("-")[0]
+    installed = shutil.which(PG_EXPORTER) is not None
+    return [Peer(f"pgx-{setup.key}", "postgres_exporter",
+                 f"postgres_exporter {version}{setup.suffix}",
+                 partial(_start_pgx, pg=pg, setup=setup) if installed else None,
+                 f"not installed (apt-get install -y {PG_EXPORTER})")
+            for setup in PG_SETUPS]
+
+
+def _start_pgx(procs: Procs, root: Path, *, pg: LabPostgres, setup: PgSetup) -> Running:
+    return start_postgres_exporter(procs, root, pg, setup)
+
+
+def pgbouncer_peers(bouncer: LabPgBouncer) -> list[Peer]:
+    """Debian's prometheus-pgbouncer-exporter and spreaker's, where this machine has them."""
+    debian = f"Debian {PGB_DEBIAN} {package_version(PGB_DEBIAN).split('-')[0]}"
+    spreaker = "spreaker pgbouncer-exporter 2.1.2"
+    exe = SPREAKER_VENV / "bin" / "pgbouncer-exporter"
+    return [
+        Peer("debian", "debian_pgbouncer", debian,
+             partial(_with_bouncer, start_debian_pgb, bouncer) if shutil.which(PGB_DEBIAN)
+             else None, f"not installed (apt-get install -y {PGB_DEBIAN})"),
+        Peer("spreaker", "pgbouncer_exporter", spreaker,
+             partial(_with_bouncer, start_spreaker_pgb, bouncer) if exe.exists() else None,
+             f"not set up ({SPREAKER_SETUP})"),
+    ]
+
+
+def _with_bouncer(starter: Callable[[Procs, Path, LabPgBouncer], Running],
+                  bouncer: LabPgBouncer, procs: Procs, root: Path) -> Running:
+    return starter(procs, root, bouncer)
+
+
+def start_peer(procs: Procs, root: Path, peer: Peer) -> Running | str:
+    """The running peer, or why it is not running: not installed, or it did not start."""
+    if peer.start is None:
+        return peer.why_not
+    try:
+        return peer.start(procs, root)
+    except LabError as exc:
+        return f"does not start ({str(exc).split(': ', 1)[-1]})"
+
+
+# ---- one run ----------------------------------------------------------------------------------
 
 @dataclass
 class Run:
@@ -374,20 +454,6 @@ def login_counter(bouncer: LabPgBouncer) -> Callable[[], int]:
                    if "login attempt" in line and f"user={STATS_USER}" in line)
 
     return count
-
-
-PgbStarter = Callable[[Procs, Path, LabPgBouncer], Running]
-
-
-def pgb_candidates() -> list[tuple[str, PgbStarter | None, str]]:
-    """(key, starter or None, why not) for each PgBouncer exporter this machine may have."""
-    found: list[tuple[str, PgbStarter | None, str]] = []
-    found.append(("debian", start_debian_pgb, "") if shutil.which(PGB_DEBIAN) else
-                 ("debian", None, f"not installed (apt-get install -y {PGB_DEBIAN})"))
-    exe = SPREAKER_VENV / "bin" / "pgbouncer-exporter"
-    found.append(("spreaker", start_spreaker_pgb, "") if exe.exists() else
-                 ("spreaker", None, f"not set up ({SPREAKER_SETUP})"))
-    return found
 
 
 def bouncer_version(bouncer: LabPgBouncer) -> str:
