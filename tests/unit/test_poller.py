@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 from exporter.poller import (
     FIRST_RETRY_SECONDS,
@@ -50,7 +51,7 @@ class _Flaky(NamedSource):
         self.calls = 0
         self.closed = 0
 
-    async def poll(self):  # type: ignore[no-untyped-def]  # a stand-in for Source.poll
+    async def poll(self) -> Any:  # a stand-in for Source.poll
         self.calls += 1
         if self.calls == 1:
             raise SourceError("connect", "connection refused")
