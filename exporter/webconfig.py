@@ -12,6 +12,9 @@ Prometheus exporter toolkit (`--web.config.file`), so users reuse what they know
 
 /healthz and /readyz stay open so container and kubelet probes need no credentials; they say
 only "ok" or which sources have not been read yet.
+
+What Python's ssl cannot do as Go's crypto/tls does is refused with the reason, never
+approximated: a setting that silently means something else is worse than an error at startup.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import re
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,17 +34,21 @@ import bcrypt
 from aiohttp import web
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+# client_auth_type values whose Go meaning OpenSSL can reproduce. Python's ssl has no verify
+# callback: a certificate it asks for is always verified (CERT_OPTIONAL, CERT_REQUIRED).
 CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
+# Go's "ask (or require) a certificate but do not verify it", and the toolkit's old alias.
+UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-_TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version",
-             "max_version"}
+_TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users"})
+_TLS_KEYS = frozenset({"cert_file", "key_file", "client_ca_file", "client_ca",
+                       "client_auth_type", "min_version", "max_version"})
 
 
 class WebConfigError(ValueError):
@@ -54,68 +62,153 @@ class WebConfig:
 
 
 def load_web_config(path: str) -> WebConfig:
+    try:
+        data = _read(path)
+        base = Path(path).parent
+        context = _tls(data.get("tls_server_config"), base)
+        users = _users(data.get("basic_auth_users"))
+    except WebConfigError as exc:
+        raise WebConfigError(f"web config {path}: {exc}") from None
+    return WebConfig(context, users)
+
+
+def _read(path: str) -> dict[str, Any]:
     import yaml
 
-    file = Path(path)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as exc:
-        raise WebConfigError(f"web config {path}: {exc.strerror}") from None
+        raise WebConfigError(exc.strerror or type(exc).__name__) from None
+    except UnicodeDecodeError:
+        raise WebConfigError("not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise WebConfigError(f"web config {path}: not valid YAML: "
-                             f"{str(exc).splitlines()[0]}") from None
+        raise WebConfigError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise WebConfigError(f"web config {path}: expected a mapping")
-    unknown = set(data) - {"tls_server_config", "basic_auth_users", "http_server_config"}
+        raise WebConfigError("expected a mapping")
+    unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise WebConfigError(f"web config {path}: unknown key(s) {', '.join(sorted(unknown))}")
-    tls = _ssl_context(data.get("tls_server_config"), file.parent, path)
-    users = _users(data.get("basic_auth_users"), path)
-    return WebConfig(tls, users)
+        raise WebConfigError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    return data
 
 
-def _ssl_context(tls: Any, base: Path, path: str) -> ssl.SSLContext | None:
-    if not tls:
+# ---- tls_server_config ------------------------------------------------------------------------
+
+def _tls(raw: Any, base: Path) -> ssl.SSLContext | None:
+    section = _mapping(raw, "tls_server_config")
+    if {"cert", "key"} & set(section):
+        raise WebConfigError("tls_server_config: inline cert and key are not supported (Python's "
+                             "ssl loads them only from files): use cert_file and key_file")
+    unknown = set(section) - _TLS_KEYS
+    if unknown:
+        raise WebConfigError(f"tls_server_config: unknown key(s) "
+                             f"{', '.join(sorted(map(str, unknown)))}")
+    if not section:
         return None
-    if not isinstance(tls, dict) or set(tls) - _TLS_KEYS:
-        raise WebConfigError(f"web config {path}: tls_server_config takes "
-                             f"{', '.join(sorted(_TLS_KEYS))}")
-    if not tls.get("cert_file") or not tls.get("key_file"):
-        raise WebConfigError(f"web config {path}: tls_server_config needs cert_file and key_file")
+    if not _text(section, "cert_file") or not _text(section, "key_file"):
+        # the toolkit serves plain HTTP when only versions or ciphers are set: refused here
+        raise WebConfigError("tls_server_config needs cert_file and key_file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(base / tls["cert_file"], base / tls["key_file"])
-        if tls.get("client_ca_file"):
-            context.load_verify_locations(base / tls["client_ca_file"])
-    except (OSError, ssl.SSLError) as exc:
-        raise WebConfigError(f"web config {path}: cannot load certificate or key: {exc}") \
-            from None
-    auth = tls.get("client_auth_type", "NoClientCert")
-    if auth not in CLIENT_AUTH:
-        raise WebConfigError(f"web config {path}: client_auth_type must be one of "
-                             f"{', '.join(CLIENT_AUTH)}")
-    context.verify_mode = CLIENT_AUTH[auth]
-    for key, attribute in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
-        if key in tls:
-            if tls[key] not in TLS_VERSIONS:
-                raise WebConfigError(f"web config {path}: {key} must be one of "
-                                     f"{', '.join(TLS_VERSIONS)}")
-            setattr(context, attribute, TLS_VERSIONS[tls[key]])
+    _load_certificate(context, section, base)
+    _client_auth(context, section, base)
+    _versions(context, section)
     return context
 
 
-def _users(users: Any, path: str) -> dict[str, bytes]:
+def _load_certificate(context: ssl.SSLContext, section: dict[str, Any], base: Path) -> None:
+    cert_file, key_file = _text(section, "cert_file"), _text(section, "key_file")
+    cert, key = str(base / cert_file), str(base / key_file)
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one
+        raise WebConfigError(f"cannot load certificate or key ({cert_file}, {key_file}): "
+                             f"{_reason(exc)}") from None
+
+
+def _client_auth(context: ssl.SSLContext, section: dict[str, Any], base: Path) -> None:
+    """The verify mode and the CAs client certificates must chain to."""
+    auth = _text(section, "client_auth_type") or "NoClientCert"
+    if auth in UNVERIFIED_CLIENT_AUTH:
+        raise WebConfigError(
+            f"client_auth_type {auth} takes client certificates without verifying them, which "
+            "Python's ssl cannot do (it verifies every certificate it asks for): use "
+            "VerifyClientCertIfGiven or RequireAndVerifyClientCert with a client_ca_file")
+    if auth not in CLIENT_AUTH:
+        raise WebConfigError(f"invalid ClientAuth: {auth} (one of {', '.join(CLIENT_AUTH)})")
+    ca_file, ca_text = _text(section, "client_ca_file"), _text(section, "client_ca")
+    if (ca_file or ca_text) and auth == "NoClientCert":
+        raise WebConfigError("client CA's have been configured without a Client Auth Policy: "
+                             "set client_auth_type to RequireAndVerifyClientCert or "
+                             "VerifyClientCertIfGiven")
+    if auth != "NoClientCert" and not (ca_file or ca_text):
+        # Go would fall back to the system's CAs: any certificate a public CA signs gets in
+        raise WebConfigError(f"client_auth_type {auth} needs client_ca_file, the CA(s) client "
+                             "certificates must chain to (the system's CAs are not used)")
+    context.verify_mode = CLIENT_AUTH[auth]
+    try:
+        if ca_file:
+            context.load_verify_locations(cafile=str(base / ca_file))
+        elif ca_text:
+            context.load_verify_locations(cadata=ca_text)
+    except OSError as exc:
+        raise WebConfigError(f"cannot load the client CA: {_reason(exc)}") from None
+
+
+def _versions(context: ssl.SSLContext, section: dict[str, Any]) -> None:
+    # the toolkit's defaults, whatever Python's or OpenSSL's are
+    versions = {"min_version": "TLS12", "max_version": "TLS13"}
+    for key in versions:
+        value = _text(section, key) or versions[key]
+        if value not in TLS_VERSIONS:
+            raise WebConfigError(f"{key}: unknown TLS version: {value} "
+                                 f"(one of {', '.join(TLS_VERSIONS)})")
+        versions[key] = value
+    minimum, maximum = TLS_VERSIONS[versions["min_version"]], TLS_VERSIONS[versions["max_version"]]
+    if minimum > maximum:
+        raise WebConfigError(f"min_version {versions['min_version']} is above max_version "
+                             f"{versions['max_version']}")
+    context.minimum_version, context.maximum_version = minimum, maximum
+
+
+# ---- basic_auth_users -------------------------------------------------------------------------
+
+def _users(users: Any) -> dict[str, bytes]:
     if not users:
         return {}
     if not isinstance(users, dict):
-        raise WebConfigError(f"web config {path}: basic_auth_users must map users to hashes")
+        raise WebConfigError("basic_auth_users must map users to hashes")
     result = {}
     for user, hashed in users.items():
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise WebConfigError(f"web config {path}: the password of {user!r} must be a bcrypt "
-                                 "hash ($2y$...), not a plain password")
+            raise WebConfigError(f"the password of {user!r} must be a bcrypt hash ($2y$...), "
+                                 "not a plain password")
         result[str(user)] = hashed.replace("$2y$", "$2b$", 1).encode()
     return result
+
+
+# ---- small readers ----------------------------------------------------------------------------
+
+def _mapping(raw: Any, name: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise WebConfigError(f"{name} must be a mapping")
+    return dict(raw)
+
+
+def _text(section: dict[str, Any], key: str) -> str:
+    value = section.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise WebConfigError(f"{key} must be a string")
+    return value
+
+
+def _reason(exc: OSError) -> str:
+    """OpenSSL's words without its source location: '[X509: KEY_VALUES_MISMATCH] key values
+    mismatch (_ssl.c:3926)' -> 'key values mismatch'."""
+    text = re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", exc.strerror or str(exc))
+    return "not a PEM certificate or key" if text == "PEM lib" else text
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

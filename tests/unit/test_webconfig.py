@@ -1,8 +1,12 @@
-"""TLS and basic auth on the HTTP endpoints, configured like any Prometheus exporter."""
+"""TLS and basic auth on the HTTP endpoints, configured like any Prometheus exporter: what the
+exporter toolkit's web config file means is done, what Python's ssl cannot do is refused."""
 
 from __future__ import annotations
 
+import re
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import bcrypt
@@ -11,15 +15,18 @@ import pytest
 import trustme
 
 from exporter.config import ConfigError, load
+from exporter.webconfig import load_web_config
 from tests.helpers import StartExporter
+from tests.tlsfiles import (
+    TLS,
+    UNREACHABLE_DSN,
+    client_context,
+    write_server_cert,
+    write_web_config,
+)
 
 HASH = bcrypt.hashpw(b"scrape-pw", bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$", 1)
-
-
-def web_config(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "web.yml"
-    path.write_text(text)
-    return str(path)
+MTLS = TLS + "  client_ca_file: ca.crt\n"
 
 
 @pytest.fixture
@@ -27,23 +34,20 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def tls_files(tmp_path: Path, ca: trustme.CA) -> str:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.crt"))
-    return "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+@pytest.fixture
+def tls_dir(tmp_path: Path, ca: trustme.CA) -> Path:
+    """server.crt, server.key and the clients' CA, ca.crt, in tmp_path."""
+    write_server_cert(tmp_path, ca)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+    return tmp_path
 
 
-async def test_tls_and_basic_auth(tmp_path: Path, ca: trustme.CA,
+async def test_tls_and_basic_auth(tls_dir: Path, ca: trustme.CA,
                                   start_exporter: StartExporter) -> None:
-    config = web_config(tmp_path, tls_files(tmp_path, ca)
-                        + f"basic_auth_users:\n  prometheus: '{HASH}'\n")
-    exporter = await start_exporter(web_config_file=config,
-                                    postgres_dsn="postgresql://x@127.0.0.1:1/db")
+    config = write_web_config(tls_dir, TLS + f"basic_auth_users:\n  prometheus: '{HASH}'\n")
+    exporter = await start_exporter(web_config_file=config, postgres_dsn=UNREACHABLE_DSN)
     base = f"https://127.0.0.1:{exporter.port}"
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    async with httpx.AsyncClient(verify=context) as client:
+    async with httpx.AsyncClient(verify=client_context(ca)) as client:
         assert (await client.get(f"{base}/healthz")).status_code == 200  # probes stay open
         assert (await client.get(f"{base}/readyz")).status_code in (200, 503)
         for path in ("/metrics", "/"):
@@ -62,18 +66,32 @@ async def test_tls_and_basic_auth(tmp_path: Path, ca: trustme.CA,
 @pytest.mark.parametrize(("text", "message"), [
     ("basic_auth_users:\n  prometheus: plain-password\n", "must be a bcrypt hash"),
     ("tls_server_config:\n  cert_file: server.crt\n", "needs cert_file and key_file"),
+    # versions without a certificate: the toolkit would silently serve plain HTTP
+    ("tls_server_config:\n  min_version: TLS13\n", "needs cert_file and key_file"),
     ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
      "cannot load certificate"),
+    ("tls_server_config:\n  cert: '-----BEGIN'\n  key: '-----BEGIN'\n", "use cert_file"),
     ("tls_config:\n  cert_file: a\n", "unknown key"),
     ("basic_auth_users: [a, b]\n", "must map users"),
-    ("tls_server_config: {cert_file: a, key_file: b, client_auth_type: Sometimes}\n",
-     "cannot load certificate"),
     ("key: [unclosed\n", "not valid YAML"),
+    # client authentication
+    (MTLS, "client CA's have been configured without a Client Auth Policy"),
+    (TLS + "  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),
+    (TLS + "  client_auth_type: VerifyClientCertIfGiven\n", "needs client_ca_file"),
+    (MTLS + "  client_auth_type: RequestClientCert\n", "without verifying them"),
+    (MTLS + "  client_auth_type: RequireAnyClientCert\n", "without verifying them"),
+    (MTLS + "  client_auth_type: RequireClientCert\n", "without verifying them"),
+    (MTLS + "  client_auth_type: Sometimes\n", "invalid ClientAuth: Sometimes"),
+    (TLS + "  client_ca_file: server.key\n  client_auth_type: VerifyClientCertIfGiven\n",
+     "cannot load the client CA"),
+    # versions
+    (TLS + "  min_version: TLS14\n", "unknown TLS version: TLS14"),
+    (TLS + "  min_version: TLS13\n  max_version: TLS12\n", "above max_version"),
 ])
-def test_bad_web_config_is_refused(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message) as info:
+def test_bad_web_config_is_refused(tls_dir: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
         load({"postgres_dsn": "postgresql://x@h/db",
-              "web_config_file": web_config(tmp_path, text)}, {})
+              "web_config_file": write_web_config(tls_dir, text)}, {})
     assert "\n" not in str(info.value)
 
 
@@ -81,3 +99,68 @@ def test_missing_web_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="No such file"):
         load({"postgres_dsn": "postgresql://x@h/db",
               "web_config_file": str(tmp_path / "absent.yml")}, {})
+
+
+def test_cli_refuses_a_client_ca_without_a_client_auth_policy(tls_dir: Path) -> None:
+    """The file the toolkit refuses must not run here without client verification."""
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "--postgres-dsn", "postgresql://x@h/db",
+         "--listen-address", "127.0.0.1:0",  # should it start after all: not on a public port
+         "--web-config-file", write_web_config(tls_dir, MTLS)],
+        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("prefect-pg-exporter: error: ")
+    assert "without a Client Auth Policy" in done.stderr
+
+
+def test_settings_become_the_context(tls_dir: Path) -> None:
+    web = load_web_config(write_web_config(tls_dir, MTLS + (
+        "  client_auth_type: VerifyClientCertIfGiven\n"
+        "  min_version: TLS13\n")))
+    context = web.ssl_context
+    assert context is not None
+    assert context.verify_mode == ssl.CERT_OPTIONAL
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert context.maximum_version == ssl.TLSVersion.TLSv1_3
+    default = load_web_config(write_web_config(tls_dir, TLS)).ssl_context
+    assert default is not None and default.verify_mode == ssl.CERT_NONE
+    assert default.minimum_version == ssl.TLSVersion.TLSv1_2  # the toolkit's default
+    required = load_web_config(write_web_config(
+        tls_dir, MTLS + "  client_auth_type: RequireAndVerifyClientCert\n")).ssl_context
+    assert required is not None and required.verify_mode == ssl.CERT_REQUIRED
+
+
+async def _status(url: str, context: ssl.SSLContext) -> int:
+    async with httpx.AsyncClient(verify=context) as client:
+        return (await client.get(url)).status_code
+
+
+async def _refused(url: str, context: ssl.SSLContext) -> bool:
+    try:
+        await _status(url, context)
+    except httpx.TransportError:
+        return True
+    return False
+
+
+async def test_require_and_verify_client_cert(tls_dir: Path, ca: trustme.CA,
+                                              start_exporter: StartExporter) -> None:
+    config = write_web_config(tls_dir, MTLS + "  client_auth_type: RequireAndVerifyClientCert\n")
+    exporter = await start_exporter(web_config_file=config, postgres_dsn=UNREACHABLE_DSN)
+    url = f"https://127.0.0.1:{exporter.port}/metrics"
+    assert await _refused(url, client_context(ca))  # no certificate
+    stranger = trustme.CA().issue_cert("prometheus")
+    assert await _refused(url, client_context(ca, stranger))  # not signed by client_ca_file
+    assert await _status(url, client_context(ca, ca.issue_cert("prometheus"))) == 200
+
+
+async def test_verify_client_cert_if_given(tls_dir: Path, ca: trustme.CA,
+                                           start_exporter: StartExporter) -> None:
+    config = write_web_config(tls_dir, MTLS + "  client_auth_type: VerifyClientCertIfGiven\n")
+    exporter = await start_exporter(web_config_file=config, postgres_dsn=UNREACHABLE_DSN)
+    url = f"https://127.0.0.1:{exporter.port}/metrics"
+    assert await _status(url, client_context(ca)) == 200  # none given: fine
+    assert await _status(url, client_context(ca, ca.issue_cert("prometheus"))) == 200
+    stranger = trustme.CA().issue_cert("prometheus")
+    assert await _refused(url, client_context(ca, stranger))  # given, so it must verify
