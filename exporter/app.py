@@ -57,7 +57,7 @@ class Exporter:
 
     async def start(self) -> None:
         app = make_app(self.exposition, self.poller.states, lambda: self.findings,
-                       self.config.web.users)
+                       lambda: self.config.web)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port,

@@ -13,12 +13,14 @@ from exporter import __version__
 from exporter.collector import Exposition
 from exporter.finding import Finding
 from exporter.poller import SourceState
-from exporter.webconfig import basic_auth_middleware
+from exporter.webaccess import install
+from exporter.webconfig import WebConfig
 
 
 def make_app(exposition: Exposition, states: Sequence[SourceState],
              findings: Callable[[], Sequence[Finding]] = list,
-             users: dict[str, bytes] | None = None) -> web.Application:
+             web_config: Callable[[], WebConfig] | None = None) -> web.Application:
+    """web_config: the web config (users, headers) when a web config file is used."""
     async def metrics(request: web.Request) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
         body = exposition.body
@@ -40,7 +42,9 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
     async def index(_: web.Request) -> web.Response:
         return web.Response(text=landing_page(states, findings()), content_type="text/html")
 
-    app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
+    app = web.Application()
+    if web_config is not None:
+        install(app, web_config)
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz),
                     web.get("/readyz", readyz), web.get("/", index)])
     return app

@@ -7,31 +7,25 @@ Prometheus exporter toolkit (`--web.config.file`), so users reuse what they know
       client_ca_file: ca.crt         # optional: mutual TLS
       client_auth_type: RequireAndVerifyClientCert
       min_version: TLS12
+    http_server_config:
+      headers:
+        Strict-Transport-Security: max-age=31536000
     basic_auth_users:
       prometheus: $2y$10$...         # bcrypt hashes (htpasswd -nBC 10 "" | tr -d ':\\n')
 
-/healthz and /readyz stay open so container and kubelet probes need no credentials; they say
-only "ok" or which sources have not been read yet.
-
+This module reads and checks the file into a WebConfig; webaccess.py applies it to requests.
 What Python's ssl cannot do as Go's crypto/tls does is refused with the reason, never
 approximated: a setting that silently means something else is worse than an error at startup.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import bcrypt
-from aiohttp import web
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -46,6 +40,14 @@ CLIENT_AUTH = {
 UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+# The toolkit's only configurable response headers; an empty tuple means any value.
+HEADERS: dict[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
 _TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users"})
 _TLS_KEYS = frozenset({"cert_file", "key_file", "client_ca_file", "client_ca",
                        "client_auth_type", "min_version", "max_version"})
@@ -59,6 +61,7 @@ class WebConfigError(ValueError):
 class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict, repr=False)  # user -> bcrypt hash
+    headers: dict[str, str] = field(default_factory=dict)  # added to every response
 
 
 def load_web_config(path: str) -> WebConfig:
@@ -66,10 +69,11 @@ def load_web_config(path: str) -> WebConfig:
         data = _read(path)
         base = Path(path).parent
         context = _tls(data.get("tls_server_config"), base)
+        headers = _http_server_config(data.get("http_server_config"))
         users = _users(data.get("basic_auth_users"))
     except WebConfigError as exc:
         raise WebConfigError(f"web config {path}: {exc}") from None
-    return WebConfig(context, users)
+    return WebConfig(context, users, headers)
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -85,6 +89,9 @@ def _read(path: str) -> dict[str, Any]:
         raise WebConfigError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise WebConfigError("expected a mapping")
+    if "rate_limit" in data:
+        raise WebConfigError("rate_limit is not supported: limit scrapes in front of the "
+                             "exporter (it serves /metrics from memory, a scrape costs little)")
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise WebConfigError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
@@ -169,6 +176,43 @@ def _versions(context: ssl.SSLContext, section: dict[str, Any]) -> None:
     context.minimum_version, context.maximum_version = minimum, maximum
 
 
+# ---- http_server_config -----------------------------------------------------------------------
+
+def _http_server_config(raw: Any) -> dict[str, str]:
+    section = _mapping(raw, "http_server_config")
+    unknown = set(section) - {"headers", "http2"}
+    if unknown:
+        raise WebConfigError(f"http_server_config: unknown key(s) "
+                             f"{', '.join(sorted(map(str, unknown)))}")
+    http2 = section.get("http2", False)
+    if not isinstance(http2, bool):
+        raise WebConfigError("http_server_config: http2 must be true or false")
+    if http2:
+        raise WebConfigError("http_server_config: http2: true is not supported: the exporter's "
+                             "HTTP server (aiohttp) speaks HTTP/1.1 only; set http2: false or "
+                             "leave it out")
+    return _headers(section.get("headers"))
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    headers = {}
+    for name, value in _mapping(raw, "http_server_config: headers").items():
+        if name not in HEADERS:
+            raise WebConfigError(f'HTTP header "{name}" can not be configured')
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise WebConfigError(f"invalid value for {name}: expected a string")
+        text = str(value)
+        allowed = HEADERS[name]
+        if allowed and text not in allowed:
+            expected = " ".join(f'"{a}"' for a in allowed)
+            raise WebConfigError(f'invalid value for {name}. Expected one of: [{expected}], '
+                                 f'but got: "{text}"')
+        if re.search(r"[\x00-\x1f\x7f]", text):
+            raise WebConfigError(f"invalid value for {name}: control characters")
+        headers[str(name)] = text
+    return headers
+
+
 # ---- basic_auth_users -------------------------------------------------------------------------
 
 def _users(users: Any) -> dict[str, bytes]:
@@ -209,42 +253,3 @@ def _reason(exc: OSError) -> str:
     mismatch (_ssl.c:3926)' -> 'key values mismatch'."""
     text = re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", exc.strerror or str(exc))
     return "not a PEM certificate or key" if text == "PEM lib" else text
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def basic_auth_middleware(users: dict[str, bytes]) -> Any:
-    """Checks credentials with bcrypt once, then remembers the good ones by a keyed digest, as
-    the exporter toolkit does: bcrypt is slow on purpose, scrapes must not be."""
-    salt = bcrypt.gensalt()
-    verified: set[bytes] = set()
-
-    async def check(header: str) -> bool:
-        if not header.startswith("Basic "):
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        digest = hmac.new(salt, f"{user}\0{password}".encode(), hashlib.sha256).digest()
-        if digest in verified:
-            return True
-        hashed = users.get(user)
-        # in a thread: ~0.2 s of bcrypt must not stall scrapes of the event loop
-        if hashed is None or not await asyncio.to_thread(bcrypt.checkpw, password.encode(),
-                                                         hashed):
-            return False
-        if len(verified) > 1000:
-            verified.clear()
-        verified.add(digest)
-        return True
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or await check(request.headers.get("Authorization", "")):
-            return await handler(request)
-        return web.Response(status=401, text="Unauthorized\n",
-                            headers={"WWW-Authenticate": 'Basic realm="prefect-pg-exporter"'})
-
-    return middleware

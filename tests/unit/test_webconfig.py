@@ -72,6 +72,7 @@ async def test_tls_and_basic_auth(tls_dir: Path, ca: trustme.CA,
      "cannot load certificate"),
     ("tls_server_config:\n  cert: '-----BEGIN'\n  key: '-----BEGIN'\n", "use cert_file"),
     ("tls_config:\n  cert_file: a\n", "unknown key"),
+    ("rate_limit:\n  burst: 10\n  interval: 1s\n", "rate_limit is not supported"),
     ("basic_auth_users: [a, b]\n", "must map users"),
     ("key: [unclosed\n", "not valid YAML"),
     # client authentication
@@ -87,6 +88,18 @@ async def test_tls_and_basic_auth(tls_dir: Path, ca: trustme.CA,
     # versions
     (TLS + "  min_version: TLS14\n", "unknown TLS version: TLS14"),
     (TLS + "  min_version: TLS13\n  max_version: TLS12\n", "above max_version"),
+    # http_server_config
+    ("http_server_config:\n  http2: true\n", "HTTP/1.1 only"),
+    ("http_server_config:\n  http3: false\n", "unknown key"),
+    ("http_server_config:\n  headers:\n    X-Powered-By: me\n",
+     'HTTP header "X-Powered-By" can not be configured'),
+    ("http_server_config:\n  headers:\n    x-frame-options: deny\n", "can not be configured"),
+    ("http_server_config:\n  headers:\n    X-Frame-Options: DENY\n",
+     'invalid value for X-Frame-Options. Expected one of: ["deny" "sameorigin"], but got: '
+     '"DENY"'),
+    ("http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n",
+     "invalid value for X-Content-Type-Options"),
+    ("http_server_config:\n  headers:\n    Content-Security-Policy: [a]\n", "expected a string"),
 ])
 def test_bad_web_config_is_refused(tls_dir: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
@@ -164,3 +177,23 @@ async def test_verify_client_cert_if_given(tls_dir: Path, ca: trustme.CA,
     assert await _status(url, client_context(ca, ca.issue_cert("prometheus"))) == 200
     stranger = trustme.CA().issue_cert("prometheus")
     assert await _refused(url, client_context(ca, stranger))  # given, so it must verify
+
+
+async def test_headers_on_every_response(tls_dir: Path, ca: trustme.CA,
+                                         start_exporter: StartExporter) -> None:
+    headers = {"Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+               "X-Content-Type-Options": "nosniff", "X-Frame-Options": "deny",
+               "X-XSS-Protection": "0", "Content-Security-Policy": "default-src 'none'"}
+    config = write_web_config(tls_dir, TLS + "http_server_config:\n  http2: false\n  headers:\n"
+                              + "".join(f'    {k}: "{v}"\n' for k, v in headers.items())
+                              + f"basic_auth_users:\n  prometheus: '{HASH}'\n")
+    exporter = await start_exporter(web_config_file=config, postgres_dsn=UNREACHABLE_DSN)
+    base = f"https://127.0.0.1:{exporter.port}"
+    async with httpx.AsyncClient(verify=client_context(ca)) as client:
+        responses = [await client.get(f"{base}/metrics", auth=("prometheus", "scrape-pw")),
+                     await client.get(f"{base}/metrics"),  # 401
+                     await client.get(f"{base}/healthz"),
+                     await client.get(f"{base}/nowhere", auth=("prometheus", "scrape-pw"))]
+    assert [r.status_code for r in responses] == [200, 401, 200, 404]
+    for response in responses:
+        assert {k: response.headers.get(k) for k in headers} == headers
