@@ -40,6 +40,26 @@ CLIENT_AUTH = {
 UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+# Go's secure TLS 1.0-1.2 suites (tls.CipherSuites()) by their OpenSSL names. RSA key exchange,
+# 3DES, RC4 and CBC-SHA256 suites are in Go's InsecureCipherSuites(): refused, as the toolkit
+# refuses them.
+CIPHERS = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+# Accepted and ignored, as Go ignores them: TLS 1.3 suites are not configurable there either.
+TLS13_CIPHERS = frozenset({"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                           "TLS_CHACHA20_POLY1305_SHA256"})
+CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1",
+          "X25519": "X25519"}
 # The toolkit's only configurable response headers; an empty tuple means any value.
 HEADERS: dict[str, tuple[str, ...]] = {
     "Strict-Transport-Security": (),
@@ -50,7 +70,8 @@ HEADERS: dict[str, tuple[str, ...]] = {
 }
 _TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users"})
 _TLS_KEYS = frozenset({"cert_file", "key_file", "client_ca_file", "client_ca",
-                       "client_auth_type", "min_version", "max_version"})
+                       "client_auth_type", "min_version", "max_version", "cipher_suites",
+                       "curve_preferences", "prefer_server_cipher_suites"})
 
 
 class WebConfigError(ValueError):
@@ -118,6 +139,9 @@ def _tls(raw: Any, base: Path) -> ssl.SSLContext | None:
     _load_certificate(context, section, base)
     _client_auth(context, section, base)
     _versions(context, section)
+    _ciphers(context, section)
+    _curve(context, section)
+    _server_preference(context, section)
     return context
 
 
@@ -174,6 +198,46 @@ def _versions(context: ssl.SSLContext, section: dict[str, Any]) -> None:
         raise WebConfigError(f"min_version {versions['min_version']} is above max_version "
                              f"{versions['max_version']}")
     context.minimum_version, context.maximum_version = minimum, maximum
+
+
+def _ciphers(context: ssl.SSLContext, section: dict[str, Any]) -> None:
+    names = _text_list(section, "cipher_suites")
+    if not names:
+        return
+    for name in names:
+        if name not in CIPHERS and name not in TLS13_CIPHERS:
+            raise WebConfigError(f"unknown cipher: {name} (Go's names of secure TLS 1.2 suites, "
+                                 "e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)")
+    tls12 = [CIPHERS[name] for name in names if name in CIPHERS]
+    if not tls12:
+        raise WebConfigError("cipher_suites lists only TLS 1.3 suites, which are not "
+                             "configurable: that leaves TLS 1.2 none; set min_version: TLS13 "
+                             "instead")
+    context.set_ciphers(":".join(tls12))  # TLS 1.2 and below only; TLS 1.3 keeps its own
+
+
+def _curve(context: ssl.SSLContext, section: dict[str, Any]) -> None:
+    names = _text_list(section, "curve_preferences")
+    for name in names:
+        if name not in CURVES:
+            raise WebConfigError(f"unknown curve: {name} (one of {', '.join(CURVES)})")
+    if len(names) > 1:
+        raise WebConfigError("curve_preferences: Python's ssl can restrict the key exchange to "
+                             "one curve only (SSLContext.set_ecdh_curve): list one, or none for "
+                             "OpenSSL's defaults")
+    if names:
+        # on OpenSSL 3 this sets the groups offered, for TLS 1.3 and 1.2 alike
+        context.set_ecdh_curve(CURVES[names[0]])
+
+
+def _server_preference(context: ssl.SSLContext, section: dict[str, Any]) -> None:
+    prefer = section.get("prefer_server_cipher_suites", True)
+    if not isinstance(prefer, bool):
+        raise WebConfigError("prefer_server_cipher_suites must be true or false")
+    if prefer:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
 
 
 # ---- http_server_config -----------------------------------------------------------------------
@@ -245,6 +309,15 @@ def _text(section: dict[str, Any], key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise WebConfigError(f"{key} must be a string")
+    return value
+
+
+def _text_list(section: dict[str, Any], key: str) -> list[str]:
+    value = section.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise WebConfigError(f"{key} must be a list of strings")
     return value
 
 

@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from exporter.config import ConfigError, load
-from exporter.webconfig import load_web_config
+from exporter.webconfig import CIPHERS, load_web_config
 from tests.helpers import StartExporter
 from tests.tlsfiles import (
     TLS,
@@ -85,9 +85,16 @@ async def test_tls_and_basic_auth(tls_dir: Path, ca: trustme.CA,
     (MTLS + "  client_auth_type: Sometimes\n", "invalid ClientAuth: Sometimes"),
     (TLS + "  client_ca_file: server.key\n  client_auth_type: VerifyClientCertIfGiven\n",
      "cannot load the client CA"),
-    # versions
+    # versions, ciphers, curves
     (TLS + "  min_version: TLS14\n", "unknown TLS version: TLS14"),
     (TLS + "  min_version: TLS13\n  max_version: TLS12\n", "above max_version"),
+    (TLS + "  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n", "unknown cipher"),
+    (TLS + "  cipher_suites: [TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA]\n", "unknown cipher"),
+    (TLS + "  cipher_suites: [ECDHE-RSA-AES128-GCM-SHA256]\n", "unknown cipher"),
+    (TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "only TLS 1.3 suites"),
+    (TLS + "  curve_preferences: [P256]\n", "unknown curve: P256"),
+    (TLS + "  curve_preferences: [X25519, CurveP256]\n", "one curve only"),
+    (TLS + "  prefer_server_cipher_suites: 'no'\n", "true or false"),
     # http_server_config
     ("http_server_config:\n  http2: true\n", "HTTP/1.1 only"),
     ("http_server_config:\n  http3: false\n", "unknown key"),
@@ -130,18 +137,45 @@ def test_cli_refuses_a_client_ca_without_a_client_auth_policy(tls_dir: Path) -> 
 def test_settings_become_the_context(tls_dir: Path) -> None:
     web = load_web_config(write_web_config(tls_dir, MTLS + (
         "  client_auth_type: VerifyClientCertIfGiven\n"
-        "  min_version: TLS13\n")))
+        "  min_version: TLS13\n"
+        "  prefer_server_cipher_suites: false\n")))
     context = web.ssl_context
     assert context is not None
     assert context.verify_mode == ssl.CERT_OPTIONAL
     assert context.minimum_version == ssl.TLSVersion.TLSv1_3
     assert context.maximum_version == ssl.TLSVersion.TLSv1_3
+    assert not context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
     default = load_web_config(write_web_config(tls_dir, TLS)).ssl_context
     assert default is not None and default.verify_mode == ssl.CERT_NONE
     assert default.minimum_version == ssl.TLSVersion.TLSv1_2  # the toolkit's default
+    assert default.options & ssl.OP_CIPHER_SERVER_PREFERENCE  # the toolkit's default
     required = load_web_config(write_web_config(
         tls_dir, MTLS + "  client_auth_type: RequireAndVerifyClientCert\n")).ssl_context
     assert required is not None and required.verify_mode == ssl.CERT_REQUIRED
+
+
+# The IANA code points of Go's names: the OpenSSL names they map to must be those suites.
+IANA = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": 0xC009, "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": 0xC00A,
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": 0xC013, "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": 0xC014,
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": 0xC02B,
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": 0xC02C,
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": 0xC02F,
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": 0xC030,
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": 0xCCA8,
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": 0xCCA9,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CIPHERS))
+def test_each_cipher_suite_is_the_suite_go_names(tls_dir: Path, name: str) -> None:
+    text = TLS + f"  cipher_suites: [{name}, TLS_AES_128_GCM_SHA256]\n"  # 1.3: ignored
+    context = load_web_config(write_web_config(tls_dir, text)).ssl_context
+    assert context is not None
+    tls12 = [c["id"] & 0xFFFF for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"]
+    assert tls12 == [IANA[name]]
+    # TLS 1.3 suites are left to OpenSSL, as Go leaves them to itself
+    assert {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.3"}
 
 
 async def _status(url: str, context: ssl.SSLContext) -> int:
@@ -177,6 +211,31 @@ async def test_verify_client_cert_if_given(tls_dir: Path, ca: trustme.CA,
     assert await _status(url, client_context(ca, ca.issue_cert("prometheus"))) == 200
     stranger = trustme.CA().issue_cert("prometheus")
     assert await _refused(url, client_context(ca, stranger))  # given, so it must verify
+
+
+async def test_one_curve_restricts_the_key_exchange(tls_dir: Path, ca: trustme.CA,
+                                                    start_exporter: StartExporter) -> None:
+    config = write_web_config(tls_dir, TLS + "  curve_preferences: [CurveP384]\n")
+    exporter = await start_exporter(web_config_file=config, postgres_dsn=UNREACHABLE_DSN)
+    url = f"https://127.0.0.1:{exporter.port}/healthz"
+    for curve, works in (("secp384r1", True), ("prime256v1", False), ("X25519", False)):
+        context = client_context(ca)
+        context.set_ecdh_curve(curve)
+        assert (not await _refused(url, context)) is works, curve
+
+
+async def test_cipher_suites_apply_to_tls12(tmp_path: Path, ca: trustme.CA,
+                                            start_exporter: StartExporter) -> None:
+    write_server_cert(tmp_path, ca, trustme.KeyType.RSA)
+    config = write_web_config(tmp_path, TLS + (
+        "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\n  max_version: TLS12\n"))
+    exporter = await start_exporter(web_config_file=config, postgres_dsn=UNREACHABLE_DSN)
+    url = f"https://127.0.0.1:{exporter.port}/healthz"
+    context = client_context(ca)
+    context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    assert await _refused(url, context)
+    context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384")
+    assert await _status(url, context) == 200
 
 
 async def test_headers_on_every_response(tls_dir: Path, ca: trustme.CA,
