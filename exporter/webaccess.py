@@ -1,7 +1,8 @@
-"""The web config applied to each request: basic auth and response headers.
+"""The web config applied to each request: client certificate SANs, basic auth, response
+headers.
 
-/healthz and /readyz stay open so container and kubelet probes need no credentials; they say
-only "ok" or which sources have not been read yet.
+/healthz and /readyz stay open so container and kubelet probes need neither credentials nor an
+allowed client certificate SAN; they say only "ok" or which sources have not been read yet.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Any
 
 import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.webconfig import OPEN_PATHS, WebConfig
+from exporter.webconfig import OPEN_PATHS, WebConfig, normalise_san
 
 
 class BasicAuth:
@@ -48,6 +50,19 @@ class BasicAuth:
         return True
 
 
+def client_sans(peercert: dict[str, Any] | None) -> list[str]:
+    """The SANs of a verified client certificate, as Go lists them for client_allowed_sans:
+    DNS names, e-mail addresses, IP addresses and URIs."""
+    kinds = {"DNS", "email", "IP Address", "URI"}
+    sans = (peercert or {}).get("subjectAltName", ())
+    return [normalise_san(value) for kind, value in sans if kind in kinds]
+
+
+def _has_allowed_san(request: web.Request, allowed: frozenset[str]) -> bool:
+    peercert = request.transport.get_extra_info("peercert") if request.transport else None
+    return not allowed.isdisjoint(client_sans(peercert))
+
+
 def access_middleware(current: Callable[[], WebConfig]) -> Middleware:
     auth = BasicAuth()
 
@@ -56,6 +71,10 @@ def access_middleware(current: Callable[[], WebConfig]) -> Middleware:
         config = current()
         if request.path in OPEN_PATHS:
             return await handler(request)
+        if config.allowed_sans and not _has_allowed_san(request, config.allowed_sans):
+            # the toolkit ends the handshake; after it, a clear status is all that is left
+            return web.Response(status=403, text="Forbidden: no allowed SAN in the client "
+                                "certificate\n")
         if config.users and not await auth.check(config.users,
                                                  request.headers.get("Authorization", "")):
             return web.Response(status=401, text="Unauthorized\n",

@@ -20,6 +20,7 @@ approximated: a setting that silently means something else is worse than an erro
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from collections.abc import Mapping
@@ -71,7 +72,8 @@ HEADERS: dict[str, tuple[str, ...]] = {
 _TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users"})
 _TLS_KEYS = frozenset({"cert_file", "key_file", "client_ca_file", "client_ca",
                        "client_auth_type", "min_version", "max_version", "cipher_suites",
-                       "curve_preferences", "prefer_server_cipher_suites"})
+                       "curve_preferences", "prefer_server_cipher_suites",
+                       "client_allowed_sans"})
 
 
 class WebConfigError(ValueError):
@@ -83,18 +85,21 @@ class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict, repr=False)  # user -> bcrypt hash
     headers: dict[str, str] = field(default_factory=dict)  # added to every response
+    allowed_sans: frozenset[str] = frozenset()  # client certificate SANs let in (empty: any)
 
 
 def load_web_config(path: str) -> WebConfig:
     try:
         data = _read(path)
         base = Path(path).parent
-        context = _tls(data.get("tls_server_config"), base)
+        tls = _tls(data.get("tls_server_config"), base)
         headers = _http_server_config(data.get("http_server_config"))
         users = _users(data.get("basic_auth_users"))
     except WebConfigError as exc:
         raise WebConfigError(f"web config {path}: {exc}") from None
-    return WebConfig(context, users, headers)
+    if tls is None:
+        return WebConfig(users=users, headers=headers)
+    return WebConfig(tls.context, users, headers, tls.allowed_sans)
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -121,7 +126,13 @@ def _read(path: str) -> dict[str, Any]:
 
 # ---- tls_server_config ------------------------------------------------------------------------
 
-def _tls(raw: Any, base: Path) -> ssl.SSLContext | None:
+@dataclass(frozen=True)
+class _Tls:
+    context: ssl.SSLContext
+    allowed_sans: frozenset[str]
+
+
+def _tls(raw: Any, base: Path) -> _Tls | None:
     section = _mapping(raw, "tls_server_config")
     if {"cert", "key"} & set(section):
         raise WebConfigError("tls_server_config: inline cert and key are not supported (Python's "
@@ -142,7 +153,7 @@ def _tls(raw: Any, base: Path) -> ssl.SSLContext | None:
     _ciphers(context, section)
     _curve(context, section)
     _server_preference(context, section)
-    return context
+    return _Tls(context, _allowed_sans(section, context.verify_mode))
 
 
 def _load_certificate(context: ssl.SSLContext, section: dict[str, Any], base: Path) -> None:
@@ -238,6 +249,27 @@ def _server_preference(context: ssl.SSLContext, section: dict[str, Any]) -> None
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+
+
+def _allowed_sans(section: dict[str, Any], verify_mode: ssl.VerifyMode) -> frozenset[str]:
+    if "client_allowed_sans" not in section:
+        return frozenset()
+    sans = _text_list(section, "client_allowed_sans")
+    if verify_mode == ssl.CERT_NONE:
+        # the toolkit silently checks nothing then: no certificate is asked for
+        raise WebConfigError("client_allowed_sans needs client_auth_type "
+                             "RequireAndVerifyClientCert or VerifyClientCertIfGiven")
+    if not sans:
+        raise WebConfigError("client_allowed_sans is empty: no client could get in")
+    return frozenset(normalise_san(san) for san in sans)
+
+
+def normalise_san(value: str) -> str:
+    """IP addresses in one spelling (Go prints 2001:db8::1, OpenSSL 2001:DB8:0:0:0:0:0:1)."""
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return value
 
 
 # ---- http_server_config -----------------------------------------------------------------------

@@ -85,6 +85,9 @@ async def test_tls_and_basic_auth(tls_dir: Path, ca: trustme.CA,
     (MTLS + "  client_auth_type: Sometimes\n", "invalid ClientAuth: Sometimes"),
     (TLS + "  client_ca_file: server.key\n  client_auth_type: VerifyClientCertIfGiven\n",
      "cannot load the client CA"),
+    (TLS + "  client_allowed_sans: [prometheus]\n", "client_allowed_sans needs client_auth"),
+    (MTLS + "  client_auth_type: VerifyClientCertIfGiven\n  client_allowed_sans: []\n",
+     "empty"),
     # versions, ciphers, curves
     (TLS + "  min_version: TLS14\n", "unknown TLS version: TLS14"),
     (TLS + "  min_version: TLS13\n  max_version: TLS12\n", "above max_version"),
@@ -211,6 +214,22 @@ async def test_verify_client_cert_if_given(tls_dir: Path, ca: trustme.CA,
     assert await _status(url, client_context(ca, ca.issue_cert("prometheus"))) == 200
     stranger = trustme.CA().issue_cert("prometheus")
     assert await _refused(url, client_context(ca, stranger))  # given, so it must verify
+
+
+async def test_client_allowed_sans(tls_dir: Path, ca: trustme.CA,
+                                   start_exporter: StartExporter) -> None:
+    config = write_web_config(tls_dir, MTLS + (
+        "  client_auth_type: VerifyClientCertIfGiven\n"
+        "  client_allowed_sans: [prometheus.monitoring.svc, 'scraper@example.org', '::1']\n"))
+    exporter = await start_exporter(web_config_file=config, postgres_dsn=UNREACHABLE_DSN)
+    base = f"https://127.0.0.1:{exporter.port}"
+    for allowed in ("prometheus.monitoring.svc", "scraper@example.org", "0:0:0:0:0:0:0:1"):
+        context = client_context(ca, ca.issue_cert("other.example", allowed))
+        assert await _status(f"{base}/metrics", context) == 200, allowed
+    other = client_context(ca, ca.issue_cert("grafana.monitoring.svc"))
+    assert await _status(f"{base}/metrics", other) == 403
+    assert await _status(f"{base}/", client_context(ca)) == 403  # no certificate, no SAN
+    assert await _status(f"{base}/healthz", client_context(ca)) == 200  # probes stay open
 
 
 async def test_one_curve_restricts_the_key_exchange(tls_dir: Path, ca: trustme.CA,
