@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,32 +23,52 @@ from exporter.webconfig import OPEN_PATHS, WebConfig, normalise_san
 
 
 class BasicAuth:
-    """Checks credentials with bcrypt once, then remembers the good ones by a keyed digest, as
-    the exporter toolkit does: bcrypt is slow on purpose, scrapes must not be."""
+    """Checks credentials with bcrypt once, then remembers the good ones by a keyed digest of
+    user, hash and password, as the exporter toolkit does: bcrypt is slow on purpose, scrapes
+    must not be; and a hash changed in the file no longer matches what was remembered."""
 
     def __init__(self) -> None:
-        self._salt = bcrypt.gensalt()
+        self._key = os.urandom(32)
         self._verified: set[bytes] = set()
+        # one bcrypt at a time, as the toolkit: a flood of wrong passwords takes one core
+        self._bcrypt = asyncio.Semaphore(1)
 
     async def check(self, users: dict[str, bytes], header: str) -> bool:
-        if not header.startswith("Basic "):
+        credentials = _credentials(header)
+        if credentials is None:
             return False
-        try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        digest = hmac.new(self._salt, f"{user}\0{password}".encode(), hashlib.sha256).digest()
-        if digest in self._verified:
-            return True
+        user, password = credentials
         hashed = users.get(user)
-        # in a thread: ~0.2 s of bcrypt must not stall scrapes of the event loop
-        if hashed is None or not await asyncio.to_thread(bcrypt.checkpw, password.encode(),
-                                                         hashed):
+        digest = hmac.new(self._key, b"\0".join((user.encode(), hashed or b"",
+                                                 password.encode())), hashlib.sha256).digest()
+        if hashed is not None and digest in self._verified:
+            return True
+        # An unknown user is checked against another user's hash (and refused whatever the
+        # result): it costs what a wrong password costs, so names cannot be found by timing.
+        against = hashed if hashed is not None else next(iter(users.values()))
+        async with self._bcrypt:
+            # in a thread: ~0.2 s of bcrypt must not stall scrapes on the event loop
+            good = await asyncio.to_thread(_checkpw, password.encode(), against)
+        if not good or hashed is None:
             return False
         if len(self._verified) > 1000:
             self._verified.clear()
         self._verified.add(digest)
         return True
+
+
+def _checkpw(password: bytes, hashed: bytes) -> bool:
+    return bcrypt.checkpw(password, hashed)
+
+
+def _credentials(header: str) -> tuple[str, str] | None:
+    if not header.startswith("Basic "):
+        return None
+    try:
+        user, sep, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
 
 
 def client_sans(peercert: dict[str, Any] | None) -> list[str]:

@@ -69,6 +69,7 @@ HEADERS: dict[str, tuple[str, ...]] = {
     "X-XSS-Protection": (),
     "Content-Security-Policy": (),
 }
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")
 _TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users"})
 _TLS_KEYS = frozenset({"cert_file", "key_file", "client_ca_file", "client_ca",
                        "client_auth_type", "min_version", "max_version", "cipher_suites",
@@ -311,16 +312,17 @@ def _headers(raw: Any) -> dict[str, str]:
 
 # ---- basic_auth_users -------------------------------------------------------------------------
 
-def _users(users: Any) -> dict[str, bytes]:
-    if not users:
+def _users(raw: Any) -> dict[str, bytes]:
+    if not raw:
         return {}
-    if not isinstance(users, dict):
+    if not isinstance(raw, dict):
         raise WebConfigError("basic_auth_users must map users to hashes")
     result = {}
-    for user, hashed in users.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise WebConfigError(f"the password of {user!r} must be a bcrypt hash ($2y$...), "
-                                 "not a plain password")
+    for user, hashed in raw.items():
+        # checked now, as the toolkit does: a malformed hash would fail every scrape later
+        if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
+            raise WebConfigError(f"the password of {str(user)!r} must be a bcrypt hash "
+                                 "($2y$10$... as htpasswd -nB makes), not a plain password")
         result[str(user)] = hashed.replace("$2y$", "$2b$", 1).encode()
     return result
 

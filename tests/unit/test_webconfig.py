@@ -3,6 +3,7 @@ exporter toolkit's web config file means is done, what Python's ssl cannot do is
 
 from __future__ import annotations
 
+import base64
 import re
 import ssl
 import subprocess
@@ -14,6 +15,7 @@ import httpx
 import pytest
 import trustme
 
+from exporter import webaccess
 from exporter.config import ConfigError, load
 from exporter.webconfig import CIPHERS, load_web_config
 from tests.helpers import StartExporter
@@ -65,6 +67,7 @@ async def test_tls_and_basic_auth(tls_dir: Path, ca: trustme.CA,
 
 @pytest.mark.parametrize(("text", "message"), [
     ("basic_auth_users:\n  prometheus: plain-password\n", "must be a bcrypt hash"),
+    ("basic_auth_users:\n  prometheus: $2y$10$tooshort\n", "must be a bcrypt hash"),
     ("tls_server_config:\n  cert_file: server.crt\n", "needs cert_file and key_file"),
     # versions without a certificate: the toolkit would silently serve plain HTTP
     ("tls_server_config:\n  min_version: TLS13\n", "needs cert_file and key_file"),
@@ -275,3 +278,38 @@ async def test_headers_on_every_response(tls_dir: Path, ca: trustme.CA,
     assert [r.status_code for r in responses] == [200, 401, 200, 404]
     for response in responses:
         assert {k: response.headers.get(k) for k in headers} == headers
+
+
+async def test_unknown_user_costs_a_bcrypt_like_a_wrong_password(
+        tls_dir: Path, ca: trustme.CA, start_exporter: StartExporter,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Otherwise user names can be found by timing the 401."""
+    calls: list[bytes] = []
+    real = webaccess._checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(webaccess, "_checkpw", counting)
+    config = write_web_config(tls_dir, TLS + f"basic_auth_users:\n  prometheus: '{HASH}'\n")
+    exporter = await start_exporter(web_config_file=config, postgres_dsn=UNREACHABLE_DSN)
+    url = f"https://127.0.0.1:{exporter.port}/metrics"
+    async with httpx.AsyncClient(verify=client_context(ca)) as client:
+        # the right password of the known user, given for an unknown one
+        response = await client.get(url, auth=("grafana", "scrape-pw"))
+    assert response.status_code == 401
+    assert calls == [b"scrape-pw"]
+
+
+async def test_remembered_credentials_do_not_outlive_their_hash() -> None:
+    """The web config can change under a running exporter: a password verified against the
+    old hash must not be let in by the cache once the hash is replaced."""
+    auth = webaccess.BasicAuth()
+    header = "Basic " + base64.b64encode(b"prometheus:scrape-pw").decode()
+    old = {"prometheus": HASH.replace("$2y$", "$2b$", 1).encode()}
+    assert await auth.check(old, header)
+    assert await auth.check(old, header)  # remembered
+    new = {"prometheus": bcrypt.hashpw(b"other-pw", bcrypt.gensalt(4))}
+    assert not await auth.check(new, header)
+    assert not await auth.check(new, "Basic " + base64.b64encode(b"prometheus").decode())
