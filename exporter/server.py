@@ -20,7 +20,8 @@ from exporter.webconfig import WebConfig
 def make_app(exposition: Exposition, states: Sequence[SourceState],
              findings: Callable[[], Sequence[Finding]] = list,
              web_config: Callable[[], WebConfig] | None = None) -> web.Application:
-    """web_config: the web config (users, headers) when a web config file is used."""
+    """web_config: the web config of the moment, when a web config file is used (its users,
+    headers and client certificate SANs may change while the server runs)."""
     async def metrics(request: web.Request) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
         body = exposition.body

@@ -1,8 +1,10 @@
 """The web config applied to each request: client certificate SANs, basic auth, response
 headers.
 
-/healthz and /readyz stay open so container and kubelet probes need neither credentials nor an
-allowed client certificate SAN; they say only "ok" or which sources have not been read yet.
+Everything is read from the web config of the moment (webreload.py re-reads the file when it
+changes), as the exporter toolkit re-reads it per request. /healthz and /readyz stay open so
+container and kubelet probes need neither credentials nor an allowed client certificate SAN;
+they say only "ok" or which sources have not been read yet.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ Prometheus exporter toolkit (`--web.config.file`), so users reuse what they know
     basic_auth_users:
       prometheus: $2y$10$...         # bcrypt hashes (htpasswd -nBC 10 "" | tr -d ':\\n')
 
-This module reads and checks the file into a WebConfig; webaccess.py applies it to requests.
-What Python's ssl cannot do as Go's crypto/tls does is refused with the reason, never
-approximated: a setting that silently means something else is worse than an error at startup.
+This module reads and checks the file into a WebConfig; webreload.py re-reads it when it
+changes and webaccess.py applies it to requests. What Python's ssl cannot do as Go's crypto/tls
+does is refused with the reason, never approximated: a setting that silently means something
+else is worse than an error at startup.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class WebConfig:
     users: dict[str, bytes] = field(default_factory=dict, repr=False)  # user -> bcrypt hash
     headers: dict[str, str] = field(default_factory=dict)  # added to every response
     allowed_sans: frozenset[str] = frozenset()  # client certificate SANs let in (empty: any)
+    path: str | None = None  # the file, when there is one
+    files: tuple[str, ...] = ()  # the file and the TLS files it names: watched for changes
 
 
 def load_web_config(path: str) -> WebConfig:
@@ -99,8 +102,22 @@ def load_web_config(path: str) -> WebConfig:
     except WebConfigError as exc:
         raise WebConfigError(f"web config {path}: {exc}") from None
     if tls is None:
-        return WebConfig(users=users, headers=headers)
-    return WebConfig(tls.context, users, headers, tls.allowed_sans)
+        return WebConfig(users=users, headers=headers, path=path, files=(path,))
+    return WebConfig(tls.context, users, headers, tls.allowed_sans, path, (path, *tls.files))
+
+
+def named_files(path: str) -> tuple[str, ...]:
+    """The file and the TLS files it names, read leniently: what to watch after a failed load,
+    so that creating a missing certificate is noticed."""
+    try:
+        section = _read(path).get("tls_server_config")
+    except WebConfigError:
+        return (path,)
+    if not isinstance(section, dict):
+        return (path,)
+    base = Path(path).parent
+    named = (section.get(key) for key in ("cert_file", "key_file", "client_ca_file"))
+    return (path, *(str(base / name) for name in named if isinstance(name, str) and name))
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -131,6 +148,7 @@ def _read(path: str) -> dict[str, Any]:
 class _Tls:
     context: ssl.SSLContext
     allowed_sans: frozenset[str]
+    files: tuple[str, ...]
 
 
 def _tls(raw: Any, base: Path) -> _Tls | None:
@@ -148,16 +166,18 @@ def _tls(raw: Any, base: Path) -> _Tls | None:
         # the toolkit serves plain HTTP when only versions or ciphers are set: refused here
         raise WebConfigError("tls_server_config needs cert_file and key_file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _load_certificate(context, section, base)
-    _client_auth(context, section, base)
+    files = _load_certificate(context, section, base)
+    ca_files = _client_auth(context, section, base)
     _versions(context, section)
     _ciphers(context, section)
     _curve(context, section)
     _server_preference(context, section)
-    return _Tls(context, _allowed_sans(section, context.verify_mode))
+    sans = _allowed_sans(section, context.verify_mode)
+    return _Tls(context, sans, files + ca_files)
 
 
-def _load_certificate(context: ssl.SSLContext, section: dict[str, Any], base: Path) -> None:
+def _load_certificate(context: ssl.SSLContext, section: dict[str, Any],
+                      base: Path) -> tuple[str, ...]:
     cert_file, key_file = _text(section, "cert_file"), _text(section, "key_file")
     cert, key = str(base / cert_file), str(base / key_file)
     try:
@@ -165,9 +185,11 @@ def _load_certificate(context: ssl.SSLContext, section: dict[str, Any], base: Pa
     except OSError as exc:  # ssl.SSLError is one
         raise WebConfigError(f"cannot load certificate or key ({cert_file}, {key_file}): "
                              f"{_reason(exc)}") from None
+    return cert, key
 
 
-def _client_auth(context: ssl.SSLContext, section: dict[str, Any], base: Path) -> None:
+def _client_auth(context: ssl.SSLContext, section: dict[str, Any],
+                 base: Path) -> tuple[str, ...]:
     """The verify mode and the CAs client certificates must chain to."""
     auth = _text(section, "client_auth_type") or "NoClientCert"
     if auth in UNVERIFIED_CLIENT_AUTH:
@@ -194,6 +216,7 @@ def _client_auth(context: ssl.SSLContext, section: dict[str, Any], base: Path) -
             context.load_verify_locations(cadata=ca_text)
     except OSError as exc:
         raise WebConfigError(f"cannot load the client CA: {_reason(exc)}") from None
+    return (str(base / ca_file),) if ca_file else ()
 
 
 def _versions(context: ssl.SSLContext, section: dict[str, Any]) -> None:
