@@ -1,9 +1,11 @@
 """Configuration: command-line flags over environment variables over an optional TOML file.
 
 Every setting has one key; its environment variable is PREFECT_PG_EXPORTER_<KEY>, its flag
---<key-with-dashes> and its file key <key>. Any DSN setting can instead be read from a file
-named by <KEY>_FILE (for mounted secrets). Anything malformed raises ConfigError with a one-line
-message; the CLI prints it and exits 2.
+--<key-with-dashes> and its file key <key>. Settings every Prometheus exporter has also take the
+exporter toolkit's spelling of the flag (--web.listen-address, --web.config.file). A setting has
+one value: two flags that give it different values are an error. Any DSN setting can instead be
+read from a file named by <KEY>_FILE (for mounted secrets). Anything malformed raises
+ConfigError with a one-line message; the CLI prints it and exits 2.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ class Setting:
     help: str
     metavar: str = "VALUE"
     secret: bool = False  # may come from <KEY>_FILE; never echoed back
+    toolkit_flag: str | None = None  # the exporter toolkit's spelling, accepted beside ours
 
     @property
     def env(self) -> str:
@@ -200,6 +203,10 @@ class Setting:
     @property
     def flag(self) -> str:
         return "--" + self.key.replace("_", "-")
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (self.flag, self.toolkit_flag) if self.toolkit_flag else (self.flag,)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -225,9 +232,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prefect_max_concurrent_requests", _positive_int,
             "Prefect API requests in flight at once per poll", "N"),
     Setting("listen_address", _listen, "HTTP address for /metrics, /healthz, /readyz and /",
-            "HOST:PORT"),
+            "HOST:PORT", toolkit_flag="--web.listen-address"),
     Setting("web_config_file", _web_config, "TLS and basic auth for the HTTP endpoints, in the "
-            "Prometheus exporter toolkit's web config format", "PATH"),
+            "Prometheus exporter toolkit's web config format", "PATH",
+            toolkit_flag="--web.config.file"),
     Setting("poll_interval_seconds", _positive_float, "seconds between polls of each source",
             "SECONDS"),
     Setting("poll_timeout_seconds", _positive_float,
@@ -261,21 +269,40 @@ _KUBERNETES_SERVICE_LINK = re.compile(
     ENV_PREFIX + r"(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[A-Z0-9_]+)?)$")
 
 
+def flag_dest(flag: str) -> str:
+    """Where argparse puts a flag's values: the setting's key for ours, the flag without its
+    dashes for the toolkit's spelling (load() tells them apart)."""
+    setting = next((s for s in SETTINGS if s.flag == flag), None)
+    return setting.key if setting else flag.removeprefix("--")
+
+
 def build_parser(prog: str = "prefect-pg-exporter") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config-file", metavar="PATH",
                         help=f"TOML file with the same keys (env: {_CONFIG_FILE_ENV})")
     for s in SETTINGS:
-        parser.add_argument(s.flag, dest=s.key, metavar=s.metavar, help=f"{s.help} (env: {s.env})")
+        # append: a flag given twice is seen, not silently the last one (the toolkit repeats
+        # --web.listen-address for several addresses; this exporter listens on one)
+        parser.add_argument(s.flag, dest=s.key, metavar=s.metavar, action="append",
+                            help=f"{s.help} (env: {s.env})")
+        if s.toolkit_flag:
+            parser.add_argument(s.toolkit_flag, dest=flag_dest(s.toolkit_flag),
+                                metavar=s.metavar, action="append",
+                                help=f"the exporter toolkit's spelling of {s.flag}")
     return parser
 
 
-def load(flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> Config:
-    """Merge flags, environment and the optional file into a checked Config."""
+FlagValue = str | Sequence[str] | None
+
+
+def load(flags: Mapping[str, FlagValue], environ: Mapping[str, str] | None = None) -> Config:
+    """Merge flags, environment and the optional file into a checked Config. flags: by
+    setting key (or flag_dest() of a toolkit spelling), a value or the values given."""
     environ = os.environ if environ is None else environ
-    raw = _from_file(flags.get("config_file") or environ.get(_CONFIG_FILE_ENV))
+    config_file = _one_value(flags.get("config_file"))
+    raw = _from_file(config_file or environ.get(_CONFIG_FILE_ENV))
     raw.update(_from_environ(environ))
-    raw.update({k: v for k, v in flags.items() if v is not None and k in _BY_KEY})
+    raw.update(_from_flags(flags))
     ours = set(raw)
     for key, variable in PREFECT_FALLBACKS.items():
         # credentials come as a pair: one of ours set means none of Prefect's is wanted
@@ -283,6 +310,54 @@ def load(flags: Mapping[str, str | None], environ: Mapping[str, str] | None = No
         if key not in ours and not credential_set and environ.get(variable):
             raw[key] = environ[variable]
     return _build(raw)
+
+
+def _from_flags(flags: Mapping[str, FlagValue]) -> dict[str, str]:
+    """One value per setting from all the flags that set it: the same value given twice (or
+    in both spellings) is fine, different ones are refused rather than one silently winning."""
+    values: dict[str, str] = {}
+    for setting in SETTINGS:
+        given = [(flag, value) for flag in setting.flags
+                 for value in _given(flags.get(flag_dest(flag)))]
+        if not given:
+            continue
+        (first_flag, first), *others = given
+        for flag, value in others:
+            if not _same(setting, first, value):
+                raise _disagree(setting, (first_flag, first), (flag, value))
+        values[setting.key] = first
+    return values
+
+
+def _disagree(setting: Setting, *given: tuple[str, str]) -> ConfigError:
+    what = setting.key.replace("_", " ")
+    if setting.secret:  # never echoed back
+        return ConfigError(f"{given[0][0]} and {given[1][0]} disagree: give one {what}")
+    shown = " and ".join(f"{flag} {value!r}" for flag, value in given)
+    return ConfigError(f"{shown} disagree: give one {what}")
+
+
+def _given(value: FlagValue) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _one_value(value: FlagValue) -> str | None:
+    given = _given(value)
+    return given[-1] if given else None
+
+
+def _same(setting: Setting, a: str, b: str) -> bool:
+    """Whether two values of a setting mean the same (:9816 and 0.0.0.0:9816)."""
+    if a.strip() == b.strip():
+        return True
+    if setting.secret or setting.key == "web_config_file":  # parsing reads files: compare paths
+        return False
+    try:
+        return bool(setting.parse(a) == setting.parse(b))
+    except ValueError:
+        return False
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from exporter.config import SETTINGS, ConfigError, Listen, load
+from exporter.config import SETTINGS, ConfigError, Listen, build_parser, load
 
 DSN = "postgresql://mon:s3cret-pw@db.example:5433/prefect"
 API = "http://prefect:4200/api"
@@ -173,6 +175,8 @@ def test_cli_help_and_version() -> None:
     assert done.returncode == 0
     for setting in SETTINGS:
         assert setting.flag in done.stdout and setting.env in done.stdout
+        if setting.toolkit_flag:
+            assert setting.toolkit_flag in done.stdout
     from exporter import __version__
 
     assert _cli("--version").stdout.strip() == f"prefect-pg-exporter {__version__}"
@@ -189,3 +193,52 @@ def test_cli_listen_address_in_use_is_a_clear_error() -> None:
         done = _cli("--postgres-dsn", DSN, "--listen-address", f"127.0.0.1:{port}")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith("address already in use")
+
+
+def _flags(*argv: str) -> dict[str, Any]:
+    return vars(build_parser().parse_args(argv))
+
+
+def test_exporter_toolkit_flag_spellings(tmp_path: Path) -> None:
+    """A command line written for node_exporter works."""
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    config = load(_flags("--web.listen-address", "127.0.0.1:9999", "--web.config.file",
+                         str(web)), {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
+    assert config.listen == Listen("127.0.0.1", 9999)
+    assert config.web.headers == {"X-Frame-Options": "deny"}
+    # and ours, beside them: the same settings
+    config = load(_flags("--listen-address", "127.0.0.1:9999"),
+                  {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
+    assert config.listen.port == 9999
+
+
+@pytest.mark.parametrize("argv", [
+    ("--listen-address", ":9816", "--web.listen-address", "0.0.0.0:9816"),
+    ("--listen-address", ":9816", "--listen-address", ":9816"),
+])
+def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None:
+    load(_flags(*argv, "--postgres-dsn", DSN), {})
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--listen-address", ":1", "--web.listen-address", ":2"),
+     "--listen-address ':1' and --web.listen-address ':2' disagree: give one listen address"),
+    # the toolkit repeats it for several listeners; this exporter has one
+    (("--web.listen-address", ":1", "--web.listen-address", ":2"), "give one listen address"),
+    (("--web-config-file", "a.yml", "--web.config.file", "b.yml"), "give one web config file"),
+    (("--postgres-dsn", DSN.replace("5433", "5434")), "give one postgres dsn"),
+])
+def test_two_values_for_one_setting_are_refused(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load(_flags("--postgres-dsn", DSN, *argv), {})
+    assert "\n" not in str(info.value)
+    assert "s3cret-pw" not in str(info.value)
+
+
+def test_cli_two_spellings_that_disagree_are_one_line_and_exit_2() -> None:
+    done = _cli("--postgres-dsn", DSN, "--listen-address", "127.0.0.1:0",
+                "--web.listen-address", "127.0.0.1:1")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "disagree" in done.stderr
