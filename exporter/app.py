@@ -59,7 +59,8 @@ class Exporter:
     async def start(self) -> None:
         web_config = LiveWebConfig(self.config.web)
         app = make_app(self.exposition, self.poller.states, lambda: self.findings,
-                       web_config.current if self.config.web.path else None)
+                       web_config.current if self.config.web.path else None,
+                       self.config.telemetry_path)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port,

@@ -69,6 +69,7 @@ class Config:
     prefect_upcoming_horizon_seconds: float = 3600.0
     prefect_max_concurrent_requests: int = 4
     listen: Listen = Listen("0.0.0.0", 9816)
+    telemetry_path: str = "/metrics"
     poll_interval_seconds: float = 15.0
     poll_timeout_seconds: float = 10.0
     log_level: str = "info"
@@ -122,6 +123,16 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _telemetry_path(raw: str) -> str:
+    path = raw.strip()
+    if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", path):
+        raise ValueError("must be a URL path starting with /, e.g. /metrics")
+    if path in ("/", "/healthz", "/readyz"):
+        raise ValueError("must not be /, /healthz or /readyz: those serve the landing page and "
+                         "the probes")
+    return path
 
 
 def _listen(raw: str) -> Listen:
@@ -231,8 +242,10 @@ SETTINGS: tuple[Setting, ...] = (
             "how far ahead a SCHEDULED run counts as upcoming", "SECONDS"),
     Setting("prefect_max_concurrent_requests", _positive_int,
             "Prefect API requests in flight at once per poll", "N"),
-    Setting("listen_address", _listen, "HTTP address for /metrics, /healthz, /readyz and /",
+    Setting("listen_address", _listen, "HTTP address for the metrics, /healthz, /readyz and /",
             "HOST:PORT", toolkit_flag="--web.listen-address"),
+    Setting("telemetry_path", _telemetry_path, "the path the metrics are served on", "PATH",
+            toolkit_flag="--web.telemetry-path"),
     Setting("web_config_file", _web_config, "TLS and basic auth for the HTTP endpoints, in the "
             "Prometheus exporter toolkit's web config format", "PATH",
             toolkit_flag="--web.config.file"),
@@ -482,6 +495,7 @@ def describe(config: Config) -> dict[str, Any]:
         "pgbouncer_targets": [t.name for t in config.pgbouncer_targets],
         "prefect_targets": [t.name for t in config.prefect_targets],
         "listen_address": str(config.listen),
+        "telemetry_path": config.telemetry_path,
         "poll_interval_seconds": config.poll_interval_seconds,
         "poll_timeout_seconds": config.poll_timeout_seconds,
         "label_top_n": config.label_top_n,

@@ -63,6 +63,10 @@ BAD = [
     ({"listen_address": "localhost"}, "host:port"),
     ({"listen_address": "1.2.3.4:99999"}, "host:port"),
     ({"log_level": "loud"}, "one of"),
+    ({"telemetry_path": "metrics"}, "starting with /"),
+    ({"telemetry_path": "/my metrics"}, "URL path"),
+    ({"telemetry_path": "/healthz"}, "must not be"),
+    ({"telemetry_path": "/"}, "must not be"),
     ({"log_format": "xml"}, "one of"),
     ({"label_top_n": "0"}, ">= 1"),
     ({"label_top_n": "ten"}, "whole number"),
@@ -203,19 +207,23 @@ def test_exporter_toolkit_flag_spellings(tmp_path: Path) -> None:
     """A command line written for node_exporter works."""
     web = tmp_path / "web.yml"
     web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
-    config = load(_flags("--web.listen-address", "127.0.0.1:9999", "--web.config.file",
-                         str(web)), {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
+    config = load(_flags("--web.listen-address", "127.0.0.1:9999", "--web.telemetry-path",
+                         "/prom/metrics", "--web.config.file", str(web)),
+                  {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
     assert config.listen == Listen("127.0.0.1", 9999)
+    assert config.telemetry_path == "/prom/metrics"
     assert config.web.headers == {"X-Frame-Options": "deny"}
     # and ours, beside them: the same settings
-    config = load(_flags("--listen-address", "127.0.0.1:9999"),
-                  {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
-    assert config.listen.port == 9999
+    config = load(_flags("--listen-address", "127.0.0.1:9999"), {
+        "PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN, "PREFECT_PG_EXPORTER_TELEMETRY_PATH": "/x"})
+    assert (config.listen.port, config.telemetry_path) == (9999, "/x")
+    assert load({"postgres_dsn": DSN}, {}).telemetry_path == "/metrics"
 
 
 @pytest.mark.parametrize("argv", [
     ("--listen-address", ":9816", "--web.listen-address", "0.0.0.0:9816"),
     ("--listen-address", ":9816", "--listen-address", ":9816"),
+    ("--telemetry-path", "/m", "--web.telemetry-path", "/m"),
 ])
 def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None:
     load(_flags(*argv, "--postgres-dsn", DSN), {})
@@ -226,6 +234,7 @@ def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None
      "--listen-address ':1' and --web.listen-address ':2' disagree: give one listen address"),
     # the toolkit repeats it for several listeners; this exporter has one
     (("--web.listen-address", ":1", "--web.listen-address", ":2"), "give one listen address"),
+    (("--telemetry-path", "/a", "--web.telemetry-path", "/b"), "give one telemetry path"),
     (("--web-config-file", "a.yml", "--web.config.file", "b.yml"), "give one web config file"),
     (("--postgres-dsn", DSN.replace("5433", "5434")), "give one postgres dsn"),
 ])
