@@ -2,7 +2,7 @@
 
 Every setting has one key; its environment variable is PREFECT_PG_EXPORTER_<KEY>, its flag
 --<key-with-dashes> and its file key <key>. Settings every Prometheus exporter has also take the
-exporter toolkit's spelling of the flag (--web.listen-address, --web.config.file). A setting has
+exporter toolkit's spelling of the flag (--web.listen-address, --log.level, ...). A setting has
 one value: two flags that give it different values are an error. Any DSN setting can instead be
 read from a file named by <KEY>_FILE (for mounted secrets). Anything malformed raises
 ConfigError with a one-line message; the CLI prints it and exits 2.
@@ -123,6 +123,13 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("debug", "info", "warn", "warning", "error"):
+        raise ValueError("must be one of debug, info, warn (or warning), error")
+    return "warning" if value == "warn" else value  # warn: the exporter toolkit's spelling
 
 
 def _telemetry_path(raw: str) -> str:
@@ -254,9 +261,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_timeout_seconds", _positive_float,
             "a poll slower than this fails (the exporter's own statement_timeout is 0.8 times it)",
             "SECONDS"),
-    Setting("log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
-    Setting("log_format", _choice("auto", "json", "console"),
-            "json, console, or auto (console on a terminal, JSON otherwise)", "FORMAT"),
+    Setting("log_level", _log_level, "debug, info, warn (or warning), error", "LEVEL",
+            toolkit_flag="--log.level"),
+    Setting("log_format", _choice("auto", "json", "logfmt", "console"),
+            "json, logfmt, console, or auto (console on a terminal, JSON otherwise)", "FORMAT",
+            toolkit_flag="--log.format"),
     Setting("label_top_n", _positive_int, "values kept per label that comes from the database "
             "(application_name, usename, datname, ...); the rest fold into 'other'", "N"),
     Setting("top_transactions", _non_negative_int,
@@ -362,7 +371,8 @@ def _one_value(value: FlagValue) -> str | None:
 
 
 def _same(setting: Setting, a: str, b: str) -> bool:
-    """Whether two values of a setting mean the same (:9816 and 0.0.0.0:9816)."""
+    """Whether two values of a setting mean the same (:9816 and 0.0.0.0:9816, warn and
+    warning)."""
     if a.strip() == b.strip():
         return True
     if setting.secret or setting.key == "web_config_file":  # parsing reads files: compare paths

@@ -63,6 +63,7 @@ BAD = [
     ({"listen_address": "localhost"}, "host:port"),
     ({"listen_address": "1.2.3.4:99999"}, "host:port"),
     ({"log_level": "loud"}, "one of"),
+    ({"log_level": "warnings"}, "one of"),
     ({"telemetry_path": "metrics"}, "starting with /"),
     ({"telemetry_path": "/my metrics"}, "URL path"),
     ({"telemetry_path": "/healthz"}, "must not be"),
@@ -208,15 +209,17 @@ def test_exporter_toolkit_flag_spellings(tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
     config = load(_flags("--web.listen-address", "127.0.0.1:9999", "--web.telemetry-path",
-                         "/prom/metrics", "--web.config.file", str(web)),
-                  {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
+                         "/prom/metrics", "--web.config.file", str(web), "--log.level", "warn",
+                         "--log.format", "logfmt"), {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
     assert config.listen == Listen("127.0.0.1", 9999)
     assert config.telemetry_path == "/prom/metrics"
     assert config.web.headers == {"X-Frame-Options": "deny"}
+    assert (config.log_level, config.log_format) == ("warning", "logfmt")
     # and ours, beside them: the same settings
-    config = load(_flags("--listen-address", "127.0.0.1:9999"), {
+    config = load(_flags("--listen-address", "127.0.0.1:9999", "--log-level", "warning"), {
         "PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN, "PREFECT_PG_EXPORTER_TELEMETRY_PATH": "/x"})
-    assert (config.listen.port, config.telemetry_path) == (9999, "/x")
+    assert (config.listen.port, config.log_level, config.telemetry_path) == (9999, "warning", "/x")
+    assert load({"postgres_dsn": DSN, "log_level": "WARN"}, {}).log_level == "warning"
     assert load({"postgres_dsn": DSN}, {}).telemetry_path == "/metrics"
 
 
@@ -224,6 +227,8 @@ def test_exporter_toolkit_flag_spellings(tmp_path: Path) -> None:
     ("--listen-address", ":9816", "--web.listen-address", "0.0.0.0:9816"),
     ("--listen-address", ":9816", "--listen-address", ":9816"),
     ("--telemetry-path", "/m", "--web.telemetry-path", "/m"),
+    ("--log-level", "warning", "--log.level", "warn"),
+    ("--log-format", "json", "--log.format", "JSON"),
 ])
 def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None:
     load(_flags(*argv, "--postgres-dsn", DSN), {})
@@ -235,6 +240,8 @@ def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None
     # the toolkit repeats it for several listeners; this exporter has one
     (("--web.listen-address", ":1", "--web.listen-address", ":2"), "give one listen address"),
     (("--telemetry-path", "/a", "--web.telemetry-path", "/b"), "give one telemetry path"),
+    (("--log-level", "debug", "--log.level", "error"), "give one log level"),
+    (("--log.format", "logfmt", "--log-format", "json"), "give one log format"),
     (("--web-config-file", "a.yml", "--web.config.file", "b.yml"), "give one web config file"),
     (("--postgres-dsn", DSN.replace("5433", "5434")), "give one postgres dsn"),
 ])
