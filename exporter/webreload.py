@@ -49,8 +49,8 @@ class LiveWebConfig:
         if stats == self._stats and not self._racy(stats):
             return self._good
         digest = _digest(self._watch)
-        if stats == self._stats and digest == self._digest:
-            self._taken_ns = time.time_ns()  # settled: stat alone is trustworthy again
+        if digest == self._digest:  # touched, or fresh but unchanged: nothing to re-read
+            self._stats, self._taken_ns = stats, time.time_ns()
             return self._good
         self._reload(self._good.path)
         return self._good

@@ -3,6 +3,7 @@ restart, a broken replacement keeps the last good config, client auth and users 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -158,3 +159,13 @@ def test_a_missing_certificate_that_appears_is_picked_up(tmp_path: Path, ca: tru
     shutil.copy(tmp_path / "server.crt", tmp_path / "next.crt")
     shutil.copy(tmp_path / "server.key", tmp_path / "next.key")
     assert live.current().files[1].endswith("next.crt")
+
+
+def test_a_touched_file_is_not_re_read(tmp_path: Path) -> None:
+    path = write_web_config(tmp_path, FRAME.format("deny"))
+    live = LiveWebConfig(load_web_config(path))
+    first = live.current()
+    os.utime(path, ns=(10**18, 10**18))  # new timestamps, same content
+    with structlog.testing.capture_logs() as logs:
+        assert live.current() is first
+    assert logs == []
