@@ -18,6 +18,7 @@ from exporter.metricspec import MetricOptions
 from exporter.poller import Poller, failures, fresh_snapshots
 from exporter.server import make_app
 from exporter.source import Source
+from exporter.webreload import LiveWebConfig
 
 log = structlog.get_logger("exporter")
 
@@ -56,12 +57,14 @@ class Exporter:
         self.exposition.render()
 
     async def start(self) -> None:
+        web_config = LiveWebConfig(self.config.web)
         app = make_app(self.exposition, self.poller.states, lambda: self.findings,
-                       self.config.web.users)
+                       web_config.current if self.config.web.path else None,
+                       self.config.telemetry_path)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port,
-                           ssl_context=self.config.web.ssl_context)
+                           ssl_context=web_config.ssl_context())
         await site.start()
         # the bound address tells the port when 0 was asked for
         self.port = int(self._runner.addresses[0][1])

@@ -1,9 +1,11 @@
 """Configuration: command-line flags over environment variables over an optional TOML file.
 
 Every setting has one key; its environment variable is PREFECT_PG_EXPORTER_<KEY>, its flag
---<key-with-dashes> and its file key <key>. Any DSN setting can instead be read from a file
-named by <KEY>_FILE (for mounted secrets). Anything malformed raises ConfigError with a one-line
-message; the CLI prints it and exits 2.
+--<key-with-dashes> and its file key <key>. Settings every Prometheus exporter has also take the
+exporter toolkit's spelling of the flag (--web.listen-address, --log.level, ...). A setting has
+one value: two flags that give it different values are an error. Any DSN setting can instead be
+read from a file named by <KEY>_FILE (for mounted secrets). Anything malformed raises
+ConfigError with a one-line message; the CLI prints it and exits 2.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Config:
     prefect_upcoming_horizon_seconds: float = 3600.0
     prefect_max_concurrent_requests: int = 4
     listen: Listen = Listen("0.0.0.0", 10816)
+    telemetry_path: str = "/metrics"
     poll_interval_seconds: float = 15.0
     poll_timeout_seconds: float = DEFAULT_POLL_TIMEOUT_SECONDS
     log_level: str = "info"
@@ -126,6 +129,23 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("debug", "info", "warn", "warning", "error"):
+        raise ValueError("must be one of debug, info, warn (or warning), error")
+    return "warning" if value == "warn" else value  # warn: the exporter toolkit's spelling
+
+
+def _telemetry_path(raw: str) -> str:
+    path = raw.strip()
+    if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", path):
+        raise ValueError("must be a URL path starting with /, e.g. /metrics")
+    if path in ("/", "/healthz", "/readyz"):
+        raise ValueError("must not be /, /healthz or /readyz: those serve the landing page and "
+                         "the probes")
+    return path
 
 
 def _listen(raw: str) -> Listen:
@@ -198,6 +218,7 @@ class Setting:
     help: str
     metavar: str = "VALUE"
     secret: bool = False  # may come from <KEY>_FILE; never echoed back
+    toolkit_flag: str | None = None  # the exporter toolkit's spelling, accepted beside ours
 
     @property
     def env(self) -> str:
@@ -206,6 +227,10 @@ class Setting:
     @property
     def flag(self) -> str:
         return "--" + self.key.replace("_", "-")
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (self.flag, self.toolkit_flag) if self.toolkit_flag else (self.flag,)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -230,18 +255,23 @@ SETTINGS: tuple[Setting, ...] = (
             "how far ahead a SCHEDULED run counts as upcoming", "SECONDS"),
     Setting("prefect_max_concurrent_requests", _positive_int,
             "Prefect API requests in flight at once per poll", "N"),
-    Setting("listen_address", _listen, "HTTP address for /metrics, /healthz, /readyz and /",
-            "HOST:PORT"),
+    Setting("listen_address", _listen, "HTTP address for the metrics, /healthz, /readyz and /",
+            "HOST:PORT", toolkit_flag="--web.listen-address"),
+    Setting("telemetry_path", _telemetry_path, "the path the metrics are served on", "PATH",
+            toolkit_flag="--web.telemetry-path"),
     Setting("web_config_file", _web_config, "TLS and basic auth for the HTTP endpoints, in the "
-            "Prometheus exporter toolkit's web config format", "PATH"),
+            "Prometheus exporter toolkit's web config format", "PATH",
+            toolkit_flag="--web.config.file"),
     Setting("poll_interval_seconds", _positive_float, "seconds between polls of each source",
             "SECONDS"),
     Setting("poll_timeout_seconds", _positive_float,
             "a poll slower than this fails (the exporter's own statement_timeout is 0.8 times "
             "it); default: 10 or the poll interval, whichever is shorter", "SECONDS"),
-    Setting("log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
-    Setting("log_format", _choice("auto", "json", "console"),
-            "json, console, or auto (console on a terminal, JSON otherwise)", "FORMAT"),
+    Setting("log_level", _log_level, "debug, info, warn (or warning), error", "LEVEL",
+            toolkit_flag="--log.level"),
+    Setting("log_format", _choice("auto", "json", "logfmt", "console"),
+            "json, logfmt, console, or auto (console on a terminal, JSON otherwise)", "FORMAT",
+            toolkit_flag="--log.format"),
     Setting("label_top_n", _positive_int, "values kept per label that comes from the database "
             "(application_name, usename, datname, ...); the rest fold into 'other'", "N"),
     Setting("top_transactions", _non_negative_int,
@@ -269,12 +299,26 @@ _KUBERNETES_SERVICE_LINK = re.compile(
     ENV_PREFIX + r"(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[A-Z0-9_]+)?)$")
 
 
+def flag_dest(flag: str) -> str:
+    """Where argparse puts a flag's values: the setting's key for ours, the flag without its
+    dashes for the toolkit's spelling (load() tells them apart)."""
+    setting = next((s for s in SETTINGS if s.flag == flag), None)
+    return setting.key if setting else flag.removeprefix("--")
+
+
 def build_parser(prog: str = "prefect-pg-exporter") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config-file", metavar="PATH",
                         help=f"TOML file with the same keys (env: {_CONFIG_FILE_ENV})")
     for s in SETTINGS:
-        parser.add_argument(s.flag, dest=s.key, metavar=s.metavar, help=f"{s.help} (env: {s.env})")
+        # append: a flag given twice is seen, not silently the last one (the toolkit repeats
+        # --web.listen-address for several addresses; this exporter listens on one)
+        parser.add_argument(s.flag, dest=s.key, metavar=s.metavar, action="append",
+                            help=f"{s.help} (env: {s.env})")
+        if s.toolkit_flag:
+            parser.add_argument(s.toolkit_flag, dest=flag_dest(s.toolkit_flag),
+                                metavar=s.metavar, action="append",
+                                help=f"the exporter toolkit's spelling of {s.flag}")
     parser.add_argument("--set", dest=THRESHOLDS_KEY, action="append", metavar="NAME=VALUE",
                         help="override an alert/diagnosis threshold, as for the rules generator "
                              "(repeatable; python -m exporter.alerting --thresholds lists them; "
@@ -282,16 +326,20 @@ def build_parser(prog: str = "prefect-pg-exporter") -> argparse.ArgumentParser:
     return parser
 
 
-def load(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    """Merge flags, environment and the optional file into a checked Config."""
+FlagValue = str | Sequence[str] | None
+
+
+def load(flags: Mapping[str, FlagValue], environ: Mapping[str, str] | None = None) -> Config:
+    """Merge flags, environment and the optional file into a checked Config. flags: by
+    setting key (or flag_dest() of a toolkit spelling), a value or the values given."""
     environ = os.environ if environ is None else environ
-    file = flags.get("config_file") or environ.get(_CONFIG_FILE_ENV)
+    file = _one_value(flags.get("config_file")) or environ.get(_CONFIG_FILE_ENV)
     raw = _from_file(file)
     overrides = _thresholds(raw.pop(THRESHOLDS_KEY, ""), f"config file {file}: thresholds")
     raw.update(_from_environ(environ))
     overrides.update(_thresholds(raw.pop(THRESHOLDS_KEY, ""), THRESHOLDS_ENV))
-    raw.update({k: v for k, v in flags.items() if v is not None and k in _BY_KEY})
-    overrides.update(_thresholds(",".join(flags.get(THRESHOLDS_KEY) or ()), "--set"))
+    raw.update(_from_flags(flags))
+    overrides.update(_thresholds(",".join(_given(flags.get(THRESHOLDS_KEY))), "--set"))
     ours = set(raw)
     for key, variable in PREFECT_FALLBACKS.items():
         # credentials come as a pair: one of ours set means none of Prefect's is wanted
@@ -308,6 +356,55 @@ def _thresholds(text: str, where: str) -> dict[str, float]:
         return parse_overrides(split_items(text))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _from_flags(flags: Mapping[str, FlagValue]) -> dict[str, str]:
+    """One value per setting from all the flags that set it: the same value given twice (or
+    in both spellings) is fine, different ones are refused rather than one silently winning."""
+    values: dict[str, str] = {}
+    for setting in SETTINGS:
+        given = [(flag, value) for flag in setting.flags
+                 for value in _given(flags.get(flag_dest(flag)))]
+        if not given:
+            continue
+        (first_flag, first), *others = given
+        for flag, value in others:
+            if not _same(setting, first, value):
+                raise _disagree(setting, (first_flag, first), (flag, value))
+        values[setting.key] = first
+    return values
+
+
+def _disagree(setting: Setting, *given: tuple[str, str]) -> ConfigError:
+    what = setting.key.replace("_", " ")
+    if setting.secret:  # never echoed back
+        return ConfigError(f"{given[0][0]} and {given[1][0]} disagree: give one {what}")
+    shown = " and ".join(f"{flag} {value!r}" for flag, value in given)
+    return ConfigError(f"{shown} disagree: give one {what}")
+
+
+def _given(value: FlagValue) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _one_value(value: FlagValue) -> str | None:
+    given = _given(value)
+    return given[-1] if given else None
+
+
+def _same(setting: Setting, a: str, b: str) -> bool:
+    """Whether two values of a setting mean the same (:9816 and 0.0.0.0:9816, warn and
+    warning)."""
+    if a.strip() == b.strip():
+        return True
+    if setting.secret or setting.key == "web_config_file":  # parsing reads files: compare paths
+        return False
+    try:
+        return bool(setting.parse(a) == setting.parse(b))
+    except ValueError:
+        return False
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
@@ -438,6 +535,7 @@ def describe(config: Config) -> dict[str, Any]:
         "pgbouncer_targets": [t.name for t in config.pgbouncer_targets],
         "prefect_targets": [t.name for t in config.prefect_targets],
         "listen_address": str(config.listen),
+        "telemetry_path": config.telemetry_path,
         "poll_interval_seconds": config.poll_interval_seconds,
         "poll_timeout_seconds": config.poll_timeout_seconds,
         "label_top_n": config.label_top_n,

@@ -1,4 +1,5 @@
-"""structlog setup: JSON lines in containers, readable lines on a terminal.
+"""structlog setup: JSON lines in containers, readable lines on a terminal, or logfmt (the
+exporter toolkit's default format).
 
 Nothing logged carries a DSN: sources log their target's name, and error texts are scrubbed of
 the target's password before they reach a log call.
@@ -15,9 +16,7 @@ import structlog
 def configure(level: str = "info", fmt: str = "auto") -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if fmt == "console"
-        else structlog.processors.JSONRenderer())
+    renderer = _renderer(fmt)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -37,3 +36,13 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(
             level.upper())))
+
+
+def _renderer(fmt: str) -> structlog.typing.Processor:
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    if fmt == "logfmt":
+        # time, level and message first, as the toolkit's (slog's) logfmt lines begin
+        return structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"],
+                                                   drop_missing=True)
+    return structlog.processors.JSONRenderer()

@@ -1,4 +1,5 @@
-"""The HTTP server. It only serves: /metrics from memory, /healthz, /readyz and a landing page."""
+"""The HTTP server. It only serves: the metrics from memory (/metrics or the telemetry path),
+/healthz, /readyz and a landing page."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from exporter import __version__
 from exporter.collector import Exposition
 from exporter.finding import Finding
 from exporter.poller import SourceState
-from exporter.webconfig import basic_auth_middleware
+from exporter.webaccess import install
+from exporter.webconfig import WebConfig
 
 
 def make_app(exposition: Exposition, states: Sequence[SourceState],
              findings: Callable[[], Sequence[Finding]] = list,
-             users: dict[str, bytes] | None = None) -> web.Application:
+             web_config: Callable[[], WebConfig] | None = None,
+             telemetry_path: str = "/metrics") -> web.Application:
+    """web_config: the web config of the moment, when a web config file is used (its users,
+    headers and client certificate SANs may change while the server runs)."""
     async def metrics(request: web.Request) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
         body = exposition.body
@@ -38,10 +43,13 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
         return web.Response(text="ready\n")
 
     async def index(_: web.Request) -> web.Response:
-        return web.Response(text=landing_page(states, findings()), content_type="text/html")
+        return web.Response(text=landing_page(states, findings(), telemetry_path=telemetry_path),
+                            content_type="text/html")
 
-    app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
-    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz),
+    app = web.Application()
+    if web_config is not None:
+        install(app, web_config)
+    app.add_routes([web.get(telemetry_path, metrics), web.get("/healthz", healthz),
                     web.get("/readyz", readyz), web.get("/", index)])
     return app
 
@@ -80,7 +88,7 @@ def _findings_html(findings: Sequence[Finding]) -> str:
 
 
 def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = (),
-                 now: float | None = None) -> str:
+                 now: float | None = None, telemetry_path: str = "/metrics") -> str:
     now = time.time() if now is None else now
     rows = []
     for s in states:
@@ -95,7 +103,8 @@ def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = ()
 .up{{color:#1a7f37}}.down,.critical{{color:#cf222e;font-weight:bold}}
 .warning{{color:#9a6700}}.info{{color:#0969da}}</style></head>
 <body><h1>prefect-pg-exporter {html.escape(__version__)}</h1>
-<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> ·
+<p><a href="{html.escape(telemetry_path)}">{html.escape(telemetry_path)}</a> ·
+<a href="/healthz">/healthz</a> ·
 <a href="/readyz">/readyz</a></p>
 <h2>Sources</h2>
 <table><tr><th>source</th><th>target</th><th>state</th><th>last success</th><th>last error</th></tr>

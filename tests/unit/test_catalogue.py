@@ -38,6 +38,8 @@ def test_readme_documents_every_setting() -> None:
     for setting in SETTINGS:
         assert f"`{setting.env}`" in readme, setting.env
         assert f"`{setting.flag}`" in readme, setting.flag
+        if setting.toolkit_flag:
+            assert f"`{setting.toolkit_flag}`" in readme, setting.toolkit_flag
         if setting.secret:
             assert f"`{setting.env}_FILE`" in readme, setting.env + "_FILE"
     assert "`PREFECT_PG_EXPORTER_THRESHOLDS`" in readme and "`--set NAME=VALUE`" in readme

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from exporter.config import SETTINGS, ConfigError, Listen, load
+from exporter.config import SETTINGS, ConfigError, Listen, build_parser, load
 
 DSN = "postgresql://mon:s3cret-pw@db.example:5433/prefect"
 API = "http://prefect:4200/api"
@@ -81,6 +83,11 @@ BAD = [
     ({"listen_address": "localhost"}, "host:port"),
     ({"listen_address": "1.2.3.4:99999"}, "host:port"),
     ({"log_level": "loud"}, "one of"),
+    ({"log_level": "warnings"}, "one of"),
+    ({"telemetry_path": "metrics"}, "starting with /"),
+    ({"telemetry_path": "/my metrics"}, "URL path"),
+    ({"telemetry_path": "/healthz"}, "must not be"),
+    ({"telemetry_path": "/"}, "must not be"),
     ({"log_format": "xml"}, "one of"),
     ({"label_top_n": "0"}, ">= 1"),
     ({"label_top_n": "ten"}, "whole number"),
@@ -193,6 +200,8 @@ def test_cli_help_and_version() -> None:
     assert done.returncode == 0
     for setting in SETTINGS:
         assert setting.flag in done.stdout and setting.env in done.stdout
+        if setting.toolkit_flag:
+            assert setting.toolkit_flag in done.stdout
     from exporter import __version__
 
     assert _cli("--version").stdout.strip() == f"prefect-pg-exporter {__version__}"
@@ -247,3 +256,63 @@ def test_cli_set_reaches_the_doctor_and_a_bad_one_exits_2() -> None:
                          capture_output=True, text=True, env=env, timeout=30)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "unknown threshold 'nope'" in bad.stderr
+
+
+def _flags(*argv: str) -> dict[str, Any]:
+    return vars(build_parser().parse_args(argv))
+
+
+def test_exporter_toolkit_flag_spellings(tmp_path: Path) -> None:
+    """A command line written for node_exporter works."""
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    config = load(_flags("--web.listen-address", "127.0.0.1:9999", "--web.telemetry-path",
+                         "/prom/metrics", "--web.config.file", str(web), "--log.level", "warn",
+                         "--log.format", "logfmt"), {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN})
+    assert config.listen == Listen("127.0.0.1", 9999)
+    assert config.telemetry_path == "/prom/metrics"
+    assert config.web.headers == {"X-Frame-Options": "deny"}
+    assert (config.log_level, config.log_format) == ("warning", "logfmt")
+    # and ours, beside them: the same settings
+    config = load(_flags("--listen-address", "127.0.0.1:9999", "--log-level", "warning"), {
+        "PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN, "PREFECT_PG_EXPORTER_TELEMETRY_PATH": "/x"})
+    assert (config.listen.port, config.log_level, config.telemetry_path) == (9999, "warning", "/x")
+    assert load({"postgres_dsn": DSN, "log_level": "WARN"}, {}).log_level == "warning"
+    assert load({"postgres_dsn": DSN}, {}).telemetry_path == "/metrics"
+
+
+@pytest.mark.parametrize("argv", [
+    ("--listen-address", ":9816", "--web.listen-address", "0.0.0.0:9816"),
+    ("--listen-address", ":9816", "--listen-address", ":9816"),
+    ("--telemetry-path", "/m", "--web.telemetry-path", "/m"),
+    ("--log-level", "warning", "--log.level", "warn"),
+    ("--log-format", "json", "--log.format", "JSON"),
+])
+def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None:
+    load(_flags(*argv, "--postgres-dsn", DSN), {})
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--listen-address", ":1", "--web.listen-address", ":2"),
+     "--listen-address ':1' and --web.listen-address ':2' disagree: give one listen address"),
+    # the toolkit repeats it for several listeners; this exporter has one
+    (("--web.listen-address", ":1", "--web.listen-address", ":2"), "give one listen address"),
+    (("--telemetry-path", "/a", "--web.telemetry-path", "/b"), "give one telemetry path"),
+    (("--log-level", "debug", "--log.level", "error"), "give one log level"),
+    (("--log.format", "logfmt", "--log-format", "json"), "give one log format"),
+    (("--web-config-file", "a.yml", "--web.config.file", "b.yml"), "give one web config file"),
+    (("--postgres-dsn", DSN.replace("5433", "5434")), "give one postgres dsn"),
+])
+def test_two_values_for_one_setting_are_refused(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load(_flags("--postgres-dsn", DSN, *argv), {})
+    assert "\n" not in str(info.value)
+    assert "s3cret-pw" not in str(info.value)
+
+
+def test_cli_two_spellings_that_disagree_are_one_line_and_exit_2() -> None:
+    done = _cli("--postgres-dsn", DSN, "--listen-address", "127.0.0.1:0",
+                "--web.listen-address", "127.0.0.1:1")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "disagree" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 from exporter.poller import (
     FIRST_RETRY_SECONDS,
@@ -13,7 +14,6 @@ from exporter.poller import (
     fresh_snapshots,
     next_delay,
 )
-from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.source import SourceError
 from tests.factories import NamedSource, pg_snapshot
 
@@ -51,7 +51,7 @@ class _Flaky(NamedSource):
         self.calls = 0
         self.closed = 0
 
-    async def poll(self) -> PostgresSnapshot:
+    async def poll(self) -> Any:  # a stand-in for Source.poll
         self.calls += 1
         if self.calls == 1:
             raise SourceError("connect", "connection refused")
