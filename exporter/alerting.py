@@ -68,6 +68,9 @@ RECORDING_RULES: tuple[tuple[str, str], ...] = (
     ("prefect_pg:pgbouncer_client_waiting_connections:sum",
      "sum by (target) (pgbouncer_pools_client_waiting_connections)"),
     ("prefect_pg:prefect_late_runs:sum", "sum by (target) (prefect_late_runs)"),
+    # growth against cleanup, per hot table: > 0 means rows pile up faster than they go
+    ("prefect_pg:postgres_table_net_growth_rows:rate1h",
+     "rate(postgres_table_inserted_rows_total[1h]) - rate(postgres_table_deleted_rows_total[1h])"),
 )
 
 # A work pool with nobody to take its runs: PrefectWorkPoolWithoutWorkers names that cause, so
@@ -245,6 +248,58 @@ ALERTS: tuple[Alert, ...] = (
           "PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_STATEMENT_CACHE_SIZE=0 and "
           "..._PREPARED_STATEMENT_CACHE_SIZE=0.",
           check="statement_cache_with_transaction_pooling"),
+    Alert("PrefectLateRunsServiceStalled", "warning",
+          "prefect_overdue_unmarked_runs > {overdue_unmarked_runs_warning}", 180,
+          "Overdue runs in {{ $labels.work_pool }} are not being marked Late",
+          "{{ $labels.target }}: {{ $value }} SCHEDULED runs in work pool "
+          "{{ $labels.work_pool }} are overdue by more than late_runs.after_seconds plus two "
+          "loops and still not Late: Prefect's late_runs service is not running (the "
+          "background services are down, stalled, or run with --no-services everywhere).",
+          check="late_runs_service_stalled"),
+    Alert("PrefectSchedulerStalled", "warning",
+          "prefect_deployments_without_future_runs > {deployments_without_future_runs_warning}",
+          600,
+          "{{ $value }} scheduled deployments have no future run",
+          "{{ $labels.target }}: deployments that had auto-scheduled runs within the last day "
+          "have none left in the future: Prefect's scheduler service is not creating runs "
+          "(down, stalled, or disabled). Deactivating a schedule also deletes its future runs.",
+          check="scheduler_stalled"),
+    Alert("PrefectRetentionLagging", "warning",
+          "prefect_retention_lag_seconds > {retention_lag_warning_seconds}", 1800,
+          "Prefect's {{ $labels.kind }} cleanup is {{ $value | humanizeDuration }} behind",
+          "{{ $labels.target }}: rows of kind {{ $labels.kind }} older than their retention "
+          "period are still there: the database grows (events and event_resources first). "
+          "Prefect deletes old events in its event persister (before 3.6.21) or db_vacuum "
+          "service (3.6.21+); check the services run and their logs.",
+          check="events_retention_lagging"),
+    Alert("PrefectEventPipelineStalled", "warning",
+          "prefect_events_newest_age_seconds > {event_pipeline_stall_seconds} and on (target) "
+          "(prefect_events_newest_age_seconds - prefect_flow_run_last_start_age_seconds > 60)",
+          300,
+          "No new Prefect event for {{ $value | humanizeDuration }} while runs start",
+          "{{ $labels.target }}: flow runs started after the newest event, which is "
+          "{{ $value | humanizeDuration }} old: the event persister (or the messaging between "
+          "the API and the services) has stopped. Automations and the UI's event feed are "
+          "blind meanwhile.",
+          check="event_pipeline_stalled"),
+    Alert("PrefectApiSlow", "warning",
+          "prefect_api_ready_duration_seconds > {api_ready_warning_seconds}", 300,
+          "Prefect's API takes {{ $value | humanizeDuration }} to reach its database",
+          "{{ $labels.target }}: GET /api/ready, one connection out of the API server's "
+          "SQLAlchemy pool, takes {{ $value | humanizeDuration }}: that pool is exhausted or "
+          "the database is slow. QueuePool timeouts follow; look at pool_size + max_overflow "
+          "and what holds the connections.",
+          check="api_slow"),
+    Alert("PostgresDatabaseFilling", "warning",
+          "predict_linear(postgres_database_size_bytes[6h], {database_full_warning_days} * 86400)"
+          " > {database_size_limit_bytes} and on () (vector({database_size_limit_bytes}) > 0)",
+          1800,
+          "Database {{ $labels.datname }} reaches its size budget within days",
+          "{{ $labels.target }}: at the last 6 hours' growth, {{ $labels.datname }} will pass "
+          "its size budget (database_size_limit_bytes) within the warning window. Prefect's "
+          "events, event_resources and log tables grow fastest: check retention "
+          "(prefect_retention_lag_seconds) and prefect_pg:postgres_table_net_growth_rows:rate1h.",
+          check="database_growing"),
     Alert("PostgresHotTableBloat", "warning",
           "postgres_table_dead_tuples > {dead_tuples_warning} and postgres_table_dead_tuples / "
           "(postgres_table_live_tuples + 1) > {dead_tuples_warning_ratio}", 3600,

@@ -28,7 +28,10 @@ ENV_PREFIX = "PREFECT_PG_EXPORTER_"
 
 DEFAULT_POLL_TIMEOUT_SECONDS = 10.0  # or the interval, when that is shorter
 
-DEFAULT_HOT_TABLES = ("flow_run", "task_run", "flow_run_state", "task_run_state", "events", "log")
+# Prefect's tables that grow fastest and churn most (events and event_resources: tens to
+# hundreds of GB where retention lags)
+DEFAULT_HOT_TABLES = ("flow_run", "task_run", "flow_run_state", "task_run_state", "events",
+                      "event_resources", "log", "artifact")
 
 
 class ConfigError(ValueError):

@@ -164,6 +164,15 @@ POSTGRES = (
     table("Safety-net settings (seconds, 0 = off)",
           Query(f"postgres_setting_seconds{{{T}}}", instant=True), unit="s", width=12),
     table("Server", Query(f"postgres_server_info{{{T}}}", instant=True), width=12),
+    series("Database size", q(f"postgres_database_size_bytes{{{T}}}", "{{target}} {{datname}}"),
+           unit="bytes", description="pg_database_size. PostgresDatabaseFilling warns when, at "
+                                      "the last 6 h's growth, one passes its size budget."),
+    series("Hot tables: size (heap + indexes + TOAST)",
+           q(f"postgres_table_size_bytes{{{T}}}", "{{schema}}.{{table}}"), unit="bytes"),
+    series("Hot tables: rows inserted minus deleted per second (growth against cleanup)",
+           q(f"prefect_pg:postgres_table_net_growth_rows:rate1h{{{T}}}", "{{schema}}.{{table}}"),
+           description="Above 0 for long: rows pile up faster than Prefect's retention deletes "
+                       "them."),
     series("Hot tables: dead tuples", q(f"postgres_table_dead_tuples{{{T}}}",
                                         "{{schema}}.{{table}}")),
     series("Hot tables: time since last vacuum (manual or auto)",
@@ -226,6 +235,21 @@ PREFECT = (
              "{{endpoint}} req/s"),
            q(f"sum(rate(prefect_api_request_duration_seconds_total{{{T}}}[$__rate_interval])) / "
              f"sum(rate(prefect_api_requests_total{{{T}}}[$__rate_interval]))", "mean s")),
+    series("Background services: what they left undone",
+           q(f"sum by (target) (prefect_overdue_unmarked_runs{{{T}}})",
+             "{{target}} overdue runs not marked Late (late_runs service)"),
+           q(f"prefect_deployments_without_future_runs{{{T}}}",
+             "{{target}} scheduled deployments without a future run (scheduler)"),
+           description="Prefect has no health endpoint for its services: above 0, one is not "
+                       "running."),
+    series("API to database round trip (GET /api/ready)",
+           q(f"prefect_api_ready_duration_seconds{{{T}}}", "{{target}}"), unit="s",
+           description="One connection out of the API's SQLAlchemy pool: rises first when it "
+                       "is exhausted."),
+    series("Events: newest age and cleanup lag",
+           q(f"prefect_events_newest_age_seconds{{{T}}}", "{{target}} newest event age"),
+           q(f"prefect_retention_lag_seconds{{{T}}}", "{{target}} {{kind}} cleanup lag"),
+           unit="s"),
     table("Server settings", Query(f"prefect_server_setting{{{T}}}", instant=True)),
     table("Server version", Query(f"prefect_server_info{{{T}}}", instant=True), width=12),
 )

@@ -38,6 +38,21 @@ THRESHOLDS: dict[str, Threshold] = {
     "source_stale_seconds": Threshold(120, "seconds since a source's last successful poll"),
     "dead_tuples_warning": Threshold(100000, "dead tuples in a hot Prefect table: more than"),
     "dead_tuples_warning_ratio": Threshold(0.2, "and dead / live tuples above"),
+    "overdue_unmarked_runs_warning": Threshold(
+        0, "runs overdue past late_runs.after_seconds + 2 loops, not marked Late: more than"),
+    "deployments_without_future_runs_warning": Threshold(
+        0, "scheduled deployments (an auto-scheduled run within a day) with no future run: "
+           "more than"),
+    "retention_lag_warning_seconds": Threshold(
+        3600, "the oldest event (or flow run) past its retention period, by more than"),
+    "event_pipeline_stall_seconds": Threshold(
+        600, "no new event for this long while flow runs keep starting"),
+    "api_ready_warning_seconds": Threshold(
+        2, "GET /api/ready (a connection out of the API's database pool): slower than"),
+    "database_size_limit_bytes": Threshold(
+        0, "a database's size budget, e.g. its volume's size (0 = none: no growth alert)"),
+    "database_full_warning_days": Threshold(
+        7, "warn when, at the last 6 h's growth, a database reaches its budget within"),
 }
 
 

@@ -10,15 +10,19 @@ from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Stats
 from exporter.postgres.snapshot import (
     ActivityGroup,
     BlockedSession,
+    DatabaseSize,
     PostgresSnapshot,
     Session,
     TableStats,
 )
 from exporter.prefect.snapshot import (
+    Events,
     PoolCounts,
     PrefectSnapshot,
     RequestStats,
+    Retention,
     Scheduling,
+    Services,
     WorkPool,
     WorkQueue,
 )
@@ -57,6 +61,13 @@ def pg_snapshot(*groups: ActivityGroup, **kw: Any) -> PostgresSnapshot:
     return PostgresSnapshot(**base)
 
 
+def table(name: str, live: int, dead: int, last_vacuum: float | None = None,
+          last_autovacuum: float | None = None, *, schema: str = "public",
+          total_bytes: int = 8192, inserted: int = 0, deleted: int = 0) -> TableStats:
+    return TableStats(schema, name, live, dead, last_vacuum, last_autovacuum, total_bytes,
+                      inserted, deleted)
+
+
 def session(pid: int, state: str = "idle in transaction", age: float = 400.0,
             app: str = "prefect-server") -> Session:
     return Session(pid, "prefect", "prefect", app, "10.0.0.7", state, "Client", "ClientRead",
@@ -81,6 +92,31 @@ PREFECT_SETTINGS = {
 SCHEDULING_FIELDS = {f.name for f in fields(Scheduling)}
 
 
+def services(**kw: Any) -> Services:
+    """Background services that leave no trace of trouble."""
+    base: dict[str, Any] = dict(ready_seconds=0.01, ready_ok=True, unmarked_overdue=0,
+                                unmarked_overdue_by_pool={}, unmarked_after_seconds=25.0,
+                                recently_scheduled_deployments=3,
+                                deployments_without_future_runs=0)
+    base.update(kw)
+    return Services(**base)
+
+
+def events(taken_at: float, **kw: Any) -> Events:
+    base: dict[str, Any] = dict(newest=taken_at - 5, looked_back=600.0,
+                                last_run_start=taken_at - 30)
+    base.update(kw)
+    return Events(**base)
+
+
+def retention(taken_at: float, **kw: Any) -> Retention:
+    base: dict[str, Any] = dict(checked_at=taken_at - 60, events_retention=7 * 86400.0,
+                                oldest_event=taken_at - 7 * 86400 + 1800, events_overdue=False,
+                                runs_retention=None, oldest_overdue_run_end=None)
+    base.update(kw)
+    return Retention(**base)
+
+
 def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
     """A healthy Prefect snapshot; keyword arguments override any field, those of its
     Scheduling part included (pools=..., pool_counts=...)."""
@@ -88,11 +124,13 @@ def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
         runs_by_state_type={}, totals=PoolCounts(0, 0, 0, 0, None), scheduled_future=10,
         pools=(), pool_counts={}, queues=())
     scheduling.update({k: kw.pop(k) for k in list(kw) if k in SCHEDULING_FIELDS})
+    taken_at = kw.get("taken_at", 10_000.0)
     base: dict[str, Any] = dict(
-        taken_at=10_000.0, target="prefect", version="3.8.8", settings=dict(PREFECT_SETTINGS),
+        taken_at=taken_at, target="prefect", version="3.8.8", settings=dict(PREFECT_SETTINGS),
         text_settings={
             "server.database.sqlalchemy.connect_args.application_name": "prefect-server"},
-        scheduling=Scheduling(**scheduling))
+        scheduling=Scheduling(**scheduling), services=services(), events=events(taken_at),
+        retention=retention(taken_at))
     base.update(kw)
     return PrefectSnapshot(**base)
 
@@ -127,8 +165,11 @@ def rich_postgres(taken_at: float, target: str = "db") -> PostgresSnapshot:
                              session(4790, state="active", age=42.5)),
         blocked=(BlockedSession(4790, (4711,), 40.0),),
         blockers=(session(4711, age=321.0, app="holder"),),
-        tables=(TableStats("public", "flow_run", 1000, 50, None, 990.0),
-                TableStats("public", "log", 20_000, 9_000, 900.0, None)))
+        tables=(table("flow_run", 1000, 50, None, 990.0, total_bytes=1_048_576, inserted=5000,
+                      deleted=4000),
+                table("log", 20_000, 9_000, 900.0, None, total_bytes=52_428_800,
+                      inserted=90_000, deleted=61_000)),
+        databases=(DatabaseSize("postgres", 7_500_000), DatabaseSize("prefect", 95_000_000)))
 
 
 def rich_pgbouncer(taken_at: float, target: str = "pgb") -> PgBouncerSnapshot:

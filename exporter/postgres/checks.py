@@ -208,6 +208,43 @@ def hot_tables(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
                 "hold back the horizon; tune autovacuum for this table.")
 
 
+def database_growing(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """A database over its size budget, or on course to pass it within the warning window at
+    the growth the exporter has seen (the alert: predict_linear over 6 h). Growth needs a
+    running exporter's history; a one-shot doctor sees only the size."""
+    t = ctx.thresholds
+    limit, days = t["database_size_limit_bytes"], t["database_full_warning_days"]
+    if limit <= 0:
+        return
+    for db in pg.databases:
+        growth = pg.growth_bytes_per_second.get(db.datname)
+        seconds_left = (limit - db.bytes) / growth if growth and growth > 0 else None
+        if db.bytes <= limit and (seconds_left is None or seconds_left > days * 86400):
+            continue
+        trend = (f"growing {_bytes(growth * 86400)}/day over the last hours" if growth
+                 else "growth unknown (the exporter needs 30 min of history)")
+        yield Finding(
+            "database_growing", "warning", pg.target,
+            f"database {db.datname} is {_bytes(db.bytes)} of a {_bytes(limit)} budget"
+            + (f": full in {seconds_left / 86400:.1f} days" if seconds_left and
+               seconds_left > 0 else ": over it"),
+            (trend, "the largest hot tables: " + ", ".join(
+                f"{s.table} {_bytes(s.total_bytes)}"
+                for s in sorted(pg.tables, key=lambda s: -s.total_bytes)[:3])),
+            "Check Prefect's retention (server.events.retention_period; db_vacuum for flow "
+            "runs) and the events/log tables' growth against cleanup "
+            "(prefect_pg:postgres_table_net_growth_rows:rate1h); VACUUM returns space to "
+            "PostgreSQL, not to the disk (pg_repack, VACUUM FULL in a maintenance window).")
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
 def blind_spots(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     if not pg.can_read_all_stats:
         yield Finding(
@@ -219,7 +256,7 @@ def blind_spots(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 
 
 CHECKS = (blocking_tree, stalled_clients, long_transactions, duplicated_services, safety_nets,
-          hot_tables, blind_spots, connection_budget)
+          hot_tables, database_growing, blind_spots, connection_budget)
 
 
 def postgres_checks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:

@@ -77,11 +77,26 @@ TABLE_LAST_AUTOVACUUM = _pg("postgres_table_last_autovacuum_timestamp_seconds",
                             "target schema table",
                             "Unix time of the last autovacuum of a hot table (0 = never).")
 
+TABLE_SIZE = _pg("postgres_table_size_bytes", "target schema table",
+                 "Size of a hot table with its indexes and TOAST (pg_total_relation_size).")
+TABLE_INSERTED = spec("postgres_table_inserted_rows_total", "counter", "postgres",
+                      "target schema table",
+                      "Rows inserted into a hot table (n_tup_ins) since statistics were reset. "
+                      "rate() of this minus rate() of deleted: is cleanup keeping up?")
+TABLE_DELETED = spec("postgres_table_deleted_rows_total", "counter", "postgres",
+                     "target schema table",
+                     "Rows deleted from a hot table (n_tup_del): Prefect's retention and "
+                     "db_vacuum at work.")
+DATABASE_SIZE = _pg("postgres_database_size_bytes", "target datname",
+                    "Size of each database on disk (pg_database_size). Databases beyond the "
+                    "top N by size fold into 'other'.")
+
 SPECS: tuple[MetricSpec, ...] = (
     UP, SERVER_INFO, CONNECTIONS, MAX_CONNECTIONS, SUPERUSER_RESERVED, TRANSACTION_MAX_AGE,
     CLIENT_READ_SESSIONS, CLIENT_READ_MAX_AGE, WAIT_EVENT_SESSIONS, BLOCKED_SESSIONS,
     BLOCKED_MAX_WAIT, BLOCKING_SESSIONS, OLDEST_TRANSACTIONS, LISTEN_SESSIONS, SETTING_SECONDS,
-    TABLE_LIVE, TABLE_DEAD, TABLE_LAST_VACUUM, TABLE_LAST_AUTOVACUUM)
+    TABLE_LIVE, TABLE_DEAD, TABLE_LAST_VACUUM, TABLE_LAST_AUTOVACUUM, TABLE_SIZE, TABLE_INSERTED,
+    TABLE_DELETED, DATABASE_SIZE)
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,7 @@ def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterato
     yield _listen(snap, target, top_n)
     yield _settings(snap, target)
     yield from _tables(snap, target)
+    yield _database_sizes(snap, target, top_n)
 
 
 def _server_info(snap: PostgresSnapshot, target: str) -> Metric:
@@ -229,6 +245,9 @@ TABLE_COLUMNS: tuple[tuple[MetricSpec, Callable[[TableStats], float]], ...] = (
     (TABLE_DEAD, lambda t: t.dead_tuples),
     (TABLE_LAST_VACUUM, lambda t: t.last_vacuum or 0.0),
     (TABLE_LAST_AUTOVACUUM, lambda t: t.last_autovacuum or 0.0),
+    (TABLE_SIZE, lambda t: t.total_bytes),
+    (TABLE_INSERTED, lambda t: t.inserted_rows),
+    (TABLE_DELETED, lambda t: t.deleted_rows),
 )
 
 
@@ -238,3 +257,12 @@ def _tables(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
         for table in snap.tables:
             metric.add_metric([target, table.schema, table.table], value_of(table))
         yield metric
+
+
+def _database_sizes(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
+    name_of = Folder({d.datname: d.bytes for d in snap.databases}, top_n)
+    sizes = bounded_sum((name_of(d.datname), d.bytes) for d in snap.databases)
+    metric = DATABASE_SIZE.family()
+    for datname, size in sorted(sizes.items()):
+        metric.add_metric([target, datname], size)
+    return metric

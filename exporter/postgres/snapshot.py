@@ -5,7 +5,7 @@ cost of the SQL itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
@@ -54,6 +54,14 @@ class TableStats(NamedTuple):
     dead_tuples: int
     last_vacuum: float | None  # unix time
     last_autovacuum: float | None
+    total_bytes: int  # heap + indexes + TOAST (pg_total_relation_size)
+    inserted_rows: int  # n_tup_ins since the statistics were reset: a counter
+    deleted_rows: int  # n_tup_del, likewise
+
+
+class DatabaseSize(NamedTuple):
+    datname: str
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -70,3 +78,7 @@ class PostgresSnapshot:
     blocked: tuple[BlockedSession, ...]
     blockers: tuple[Session, ...]  # details of every pid that blocks another
     tables: tuple[TableStats, ...]
+    databases: tuple[DatabaseSize, ...] = ()
+    # bytes per second, least squares over the source's recent size samples (None until it has
+    # enough): what the doctor needs to say how soon a database reaches its size limit
+    growth_bytes_per_second: dict[str, float] = field(default_factory=dict)

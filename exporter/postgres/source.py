@@ -13,9 +13,11 @@ from collections.abc import Sequence
 import asyncpg
 
 from exporter.dsn import Target
+from exporter.postgres.growth import GrowthTracker
 from exporter.postgres.snapshot import (
     ActivityGroup,
     BlockedSession,
+    DatabaseSize,
     PostgresSnapshot,
     Session,
     TableStats,
@@ -137,15 +139,35 @@ def _settings(rows: Sequence[asyncpg.Record]) -> tuple[dict[str, str], dict[str,
 
 PRIVILEGE_SQL = "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read"
 
+# pg_total_relation_size() reads file sizes: cheap for the few hot tables, and it needs no
+# privilege on the table (pg_monitor reads it for Prefect's tables without their grants).
 TABLES_SQL = """
 SELECT schemaname AS "schema", relname AS "table", n_live_tup AS live_tuples,
        n_dead_tup AS dead_tuples,
        extract(epoch FROM last_vacuum)::float8 AS last_vacuum,
-       extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum
+       extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum,
+       coalesce(pg_total_relation_size(relid), 0) AS total_bytes,
+       n_tup_ins AS inserted_rows,
+       n_tup_del AS deleted_rows
 FROM pg_stat_user_tables
 WHERE relname = ANY($1::text[])
 ORDER BY 1, 2
 """
+
+# Every database the role may size (pg_monitor may size them all; a database it cannot
+# connect to is left out rather than failing the poll).
+DATABASES_SQL = """
+SELECT datname, pg_database_size(oid) AS bytes
+FROM pg_database
+WHERE datallowconn AND NOT datistemplate
+  AND (has_database_privilege(oid, 'CONNECT')
+       OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'))
+ORDER BY 1
+"""
+
+
+def _databases(rows: Sequence[asyncpg.Record]) -> tuple[DatabaseSize, ...]:
+    return tuple(map(DatabaseSize._make, rows))
 
 
 def _tables(rows: Sequence[asyncpg.Record]) -> tuple[TableStats, ...]:
@@ -190,6 +212,7 @@ class PostgresSource:
         self._hot_tables = list(hot_tables)
         self._conn: asyncpg.Connection | None = None
         self._lenient = False
+        self._growth = GrowthTracker()
 
     async def poll(self) -> PostgresSnapshot:
         try:
@@ -247,8 +270,10 @@ class PostgresSource:
             if blocker_pids:
                 blockers = _sessions(await conn.fetch(SESSIONS_BY_PID_SQL, blocker_pids))
         tables = _tables(await conn.fetch(TABLES_SQL, self._hot_tables)) if self._hot_tables else ()
+        databases = _databases(await conn.fetch(DATABASES_SQL))
+        taken_at = time.time()
         return PostgresSnapshot(
-            taken_at=time.time(),
+            taken_at=taken_at,
             target=self.target,
             server_version=raw_settings.get("server_version", ""),
             max_connections=int(raw_settings.get("max_connections", 0)),
@@ -261,6 +286,9 @@ class PostgresSource:
             blocked=blocked,
             blockers=blockers,
             tables=tables,
+            databases=databases,
+            growth_bytes_per_second=self._growth.update(
+                taken_at, {d.datname: d.bytes for d in databases}),
         )
 
     async def close(self) -> None:

@@ -7,9 +7,13 @@ from collections.abc import Iterator
 from exporter.finding import Context, Finding, age
 from exporter.labels import clean
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
-from exporter.prefect.metrics import pool_rows
+from exporter.prefect.metrics import events_lag, pool_rows, runs_lag
 from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot, WorkPool
 
+LATE_ENABLED = "server.services.late_runs.enabled"
+SCHEDULER_ENABLED = "server.services.scheduler.enabled"
+POOL_SIZE = "server.database.sqlalchemy.pool_size"
+MAX_OVERFLOW = "server.database.sqlalchemy.max_overflow"
 STATEMENT_CACHE = "server.database.sqlalchemy.connect_args.statement_cache_size"
 PREPARED_CACHE = "server.database.sqlalchemy.connect_args.prepared_statement_cache_size"
 
@@ -104,6 +108,84 @@ def scheduler_horizon(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
             "P7D); look for deployments with very short intervals.")
 
 
+def services_stalled(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
+    """The background services, judged by what they leave behind."""
+    t, sv, s = ctx.thresholds, pf.services, pf.settings
+    if sv is None:
+        return
+    if sv.unmarked_overdue > t["overdue_unmarked_runs_warning"]:
+        pools = ", ".join(f"{p} {n}" for p, n in sorted(sv.unmarked_overdue_by_pool.items()) if n)
+        disabled = s.get(LATE_ENABLED) == 0
+        yield Finding(
+            "late_runs_service_stalled", "warning", pf.target,
+            f"{sv.unmarked_overdue} overdue run(s) not marked Late: the late_runs service is "
+            "not running",
+            (f"SCHEDULED runs overdue by more than {age(sv.unmarked_after_seconds)} "
+             "(late_runs.after_seconds + 2 loops) still named Scheduled"
+             + (f" (by work pool: {pools})" if pools else ""),
+             "the API server's settings have late_runs disabled" if disabled else
+             "the API server's settings have late_runs enabled: where do the services run?"),
+            "Check the background services: `prefect server services ls`, their process and "
+            "logs; one of `prefect server start` (without --no-services) or `prefect server "
+            "services start` must run.")
+    if sv.deployments_without_future_runs > t["deployments_without_future_runs_warning"]:
+        yield Finding(
+            "scheduler_stalled", "warning", pf.target,
+            f"{sv.deployments_without_future_runs} scheduled deployment(s) have no future run: "
+            "the scheduler is not running",
+            (f"{sv.recently_scheduled_deployments} deployment(s) had auto-scheduled runs within "
+             f"the last day; {sv.deployments_without_future_runs} have none left in the future",
+             "scheduler "
+             + ("disabled" if s.get(SCHEDULER_ENABLED) == 0 else "enabled")
+             + " in the API server's settings (deactivating a schedule also deletes its "
+               "future runs)"),
+            "Check the background services (scheduler): their process and logs; restart them. "
+            "Runs that should have been created meanwhile are not backfilled.")
+    if sv.ready_seconds > t["api_ready_warning_seconds"]:
+        yield Finding(
+            "api_slow", "warning", pf.target,
+            f"the API takes {sv.ready_seconds:.1f}s to reach its database"
+            + ("" if sv.ready_ok else " (GET /api/ready failed)"),
+            ("GET /api/ready checks a connection out of the API server's SQLAlchemy pool: "
+             "pool_size " + f"{s.get(POOL_SIZE, '?')}, max_overflow {s.get(MAX_OVERFLOW, '?')}",),
+            "The API's pool is exhausted or the database is slow: see the connection and lock "
+            "findings; raise pool_size/max_overflow only if max_connections has room.")
+
+
+def events_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
+    t, events, retention = ctx.thresholds, pf.events, pf.retention
+    if events is not None:
+        newest_age = (pf.taken_at - events.newest if events.newest is not None
+                      else events.looked_back)
+        started_after = (events.last_run_start is not None and
+                         events.last_run_start - (pf.taken_at - newest_age) > 60)
+        if newest_age > t["event_pipeline_stall_seconds"] and started_after:
+            yield Finding(
+                "event_pipeline_stalled", "warning", pf.target,
+                f"no new event for {age(newest_age)} while flow runs keep starting",
+                (("the newest event is " if events.newest is not None else
+                  "no event within the last ") + age(newest_age)
+                 + (" old" if events.newest is not None else ""),
+                 f"a flow run started {age(pf.taken_at - (events.last_run_start or 0))} ago"),
+                "Check the background services (event persister) and their logs; "
+                "automations and the event feed are blind until they run again.")
+    if retention is None:
+        return
+    for kind, lag, keep in (("events", events_lag(pf, retention), retention.events_retention),
+                            ("flow runs", runs_lag(pf, retention), retention.runs_retention)):
+        if keep is not None and lag > t["retention_lag_warning_seconds"]:
+            yield Finding(
+                "events_retention_lagging", "warning", pf.target,
+                f"{kind} cleanup is {age(lag)} behind",
+                (f"the oldest of them is {age(lag + keep)} old, the retention period "
+                 f"{age(keep)}",),
+                "Prefect deletes old events in the event persister (< 3.6.21) or the db_vacuum "
+                "service (3.6.21+, and flow runs where enabled): check those services run; "
+                "the events and event_resources tables grow meanwhile.")
+
+
 def prefect_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     yield from scheduling(pf, ctx)
     yield from statement_cache(pf, ctx)
+    yield from services_stalled(pf, ctx)
+    yield from events_health(pf, ctx)

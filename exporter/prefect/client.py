@@ -101,6 +101,26 @@ class PrefectClient:
             raise SourceError("query", f"POST {endpoint}: expected a list")
         return [item for item in value if isinstance(item, Mapping)]
 
+    async def ready(self, timeout: float) -> tuple[bool, float]:
+        """GET /ready, timed: one round trip through the server's own database pool (Prefect
+        checks out a connection). Never raises: a failure or a timeout is the answer, with
+        the time it took."""
+        if self._client is None:
+            self._client = self._make_client()
+        stats = self.requests.setdefault("/ready", RequestStats())
+        started = time.monotonic()
+        try:
+            async with self._limit:
+                response = await self._client.get("ready", timeout=timeout)
+            ok = response.status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        seconds = time.monotonic() - started
+        stats.count += 1
+        stats.seconds += seconds
+        stats.errors += 0 if ok else 1
+        return ok, seconds
+
     def request_stats(self) -> dict[str, RequestStats]:
         """A copy of the cumulative account, for a snapshot."""
         return {k: RequestStats(v.count, v.errors, v.seconds) for k, v in self.requests.items()}

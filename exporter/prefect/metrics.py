@@ -9,7 +9,7 @@ from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, clean
 from exporter.metricspec import Kind, MetricOptions, MetricSpec, spec
-from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot
+from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot, Retention
 
 POOL_STATUSES = ("READY", "NOT_READY", "PAUSED")
 
@@ -80,11 +80,49 @@ API_REQUEST_SECONDS = _pf("prefect_api_request_duration_seconds_total", "target 
                           "Time spent in those requests; divided by the requests, the mean "
                           "latency.", "counter")
 
+READY_SECONDS = _pf("prefect_api_ready_duration_seconds", "target",
+                    "The last GET /api/ready round trip: one connection checked out of the API "
+                    "server's own database pool. Rises first when that pool is exhausted "
+                    "(QueuePool timeouts) while PgBouncer and PostgreSQL look calm.")
+READY_FAILURES = _pf("prefect_api_ready_failures_total", "target",
+                     "GET /api/ready answers that were not 200 (503: database not available) or "
+                     "did not come within half the poll timeout.", "counter")
+UNMARKED_OVERDUE = _pf("prefect_overdue_unmarked_runs", "target work_pool",
+                       "SCHEDULED runs still named Scheduled, overdue by more than "
+                       "late_runs.after_seconds plus two loop_seconds: the late_runs service "
+                       "should have marked them Late. > 0: it is not running.")
+DEPLOYMENTS_RECENTLY_SCHEDULED = _pf(
+    "prefect_deployments_recently_scheduled", "target",
+    "Deployments (not paused) with an auto-scheduled run expected within the last day or later: "
+    "the ones Prefect's scheduler looks after.")
+DEPLOYMENTS_WITHOUT_FUTURE = _pf(
+    "prefect_deployments_without_future_runs", "target",
+    "Of those, the ones with no future auto-scheduled run: the scheduler is not running (or a "
+    "schedule was just deactivated).")
+EVENTS_NEWEST_AGE = _pf("prefect_events_newest_age_seconds", "target",
+                        "Age of the newest event. When none is within a day: at least a day "
+                        "(86400). Old on a busy server: the event pipeline stopped.")
+RUN_LAST_START_AGE = _pf("prefect_flow_run_last_start_age_seconds", "target",
+                         "Age of the latest flow run start. A run started after the newest event "
+                         "should have left events: with events older than it, the pipeline "
+                         "stopped.")
+EVENTS_OLDEST_AGE = _pf("prefect_events_oldest_age_seconds", "target",
+                        "Age of the oldest event still stored; absent when the server is busy "
+                        "enough that it is not found cheaply (read every 5 minutes).")
+RETENTION_LAG = _pf("prefect_retention_lag_seconds", "target kind",
+                    "How far cleanup is behind: age of the oldest row past its retention minus "
+                    "the retention (kind events: server.events.retention_period; flow_runs: "
+                    "db_vacuum's retention_period, where it deletes flow runs); 0 when nothing "
+                    "is overdue. > 0: cleanup is not keeping up. Read every 5 minutes.")
+
 SPECS: tuple[MetricSpec, ...] = (
     API_UP, SERVER_INFO, FLOW_RUNS, BACKLOG_RUNS, BACKLOG_MAX_DELAY, LATE_RUNS, UPCOMING_RUNS,
     SCHEDULED_RUNS, RUNS_IN_FLIGHT, POOL_INFO, POOL_STATUS, POOL_PAUSED, POOL_LIMIT,
     POOL_WORKERS, POOL_ONLINE_WORKERS, POOL_LAST_HEARTBEAT, QUEUE_PAUSED, QUEUE_LIMIT,
-    DOCKET_INFO, SERVER_SETTING, API_REQUESTS, API_REQUEST_ERRORS, API_REQUEST_SECONDS)
+    DOCKET_INFO, SERVER_SETTING, API_REQUESTS, API_REQUEST_ERRORS, API_REQUEST_SECONDS,
+    READY_SECONDS, READY_FAILURES, UNMARKED_OVERDUE, DEPLOYMENTS_RECENTLY_SCHEDULED,
+    DEPLOYMENTS_WITHOUT_FUTURE, EVENTS_NEWEST_AGE, RUN_LAST_START_AGE, EVENTS_OLDEST_AGE,
+    RETENTION_LAG)
 
 
 def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[Metric]:
@@ -104,6 +142,9 @@ def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[
     yield from _work_queues(snap, target)
     yield from _settings(snap, target)
     yield from _requests(snap, target)
+    yield from _services(snap, target)
+    yield from _events(snap, target)
+    yield from _retention(snap, target)
 
 
 def pool_rows(snap: PrefectSnapshot) -> dict[str, PoolCounts]:
@@ -199,3 +240,66 @@ def _requests(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
         errors.add_metric([target, endpoint], stats.errors)
         seconds.add_metric([target, endpoint], stats.seconds)
     yield from (count, errors, seconds)
+
+
+def _services(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    services = snap.services
+    if services is None:
+        return
+    ready = READY_SECONDS.family()
+    ready.add_metric([target], services.ready_seconds)
+    failures = READY_FAILURES.family()
+    failures.add_metric([target], snap.requests["/ready"].errors if "/ready" in snap.requests
+                        else 0)
+    unmarked = UNMARKED_OVERDUE.family()
+    listed = {clean(p): n for p, n in services.unmarked_overdue_by_pool.items()}
+    for pool, count in listed.items():
+        unmarked.add_metric([target, pool], count)
+    unmarked.add_metric([target, OTHER], max(0, services.unmarked_overdue - sum(listed.values())))
+    recent = DEPLOYMENTS_RECENTLY_SCHEDULED.family()
+    recent.add_metric([target], services.recently_scheduled_deployments)
+    without = DEPLOYMENTS_WITHOUT_FUTURE.family()
+    without.add_metric([target], services.deployments_without_future_runs)
+    yield from (ready, failures, unmarked, recent, without)
+
+
+def _events(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    events = snap.events
+    if events is None:
+        return
+    newest = EVENTS_NEWEST_AGE.family()
+    newest.add_metric([target], snap.taken_at - events.newest if events.newest is not None
+                      else events.looked_back)
+    yield newest
+    if events.last_run_start is not None:
+        last = RUN_LAST_START_AGE.family()
+        last.add_metric([target], max(0.0, snap.taken_at - events.last_run_start))
+        yield last
+
+
+def _retention(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    retention = snap.retention
+    if retention is None:
+        return
+    if retention.oldest_event is not None:
+        oldest = EVENTS_OLDEST_AGE.family()
+        oldest.add_metric([target], snap.taken_at - retention.oldest_event)
+        yield oldest
+    lag = RETENTION_LAG.family()
+    lag.add_metric([target, "events"], events_lag(snap, retention))
+    if retention.runs_retention is not None:
+        lag.add_metric([target, "flow_runs"], runs_lag(snap, retention))
+    yield lag
+
+
+def events_lag(snap: PrefectSnapshot, retention: Retention) -> float:
+    if not retention.events_overdue or retention.oldest_event is None:
+        return 0.0
+    return max(0.0, snap.taken_at - retention.oldest_event - retention.events_retention)
+
+
+def runs_lag(snap: PrefectSnapshot, retention: Retention) -> float:
+    end, keep = retention.oldest_overdue_run_end, retention.runs_retention
+    if end is None or keep is None:
+        return 0.0
+    return max(0.0, snap.taken_at - end - keep)

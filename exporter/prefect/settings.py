@@ -24,7 +24,16 @@ SETTING_PATHS = (
     "server.services.late_runs.enabled",
     "server.services.late_runs.loop_seconds",
     "server.services.late_runs.after_seconds",
+    "server.events.retention_period",
+    "server.services.db_vacuum.loop_seconds",
+    "server.services.db_vacuum.retention_period",
 )
+LATE_AFTER = "server.services.late_runs.after_seconds"
+LATE_LOOP = "server.services.late_runs.loop_seconds"
+EVENTS_RETENTION = "server.events.retention_period"
+RUNS_RETENTION = "server.services.db_vacuum.retention_period"
+# Prefect's defaults, for servers that do not say (Prefect Cloud has no /admin/settings)
+DEFAULTS = {LATE_AFTER: 15.0, LATE_LOOP: 5.0, EVENTS_RETENTION: 7 * 86400.0}
 TEXT_SETTING_PATHS = ("server.database.sqlalchemy.connect_args.application_name",)
 
 
@@ -44,3 +53,20 @@ def docket_scheme(data: Any) -> str:
     of the URL is never kept, logged or exported."""
     match = _SCHEME.match(value) if isinstance(value := dig(data, DOCKET_URL), str) else None
     return match[1].lower() if match else ""
+
+
+VACUUM_ENABLED = "server.services.db_vacuum.enabled"
+
+
+def vacuum_kinds(data: Any) -> frozenset[str] | None:
+    """What Prefect's db_vacuum service deletes (3.6.19+): a list of kinds, or true (events and
+    flow runs), false (events only: event trimming cannot be turned off), null (nothing).
+    None where the server has no db_vacuum (older versions trim events elsewhere)."""
+    value = dig(data, VACUUM_ENABLED)
+    if isinstance(value, list):
+        return frozenset(str(v) for v in value)
+    if value is True:
+        return frozenset({"events", "flow_runs"})
+    if value is False:
+        return frozenset({"events"})
+    return None if dig(data, "server.services.db_vacuum") is None else frozenset()

@@ -50,6 +50,43 @@ class Scheduling:
 
 
 @dataclass(frozen=True)
+class Services:
+    """What Prefect's background services leave behind (services.py): nothing in Prefect says
+    whether they run."""
+
+    ready_seconds: float  # GET /api/ready: one round trip through the API's database pool
+    ready_ok: bool
+    # SCHEDULED runs still named "Scheduled" overdue by more than late_runs.after_seconds plus
+    # two loops: the late_runs service should have marked them Late
+    unmarked_overdue: int
+    unmarked_overdue_by_pool: dict[str, int]
+    unmarked_after_seconds: float  # the grace those counts used
+    recently_scheduled_deployments: int  # not paused, an auto-scheduled run within a day
+    deployments_without_future_runs: int  # of those, with no future auto-scheduled run
+
+
+@dataclass(frozen=True)
+class Events:
+    """Is the event pipeline moving (events.py)? Read every poll, a narrow window at a time."""
+
+    newest: float | None  # unix time of the newest event, when one is within looked_back
+    looked_back: float  # seconds: no newest within it means the newest is older than this
+    last_run_start: float | None  # unix time the latest-started flow run started
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Does cleanup keep up (events.py)? Read every few minutes: it is slow to change."""
+
+    checked_at: float
+    events_retention: float  # seconds (server.events.retention_period)
+    oldest_event: float | None  # unix time, when known
+    events_overdue: bool  # an event older than the retention period is still there
+    runs_retention: float | None  # seconds, where db_vacuum deletes old flow runs
+    oldest_overdue_run_end: float | None  # end time of the oldest such run still there
+
+
+@dataclass(frozen=True)
 class PrefectSnapshot:
     """One poll of a Prefect server."""
 
@@ -63,6 +100,9 @@ class PrefectSnapshot:
     # (several service replicas share the work), '' (before 3.6 or not readable)
     docket_scheme: str = ""
     requests: dict[str, RequestStats] = field(default_factory=dict)
+    services: Services | None = None
+    events: Events | None = None  # None: the server offers no events API (2.x by default)
+    retention: Retention | None = None
 
     @property
     def services_may_be_replicated(self) -> bool:

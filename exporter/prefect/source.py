@@ -17,9 +17,16 @@ import httpx
 
 from exporter.config import PrefectAuth
 from exporter.prefect.client import PrefectClient
+from exporter.prefect.events import (
+    RETENTION_EVERY_SECONDS,
+    events_supported,
+    read_events,
+    read_retention,
+)
 from exporter.prefect.scheduling import list_work_pools, read_scheduling
-from exporter.prefect.settings import docket_scheme, parse_settings
-from exporter.prefect.snapshot import PrefectSnapshot
+from exporter.prefect.services import read_services
+from exporter.prefect.settings import docket_scheme, parse_settings, vacuum_kinds
+from exporter.prefect.snapshot import Events, PrefectSnapshot, Retention
 from exporter.source import ErrorMap, translated
 
 # A request that never got an HTTP answer; HTTP errors are turned into SourceError by the client.
@@ -38,6 +45,9 @@ class PrefectSource:
                                   verify=verify, max_concurrency=max_concurrency)
         self._horizon = horizon_seconds
         self._max_pools = max_pools
+        self._ready_timeout = max(1.0, timeout / 2)  # a slow /ready must not fail the poll
+        self._events: bool | None = None  # does the server offer its events API? (asked once)
+        self._retention: Retention | None = None  # read every RETENTION_EVERY_SECONDS
 
     async def poll(self) -> PrefectSnapshot:
         now = datetime.now(UTC)
@@ -55,7 +65,16 @@ class PrefectSource:
             api.call("GET", "admin/settings", "/admin/settings", optional=True),
             list_work_pools(api, self._max_pools))
         numbers, texts = parse_settings(settings)
-        scheduling = await read_scheduling(api, now, self._horizon, pools)
+        names = [str(p.get("name", "")) for p in pools]
+        if self._events is None:
+            self._events = await events_supported(api, now)
+        scheduling, services, events = await asyncio.gather(
+            read_scheduling(api, now, self._horizon, pools),
+            read_services(api, now, numbers, names, self._ready_timeout),
+            read_events(api, now) if self._events else _nothing())
+        if self._events and (self._retention is None or now.timestamp()
+                             - self._retention.checked_at >= RETENTION_EVERY_SECONDS):
+            self._retention = await read_retention(api, now, numbers, vacuum_kinds(settings))
         return PrefectSnapshot(
             taken_at=time.time(),
             target=self.target,
@@ -64,7 +83,13 @@ class PrefectSource:
             scheduling=scheduling,
             docket_scheme=docket_scheme(settings),
             requests=api.request_stats(),
+            services=services, events=events, retention=self._retention,
         )
 
     async def close(self) -> None:
         await self._api.close()
+        self._events = None  # a server that comes back may be another version
+
+
+async def _nothing() -> Events | None:
+    return None

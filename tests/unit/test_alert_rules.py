@@ -172,6 +172,48 @@ CASES: list[Case] = [
 ]
 
 
+CASES += [
+    ("PrefectLateRunsServiceStalled", {f"prefect_overdue_unmarked_runs{{{WP}}}": "2x10"},
+     "5m", [{"target": "prefect", "work_pool": "a"}]),
+    ("PrefectLateRunsServiceStalled", {f"prefect_overdue_unmarked_runs{{{WP}}}": "0x10"},
+     "5m", []),
+    ("PrefectSchedulerStalled",
+     {'prefect_deployments_without_future_runs{target="prefect"}': "1x20"},
+     "15m", [{"target": "prefect"}]),
+    ("PrefectSchedulerStalled",  # briefly: a scheduler loop away from refilling, quiet
+     {'prefect_deployments_without_future_runs{target="prefect"}': "0 1 1 0 0 0 0 0 0 0 0 0"},
+     "11m", []),
+    ("PrefectRetentionLagging",
+     {'prefect_retention_lag_seconds{target="prefect",kind="events"}': "7200x60"},
+     "45m", [{"target": "prefect", "kind": "events"}]),
+    ("PrefectRetentionLagging",  # behind by less than an hour: cleanup runs hourly, quiet
+     {'prefect_retention_lag_seconds{target="prefect",kind="events"}': "1800x60"}, "45m", []),
+    ("PrefectEventPipelineStalled",
+     {'prefect_events_newest_age_seconds{target="prefect"}': "900+60x10",
+      'prefect_flow_run_last_start_age_seconds{target="prefect"}': "30x10"},
+     "8m", [{"target": "prefect"}]),
+    ("PrefectEventPipelineStalled",  # old events, but nothing started since: quiet
+     {'prefect_events_newest_age_seconds{target="prefect"}': "900+60x10",
+      'prefect_flow_run_last_start_age_seconds{target="prefect"}': "2000+60x10"}, "8m", []),
+    ("PrefectApiSlow", {'prefect_api_ready_duration_seconds{target="prefect"}': "4x10"},
+     "8m", [{"target": "prefect"}]),
+    ("PrefectApiSlow", {'prefect_api_ready_duration_seconds{target="prefect"}': "0.05x10"},
+     "8m", []),
+    ("PostgresDatabaseFilling",  # no size budget configured (the default): quiet
+     {f'postgres_database_size_bytes{{{DB},datname="prefect"}}': "0+1e9x400"}, "6h", []),
+]
+# Cases that need thresholds other than the defaults: (overrides, case)
+OVERRIDE_CASES: list[tuple[dict[str, float], Case]] = [
+    ({"database_size_limit_bytes": 100e9},  # +1 GB a minute: 100 GB within the week
+     ("PostgresDatabaseFilling",
+      {f'postgres_database_size_bytes{{{DB},datname="prefect"}}': "0+1e9x400"},
+      "6h", [{"target": "db", "datname": "prefect"}])),
+    ({"database_size_limit_bytes": 100e9},  # a flat 50 GB: far from its budget, quiet
+     ("PostgresDatabaseFilling",
+      {f'postgres_database_size_bytes{{{DB},datname="prefect"}}': "50e9x400"}, "6h", [])),
+]
+
+
 def test_generated_rules_and_docs_are_in_sync() -> None:
     assert RULES.read_text() == alerting.render_yaml(alerting.rule_groups()), \
         "regenerate: scripts/generate"
@@ -201,8 +243,9 @@ def test_rules_use_only_catalogued_metrics_and_have_runbooks() -> None:
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     alerts = {a.name for a in alerting.ALERTS}
-    assert {c[0] for c in CASES if c[3]} == alerts
-    assert {c[0] for c in CASES if not c[3]} >= alerts - {"PostgresNoStatementTimeout",
+    cases = CASES + [case for _, case in OVERRIDE_CASES]
+    assert {c[0] for c in cases if c[3]} == alerts
+    assert {c[0] for c in cases if not c[3]} >= alerts - {"PostgresNoStatementTimeout",
                                                            "PostgresConnectionsNearLimit"}
 
 
@@ -238,10 +281,13 @@ def test_promtool_check_rules() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_promtool_unit_tests(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overrides", [{}, *({str(o): o for o, _ in OVERRIDE_CASES}.values())],
+                         ids=str)
+def test_promtool_unit_tests(tmp_path: Path, overrides: dict[str, float]) -> None:
+    cases = CASES if not overrides else [c for o, c in OVERRIDE_CASES if o == overrides]
     (tmp_path / "rules.yml").write_text(
-        alerting.render_yaml(alerting.rule_groups(annotations=False)))
-    (tmp_path / "tests.yml").write_text(yaml.safe_dump(_promtool_tests(CASES), sort_keys=False))
+        alerting.render_yaml(alerting.rule_groups(overrides, annotations=False)))
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(_promtool_tests(cases), sort_keys=False))
     done = subprocess.run([PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]

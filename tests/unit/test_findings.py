@@ -8,7 +8,7 @@ from dataclasses import replace
 from exporter.diagnosis import diagnose
 from exporter.finding import Finding, SourceFailure, exit_code, render_text
 from exporter.pgbouncer.snapshot import Pool
-from exporter.postgres.snapshot import BlockedSession, TableStats
+from exporter.postgres.snapshot import BlockedSession
 from exporter.prefect.snapshot import PoolCounts, WorkPool
 from exporter.source import Snapshot
 from tests.factories import (
@@ -18,6 +18,7 @@ from tests.factories import (
     pgbouncer_snapshot,
     prefect_snapshot,
     session,
+    table,
 )
 
 
@@ -105,7 +106,7 @@ def test_duplicated_services_safety_nets_tables_and_blind_spots() -> None:
                   timeouts_seconds={"idle_in_transaction_session_timeout": 0.0,
                                     "statement_timeout": 0.0},
                   can_read_all_stats=False,
-                  tables=(TableStats("public", "log", 100_000, 500_000, None, 5_000.0),))
+                  tables=(table("log", 100_000, 500_000, None, 5_000.0),))
     assert checks(pg) == {
         "duplicated_services": ["warning"], "no_idle_in_transaction_timeout": ["warning"],
         "hot_table_bloat": ["warning"], "missing_pg_monitor": ["warning"],

@@ -28,16 +28,20 @@ from exporter.kinds import KINDS
 from exporter.metricspec import MetricOptions
 from exporter.pgbouncer.snapshot import Pool
 from exporter.poller import SourceState, failures
-from exporter.postgres.snapshot import BlockedSession, TableStats
+from exporter.postgres.snapshot import BlockedSession, DatabaseSize
 from exporter.prefect.snapshot import PoolCounts, WorkPool
 from exporter.source import Snapshot
 from tests.factories import (
     NamedSource,
+    events,
     group,
     healthy_pg,
     pgbouncer_snapshot,
     prefect_snapshot,
+    retention,
+    services,
     session,
+    table,
 )
 from tests.helpers import exposition
 
@@ -153,7 +157,35 @@ SCENARIOS = [
         pgb(pool(0, 0.0, "session"), pool_mode="session"),
         pf(settings={"server.database.sqlalchemy.pool_size": 5.0}))),
     Scenario("a bloated hot table", "hot_table_bloat",
-             (pg(tables=(TableStats("public", "log", 100_000, 500_000, None, NOW - 10),)),)),
+             (pg(tables=(table("log", 100_000, 500_000, None, NOW - 10),)),)),
+    Scenario("the late_runs service left overdue runs", "late_runs_service_stalled",
+             (pf(services=services(unmarked_overdue=2, unmarked_overdue_by_pool={"a": 2}),
+                 pools=(served(),)),)),
+    Scenario("the scheduler left deployments without runs", "scheduler_stalled",
+             (pf(services=services(deployments_without_future_runs=1)),)),
+    Scenario("the API's database pool is slow", "api_slow",
+             (pf(services=services(ready_seconds=3.5, ready_ok=False)),)),
+    Scenario("no event for 15 minutes while runs start", "event_pipeline_stalled",
+             (pf(events=events(NOW, newest=NOW - 900, last_run_start=NOW - 60)),)),
+    Scenario("no event for 15 minutes, nothing started", "",
+             (pf(events=events(NOW, newest=NOW - 900, last_run_start=NOW - 2000)),)),
+    Scenario("no event within a day while runs start", "event_pipeline_stalled",
+             (pf(events=events(NOW, newest=None, looked_back=86400.0, last_run_start=NOW - 60)),)),
+    Scenario("events two hours past retention", "events_retention_lagging",
+             (pf(retention=retention(NOW, oldest_event=NOW - 7 * 86400 - 7200,
+                                     events_overdue=True)),)),
+    Scenario("events half an hour past retention", "",
+             (pf(retention=retention(NOW, oldest_event=NOW - 7 * 86400 - 1800,
+                                     events_overdue=True)),)),
+    Scenario("old flow runs not vacuumed", "events_retention_lagging",
+             (pf(retention=retention(NOW, runs_retention=90 * 86400.0,
+                                     oldest_overdue_run_end=NOW - 90 * 86400 - 86400)),)),
+    Scenario("a database over its size budget", "database_growing",
+             (pg(databases=(DatabaseSize("prefect", 2_000_000_000),)),),
+             overrides={"database_size_limit_bytes": 1e9}),
+    Scenario("a database within its size budget", "",
+             (pg(databases=(DatabaseSize("prefect", 500_000_000),)),),
+             overrides={"database_size_limit_bytes": 1e9}),
     Scenario("thresholds overridden: idle in transaction 200s pages", "idle_in_transaction",
              (with_groups(group(app="holder", state=IDLE, max_transaction_age=200.0)),),
         overrides={"idle_in_transaction_warning_seconds": 100,

@@ -12,8 +12,8 @@ from exporter.labels import OTHER, keep_top
 from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState, fresh_snapshots
 from exporter.postgres.metrics import postgres_families
-from exporter.postgres.snapshot import BlockedSession, PostgresSnapshot, Session, TableStats
-from tests.factories import NamedSource, group
+from exporter.postgres.snapshot import BlockedSession, DatabaseSize, PostgresSnapshot, Session
+from tests.factories import NamedSource, group, table
 from tests.factories import pg_snapshot as snapshot
 from tests.helpers import Scrape, exposition, parse, render
 
@@ -72,7 +72,7 @@ def test_listen_channels_and_tables() -> None:
     s = rendered(snapshot(
         group(app="s1", listen_channel="prefect_automation_changes"),
         group(app="s2", listen_channel="prefect_automation_changes", sessions=2),
-        tables=(TableStats("public", "flow_run", 10, 4, None, 1234.5),)))
+        tables=(table("flow_run", 10, 4, None, 1234.5),)))
     assert s.value("postgres_listen_sessions", channel="prefect_automation_changes") == 3
     assert s.value("postgres_table_dead_tuples", table="flow_run") == 4
     assert s.value("postgres_table_last_vacuum_timestamp_seconds", table="flow_run") == 0
@@ -107,7 +107,8 @@ def test_every_emitted_family_is_catalogued_with_its_labels() -> None:
                     blocked=(BlockedSession(2, (1,), 1.0),),
                     oldest_transactions=(Session(1, "d", "u", "a", "", "active", "", "", 1.0,
                                                  1.0),),
-                    tables=(TableStats("public", "log", 1, 1, 1.0, 1.0),))
+                    tables=(table("log", 1, 1, 1.0, 1.0),),
+                    databases=(DatabaseSize("prefect", 1),))
     state = SourceState(NamedSource("postgres", "t"))
     collector = ExporterCollector([state], MetricOptions(20))
     collector.update([snap], [])
@@ -142,3 +143,18 @@ def test_two_targets_share_one_family_per_name() -> None:
     text = exposition(collector.collect())
     assert text.count("# TYPE postgres_connections gauge") == 1
     assert {lab["target"] for lab in parse(text).labelsets("postgres_connections")} == {"a", "b"}
+
+
+def test_sizes_and_row_counters_of_hot_tables_and_databases() -> None:
+    s = rendered(snapshot(
+        tables=(table("events", 10, 2, total_bytes=5_000_000, inserted=900, deleted=300),),
+        databases=(DatabaseSize("prefect", 90_000), DatabaseSize("postgres", 7_000),
+                   DatabaseSize("tiny", 10))), top_n=2)
+    assert s.value("postgres_table_size_bytes", table="events") == 5_000_000
+    assert s.value("postgres_table_inserted_rows_total", table="events") == 900
+    assert s.value("postgres_table_deleted_rows_total", table="events") == 300
+    # databases beyond the top N by size fold into other
+    assert {lab["datname"]: v for lab, v in zip(s.labelsets("postgres_database_size_bytes"),
+                                                s.values("postgres_database_size_bytes"),
+                                                strict=True)} == {
+        "prefect": 90_000, "postgres": 7_000, OTHER: 10}

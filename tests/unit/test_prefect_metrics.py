@@ -5,8 +5,8 @@ from __future__ import annotations
 from exporter.labels import OTHER
 from exporter.metricspec import MetricOptions
 from exporter.prefect.metrics import pool_rows, prefect_families
-from exporter.prefect.snapshot import PoolCounts
-from tests.factories import prefect_snapshot
+from exporter.prefect.snapshot import PoolCounts, RequestStats
+from tests.factories import events, prefect_snapshot, retention, services
 from tests.helpers import render
 
 
@@ -42,3 +42,45 @@ def test_backlog_delay_per_pool_from_the_snapshot_time() -> None:
     assert s.value("prefect_scheduled_backlog_max_delay_seconds", work_pool="empty") == 0.0
     assert s.value("prefect_scheduled_backlog_max_delay_seconds", work_pool=OTHER) == 0.0
     assert s.value("prefect_scheduled_backlog_runs", work_pool=OTHER) == 0
+
+
+def test_services_events_and_retention_metrics() -> None:
+    snap = prefect_snapshot(
+        taken_at=1_000_000.0,
+        services=services(ready_seconds=0.25, unmarked_overdue=5,
+                          unmarked_overdue_by_pool={"a": 2}, deployments_without_future_runs=1,
+                          recently_scheduled_deployments=4),
+        events=events(1_000_000.0, newest=999_400.0, last_run_start=999_970.0),
+        retention=retention(1_000_000.0, oldest_event=1_000_000.0 - 7 * 86400 - 5400,
+                            events_overdue=True, runs_retention=90 * 86400.0,
+                            oldest_overdue_run_end=1_000_000.0 - 90 * 86400 - 60),
+        requests={"/ready": RequestStats(count=10, errors=3, seconds=1.0)})
+    s = render(prefect_families(snap, MetricOptions(label_top_n=20)))
+    assert s.value("prefect_api_ready_duration_seconds") == 0.25
+    assert s.value("prefect_api_ready_failures_total") == 3
+    assert s.value("prefect_overdue_unmarked_runs", work_pool="a") == 2
+    assert s.value("prefect_overdue_unmarked_runs", work_pool=OTHER) == 3
+    assert s.value("prefect_deployments_without_future_runs") == 1
+    assert s.value("prefect_deployments_recently_scheduled") == 4
+    assert s.value("prefect_events_newest_age_seconds") == 600
+    assert s.value("prefect_flow_run_last_start_age_seconds") == 30
+    assert s.value("prefect_events_oldest_age_seconds") == 7 * 86400 + 5400
+    assert s.value("prefect_retention_lag_seconds", kind="events") == 5400
+    assert s.value("prefect_retention_lag_seconds", kind="flow_runs") == 60
+
+
+def test_no_event_within_a_day_reads_at_least_a_day_and_nothing_overdue_is_no_lag() -> None:
+    snap = prefect_snapshot(taken_at=5e6, events=events(5e6, newest=None, looked_back=86400.0),
+                            retention=retention(5e6, oldest_event=None, events_overdue=False))
+    s = render(prefect_families(snap, MetricOptions(label_top_n=20)))
+    assert s.value("prefect_events_newest_age_seconds") == 86400
+    assert s.find("prefect_events_oldest_age_seconds") is None
+    assert s.value("prefect_retention_lag_seconds", kind="events") == 0
+    assert s.find("prefect_retention_lag_seconds", kind="flow_runs") is None
+
+
+def test_a_server_without_events_or_services_parts_exports_none_of_them() -> None:
+    snap = prefect_snapshot(services=None, events=None, retention=None)
+    names = render(prefect_families(snap, MetricOptions(label_top_n=20))).names()
+    assert not names & {"prefect_api_ready_duration_seconds", "prefect_events_newest_age_seconds",
+                        "prefect_retention_lag_seconds"}
