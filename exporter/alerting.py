@@ -290,6 +290,61 @@ ALERTS: tuple[Alert, ...] = (
           "the database is slow. QueuePool timeouts follow; look at pool_size + max_overflow "
           "and what holds the connections.",
           check="api_slow"),
+    Alert("PrefectStuckRuns", "warning",
+          "prefect_flow_runs_stuck > {stuck_runs_warning}", 600,
+          "{{ $value }} flow runs stuck in {{ $labels.state_type }} in {{ $labels.work_pool }}",
+          "{{ $labels.target }}: flow runs of work pool {{ $labels.work_pool }} have been "
+          "{{ $labels.state_type }} for longer than the stuck threshold: they hold their pool's "
+          "and their tags' concurrency slots. prefect_flow_run_oldest_state_age_seconds says "
+          "how long.",
+          check="stuck_runs"),
+    Alert("PrefectZombieRuns", "warning",
+          "prefect_flow_runs_without_heartbeat > {zombie_runs_warning}", 300,
+          "{{ $value }} RUNNING flow runs in {{ $labels.work_pool }} stopped sending heartbeats",
+          "{{ $labels.target }}: RUNNING flow runs of work pool {{ $labels.work_pool }} sent no "
+          "heartbeat within the timeout: their process died (OOM kill, node lost, worker killed) "
+          "and they will stay RUNNING, holding their slots, until marked Crashed.",
+          check="zombie_runs"),
+    Alert("PrefectConcurrencySlotsLeaked", "warning",
+          "prefect_concurrency_limit_saturated_seconds > {concurrency_slots_leak_seconds} "
+          "and on (target, limit) (prefect_concurrency_limit_active_slots > "
+          "prefect_concurrency_limit_holders_running)", 60,
+          "Concurrency limit {{ $labels.limit }} is full with fewer holders running",
+          "{{ $labels.target }}: limit {{ $labels.limit }} has been full for "
+          "{{ $value | humanizeDuration }} while fewer runs that could hold it are running than "
+          "it has active slots: slots leaked (runs that ended without releasing them); "
+          "everything waiting on it waits forever.",
+          check="concurrency_slots_leaked"),
+    Alert("PrefectWorkQueueNotPolled", "warning",
+          'prefect_work_queue_status{{status="NOT_READY"}} == 1 and on (target, work_pool) '
+          "prefect_work_pool_online_workers > 0", 600,
+          "No worker polls work queue {{ $labels.work_queue }} of {{ $labels.work_pool }}",
+          "{{ $labels.target }}: work queue {{ $labels.work_queue }} is NOT_READY although its "
+          "pool {{ $labels.work_pool }} has online workers: they poll other queues. Its "
+          "deployments are NOT_READY and their runs wait.",
+          check="work_queue_unpolled"),
+    Alert("PrefectFlowRunsFailing", "warning",
+          'sum by (target, work_pool) (prefect_flow_runs_ended{{state_type="FAILED"}}) / '
+          "sum by (target, work_pool) (prefect_flow_runs_ended) > {failed_runs_warning_ratio} "
+          "and on (target, work_pool) sum by (target, work_pool) (prefect_flow_runs_ended) >= "
+          "{ended_runs_minimum}", 600,
+          "{{ $value | humanizePercentage }} of the flow runs ended in "
+          "{{ $labels.work_pool }} failed",
+          "{{ $labels.target }}: within the outcome window, {{ $value | humanizePercentage }} "
+          "of the runs that ended in work pool {{ $labels.work_pool }} FAILED (their code "
+          "raised).",
+          check="failed_runs"),
+    Alert("PrefectFlowRunsCrashing", "warning",
+          'sum by (target, work_pool) (prefect_flow_runs_ended{{state_type="CRASHED"}}) / '
+          "sum by (target, work_pool) (prefect_flow_runs_ended) > {crashed_runs_warning_ratio} "
+          "and on (target, work_pool) sum by (target, work_pool) (prefect_flow_runs_ended) >= "
+          "{ended_runs_minimum}", 600,
+          "{{ $value | humanizePercentage }} of the flow runs ended in "
+          "{{ $labels.work_pool }} crashed",
+          "{{ $labels.target }}: within the outcome window, {{ $value | humanizePercentage }} "
+          "of the runs that ended in work pool {{ $labels.work_pool }} CRASHED: their "
+          "infrastructure failed (process killed, pod evicted, image pull), not their code.",
+          check="crashed_runs"),
     Alert("PostgresDatabaseFilling", "warning",
           "predict_linear(postgres_database_size_bytes[6h], {database_full_warning_days} * 86400)"
           " > {database_size_limit_bytes} and on () (vector({database_size_limit_bytes}) > 0)",

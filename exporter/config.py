@@ -74,6 +74,9 @@ class Config:
     prefect_targets: tuple[PrefectTarget, ...] = ()
     prefect_upcoming_horizon_seconds: float = 3600.0
     prefect_max_concurrent_requests: int = 4
+    stuck_run_seconds: float = 3600.0
+    heartbeat_timeout_seconds: float = 600.0
+    outcome_window_seconds: float = 3600.0
     listen: Listen = Listen("0.0.0.0", 10816)
     telemetry_path: str = "/metrics"
     poll_interval_seconds: float = 15.0
@@ -258,6 +261,13 @@ SETTINGS: tuple[Setting, ...] = (
             "how far ahead a SCHEDULED run counts as upcoming", "SECONDS"),
     Setting("prefect_max_concurrent_requests", _positive_int,
             "Prefect API requests in flight at once per poll", "N"),
+    Setting("stuck_run_seconds", _positive_float, "a flow run PENDING, RUNNING, CANCELLING or "
+            "PAUSED for longer than this counts as stuck", "SECONDS"),
+    Setting("heartbeat_timeout_seconds", _positive_float, "a RUNNING flow run whose last "
+            "heartbeat is older than this counts as a zombie (Prefect 3.6.22+ sends one every "
+            "180 s by default)", "SECONDS"),
+    Setting("outcome_window_seconds", _positive_float, "flow runs that ended within this "
+            "window are counted by terminal state", "SECONDS"),
     Setting("listen_address", _listen, "HTTP address for the metrics, /healthz, /readyz and /",
             "HOST:PORT", toolkit_flag="--web.listen-address"),
     Setting("telemetry_path", _telemetry_path, "the path the metrics are served on", "PATH",

@@ -49,6 +49,19 @@ THRESHOLDS: dict[str, Threshold] = {
         600, "no new event for this long while flow runs keep starting"),
     "api_ready_warning_seconds": Threshold(
         2, "GET /api/ready (a connection out of the API's database pool): slower than"),
+    "stuck_runs_warning": Threshold(
+        0, "flow runs unfinished for longer than --stuck-run-seconds, per pool and state: "
+           "more than"),
+    "zombie_runs_warning": Threshold(
+        0, "RUNNING flow runs without a heartbeat for --heartbeat-timeout-seconds: more than"),
+    "concurrency_slots_leak_seconds": Threshold(
+        600, "a concurrency limit full while fewer of its possible holders run: for"),
+    "failed_runs_warning_ratio": Threshold(
+        0.25, "FAILED / ended flow runs in the outcome window, per work pool: above"),
+    "crashed_runs_warning_ratio": Threshold(
+        0.1, "CRASHED / ended flow runs in the outcome window, per work pool: above"),
+    "ended_runs_minimum": Threshold(
+        5, "flow runs ended in the window before a failure ratio counts: at least"),
     "database_size_limit_bytes": Threshold(
         0, "a database's size budget, e.g. its volume's size (0 = none: no growth alert)"),
     "database_full_warning_days": Threshold(

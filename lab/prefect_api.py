@@ -49,6 +49,9 @@ class PrefectAPI:
     async def set_queue_limit(self, pool: str, queue: str, limit: int) -> None:
         await self._json("PATCH", f"work_pools/{pool}/queues/{queue}", {"concurrency_limit": limit})
 
+    async def global_concurrency_limit(self, name: str, limit: int) -> None:
+        await self._json("POST", "v2/concurrency_limits/", {"name": name, "limit": limit})
+
     async def count(self, body: dict[str, Any]) -> int:
         return int(await self._json("POST", "flow_runs/count", body))
 

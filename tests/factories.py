@@ -16,11 +16,16 @@ from exporter.postgres.snapshot import (
     TableStats,
 )
 from exporter.prefect.snapshot import (
+    ConcurrencyLimit,
     Events,
+    Limits,
+    Outcomes,
     PoolCounts,
     PrefectSnapshot,
+    Readiness,
     RequestStats,
     Retention,
+    RunHealth,
     Scheduling,
     Services,
     WorkPool,
@@ -109,6 +114,25 @@ def events(taken_at: float, **kw: Any) -> Events:
     return Events(**base)
 
 
+def runs(**kw: Any) -> RunHealth:
+    base: dict[str, Any] = dict(stuck={}, sampled=3, sample_limit=200, stuck_after_seconds=3600.0,
+                                heartbeats=True, without_heartbeat={},
+                                heartbeat_timeout_seconds=600.0)
+    base.update(kw)
+    return RunHealth(**base)
+
+
+def outcomes(totals: dict[str, int] | None = None,
+             by_pool: dict[str, dict[str, int]] | None = None) -> Outcomes:
+    return Outcomes(window_seconds=3600.0,
+                    totals=totals or {"COMPLETED": 40, "FAILED": 1, "CRASHED": 0, "CANCELLED": 1},
+                    by_pool=by_pool or {})
+
+
+def limits(*items: ConcurrencyLimit, running_task_runs: int = 0) -> Limits:
+    return Limits(limits=items, running_task_runs=running_task_runs)
+
+
 def retention(taken_at: float, **kw: Any) -> Retention:
     base: dict[str, Any] = dict(checked_at=taken_at - 60, events_retention=7 * 86400.0,
                                 oldest_event=taken_at - 7 * 86400 + 1800, events_overdue=False,
@@ -130,7 +154,9 @@ def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
         text_settings={
             "server.database.sqlalchemy.connect_args.application_name": "prefect-server"},
         scheduling=Scheduling(**scheduling), services=services(), events=events(taken_at),
-        retention=retention(taken_at))
+        retention=retention(taken_at), runs=runs(), outcomes=outcomes(),
+        limits=limits(ConcurrencyLimit("etl", 5, 1, True, None, None)),
+        readiness=Readiness(deployments=4, in_a_queue=3, in_unpolled_queues=0))
     base.update(kw)
     return PrefectSnapshot(**base)
 

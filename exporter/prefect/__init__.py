@@ -22,7 +22,10 @@ def _sources(config: Config) -> Sequence[Source]:
                           headers=t.headers, verify=t.verify,
                           horizon_seconds=config.prefect_upcoming_horizon_seconds,
                           max_pools=config.label_top_n,
-                          max_concurrency=config.prefect_max_concurrent_requests)
+                          max_concurrency=config.prefect_max_concurrent_requests,
+                          stuck_after=config.stuck_run_seconds,
+                          heartbeat_timeout=config.heartbeat_timeout_seconds,
+                          outcome_window=config.outcome_window_seconds)
             for t in config.prefect_targets]
 
 

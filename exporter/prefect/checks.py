@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from exporter.finding import Context, Finding, age
 from exporter.labels import clean
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
-from exporter.prefect.metrics import events_lag, pool_rows, runs_lag
+from exporter.prefect.metrics import ended_rows, events_lag, holders_running, pool_rows, runs_lag
 from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot, WorkPool
 
 LATE_ENABLED = "server.services.late_runs.enabled"
@@ -184,8 +184,132 @@ def events_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
                 "the events and event_resources tables grow meanwhile.")
 
 
+def runs_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Runs that never finish: stuck in a state, or RUNNING with a dead process."""
+    t, runs = ctx.thresholds, pf.runs
+    if runs is None:
+        return
+    for (pool, state_type), group in sorted(runs.stuck.items()):
+        if group.stuck > t["stuck_runs_warning"]:
+            where = f"work pool {pool}" if pool else "runs in no listed work pool"
+            yield Finding(
+                "stuck_runs", "warning", pf.target,
+                f"{where}: {group.stuck} flow run(s) {state_type} for over "
+                f"{age(runs.stuck_after_seconds)}",
+                (f"the oldest has been {state_type} for {age(group.oldest_seconds)}"
+                 + ("" if runs.sampled < runs.sample_limit else
+                    f" (counted among the {runs.sample_limit} scheduled earliest)"),),
+                STUCK_ACTIONS.get(state_type, STUCK_ACTIONS["RUNNING"]))
+    running = pf.scheduling.runs_by_state_type.get("RUNNING", 0)
+    if runs.without_heartbeat is not None:
+        zombies = sum(runs.without_heartbeat.values())
+        if zombies > t["zombie_runs_warning"]:
+            pools = ", ".join(f"{p or 'other'} {n}" for p, n in
+                              sorted(runs.without_heartbeat.items()) if n)
+            yield Finding(
+                "zombie_runs", "warning", pf.target,
+                f"{zombies} RUNNING flow run(s) stopped sending heartbeats",
+                (f"no heartbeat for over {age(runs.heartbeat_timeout_seconds)} (by work pool: "
+                 f"{pools})",),
+                "Their process died (OOM kill, node lost, worker killed): mark them Crashed "
+                "(prefect flow-run cancel, or a zombie automation: Prefect's docs, 'Detect "
+                "zombie flows'), then look at the infrastructure's logs.")
+    elif runs.heartbeats is False and running:
+        yield Finding(
+            "heartbeats_not_seen", "info", pf.target,
+            f"{running} RUNNING flow run(s), no heartbeat seen within a day: zombies cannot be "
+            "told",
+            ("flow-run heartbeats are off (before Prefect 3.6.22 they are unless "
+             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set where flows run)",),
+            "Set PREFECT_FLOWS_HEARTBEAT_FREQUENCY=180 (or upgrade the flows' Prefect to 3.6.22+) "
+            "so dead runs can be found.")
+
+
+STUCK_ACTIONS = {
+    "PENDING": "Runs PENDING for long never started: their infrastructure did not come up "
+               "(image pull, quota, a worker that died after submitting). Cancel them and look "
+               "at the worker's logs.",
+    "CANCELLING": "Runs CANCELLING for long: their infrastructure never confirmed the "
+                  "cancellation (it is gone). Set them Cancelled: prefect flow-run cancel, or "
+                  "the API's set_state with force.",
+    "PAUSED": "Runs PAUSED for long wait for input or a resume nobody gives: resume or cancel "
+              "them.",
+    "RUNNING": "Runs RUNNING for long are hung or their process died (see zombie runs): check "
+               "their logs and infrastructure; cancel those that must not go on.",
+}
+
+
+def limits_leaked(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
+    limits = pf.limits
+    if limits is None:
+        return
+    for limit in limits.limits:
+        if limit.saturated_since is None:
+            continue
+        full_for = pf.taken_at - limit.saturated_since
+        holders = holders_running(pf, limit)
+        if full_for > ctx.thresholds["concurrency_slots_leak_seconds"] and \
+                limit.active_slots > holders:
+            yield Finding(
+                "concurrency_slots_leaked", "warning", pf.target,
+                f"concurrency limit {limit.name} has been full for {age(full_for)} with "
+                f"{holders} possible holder(s) running",
+                (f"{limit.active_slots} of {limit.slots} slots taken; "
+                 + ("its holder task runs still RUNNING: " if limit.holders_running is not None
+                    else "PENDING/RUNNING flow runs and RUNNING task runs, all of them: ")
+                 + str(holders),),
+                f"Release the leaked slots: reset the limit (prefect gcl update {limit.name} "
+                "--active-slots <held>, or delete and recreate it); then find the runs that "
+                "took slots without giving them back (crashed processes, slots taken outside "
+                "the concurrency() context manager).")
+
+
+def queues_unpolled(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
+    online = {p.name: p.online_workers for p in pf.scheduling.pools}
+    for queue in pf.scheduling.queues:
+        if queue.status == "NOT_READY" and online.get(queue.work_pool, 0) > 0:
+            polled = (f"last polled {age(pf.taken_at - queue.last_polled)} ago"
+                      if queue.last_polled else "never polled")
+            readiness = pf.readiness
+            yield Finding(
+                "work_queue_unpolled", "warning", pf.target,
+                f"no worker polls work queue {queue.name} of pool {queue.work_pool}",
+                (f"{online[queue.work_pool]} worker(s) of the pool are online; the queue was "
+                 f"{polled}" + (f"; {readiness.in_unpolled_queues} deployment(s) are in "
+                                "queues no worker polls" if readiness else ""),),
+                f"Start a worker for it (prefect worker start --pool {queue.work_pool} --work-"
+                f"queue {queue.name}) or move its deployments to a polled queue; workers "
+                "started with --work-queue poll only the queues they name.")
+
+
+def outcome_ratios(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
+    t = ctx.thresholds
+    for pool, counts in ended_rows(pf).items():
+        ended = sum(counts.values())
+        if ended < t["ended_runs_minimum"]:
+            continue
+        for check, state_type, limit in (("failed_runs", "FAILED", "failed_runs_warning_ratio"),
+                                         ("crashed_runs", "CRASHED",
+                                          "crashed_runs_warning_ratio")):
+            ratio = counts.get(state_type, 0) / ended
+            if ratio > t[limit]:
+                window = pf.outcomes.window_seconds if pf.outcomes else 0.0
+                yield Finding(
+                    check, "warning", pf.target,
+                    f"work pool {pool}: {ratio:.0%} of the flow runs that ended in the last "
+                    f"{age(window)} {state_type}",
+                    (", ".join(f"{n} {s}" for s, n in sorted(counts.items())),),
+                    "FAILED: the flows' code raised (their logs say why). CRASHED: their "
+                    "infrastructure failed (killed processes, evicted pods, image pulls): the "
+                    "worker's logs and the platform's events say why.")
+
+
 def prefect_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     yield from scheduling(pf, ctx)
     yield from statement_cache(pf, ctx)
     yield from services_stalled(pf, ctx)
     yield from events_health(pf, ctx)
+    yield from runs_health(pf, ctx)
+    yield from limits_leaked(pf, ctx)
+    yield from queues_unpolled(pf, ctx)
+    yield from outcome_ratios(pf, ctx)

@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 import httpx
 
@@ -55,9 +55,10 @@ class PrefectClient:
                                 max_keepalive_connections=self._max_concurrency))
 
     async def call(self, method: str, path: str, endpoint: str, body: Any = None,
-                   optional: bool = False) -> Any:
+                   optional: bool = False, unsupported: tuple[int, ...] = ()) -> Any:
         """One request; `endpoint` is the path template it is accounted under. An optional call
-        answers None when the server does not offer the endpoint."""
+        answers None when the server does not offer the endpoint; a status in `unsupported`
+        (422: a filter this server version does not know) answers None too."""
         if self._client is None:
             self._client = self._make_client()
         stats = self.requests.setdefault(endpoint, RequestStats())
@@ -73,7 +74,8 @@ class PrefectClient:
                 stats.seconds += time.monotonic() - started
         if response.status_code >= 400:
             stats.errors += 1
-            if optional and response.status_code in ABSENT:
+            if ((optional and response.status_code in ABSENT)
+                    or response.status_code in unsupported):
                 return None
             raise SourceError("query" if response.status_code != 401 else "connect",
                               http_error(method, endpoint, response))
@@ -84,9 +86,21 @@ class PrefectClient:
             raise SourceError("query", f"{method} {endpoint}: answer is not JSON "
                               f"(HTTP {response.status_code})") from None
 
-    async def count(self, what: str, body: Mapping[str, Any]) -> int:
-        """POST /<what>/count (flow_runs, deployments, ...): a number, never a page."""
-        value = await self.call("POST", f"{what}/count", f"/{what}/count", body)
+    @overload
+    async def count(self, what: str, body: Mapping[str, Any]) -> int: ...
+
+    @overload
+    async def count(self, what: str, body: Mapping[str, Any],
+                    unsupported: tuple[int, ...]) -> int | None: ...
+
+    async def count(self, what: str, body: Mapping[str, Any],
+                    unsupported: tuple[int, ...] = ()) -> int | None:
+        """POST /<what>/count (flow_runs, deployments, ...): a number, never a page; None for
+        an `unsupported` answer."""
+        value = await self.call("POST", f"{what}/count", f"/{what}/count", body,
+                                unsupported=unsupported)
+        if value is None and unsupported:
+            return None
         if not isinstance(value, int) or isinstance(value, bool):
             raise SourceError("query", f"POST /{what}/count: expected a number, got "
                               f"{type(value).__name__}")

@@ -24,14 +24,13 @@ from typing import Any
 
 from exporter.prefect.client import PrefectClient
 from exporter.prefect.settings import DEFAULTS, EVENTS_RETENTION, RUNS_RETENTION
-from exporter.prefect.snapshot import Events, Retention
+from exporter.prefect.snapshot import TERMINAL_STATE_TYPES, Events, Retention
 from exporter.prefect.values import iso, parse_time
 
 NEWEST_WINDOWS = (timedelta(minutes=10), timedelta(hours=1), timedelta(days=1))
 CLOCK_SKEW = timedelta(minutes=5)  # events stamped by clients slightly ahead of the server
 RETENTION_EVERY_SECONDS = 300.0
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
-TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def events_query(since: datetime, until: datetime, order: str) -> dict[str, Any]:
@@ -81,7 +80,7 @@ async def read_events(api: PrefectClient, now: datetime) -> Events:
 
 async def _oldest_overdue_run_end(api: PrefectClient, cutoff: datetime) -> float | None:
     runs = await api.filter("flow_runs", {
-        "flow_runs": {"state": {"type": {"any_": list(TERMINAL)}},
+        "flow_runs": {"state": {"type": {"any_": list(TERMINAL_STATE_TYPES)}},
                       "end_time": {"before_": iso(cutoff)},
                       "start_time": {"before_": iso(cutoff)},
                       "parent_task_run_id": {"is_null_": True}},

@@ -7,9 +7,15 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.labels import OTHER, clean
+from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean
 from exporter.metricspec import Kind, MetricOptions, MetricSpec, spec
-from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot, Retention
+from exporter.prefect.snapshot import (
+    UNFINISHED_STATE_TYPES,
+    ConcurrencyLimit,
+    PoolCounts,
+    PrefectSnapshot,
+    Retention,
+)
 
 POOL_STATUSES = ("READY", "NOT_READY", "PAUSED")
 
@@ -115,6 +121,51 @@ RETENTION_LAG = _pf("prefect_retention_lag_seconds", "target kind",
                     "db_vacuum's retention_period, where it deletes flow runs); 0 when nothing "
                     "is overdue. > 0: cleanup is not keeping up. Read every 5 minutes.")
 
+STUCK_RUNS = _pf("prefect_flow_runs_stuck", "target work_pool state_type",
+                 "Flow runs in PENDING, RUNNING, CANCELLING or PAUSED for longer than "
+                 "--stuck-run-seconds (default 1 h), from their state's own timestamp.")
+OLDEST_STATE_AGE = _pf("prefect_flow_run_oldest_state_age_seconds",
+                       "target work_pool state_type",
+                       "How long the longest-waiting run of that pool has been in that state; "
+                       "0 when none is.")
+STUCK_SAMPLE_COMPLETE = _pf("prefect_flow_runs_stuck_sample_complete", "target",
+                            "1 when every unfinished run was read (fewer than 200); 0: the stuck "
+                            "counts cover the 200 scheduled earliest.")
+HEARTBEATS_SEEN = _pf("prefect_flow_run_heartbeats_seen", "target",
+                      "1 if a flow-run heartbeat event was seen within a day (Prefect 3.6.22+ "
+                      "sends them by default); 0: the exporter cannot tell a zombie run from one "
+                      "without heartbeats and counts none.")
+WITHOUT_HEARTBEAT = _pf("prefect_flow_runs_without_heartbeat", "target work_pool",
+                        "RUNNING flow runs whose last heartbeat is older than "
+                        "--heartbeat-timeout-seconds: zombies (their process died). Only where "
+                        "heartbeats are seen.")
+RUNS_ENDED = _pf("prefect_flow_runs_ended", "target work_pool state_type",
+                 "Flow runs that ended within --outcome-window-seconds (default 1 h) by terminal "
+                 "state type: COMPLETED, FAILED, CRASHED, CANCELLED (Prefect 3.0.4+; before "
+                 "3.6.14 runs that never started have no end time and are not counted).")
+TASK_RUNS_RUNNING = _pf("prefect_task_runs_running", "target", "Task runs now RUNNING.")
+LIMIT_SLOTS = _pf("prefect_concurrency_limit_slots", "target limit",
+                  "A concurrency limit's slots (global limits; tag limits as tag:<tag>).")
+LIMIT_ACTIVE = _pf("prefect_concurrency_limit_active_slots", "target limit",
+                   "Slots of the limit taken now.")
+LIMIT_SATURATED = _pf("prefect_concurrency_limit_saturated_seconds", "target limit",
+                      "How long the limit has been full, as the exporter saw it; 0 when not.")
+LIMIT_HOLDERS = _pf("prefect_concurrency_limit_holders_running", "target limit",
+                    "Runs that could hold the limit's slots and are running: a tag limit's "
+                    "holder task runs still RUNNING; for a global limit (the API names no "
+                    "holders) every PENDING or RUNNING flow run and RUNNING task run. Fewer "
+                    "than its active slots for long: slots leaked.")
+QUEUE_STATUS = _pf("prefect_work_queue_status", "target work_pool work_queue status",
+                   "1 for the queue's status, 0 for the others: READY, NOT_READY (no worker "
+                   "polled it lately), PAUSED.")
+QUEUE_POLLED_AGE = _pf("prefect_work_queue_last_polled_age_seconds",
+                       "target work_pool work_queue",
+                       "Time since a worker last polled the queue; absent when never.")
+DEPLOYMENTS = _pf("prefect_deployments", "target status",
+                  "Deployments by the status their work queue gives them: NOT_READY (in a queue "
+                  "no worker polls), READY, UNKNOWN (no work queue: served by flow.serve(); "
+                  "Prefect offers no filter on their status).")
+
 SPECS: tuple[MetricSpec, ...] = (
     API_UP, SERVER_INFO, FLOW_RUNS, BACKLOG_RUNS, BACKLOG_MAX_DELAY, LATE_RUNS, UPCOMING_RUNS,
     SCHEDULED_RUNS, RUNS_IN_FLIGHT, POOL_INFO, POOL_STATUS, POOL_PAUSED, POOL_LIMIT,
@@ -122,7 +173,9 @@ SPECS: tuple[MetricSpec, ...] = (
     DOCKET_INFO, SERVER_SETTING, API_REQUESTS, API_REQUEST_ERRORS, API_REQUEST_SECONDS,
     READY_SECONDS, READY_FAILURES, UNMARKED_OVERDUE, DEPLOYMENTS_RECENTLY_SCHEDULED,
     DEPLOYMENTS_WITHOUT_FUTURE, EVENTS_NEWEST_AGE, RUN_LAST_START_AGE, EVENTS_OLDEST_AGE,
-    RETENTION_LAG)
+    RETENTION_LAG, STUCK_RUNS, OLDEST_STATE_AGE, STUCK_SAMPLE_COMPLETE, HEARTBEATS_SEEN,
+    WITHOUT_HEARTBEAT, RUNS_ENDED, TASK_RUNS_RUNNING, LIMIT_SLOTS, LIMIT_ACTIVE,
+    LIMIT_SATURATED, LIMIT_HOLDERS, QUEUE_STATUS, QUEUE_POLLED_AGE, DEPLOYMENTS)
 
 
 def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[Metric]:
@@ -145,6 +198,10 @@ def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[
     yield from _services(snap, target)
     yield from _events(snap, target)
     yield from _retention(snap, target)
+    yield from _runs(snap, target)
+    yield from _outcomes(snap, target)
+    yield from _limits(snap, target, options.label_top_n)
+    yield from _readiness(snap, target)
 
 
 def pool_rows(snap: PrefectSnapshot) -> dict[str, PoolCounts]:
@@ -208,16 +265,25 @@ def _work_pools(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     yield from (info, status, paused, limit, workers, online, heartbeat)
 
 
+QUEUE_STATUSES = ("READY", "NOT_READY", "PAUSED")
+
+
 def _work_queues(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     paused = QUEUE_PAUSED.family()
     limit = QUEUE_LIMIT.family()
+    status = QUEUE_STATUS.family()
+    polled = QUEUE_POLLED_AGE.family()
     for queue in snap.scheduling.queues:
         labels = [target, clean(queue.work_pool), clean(queue.name)]
         paused.add_metric(labels, 1 if queue.paused else 0)
         if queue.concurrency_limit is not None:
             limit.add_metric(labels, queue.concurrency_limit)
-    yield paused
-    yield limit
+        if queue.status:
+            for name in QUEUE_STATUSES:
+                status.add_metric([*labels, name], 1 if queue.status == name else 0)
+        if queue.last_polled is not None:
+            polled.add_metric(labels, max(0.0, snap.taken_at - queue.last_polled))
+    yield from (paused, limit, status, polled)
 
 
 def _settings(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
@@ -303,3 +369,95 @@ def runs_lag(snap: PrefectSnapshot, retention: Retention) -> float:
     if end is None or keep is None:
         return 0.0
     return max(0.0, snap.taken_at - end - keep)
+
+
+def _pool_label(pool: str) -> str:
+    return clean(pool) if pool else OTHER
+
+
+def _runs(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    runs = snap.runs
+    if runs is None:
+        return
+    stuck, oldest = STUCK_RUNS.family(), OLDEST_STATE_AGE.family()
+    for pool in [*snap.scheduling.pool_counts, ""]:
+        for state_type in UNFINISHED_STATE_TYPES:
+            group = runs.stuck.get((pool, state_type))
+            labels = [target, _pool_label(pool), state_type]
+            stuck.add_metric(labels, group.stuck if group else 0)
+            oldest.add_metric(labels, group.oldest_seconds if group else 0.0)
+    complete = STUCK_SAMPLE_COMPLETE.family()
+    complete.add_metric([target], 1 if runs.sampled < runs.sample_limit else 0)
+    yield from (stuck, oldest, complete)
+    if runs.heartbeats is not None:
+        seen = HEARTBEATS_SEEN.family()
+        seen.add_metric([target], 1 if runs.heartbeats else 0)
+        yield seen
+    if runs.without_heartbeat is not None:
+        zombies = WITHOUT_HEARTBEAT.family()
+        for pool in [*snap.scheduling.pool_counts, ""]:
+            zombies.add_metric([target, _pool_label(pool)], runs.without_heartbeat.get(pool, 0))
+        yield zombies
+
+
+def ended_rows(snap: PrefectSnapshot) -> dict[str, dict[str, int]]:
+    """Ended runs by work pool label and state type, 'other' = the totals beyond the pools."""
+    outcomes = snap.outcomes
+    if outcomes is None:
+        return {}
+    rows = {clean(p): dict(c) for p, c in outcomes.by_pool.items()}
+    rows[OTHER] = {t: max(0, n - sum(c.get(t, 0) for c in outcomes.by_pool.values()))
+                   for t, n in outcomes.totals.items()}
+    return rows
+
+
+def _outcomes(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    rows = ended_rows(snap)
+    if not rows:
+        return
+    ended = RUNS_ENDED.family()
+    for pool, counts in rows.items():
+        for state_type, count in counts.items():
+            ended.add_metric([target, pool, state_type], count)
+    yield ended
+
+
+def holders_running(snap: PrefectSnapshot, limit: ConcurrencyLimit) -> int:
+    """Who could hold the limit's slots and is running (see LIMIT_HOLDERS)."""
+    if limit.holders_running is not None:
+        return limit.holders_running
+    running = sum(snap.scheduling.runs_by_state_type.get(t, 0) for t in ("PENDING", "RUNNING"))
+    return running + (snap.limits.running_task_runs if snap.limits else 0)
+
+
+def _limits(snap: PrefectSnapshot, target: str, top_n: int) -> Iterator[Metric]:
+    if snap.limits is None:
+        return
+    tasks = TASK_RUNS_RUNNING.family()
+    tasks.add_metric([target], snap.limits.running_task_runs)
+    yield tasks
+    limits = snap.limits.limits
+    name_of = Folder({lim.name: lim.active_slots for lim in limits}, top_n)
+    columns = ((LIMIT_SLOTS, lambda lim: lim.slots), (LIMIT_ACTIVE, lambda lim: lim.active_slots),
+               (LIMIT_SATURATED, lambda lim: snap.taken_at - lim.saturated_since
+                if lim.saturated_since is not None else 0.0),
+               (LIMIT_HOLDERS, lambda lim: holders_running(snap, lim)))
+    for metric_spec, value_of in columns:
+        metric = metric_spec.family()
+        folded = (bounded_sum if metric_spec is not LIMIT_SATURATED else bounded_max)(
+            (name_of(lim.name), float(value_of(lim))) for lim in limits)
+        for name, value in sorted(folded.items()):
+            metric.add_metric([target, name], value)
+        yield metric
+
+
+def _readiness(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
+    r = snap.readiness
+    if r is None:
+        return
+    deployments = DEPLOYMENTS.family()
+    for status, count in (("READY", r.in_a_queue - r.in_unpolled_queues),
+                          ("NOT_READY", r.in_unpolled_queues),
+                          ("UNKNOWN", r.deployments - r.in_a_queue)):
+        deployments.add_metric([target, status], max(0, count))
+    yield deployments

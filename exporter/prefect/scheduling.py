@@ -24,7 +24,7 @@ from exporter.prefect.filters import (
     state_types,
     upcoming_filter,
 )
-from exporter.prefect.snapshot import PoolCounts, Scheduling, WorkPool, WorkQueue
+from exporter.prefect.snapshot import PoolCounts, Readiness, Scheduling, WorkPool, WorkQueue
 from exporter.prefect.values import parse_time
 
 LIST_LIMIT = 200  # the server's default page limit: the most one request may ask for
@@ -45,7 +45,24 @@ def parse_work_pool(data: Mapping[str, Any], workers: Sequence[Mapping[str, Any]
 def parse_work_queue(data: Mapping[str, Any]) -> WorkQueue:
     return WorkQueue(work_pool=str(data.get("work_pool_name") or ""),
                      name=str(data.get("name", "")), paused=bool(data.get("is_paused")),
-                     concurrency_limit=data.get("concurrency_limit"))
+                     concurrency_limit=data.get("concurrency_limit"), id=str(data.get("id", "")),
+                     status=str(data.get("status") or ""),
+                     last_polled=parse_time(data.get("last_polled")))
+
+
+async def read_readiness(api: PrefectClient, queues: Sequence[WorkQueue]) -> Readiness:
+    """Deployments counted by their work queue's status (Prefect's own rule: a deployment whose
+    queue no worker polled lately is NOT_READY); no deployment status filter exists."""
+    unpolled = [q.id for q in queues if q.status == "NOT_READY" and q.id]
+    total, in_a_queue, in_unpolled = await asyncio.gather(
+        api.count("deployments", {}), api.count("deployments", {"work_pool_queues": {}}),
+        api.count("deployments", {"work_pool_queues": {"id": {"any_": unpolled}}})
+        if unpolled else _zero())
+    return Readiness(deployments=total, in_a_queue=in_a_queue, in_unpolled_queues=in_unpolled)
+
+
+async def _zero() -> int:
+    return 0
 
 
 async def list_work_pools(api: PrefectClient, max_pools: int) -> list[Mapping[str, Any]]:

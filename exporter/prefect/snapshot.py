@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+UNFINISHED_STATE_TYPES = ("PENDING", "RUNNING", "CANCELLING", "PAUSED")
+TERMINAL_STATE_TYPES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 # docket URL schemes of a shared store: several background-service replicas are then supported
 SHARED_DOCKET_SCHEMES = ("redis", "rediss")
@@ -35,6 +39,9 @@ class WorkQueue:
     name: str
     paused: bool
     concurrency_limit: int | None
+    id: str = ""
+    status: str = ""  # READY | NOT_READY (no worker polled it lately) | PAUSED
+    last_polled: float | None = None  # unix time
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,63 @@ class Retention:
     oldest_overdue_run_end: float | None  # end time of the oldest such run still there
 
 
+class StuckGroup(NamedTuple):
+    stuck: int  # runs in the state longer than the stuck threshold
+    oldest_seconds: float  # the longest any run of the group has been in its state
+
+
+@dataclass(frozen=True)
+class RunHealth:
+    """Runs that never finish (runs.py)."""
+
+    # (work pool, state type) -> group; work pool '' = no listed pool
+    stuck: dict[tuple[str, str], StuckGroup]
+    sampled: int  # runs read in PENDING, RUNNING, CANCELLING, PAUSED
+    sample_limit: int  # when sampled reaches it, the counts cover the oldest ones only
+    stuck_after_seconds: float
+    heartbeats: bool | None  # a heartbeat event seen within a day; None: no events API
+    without_heartbeat: dict[str, int] | None  # by work pool; None: heartbeats not seen
+    heartbeat_timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Flow runs that ended within the window, by terminal state type (runs.py)."""
+
+    window_seconds: float
+    totals: dict[str, int]
+    by_pool: dict[str, dict[str, int]]  # listed work pools only
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimit:
+    name: str  # a global limit's name; tag limits as Prefect 3.4.19+ names them, tag:<tag>
+    slots: int
+    active_slots: int
+    active: bool
+    # the runs that could be holding its slots and are running: for a tag limit, its holder
+    # task runs still RUNNING; for a global limit the API names no holders: None
+    holders_running: int | None
+    saturated_since: float | None  # unix time the exporter first saw it full, None: not full
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Concurrency limits and what holds them (limits.py)."""
+
+    limits: tuple[ConcurrencyLimit, ...]
+    running_task_runs: int
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Deployments by the status their work queue gives them (scheduling.py)."""
+
+    deployments: int
+    in_a_queue: int  # the rest run from flow.serve(): no queue, their status is not counted
+    in_unpolled_queues: int  # in queues with status NOT_READY: no worker polls them
+
+
 @dataclass(frozen=True)
 class PrefectSnapshot:
     """One poll of a Prefect server."""
@@ -103,6 +167,10 @@ class PrefectSnapshot:
     services: Services | None = None
     events: Events | None = None  # None: the server offers no events API (2.x by default)
     retention: Retention | None = None
+    runs: RunHealth | None = None
+    outcomes: Outcomes | None = None  # None: the server cannot filter on end_time (< 3.0.4)
+    limits: Limits | None = None
+    readiness: Readiness | None = None
 
     @property
     def services_may_be_replicated(self) -> bool:

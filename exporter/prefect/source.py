@@ -23,7 +23,9 @@ from exporter.prefect.events import (
     read_events,
     read_retention,
 )
-from exporter.prefect.scheduling import list_work_pools, read_scheduling
+from exporter.prefect.limits import Saturation, read_limits
+from exporter.prefect.runs import read_outcomes, read_runs
+from exporter.prefect.scheduling import list_work_pools, read_readiness, read_scheduling
 from exporter.prefect.services import read_services
 from exporter.prefect.settings import docket_scheme, parse_settings, vacuum_kinds
 from exporter.prefect.snapshot import Events, PrefectSnapshot, Retention
@@ -39,7 +41,8 @@ class PrefectSource:
     def __init__(self, target: str, api_url: str, *, auth: PrefectAuth, timeout: float,
                  headers: Mapping[str, str] | None = None, verify: bool | str = True,
                  horizon_seconds: float = 3600, max_pools: int = 20,
-                 max_concurrency: int = 4) -> None:
+                 max_concurrency: int = 4, stuck_after: float = 3600,
+                 heartbeat_timeout: float = 600, outcome_window: float = 3600) -> None:
         self.target = target
         self._api = PrefectClient(api_url, auth=auth, timeout=timeout, headers=headers,
                                   verify=verify, max_concurrency=max_concurrency)
@@ -48,6 +51,10 @@ class PrefectSource:
         self._ready_timeout = max(1.0, timeout / 2)  # a slow /ready must not fail the poll
         self._events: bool | None = None  # does the server offer its events API? (asked once)
         self._retention: Retention | None = None  # read every RETENTION_EVERY_SECONDS
+        self._stuck_after = stuck_after
+        self._heartbeat_timeout = heartbeat_timeout
+        self._outcome_window = outcome_window
+        self._saturation = Saturation()
 
     async def poll(self) -> PrefectSnapshot:
         now = datetime.now(UTC)
@@ -68,10 +75,15 @@ class PrefectSource:
         names = [str(p.get("name", "")) for p in pools]
         if self._events is None:
             self._events = await events_supported(api, now)
-        scheduling, services, events = await asyncio.gather(
+        scheduling, services, events, runs, outcomes, limits = await asyncio.gather(
             read_scheduling(api, now, self._horizon, pools),
             read_services(api, now, numbers, names, self._ready_timeout),
-            read_events(api, now) if self._events else _nothing())
+            read_events(api, now) if self._events else _nothing(),
+            read_runs(api, now, names, stuck_after=self._stuck_after,
+                      heartbeat_timeout=self._heartbeat_timeout, events=self._events),
+            read_outcomes(api, now, self._outcome_window, names),
+            read_limits(api, now.timestamp(), self._saturation))
+        readiness = await read_readiness(api, scheduling.queues)
         if self._events and (self._retention is None or now.timestamp()
                              - self._retention.checked_at >= RETENTION_EVERY_SECONDS):
             self._retention = await read_retention(api, now, numbers, vacuum_kinds(settings))
@@ -83,7 +95,8 @@ class PrefectSource:
             scheduling=scheduling,
             docket_scheme=docket_scheme(settings),
             requests=api.request_stats(),
-            services=services, events=events, retention=self._retention,
+            services=services, events=events, retention=self._retention, runs=runs,
+            outcomes=outcomes, limits=limits, readiness=readiness,
         )
 
     async def close(self) -> None:

@@ -104,8 +104,10 @@ async def test_requests_per_poll_do_not_grow_with_runs(
     pools = len((await next_snapshot()).scheduling.pools)
     # version, pools, 5 state counts, 5 totals, future runs, queues, settings; /ready, runs
     # the late_runs service left unmarked, 2 deployment counts (the scheduler), the newest event
-    # (found in the first window here), the last run start; per pool 6 + 1 unmarked
-    assert many == 21 + 7 * pools
+    # (found in the first window here), the last run start; the unfinished runs, 2 heartbeat
+    # reads (none seen lately here), 4 ended counts, 2 concurrency limit lists + running task
+    # runs, 3 deployment counts (a queue is unpolled here); per pool 6 + 1 unmarked + 4 ended
+    assert many == 34 + 11 * pools
 
 
 async def test_auth_failures_and_a_stopped_server(

@@ -202,6 +202,46 @@ CASES += [
     ("PostgresDatabaseFilling",  # no size budget configured (the default): quiet
      {f'postgres_database_size_bytes{{{DB},datname="prefect"}}': "0+1e9x400"}, "6h", []),
 ]
+ENDED = 'prefect_flow_runs_ended{target="prefect",work_pool="a",state_type="%s"}'
+CASES += [
+    ("PrefectStuckRuns",
+     {f'prefect_flow_runs_stuck{{{WP},state_type="RUNNING"}}': "1x20"},
+     "15m", [{"target": "prefect", "work_pool": "a", "state_type": "RUNNING"}]),
+    ("PrefectStuckRuns", {f'prefect_flow_runs_stuck{{{WP},state_type="RUNNING"}}': "0x20"},
+     "15m", []),
+    ("PrefectZombieRuns", {f"prefect_flow_runs_without_heartbeat{{{WP}}}": "1x10"},
+     "8m", [{"target": "prefect", "work_pool": "a"}]),
+    ("PrefectZombieRuns", {f"prefect_flow_runs_without_heartbeat{{{WP}}}": "0x10"}, "8m", []),
+    ("PrefectConcurrencySlotsLeaked",
+     {'prefect_concurrency_limit_saturated_seconds{target="prefect",limit="etl"}': "700+60x10",
+      'prefect_concurrency_limit_active_slots{target="prefect",limit="etl"}': "2x10",
+      'prefect_concurrency_limit_holders_running{target="prefect",limit="etl"}': "0x10"},
+     "5m", [{"target": "prefect", "limit": "etl"}]),
+    ("PrefectConcurrencySlotsLeaked",  # full, but its holders run: quiet
+     {'prefect_concurrency_limit_saturated_seconds{target="prefect",limit="etl"}': "700+60x10",
+      'prefect_concurrency_limit_active_slots{target="prefect",limit="etl"}': "2x10",
+      'prefect_concurrency_limit_holders_running{target="prefect",limit="etl"}': "2x10"},
+     "5m", []),
+    ("PrefectWorkQueueNotPolled",
+     {'prefect_work_queue_status{target="prefect",work_pool="a",work_queue="gpu",'
+      'status="NOT_READY"}': "1x20", f"prefect_work_pool_online_workers{{{WP}}}": "1x20"},
+     "15m", [{"target": "prefect", "work_pool": "a", "work_queue": "gpu",
+              "status": "NOT_READY"}]),
+    ("PrefectWorkQueueNotPolled",  # nobody online at all: PrefectWorkPoolWithoutWorkers' job
+     {'prefect_work_queue_status{target="prefect",work_pool="a",work_queue="gpu",'
+      'status="NOT_READY"}': "1x20", f"prefect_work_pool_online_workers{{{WP}}}": "0x20"},
+     "15m", []),
+    ("PrefectFlowRunsFailing",
+     {ENDED % "COMPLETED": "6x20", ENDED % "FAILED": "4x20", ENDED % "CRASHED": "0x20"},
+     "15m", [{"target": "prefect", "work_pool": "a"}]),
+    ("PrefectFlowRunsFailing",  # 2 of 3: too few runs to judge
+     {ENDED % "COMPLETED": "1x20", ENDED % "FAILED": "2x20"}, "15m", []),
+    ("PrefectFlowRunsCrashing",
+     {ENDED % "COMPLETED": "8x20", ENDED % "CRASHED": "2x20"},
+     "15m", [{"target": "prefect", "work_pool": "a"}]),
+    ("PrefectFlowRunsCrashing",
+     {ENDED % "COMPLETED": "19x20", ENDED % "CRASHED": "1x20"}, "15m", []),
+]
 # Cases that need thresholds other than the defaults: (overrides, case)
 OVERRIDE_CASES: list[tuple[dict[str, float], Case]] = [
     ({"database_size_limit_bytes": 100e9},  # +1 GB a minute: 100 GB within the week

@@ -75,6 +75,9 @@ def test_dsn_from_file_is_read_and_both_forms_conflict(tmp_path: Path) -> None:
 
 
 BAD = [
+    ({"stuck_run_seconds": "an hour"}, "STUCK_RUN_SECONDS='an hour'"),
+    ({"heartbeat_timeout_seconds": "0"}, "positive"),
+    ({"outcome_window_seconds": "-5"}, "positive"),
     ({"poll_interval_seconds": "soon"}, "POLL_INTERVAL_SECONDS='soon'"),
     ({"poll_interval_seconds": "-1"}, "positive"),
     ({"poll_interval_seconds": "nan"}, "positive"),

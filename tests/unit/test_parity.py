@@ -29,16 +29,25 @@ from exporter.metricspec import MetricOptions
 from exporter.pgbouncer.snapshot import Pool
 from exporter.poller import SourceState, failures
 from exporter.postgres.snapshot import BlockedSession, DatabaseSize
-from exporter.prefect.snapshot import PoolCounts, WorkPool
+from exporter.prefect.snapshot import (
+    ConcurrencyLimit,
+    PoolCounts,
+    StuckGroup,
+    WorkPool,
+    WorkQueue,
+)
 from exporter.source import Snapshot
 from tests.factories import (
     NamedSource,
     events,
     group,
     healthy_pg,
+    limits,
+    outcomes,
     pgbouncer_snapshot,
     prefect_snapshot,
     retention,
+    runs,
     services,
     session,
     table,
@@ -86,7 +95,7 @@ def served(name: str = "a", online: int = 1, paused: bool = False) -> WorkPool:
                     paused, None, max(online, 1), online, NOW - 5)
 
 
-def runs(pools: Mapping[str, PoolCounts], *work_pools: WorkPool) -> Snapshot:
+def with_runs(pools: Mapping[str, PoolCounts], *work_pools: WorkPool) -> Snapshot:
     total = PoolCounts(
         backlog=sum(c.backlog for c in pools.values()), late=sum(c.late for c in pools.values()),
         upcoming=sum(c.upcoming for c in pools.values()),
@@ -126,15 +135,15 @@ SCENARIOS = [
     Scenario("pool exhausted", "pgbouncer_pool_waiting", (pgb(pool(3, 7.0)),)),
     Scenario("connections at 87%", "connection_budget", (pg(activity=(group(sessions=84),)),)),
     Scenario("connections at 96%", "connection_budget", (pg(activity=(group(sessions=93),)),)),
-    Scenario("late runs in a served pool", "late_runs", (runs(
+    Scenario("late runs in a served pool", "late_runs", (with_runs(
         {"a": PoolCounts(2, 2, 0, 0, NOW - 60)}, served()),)),
-    Scenario("late runs in a pool without workers", "work_pool_unserved", (runs(
+    Scenario("late runs in a pool without workers", "work_pool_unserved", (with_runs(
         {"a": PoolCounts(2, 2, 0, 0, NOW - 60)}, served(online=0)),)),
-    Scenario("late runs in a paused pool", "work_pool_unserved", (runs(
+    Scenario("late runs in a paused pool", "work_pool_unserved", (with_runs(
         {"a": PoolCounts(2, 0, 0, 0, NOW - 900)}, served(paused=True)),)),
-    Scenario("an old backlog, no Late", "scheduled_backlog", (runs(
+    Scenario("an old backlog, no Late", "scheduled_backlog", (with_runs(
         {"a": PoolCounts(1, 0, 0, 0, NOW - 900)}, served()),)),
-    Scenario("late runs in no work pool", "late_runs scheduled_backlog", (runs(
+    Scenario("late runs in no work pool", "late_runs scheduled_backlog", (with_runs(
         {"other": PoolCounts(3, 3, 0, 0, NOW - 900)}),)),
     Scenario("too many scheduled runs", "scheduler_horizon", (pf(scheduled_future=50_000),)),
     Scenario("two services copies, memory docket", "duplicated_services", (
@@ -186,6 +195,43 @@ SCENARIOS = [
     Scenario("a database within its size budget", "",
              (pg(databases=(DatabaseSize("prefect", 500_000_000),)),),
              overrides={"database_size_limit_bytes": 1e9}),
+    Scenario("runs stuck RUNNING and CANCELLING", "stuck_runs",
+             (pf(pools=(served(),), pool_counts={"a": PoolCounts(0, 0, 0, 2, None)},
+                 runs=runs(stuck={("a", "RUNNING"): StuckGroup(1, 7200.0),
+                                  ("", "CANCELLING"): StuckGroup(2, 4000.0)})),)),
+    Scenario("runs PENDING, none for long", "",
+             (pf(runs=runs(stuck={("", "PENDING"): StuckGroup(0, 120.0)})),)),
+    Scenario("a zombie run", "zombie_runs",
+             (pf(pools=(served(),), pool_counts={"a": PoolCounts(0, 0, 0, 1, None)},
+                 runs=runs(without_heartbeat={"a": 1})),)),
+    Scenario("RUNNING runs, heartbeats never seen", "heartbeats_not_seen",
+             (pf(runs_by_state_type={"RUNNING": 2},
+                 runs=runs(heartbeats=False, without_heartbeat=None)),)),
+    Scenario("a global limit full, nothing running", "concurrency_slots_leaked",
+             (pf(limits=limits(ConcurrencyLimit("etl", 2, 2, True, None, NOW - 1200))),)),
+    Scenario("a global limit full, its runs running", "",
+             (pf(runs_by_state_type={"RUNNING": 2},
+                 limits=limits(ConcurrencyLimit("etl", 2, 2, True, None, NOW - 1200))),)),
+    Scenario("a tag limit full, holders gone", "concurrency_slots_leaked",
+             (pf(runs_by_state_type={"RUNNING": 3}, limits=limits(
+                 ConcurrencyLimit("tag:db", 2, 2, True, 0, NOW - 1200), running_task_runs=3)),)),
+    Scenario("a limit full for a minute only", "",
+             (pf(limits=limits(ConcurrencyLimit("etl", 2, 2, True, None, NOW - 60))),)),
+    Scenario("a queue no worker polls", "work_queue_unpolled",
+             (pf(pools=(served(),), pool_counts={"a": PoolCounts(0, 0, 0, 0, None)},
+                 queues=(WorkQueue("a", "gpu", False, None, "q1", "NOT_READY", NOW - 900),)),)),
+    Scenario("an unpolled queue in a pool without workers", "",
+             (pf(pools=(served(online=0),), pool_counts={"a": PoolCounts(0, 0, 0, 0, None)},
+                 queues=(WorkQueue("a", "gpu", False, None, "q1", "NOT_READY", None),)),)),
+    Scenario("a pool whose runs fail", "failed_runs",
+             (pf(pools=(served(),), pool_counts={"a": PoolCounts(0, 0, 0, 0, None)},
+                 outcomes=outcomes(
+                     {"COMPLETED": 6, "FAILED": 4, "CRASHED": 0, "CANCELLED": 0},
+                     {"a": {"COMPLETED": 6, "FAILED": 4, "CRASHED": 0, "CANCELLED": 0}})),)),
+    Scenario("runs in no pool crash", "crashed_runs",
+             (pf(outcomes=outcomes({"COMPLETED": 8, "FAILED": 0, "CRASHED": 2, "CANCELLED": 0})),)),
+    Scenario("two failures out of three: too few to judge", "",
+             (pf(outcomes=outcomes({"COMPLETED": 1, "FAILED": 2, "CRASHED": 0, "CANCELLED": 0})),)),
     Scenario("thresholds overridden: idle in transaction 200s pages", "idle_in_transaction",
              (with_groups(group(app="holder", state=IDLE, max_transaction_age=200.0)),),
         overrides={"idle_in_transaction_warning_seconds": 100,

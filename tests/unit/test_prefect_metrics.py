@@ -5,8 +5,23 @@ from __future__ import annotations
 from exporter.labels import OTHER
 from exporter.metricspec import MetricOptions
 from exporter.prefect.metrics import pool_rows, prefect_families
-from exporter.prefect.snapshot import PoolCounts, RequestStats
-from tests.factories import events, prefect_snapshot, retention, services
+from exporter.prefect.snapshot import (
+    ConcurrencyLimit,
+    PoolCounts,
+    Readiness,
+    RequestStats,
+    StuckGroup,
+    WorkQueue,
+)
+from tests.factories import (
+    events,
+    limits,
+    outcomes,
+    prefect_snapshot,
+    retention,
+    runs,
+    services,
+)
 from tests.helpers import render
 
 
@@ -84,3 +99,39 @@ def test_a_server_without_events_or_services_parts_exports_none_of_them() -> Non
     names = render(prefect_families(snap, MetricOptions(label_top_n=20))).names()
     assert not names & {"prefect_api_ready_duration_seconds", "prefect_events_newest_age_seconds",
                         "prefect_retention_lag_seconds"}
+
+
+def test_stuck_zombies_outcomes_limits_and_deployment_status() -> None:
+    snap = prefect_snapshot(
+        taken_at=10_000.0, pool_counts={"a": PoolCounts(0, 0, 0, 0, None)},
+        runs_by_state_type={"RUNNING": 1, "PENDING": 0},
+        runs=runs(stuck={("a", "RUNNING"): StuckGroup(1, 7200.0),
+                         ("", "PAUSED"): StuckGroup(0, 30.0)},
+                  without_heartbeat={"": 2}),
+        outcomes=outcomes({"COMPLETED": 10, "FAILED": 3, "CRASHED": 1, "CANCELLED": 0},
+                          {"a": {"COMPLETED": 4, "FAILED": 3, "CRASHED": 0, "CANCELLED": 0}}),
+        limits=limits(ConcurrencyLimit("etl", 2, 2, True, None, 9_000.0),
+                      ConcurrencyLimit("tag:db", 3, 1, True, 1, None), running_task_runs=4),
+        readiness=Readiness(deployments=10, in_a_queue=7, in_unpolled_queues=2),
+        queues=(WorkQueue("a", "gpu", False, None, "q", "NOT_READY", 9_100.0),))
+    s = render(prefect_families(snap, MetricOptions(label_top_n=20)))
+    assert s.value("prefect_flow_runs_stuck", work_pool="a", state_type="RUNNING") == 1
+    assert s.value("prefect_flow_run_oldest_state_age_seconds", work_pool="a",
+                   state_type="RUNNING") == 7200
+    # every listed pool and 'other', every unfinished state, zero when nothing is there
+    assert len(s.values("prefect_flow_runs_stuck")) == 2 * 4
+    assert s.value("prefect_flow_runs_stuck", work_pool=OTHER, state_type="CANCELLING") == 0
+    assert s.value("prefect_flow_runs_without_heartbeat", work_pool=OTHER) == 2
+    assert s.value("prefect_flow_runs_without_heartbeat", work_pool="a") == 0
+    assert s.value("prefect_flow_runs_ended", work_pool="a", state_type="FAILED") == 3
+    assert s.value("prefect_flow_runs_ended", work_pool=OTHER, state_type="COMPLETED") == 6
+    assert s.value("prefect_flow_runs_ended", work_pool=OTHER, state_type="CRASHED") == 1
+    assert s.value("prefect_concurrency_limit_saturated_seconds", limit="etl") == 1000
+    # a global limit's possible holders: every PENDING/RUNNING flow run and RUNNING task run
+    assert s.value("prefect_concurrency_limit_holders_running", limit="etl") == 1 + 4
+    assert s.value("prefect_concurrency_limit_holders_running", limit="tag:db") == 1
+    assert s.value("prefect_deployments", status="NOT_READY") == 2
+    assert s.value("prefect_deployments", status="READY") == 5
+    assert s.value("prefect_deployments", status="UNKNOWN") == 3
+    assert s.value("prefect_work_queue_status", work_queue="gpu", status="NOT_READY") == 1
+    assert s.value("prefect_work_queue_last_polled_age_seconds", work_queue="gpu") == 900
