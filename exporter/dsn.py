@@ -1,7 +1,8 @@
 """libpq connection strings: parse, name and redact them.
 
-Parsing is libpq's own (through psycopg's `conninfo_to_dict`), so a DSN means here exactly what it
-means to psql. asyncpg only reads URIs, so key/value DSNs are turned into one.
+Parsing is libpq's (exporter/conninfo.py, held by a test to psycopg's conninfo_to_dict, which
+calls libpq), so a DSN means here exactly what it means to psql. asyncpg only reads URIs, so
+key/value DSNs are turned into one.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
-from psycopg import ProgrammingError
-from psycopg.conninfo import conninfo_to_dict
+from exporter.conninfo import ConninfoError, parse
 
 # `name=postgresql://...` names a target; a bare DSN is named after its host, port and database.
 _NAMED_URI = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.:-]+)=(?P<dsn>postgres(?:ql)?://.*)$", re.S)
@@ -81,8 +81,8 @@ def parse_target(entry: str, what: str) -> Target:
     if not dsn:
         raise DSNError(f"{what}: empty DSN")
     try:
-        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
-    except ProgrammingError as exc:
+        params = parse(dsn)
+    except ConninfoError as exc:
         raise DSNError(f"{what}: invalid DSN: {_first_line(exc, params_of_secret(dsn))}") from None
     target = Target(name or "", params)
     name = name or _default_name(target)

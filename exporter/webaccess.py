@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -60,6 +59,8 @@ class BasicAuth:
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
+    import bcrypt  # imported here: only an exporter with basic auth users loads it
+
     return bcrypt.checkpw(password, hashed)
 
 
