@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from exporter.finding import Context, Finding, age
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
+from exporter.prefect import compat
 from exporter.prefect.snapshot import PrefectSnapshot
 
 STATEMENT_CACHE = "server.database.sqlalchemy.connect_args.statement_cache_size"
@@ -17,6 +18,8 @@ def statement_cache(prefect: PrefectSnapshot, ctx: Context) -> Iterator[Finding]
                          if p.pool_mode == "transaction"]
     if not transaction_pools or not prefect.settings:
         return  # no transaction pooling, or no settings to tell (Prefect Cloud has none)
+    if compat.has(prefect.version, "statement_caches") is False:
+        return  # no such settings before 3.2.7: compat.blind_spots says what to do instead
     caches = {k: prefect.settings.get(k) for k in (STATEMENT_CACHE, PREPARED_CACHE)}
     if all(v == 0 for v in caches.values()):
         return
@@ -75,3 +78,4 @@ def scheduling(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
 def prefect_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     yield from scheduling(pf, ctx)
     yield from statement_cache(pf, ctx)
+    yield from compat.blind_spots(pf, ctx)
