@@ -18,17 +18,17 @@ import fcntl
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lab.common import (
     LabError,
     dies_with_parent,
     free_port,
     stop_process,
+    tail,
     wait_for_http,
 )
 from lab.pgbouncer import LabPgBouncer
@@ -80,45 +80,103 @@ RELEASES = (
 )
 
 
-@contextlib.contextmanager
-def _install_lock(release: PrefectRelease) -> Iterator[None]:
+def _lock_file(release: PrefectRelease) -> IO[str]:
     """One installer per release at a time, across processes (parallel test runs share the
-    cache)."""
+    cache): an flock on this file, released when it is closed (or its process dies)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / f".prefect-{release.version}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return (CACHE / f".prefect-{release.version}.lock").open("w")
+
+
+def _installed(release: PrefectRelease) -> bool:
+    return (release.venv / ".installed").exists()
+
+
+def _pip(release: PrefectRelease, nice: int) -> subprocess.Popen[bytes]:
+    def preexec() -> None:
+        dies_with_parent()()  # a killed test run leaves no pip behind
+        os.nice(nice)
+
+    log = (CACHE / f".prefect-{release.version}.log").open("wb")
+    with log:
+        return subprocess.Popen([str(release.venv / "bin" / "pip"), "install", "-q",
+                                 "--disable-pip-version-check", *release.requirements],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=preexec)
+
+
+def _new_venvs(releases: Sequence[PrefectRelease]) -> None:
+    """Empty virtualenvs (with pip), created at once: ensurepip takes seconds each."""
+    procs = [subprocess.Popen([sys.executable, "-m", "venv", "--clear", str(r.venv)])
+             for r in releases]
+    if any(p.wait() != 0 for p in procs):
+        raise LabError("python -m venv failed")
+
+
+@dataclass
+class PendingInstall:
+    release: PrefectRelease
+    proc: subprocess.Popen[bytes]
+    lock: IO[str]
+
+
+def start_installs(releases: Iterable[PrefectRelease], nice: int = 0) -> list[PendingInstall]:
+    """Starts pip for every release missing here and not being installed by another process,
+    without waiting: pip spends its time downloading and unpacking, so several releases take
+    about as long as one. `nice` lets a background install yield the CPU to tests."""
+    todo: list[tuple[PrefectRelease, IO[str]]] = []
+    for release in releases:
+        if _installed(release):
+            continue
+        lock = _lock_file(release)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process installs it: prefect_venv() waits for it
+            lock.close()
+            continue
+        if _installed(release):
+            lock.close()
+        else:
+            todo.append((release, lock))
+    _new_venvs([r for r, _ in todo])
+    return [PendingInstall(r, _pip(r, nice), lock) for r, lock in todo]
+
+
+def finish_installs(pending: Iterable[PendingInstall]) -> None:
+    """Waits for the installs (at full priority from now on, where the system allows it)."""
+    failed = []
+    for install in pending:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, install.proc.pid, 0)
+        if install.proc.wait() == 0:
+            (install.release.venv / ".installed").touch()
+        else:
+            log = CACHE / f".prefect-{install.release.version}.log"
+            failed.append(f"installing {' '.join(install.release.requirements)} failed: "
+                          f"{tail(log, 20)}")
+        install.lock.close()
+    if failed:
+        raise LabError("; ".join(failed))
 
 
 def prefect_venv(release: PrefectRelease = DEFAULT_RELEASE) -> Path:
-    """The virtualenv with that Prefect release, installed on first use."""
-    venv = release.venv
-    ready = venv / ".installed"
-    if ready.exists():
-        return venv
-    with _install_lock(release):
-        if ready.exists():  # another process installed it while we waited
-            return venv
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
-                               "--disable-pip-version-check", *release.requirements],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise LabError(f"installing {' '.join(release.requirements)} failed: "
-                           f"{done.stderr.strip()[-2000:]}")
-        ready.touch()
-    return venv
+    """The virtualenv with that Prefect release, installed on first use (or waited for, when
+    another process is installing it)."""
+    if _installed(release):
+        return release.venv
+    with _lock_file(release) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _installed(release):
+            _new_venvs([release])
+            finish_installs([PendingInstall(release, _pip(release, 0), lock)])
+    return release.venv
 
 
-def install_prefect_venvs(releases: Iterable[PrefectRelease]) -> None:
-    """Installs the missing virtualenvs concurrently: pip spends its time downloading and
-    unpacking, so five releases take about as long as one."""
-    missing = [r for r in releases if not (r.venv / ".installed").exists()]
-    if not missing:
-        return
-    with ThreadPoolExecutor(len(missing)) as pool:
-        for future in [pool.submit(prefect_venv, r) for r in missing]:
-            future.result()
+def install_prefect_venvs(releases: Sequence[PrefectRelease]) -> None:
+    """Installs the missing virtualenvs concurrently, and waits for those other processes are
+    installing."""
+    finish_installs(start_installs(releases))
+    for release in releases:
+        prefect_venv(release)
 
 
 def _database_env(release: PrefectRelease, url: str, pool_size: int | None,
