@@ -186,8 +186,10 @@ def render_markdown(tested: Sequence[str]) -> str:
         "(`tests/lab/test_prefect_versions_lab.py`): the test creates work pools, deployments "
         "and runs through the API and asserts the exact backlog, Late and upcoming counts per "
         "work pool, reads the settings, and checks that the server shows each capability "
-        "exactly from the release this table gives (the settings it reports, its LISTEN "
-        "session in `pg_stat_activity`, CSRF protection on). The table is rendered from the "
+        "exactly from the release this table gives (the settings it reports, the "
+        "`application_name` of its sessions and its LISTEN session in `pg_stat_activity`, its "
+        "refusal of a POST without a CSRF token) and that the doctor names what is missing. "
+        "The table is rendered from the "
         "same capability table the test asserts against (`exporter/prefect/compat.py`), and a "
         "unit test holds this page to it, so it cannot claim what the servers did not show.",
         "",
@@ -223,11 +225,14 @@ _NOTES = (
     "- before 3.4.6, the background services hold no LISTEN session, so two copies of them "
     "cannot be seen in PostgreSQL.",
     "",
-    "Also by release, handled without a finding: the settings' four shapes (2.x durations are "
-    "seconds, 3.x ISO 8601), the credentials (when both an API key and an auth string are "
-    "set, the auth string is sent, as Prefect's client does from 3.4.1; before, it sent the "
-    "key), and `PREFECT_CLIENT_CUSTOM_HEADERS` (a Prefect 3.4.8 client setting, honoured "
-    "whatever the server's release).",
+    "Also by release, handled without a finding and unit-tested: the settings' four shapes "
+    "(2.x flat `PREFECT_*` with durations in seconds, 3.0.0-3.0.10 flat lower-case, "
+    "3.0.11-3.1.12 nested with the pool sizes beside `database`, 3.1.13+ nested; the two "
+    "shapes no lab row has are read from answers recorded from real 3.0.10 and 3.1.12 "
+    "servers), the credentials (when both an API key and an auth string are set, the auth "
+    "string is sent, as Prefect's client does from 3.4.1; before, it sent the key), and "
+    "`PREFECT_CLIENT_CUSTOM_HEADERS` (a client setting of Prefect 3.4.8+, honoured whatever "
+    "the server's release).",
     "",
     "Releases 3.0.0-3.0.10 read the services' settings under their 2.x names "
     "(`PREFECT_API_SERVICES_LATE_RUNS_AFTER_SECONDS`, not `PREFECT_SERVER_SERVICES_...`). "

@@ -1,6 +1,6 @@
 """What each Prefect release lets the exporter see, and what the doctor says where it cannot:
 the capability table at its boundaries, the blind-spot findings on snapshots read from the
-recorded settings of real servers."""
+recorded settings of real servers, and docs/compatibility.md held to the table."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from exporter.source import Snapshot
 from tests.factories import pgbouncer_snapshot, prefect_snapshot
 
 SETTINGS = Path(__file__).parent / "data" / "prefect_settings"
+ROOT = Path(__file__).parent.parent.parent
 TRANSACTION = Pool("prefect", "prefect", "transaction", {"cl_active": 1}, 0.0)
 SESSION = Pool("prefect", "prefect", "session", {"cl_active": 1}, 0.0)
 
@@ -106,3 +107,9 @@ def test_unknown_versions() -> None:
     (unknown,) = blind_spots(prefect_snapshot(version="nightly"))
     assert unknown.title == "cannot tell which Prefect this is (version 'nightly')"
 
+
+def test_the_compatibility_page_is_rendered_from_the_table() -> None:
+    from lab.compatibility import page
+
+    assert (ROOT / "docs" / "compatibility.md").read_text() == page(), \
+        "regenerate: python -m lab.compatibility > docs/compatibility.md"
