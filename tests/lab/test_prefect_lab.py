@@ -124,8 +124,11 @@ async def test_auth_failures_and_a_stopped_server(
         error = wrong.poller.states[0].last_error
         assert "401" in error and "PREFECT_API_AUTH_STRING" in error and "wrong-pw" not in error
 
+        # a key too, which this server would refuse: the auth string is what is sent, as
+        # Prefect's client does from 3.4.1
         right = await start_exporter(prefect_api_url=server.api_url,
                                      prefect_api_auth_string="admin:right-pw",
+                                     prefect_api_key="pnu_not-for-this-server",
                                      postgres_dsn=postgres.monitor_dsn(), **PREFECT_POLL)
         await wait_for_value(right.port, "prefect_api_up", {}, 1, timeout=20)
         server.stop()
