@@ -11,7 +11,8 @@ counts and filters are POSTs) without a token. Tokens are handled as Prefect's o
 (prefect/client/base.py): fetched with GET /csrf-token?client=<id> before the first POST, sent
 as Prefect-Csrf-Token and Prefect-Csrf-Client, fetched again before they expire and once on a
 403 that names the token. A server that answers 422 "CSRF protection is disabled." (or 404) is
-not asked again, so it costs one request in the process's life, not one per poll.
+not asked again, so it costs one request in the process's life, not one per poll; Prefect Cloud
+is never asked, as Prefect's client never asks it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ CSRF_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # what CsrfMiddlew
 # Fetch a new token this long before the server's expiration: a token that expires between
 # the check and the server's lookup costs a refused request and a retry.
 CSRF_REFRESH_MARGIN_SECONDS = 60.0
+# Prefect's client never asks Prefect Cloud for CSRF tokens (ServerType.CLOUD: the URL starts
+# with PREFECT_CLOUD_API_URL, by default this one).
+CLOUD_API_URL = "https://api.prefect.cloud/api"
+# What /csrf-token answers where there are no tokens to get: 422 "CSRF protection is
+# disabled.", 404 before 2.16.5 (Prefect's client stops asking on both), 403/405 from a proxy
+# that does not pass it (the POSTs then say whether a token was needed after all).
+CSRF_UNAVAILABLE = (403, 404, 405, 422)
 
 
 class CsrfToken:
@@ -93,6 +101,8 @@ class PrefectClient:
         self._max_concurrency = max_concurrency
         self._client: httpx.AsyncClient | None = None
         self.csrf = CsrfToken()  # kept across reconnects: the server keeps the token
+        if self.url.startswith(CLOUD_API_URL):
+            self.csrf.enabled = False
         self.requests: dict[str, RequestStats] = {}
 
     def _make_client(self) -> httpx.AsyncClient:
@@ -169,8 +179,7 @@ class PrefectClient:
         endpoint = "/csrf-token"
         response = await self._send("GET", "csrf-token", endpoint,
                                     params={"client": self.csrf.client_id})
-        if response.status_code == 404 or (response.status_code == 422
-                                           and "CSRF protection is disabled" in response.text):
+        if response.status_code in CSRF_UNAVAILABLE:
             self.csrf.enabled = False  # not asked again; a 403 about the token turns it on
             return
         if response.status_code >= 400:

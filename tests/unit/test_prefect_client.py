@@ -161,3 +161,28 @@ async def test_authorization_header(auth: PrefectAuth, headers: dict[str, str],
     sent = server.seen_headers[-1]
     assert sent["Authorization"] == expected
     assert sent["X-Team"] == "data" and sent["User-Agent"] == "prefect-pg-exporter"
+
+
+async def test_prefect_cloud_is_never_asked_for_a_token() -> None:
+    server = FakePrefect(csrf=False)
+    client = PrefectClient("https://api.prefect.cloud/api/accounts/a/workspaces/w",
+                           auth=PrefectAuth(api_key="pnu_k"), timeout=5,
+                           transport=httpx.MockTransport(server.handle))
+    assert await counts(client, 2) == [3, 3]
+    assert server.calls["GET csrf-token"] == 0
+
+
+async def test_a_server_without_the_token_endpoint_is_not_asked_again() -> None:
+    calls: Counter[str] = Counter()
+
+    def old_server(request: httpx.Request) -> httpx.Response:  # before 2.16.5: no endpoint
+        calls[request.url.path] += 1
+        if request.url.path.endswith("csrf-token"):
+            return httpx.Response(404, json={"detail": "Not Found"})
+        return httpx.Response(200, json=3)
+
+    client = PrefectClient("http://prefect:4200/api", auth=PrefectAuth(), timeout=5,
+                           transport=httpx.MockTransport(old_server))
+    for _ in range(2):
+        assert await counts(client, 2) == [3, 3]
+    assert calls["/api/csrf-token"] == 1
