@@ -134,7 +134,9 @@ def _pool_sizes(pf: PrefectSnapshot, version: Version) -> Iterator[Finding]:
             if f"server.database.sqlalchemy.{name}" not in pf.settings]
     if not null:
         return  # both set explicitly, so reported
-    prefix = "PREFECT_SQLALCHEMY_" if version[0] == 2 else "PREFECT_SERVER_DATABASE_SQLALCHEMY_"
+    # the names that release reads: 2.x and 3.0.0-3.0.10 only the flat ones
+    prefix = ("PREFECT_SQLALCHEMY_" if version < (3, 0, 11)
+              else "PREFECT_SERVER_DATABASE_SQLALCHEMY_")
     yield Finding(
         CHECK, "info", pf.target,
         f"Prefect {pf.version} reports {' and '.join(null)} as null",
@@ -150,8 +152,10 @@ def _listen_services(pf: PrefectSnapshot, version: Version) -> Iterator[Finding]
     if has(version, "listen_services"):
         return
     since = show(_BY_KEY["listen_services"].since)
-    stop = ("with --no-services" if version >= (3, 1, 0)
-            else "with PREFECT_API_SERVICES_<SERVICE>_ENABLED=false")
+    # `prefect server start --no-services` exists from 3.1.13; before, each service is turned
+    # off by its variable (the PREFECT_API_SERVICES_ names are read by 2.x and every 3.x)
+    stop = ("with --no-services" if version >= (3, 1, 13)
+            else "with PREFECT_API_SERVICES_<SERVICE>_ENABLED=false for each service")
     yield Finding(
         CHECK, "info", pf.target,
         f"Prefect {pf.version}: duplicated background services cannot be detected",

@@ -73,13 +73,18 @@ def test_a_pool_size_that_was_set_is_not_a_blind_spot() -> None:
 
 
 def test_31_before_the_statement_caches_and_the_listen() -> None:
-    titles = [f.title for f in blind_spots(recorded("3.1.15"))]
+    found = blind_spots(recorded("3.1.15"))
+    assert "every other API replica with --no-services" in found[-1].action
+    titles = [f.title for f in found]
     assert titles == [
         "Prefect 3.1.15: cannot read whether asyncpg's statement caches are off",
         "Prefect 3.1.15: duplicated background services cannot be detected"]
     # 3.0.11-3.1.12 still report null pool sizes; the advice names 3.x variables
     (pools,) = [f for f in blind_spots(recorded("3.1.12")) if "null" in f.title]
     assert "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE" in pools.action
+    # 3.0.0-3.0.10 read only the flat names
+    (pools,) = [f for f in blind_spots(recorded("3.0.10")) if "null" in f.title]
+    assert "PREFECT_SQLALCHEMY_POOL_SIZE and PREFECT_SQLALCHEMY_MAX_OVERFLOW" in pools.action
 
 
 @pytest.mark.parametrize("version", ["3.4.25", "3.8.8", "3.9.1"])
