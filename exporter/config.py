@@ -51,6 +51,10 @@ class Listen:
 class PrefectAuth:
     api_key: str | None = None  # bearer (Prefect Cloud)
     auth_string: str | None = None  # "user:password", basic auth of a self-hosted server
+    # for the startup log, never the values: the setting the credential came from, and the
+    # one also set but not sent (Prefect's client sends one: the auth string, from 3.4.1)
+    origin: str = ""
+    unused: str = ""
 
     def secrets(self) -> list[str | None]:
         password = self.auth_string.partition(":")[2] if self.auth_string else None
@@ -65,6 +69,8 @@ class PrefectTarget:
     auth: PrefectAuth = field(repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     verify: bool | str = True  # False: no TLS verification; a path: that CA bundle
+    # names of PREFECT_CLIENT_CUSTOM_HEADERS dropped (User-Agent, CSRF), for the startup log
+    ignored_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,28 @@ def _boolean(raw: str) -> bool:
 _URL = re.compile(r"^(?:(?P<name>[A-Za-z0-9_.:-]+)=)?(?P<url>https?://[^/\s?#]+(?:/[^\s]*)?)$")
 
 
+def _prefect_urls(raw: str) -> tuple[tuple[str, str], ...]:
+    """One or more APIs separated by ';' (or newlines), each optionally name=URL, as the DSN
+    settings: a ';' is never part of a URL here, so `http://h/api;v=1` is refused, not taken
+    as one URL."""
+    parts = [p for p in re.split(r"[;\n]", raw) if p.strip()]
+    if len(parts) <= 1:
+        return (_prefect_url(raw.strip(" ;\n")),)
+    urls = []
+    for i, part in enumerate(parts, start=1):
+        try:
+            urls.append(_prefect_url(part))
+        except ValueError as exc:
+            raise ValueError(f"part {i} of {len(parts)} (';' separates APIs: name=URL;name=URL; "
+                             f"write a ';' inside a URL as %3B) {exc}") from None
+    names = [name for name, _ in urls]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"target names must be unique, repeated: {', '.join(repeated)} "
+                         "(name them with name=URL)")
+    return tuple(urls)
+
+
 def _prefect_url(raw: str) -> tuple[str, str]:
     match = _URL.match(raw.strip())
     if not match or "@" in match["url"].split("/")[2]:
@@ -186,13 +214,27 @@ def _prefect_url(raw: str) -> tuple[str, str]:
     return match["name"] or host, url
 
 
-def _headers(raw: str) -> dict[str, str]:
+# Headers the client manages itself, refused in custom headers as Prefect's client refuses them
+# (prefect/client/base.py): the CSRF pair would break the token logic.
+PROTECTED_HEADERS = ("user-agent", "prefect-csrf-token", "prefect-csrf-client")
+
+
+def _json_headers(raw: str) -> dict[str, str]:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError:
         raise ValueError('must be a JSON object, e.g. {"X-Team": "data"}') from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ValueError('must be a JSON object of strings, e.g. {"X-Team": "data"}')
+    return data
+
+
+def _headers(raw: str) -> dict[str, str]:
+    data = _json_headers(raw)
+    protected = [k for k in data if k.lower() in PROTECTED_HEADERS]
+    if protected:
+        raise ValueError(f"{protected[0]} is set by the exporter itself (User-Agent and the "
+                         "CSRF headers cannot be overridden)")
     return data
 
 
@@ -245,14 +287,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pgbouncer_dsn", str, "PgBouncer admin consoles to watch (database pgbouncer, a "
             "stats_users or admin_users user); several separated by ';', each optionally named "
             "as name=postgresql://...", "DSN", secret=True),
-    Setting("prefect_api_url", _prefect_url, "Prefect API to watch, e.g. http://prefect:4200/api "
-            "(default: PREFECT_API_URL); optionally named as name=URL", "URL"),
+    Setting("prefect_api_url", _prefect_urls, "Prefect API(s) to watch, e.g. "
+            "http://prefect:4200/api (default: PREFECT_API_URL); several separated by ';', each "
+            "optionally named as name=URL", "URL"),
     Setting("prefect_api_key", str, "bearer API key, Prefect Cloud (default: PREFECT_API_KEY)",
             "KEY", secret=True),
     Setting("prefect_api_auth_string", str, "user:password for a self-hosted server's basic auth "
             "(default: PREFECT_API_AUTH_STRING)", "USER:PASSWORD", secret=True),
     Setting("prefect_api_headers", _headers, "extra HTTP headers for the Prefect API, as a JSON "
-            "object", "JSON"),
+            "object; merged over PREFECT_CLIENT_CUSTOM_HEADERS", "JSON"),
     Setting("prefect_api_ca_file", _existing_file, "CA bundle to verify the Prefect API's TLS "
             "certificate (default: PREFECT_API_SSL_CERT_FILE)", "PATH"),
     Setting("prefect_api_tls_insecure_skip_verify", _boolean, "do not verify the Prefect API's "
@@ -306,6 +349,8 @@ PREFECT_FALLBACKS = {
     "prefect_api_tls_insecure_skip_verify": "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
 }
 _CREDENTIALS = {"prefect_api_key", "prefect_api_auth_string"}
+# Prefect's custom headers (a 3.4.8+ client setting): merged under ours, header by header.
+PREFECT_HEADERS_VARIABLE = "PREFECT_CLIENT_CUSTOM_HEADERS"
 # Kubernetes injects <SERVICE>_SERVICE_HOST, _SERVICE_PORT[_NAME] and _PORT[_...] for every
 # Service in the namespace: a Service named prefect-pg-exporter must not crash the exporter.
 _KUBERNETES_SERVICE_LINK = re.compile(
@@ -354,12 +399,14 @@ def load(flags: Mapping[str, FlagValue], environ: Mapping[str, str] | None = Non
     raw.update(_from_flags(flags))
     overrides.update(_thresholds(",".join(_given(flags.get(THRESHOLDS_KEY))), "--set"))
     ours = set(raw)
+    origins = {key: _BY_KEY[key].env for key in ours & _CREDENTIALS}
     for key, variable in PREFECT_FALLBACKS.items():
         # credentials come as a pair: one of ours set means none of Prefect's is wanted
         credential_set = key in _CREDENTIALS and ours & _CREDENTIALS
         if key not in ours and not credential_set and environ.get(variable):
             raw[key] = environ[variable]
-    return _build(raw, overrides)
+            origins[key] = variable
+    return _build(raw, overrides, origins, environ.get(PREFECT_HEADERS_VARIABLE, ""))
 
 
 def _thresholds(text: str, where: str) -> dict[str, float]:
@@ -469,7 +516,8 @@ def _from_file(path: str | None) -> dict[str, str]:
     return values
 
 
-def _build(raw: dict[str, str], overrides: Mapping[str, float] | None = None) -> Config:
+def _build(raw: dict[str, str], overrides: Mapping[str, float] | None = None,
+           origins: Mapping[str, str] | None = None, prefect_headers: str = "") -> Config:
     values: dict[str, Any] = {"thresholds": dict(overrides or {})}
     for key, text in raw.items():
         setting = _BY_KEY[key]
@@ -489,36 +537,68 @@ def _build(raw: dict[str, str], overrides: Mapping[str, float] | None = None) ->
         values["listen"] = values.pop("listen_address")
     if "web_config_file" in values:
         values["web"] = values.pop("web_config_file")
-    prefect = _prefect_target(raw, values)
+    prefect = _prefect_targets(raw, values, origins or {}, prefect_headers)
     config = Config(postgres_targets=targets["postgres"], pgbouncer_targets=targets["pgbouncer"],
-                    prefect_targets=(prefect,) if prefect else (), **values)
+                    prefect_targets=prefect, **values)
     _check(config)
     return config
 
 
-def _prefect_target(raw: dict[str, str], values: dict[str, Any]) -> PrefectTarget | None:
-    """Takes the Prefect connection settings out of values into one target."""
-    named_url = values.pop("prefect_api_url", None)
-    headers = values.pop("prefect_api_headers", {})
+def _prefect_targets(raw: dict[str, str], values: dict[str, Any], origins: Mapping[str, str],
+                     prefect_headers: str) -> tuple[PrefectTarget, ...]:
+    """Takes the Prefect connection settings out of values into targets. Credentials, headers
+    and TLS settings are the same for every target."""
+    named_urls = values.pop("prefect_api_url", ())
+    our_headers = values.pop("prefect_api_headers", {})
     ca_file = values.pop("prefect_api_ca_file", None)
     insecure = values.pop("prefect_api_tls_insecure_skip_verify", False)
     key = raw.get("prefect_api_key", "").strip() or None
     auth_string = raw.get("prefect_api_auth_string", "").strip() or None
-    if named_url is None:
+    if not named_urls:
         if key or auth_string:
             raise ConfigError(f"a Prefect API key or auth string is set but no "
                               f"{ENV_PREFIX}PREFECT_API_URL (or PREFECT_API_URL)")
-        return None
-    if key and auth_string:
-        raise ConfigError("set either a Prefect API key (Cloud) or an auth string "
-                          "(self-hosted basic auth), not both")
+        return ()
     if auth_string and ":" not in auth_string:
-        raise ConfigError(f"{ENV_PREFIX}PREFECT_API_AUTH_STRING must be user:password")
+        raise ConfigError(f"{origins.get('prefect_api_auth_string', 'the auth string')} "
+                          "must be user:password")
     if ca_file and insecure:
         raise ConfigError("set either a Prefect API CA file or insecure skip verify, not both")
-    name, url = named_url
-    return PrefectTarget(name, url, PrefectAuth(key, auth_string), headers,
-                         False if insecure else ca_file or True)
+    auth = _auth(key, auth_string, origins)
+    headers, ignored = _merged_headers(our_headers, prefect_headers)
+    verify: bool | str = False if insecure else ca_file or True
+    return tuple(PrefectTarget(name, url, auth, headers, verify, ignored)
+                 for name, url in named_urls)
+
+
+def _auth(key: str | None, auth_string: str | None, origins: Mapping[str, str]) -> PrefectAuth:
+    """The credential to send. Both set: the auth string, as Prefect's client does from 3.4.1
+    (prefect/client/orchestration/__init__.py: "Prioritize auth_string"; before, the key)."""
+    if auth_string:
+        return PrefectAuth(auth_string=auth_string,
+                           origin=origins.get("prefect_api_auth_string", ""),
+                           unused=origins.get("prefect_api_key", "") if key else "")
+    if key:
+        return PrefectAuth(api_key=key, origin=origins.get("prefect_api_key", ""))
+    return PrefectAuth()
+
+
+def _merged_headers(ours: dict[str, str], prefects: str) -> tuple[dict[str, str],
+                                                                   tuple[str, ...]]:
+    """Prefect's custom headers under ours, header by header (names compared case-blind), and
+    the names of Prefect's that are dropped: User-Agent and the CSRF pair, which Prefect's own
+    client also ignores (with a warning) rather than refusing to start."""
+    if not prefects.strip():
+        return ours, ()
+    try:
+        theirs = _json_headers(prefects)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFECT_HEADERS_VARIABLE}: {exc}") from None
+    mine = {k.lower() for k in ours}
+    ignored = tuple(k for k in theirs if k.lower() in PROTECTED_HEADERS)
+    kept = {k: v for k, v in theirs.items()
+            if k.lower() not in mine and k.lower() not in PROTECTED_HEADERS}
+    return {**kept, **ours}, ignored
 
 
 def _targets(raw: dict[str, str], kind: str) -> tuple[Target, ...]:

@@ -35,7 +35,8 @@ IGNORED_STARTUP_PARAMETERS = "extra_float_digits,options,statement_timeout,lock_
 
 class LabPgBouncer:
     def __init__(self, root: Path, postgres: LabPostgres, *, pool_size: int = 5,
-                 pool_mode: str = "transaction", max_client_conn: int = 200) -> None:
+                 pool_mode: str = "transaction", max_client_conn: int = 200,
+                 databases: tuple[str, ...] = (DATABASE,)) -> None:
         self.who: RunAs = run_as()
         self.root = make_dir(root, self.who)
         self.postgres = postgres
@@ -43,6 +44,7 @@ class LabPgBouncer:
         self.pool_size = pool_size
         self.pool_mode = pool_mode
         self.max_client_conn = max_client_conn
+        self.databases = databases
         self.log = self.root / "pgbouncer.log"
         self.ini = self.root / "pgbouncer.ini"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -54,10 +56,9 @@ class LabPgBouncer:
         userlist = self.root / "userlist.txt"
         userlist.write_text("".join(f'"{u}" "{p}"\n' for u, p in users.items()))
         pg = f"host=127.0.0.1 port={self.postgres.port}"
+        routes = "".join(f"{db} = {pg} dbname={db}\n" for db in (*self.databases, "postgres"))
         self.ini.write_text(f"""[databases]
-{DATABASE} = {pg} dbname={DATABASE}
-postgres = {pg} dbname=postgres
-
+{routes}
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {self.port}

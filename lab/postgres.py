@@ -116,6 +116,11 @@ class LabPostgres:
         self.psql(f"CREATE ROLE {MONITOR_ROLE} LOGIN PASSWORD '{MONITOR_PASSWORD}' "
                   f"IN ROLE pg_monitor", database="postgres")
 
+    def create_database(self, name: str) -> None:
+        """Another database owned by Prefect's role: one per Prefect server that must not see
+        the others' flow runs (the version matrix)."""
+        self.psql(f"CREATE DATABASE {name} OWNER {APP_ROLE}", database="postgres")
+
     # --- access ----------------------------------------------------------------------------
     def dsn(self, user: str = SUPERUSER, password: str | None = SUPERUSER_PASSWORD,
             database: str = DATABASE) -> str:

@@ -41,3 +41,10 @@ class PgBouncerSnapshot:
     stats: tuple[Stats, ...]
     config: dict[str, str]
     lists: dict[str, int]
+
+    @property
+    def tracks_prepared_statements(self) -> bool:
+        """PgBouncer 1.21+ with max_prepared_statements > 0 keeps named prepared statements
+        working through transaction pooling, asyncpg's among them."""
+        value = self.config.get("max_prepared_statements", "").strip()
+        return value.isdigit() and int(value) > 0

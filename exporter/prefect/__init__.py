@@ -15,9 +15,26 @@ if TYPE_CHECKING:
     from exporter.source import Source
 
 
+def _log_settings(config: Config) -> None:
+    """Which credential is sent and which custom headers are dropped: names of settings, never
+    their values. The same for every target."""
+    import structlog
+
+    log = structlog.get_logger("exporter")
+    target = config.prefect_targets[0]
+    if target.auth.unused:
+        log.info("prefect credentials: both set, sending the auth string as Prefect's client "
+                 "does (3.4.1+)", using=target.auth.origin, ignored=target.auth.unused)
+    if target.ignored_headers:
+        log.warning("prefect custom headers ignored: the exporter sets them itself",
+                    headers=list(target.ignored_headers), setting="PREFECT_CLIENT_CUSTOM_HEADERS")
+
+
 def _sources(config: Config) -> Sequence[Source]:
     from exporter.prefect.source import PrefectSource  # httpx only when configured
 
+    if config.prefect_targets:
+        _log_settings(config)
     return [PrefectSource(t.name, t.api_url, auth=t.auth, timeout=config.poll_timeout_seconds,
                           headers=t.headers, verify=t.verify,
                           horizon_seconds=config.prefect_upcoming_horizon_seconds,

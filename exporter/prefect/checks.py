@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from exporter.finding import Context, Finding, age
 from exporter.labels import clean
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
+from exporter.prefect import compat
 from exporter.prefect.metrics import ended_rows, events_lag, holders_running, pool_rows, runs_lag
 from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot, WorkPool
 
@@ -18,18 +19,13 @@ STATEMENT_CACHE = "server.database.sqlalchemy.connect_args.statement_cache_size"
 PREPARED_CACHE = "server.database.sqlalchemy.connect_args.prepared_statement_cache_size"
 
 
-def _tracks_prepared_statements(pgb: PgBouncerSnapshot) -> bool:
-    """PgBouncer 1.21+ with max_prepared_statements > 0 keeps named prepared statements
-    working through transaction pooling, asyncpg's among them."""
-    value = pgb.config.get("max_prepared_statements", "").strip()
-    return value.isdigit() and int(value) > 0
-
-
 def statement_cache(prefect: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
-    transaction_pools = [p for s in ctx.of(PgBouncerSnapshot) if not _tracks_prepared_statements(s)
+    transaction_pools = [p for s in ctx.of(PgBouncerSnapshot) if not s.tracks_prepared_statements
                          for p in s.pools if p.pool_mode == "transaction"]
     if not transaction_pools or not prefect.settings:
         return  # no transaction pooling, or no settings to tell (Prefect Cloud has none)
+    if compat.has(prefect.version, "statement_caches") is False:
+        return  # no such settings before 3.2.7: compat.blind_spots says what to do instead
     caches = {k: prefect.settings.get(k) for k in (STATEMENT_CACHE, PREPARED_CACHE)}
     if all(v == 0 for v in caches.values()):
         return
@@ -313,3 +309,4 @@ def prefect_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     yield from limits_leaked(pf, ctx)
     yield from queues_unpolled(pf, ctx)
     yield from outcome_ratios(pf, ctx)
+    yield from compat.blind_spots(pf, ctx)

@@ -1,13 +1,26 @@
-"""The server's settings from GET /admin/settings: the ones the diagnosis and the metrics use."""
+"""The server's settings from GET /admin/settings: the ones the diagnosis and the metrics use.
+
+Four shapes, read into the same canonical paths (those of 3.1.13+), so prefect_server_setting and
+the doctor name a setting alike on every version:
+
+- 2.x: flat, upper-case environment names: PREFECT_SQLALCHEMY_POOL_SIZE; durations in seconds.
+- 3.0.0-3.0.10: flat, lower-case without the prefix: sqlalchemy_pool_size; ISO 8601 durations.
+- 3.0.11-3.1.12: nested, the pool sizes beside the database: server.database.sqlalchemy_pool_size.
+- 3.1.13+: nested with a `sqlalchemy` group: server.database.sqlalchemy.pool_size.
+
+Only the listed settings are read: the answer also holds server.docket.url, a Redis URL with its
+password in clear (Prefect does not redact it), which is never kept.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from exporter.prefect.values import dig, setting_number
 
-# Settings read from GET /admin/settings, by JSON path. Durations come as ISO 8601 strings.
+# Settings read from GET /admin/settings, by their canonical (3.1.13+) path.
 SETTING_PATHS = (
     "server.database.sqlalchemy.pool_size",
     "server.database.sqlalchemy.max_overflow",
@@ -36,10 +49,58 @@ RUNS_RETENTION = "server.services.db_vacuum.retention_period"
 DEFAULTS = {LATE_AFTER: 15.0, LATE_LOOP: 5.0, EVENTS_RETENTION: 7 * 86400.0}
 TEXT_SETTING_PATHS = ("server.database.sqlalchemy.connect_args.application_name",)
 
+# Before 3.1.13 the pool sizes sat beside the database settings (3.0.11-3.1.12, nested).
+_LEGACY_NESTED = {
+    "server.database.sqlalchemy.pool_size": "server.database.sqlalchemy_pool_size",
+    "server.database.sqlalchemy.max_overflow": "server.database.sqlalchemy_max_overflow",
+}
+# The flat names of 3.0.0-3.0.10; 2.x's are the same, upper-case, behind PREFECT_
+# (api_services_late_runs_after_seconds, PREFECT_API_SERVICES_LATE_RUNS_AFTER_SECONDS). Settings
+# missing here did not exist then (pool_timeout, pool_recycle, connect_args: 3.1.13 and later).
+_FLAT = {
+    "server.database.sqlalchemy.pool_size": "sqlalchemy_pool_size",
+    "server.database.sqlalchemy.max_overflow": "sqlalchemy_max_overflow",
+    **{f"server.services.{service}.{name}": f"api_services_{service}_{name}"
+       for service, names in (
+           ("scheduler", ("enabled", "loop_seconds", "max_runs", "min_runs",
+                          "max_scheduled_time", "min_scheduled_time")),
+           ("late_runs", ("enabled", "loop_seconds", "after_seconds")))
+       for name in names},
+}
+
+
+def settings_shape(data: Any) -> str:
+    """Which of the four shapes an answer has: '2.x', '3.0-flat', 'nested' (3.0.11 and later;
+    the two nested shapes differ only in the pool sizes' keys), or '' (not settings)."""
+    if not isinstance(data, Mapping) or not data:
+        return ""
+    if isinstance(data.get("server"), Mapping):
+        return "nested"
+    if any(isinstance(k, str) and k.startswith("PREFECT_") for k in data):
+        return "2.x"
+    return "3.0-flat"
+
+
+def read_setting(data: Any, path: str, shape: str) -> Any:
+    """The value of a canonical setting in an answer of that shape; None where it has none."""
+    if shape == "nested":
+        value = dig(data, path)
+        legacy = _LEGACY_NESTED.get(path)
+        return dig(data, legacy) if value is None and legacy else value
+    flat = _FLAT.get(path)
+    if flat is None:
+        return None
+    return data.get("PREFECT_" + flat.upper() if shape == "2.x" else flat)
+
 
 def parse_settings(data: Any) -> tuple[dict[str, float], dict[str, str]]:
-    numbers = {p: n for p in SETTING_PATHS if (n := setting_number(dig(data, p))) is not None}
-    texts = {p: v for p in TEXT_SETTING_PATHS if isinstance(v := dig(data, p), str)}
+    shape = settings_shape(data)
+    if not shape:
+        return {}, {}
+    numbers = {p: n for p in SETTING_PATHS
+               if (n := setting_number(read_setting(data, p, shape))) is not None}
+    texts = {p: v for p in TEXT_SETTING_PATHS
+             if isinstance(v := read_setting(data, p, shape), str)}
     return numbers, texts
 
 

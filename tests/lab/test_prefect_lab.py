@@ -108,6 +108,8 @@ async def test_requests_per_poll_do_not_grow_with_runs(
     # reads (none seen lately here), 4 ended counts, 2 concurrency limit lists + running task
     # runs, 3 deployment counts (a queue is unpolled here); per pool 6 + 1 unmarked + 4 ended
     assert many == 34 + 11 * pools
+    # CSRF protection is off on the lab server: asked once (422), never again
+    assert (await next_snapshot()).requests["/csrf-token"].count == 1
 
 
 async def test_auth_failures_and_a_stopped_server(
@@ -126,8 +128,11 @@ async def test_auth_failures_and_a_stopped_server(
         error = wrong.poller.states[0].last_error
         assert "401" in error and "PREFECT_API_AUTH_STRING" in error and "wrong-pw" not in error
 
+        # a key too, which this server would refuse: the auth string is what is sent, as
+        # Prefect's client does from 3.4.1
         right = await start_exporter(prefect_api_url=server.api_url,
                                      prefect_api_auth_string="admin:right-pw",
+                                     prefect_api_key="pnu_not-for-this-server",
                                      postgres_dsn=postgres.monitor_dsn(), **PREFECT_POLL)
         await wait_for_value(right.port, "prefect_api_up", {}, 1, timeout=20)
         server.stop()

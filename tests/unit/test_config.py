@@ -103,12 +103,16 @@ BAD = [
     ({"pgbouncer_dsn": "host=pgb port"}, "invalid DSN"),
     ({"prefect_api_url": "ftp://prefect/api"}, "http\\(s\\) URL"),
     ({"prefect_api_url": "http://admin:s3cret-pw@prefect:4200/api"}, "credentials go in"),
-    ({"prefect_api_url": API, "prefect_api_key": "k", "prefect_api_auth_string": "u:p"},
-     "either a Prefect API key"),
+    ({"prefect_api_url": f"{API};v=1"}, "part 2 of 2 .*';' separates APIs"),
+    ({"prefect_api_url": f"a={API};a=http://other:4200/api"}, "unique, repeated: a"),
+    ({"prefect_api_url": f"{API};http://prefect:4200/other/api"}, "repeated: prefect:4200"),
     ({"prefect_api_key": "k"}, "no PREFECT_PG_EXPORTER_PREFECT_API_URL"),
     ({"prefect_api_url": API, "prefect_api_auth_string": "no-colon"}, "user:password"),
     ({"prefect_api_url": API, "prefect_api_headers": "X-Team: data"}, "JSON object"),
     ({"prefect_api_url": API, "prefect_api_headers": '{"X": 1}'}, "JSON object of strings"),
+    ({"prefect_api_url": API, "prefect_api_headers": '{"user-agent": "x"}'}, "set by the exporter"),
+    ({"prefect_api_url": API, "prefect_api_headers": '{"Prefect-Csrf-Token": "t"}'},
+     "CSRF headers cannot be overridden"),
     ({"prefect_api_url": API, "prefect_api_ca_file": "/nonexistent/ca.pem"}, "no such file"),
     ({"prefect_api_url": API, "prefect_api_tls_insecure_skip_verify": "maybe"}, "true or false"),
     ({"prefect_api_url": API, "prefect_api_tls_insecure_skip_verify": "true",
@@ -149,6 +153,71 @@ def test_prefect_falls_back_to_prefects_own_variables(tmp_path: Path) -> None:
     (target,) = config.prefect_targets
     assert target.name == "lab"
     assert target.auth.auth_string == "admin:pw"
+
+
+def test_several_prefect_apis_each_a_target_with_the_same_credentials() -> None:
+    config = load({"prefect_api_url": f"old=http://p2:4200/api; new={API}\nhttp://p3:4200/api",
+                   "prefect_api_auth_string": "admin:pw", "prefect_api_headers": '{"X-T": "1"}',
+                   "prefect_api_tls_insecure_skip_verify": "true"}, {})
+    assert [(t.name, t.api_url) for t in config.prefect_targets] == [
+        ("old", "http://p2:4200/api"), ("new", API), ("p3:4200", "http://p3:4200/api")]
+    assert {(t.auth.auth_string, t.headers["X-T"], t.verify)
+            for t in config.prefect_targets} == {("admin:pw", "1", False)}
+    # a single URL may still end with a ';'
+    assert len(load({"prefect_api_url": API + ";"}, {}).prefect_targets) == 1
+
+
+@pytest.mark.parametrize(("flags", "env", "origin", "unused"), [
+    ({"prefect_api_key": "pnu_k", "prefect_api_auth_string": "admin:pw"}, {},
+     "PREFECT_PG_EXPORTER_PREFECT_API_AUTH_STRING", "PREFECT_PG_EXPORTER_PREFECT_API_KEY"),
+    ({}, {"PREFECT_API_KEY": "pnu_k", "PREFECT_API_AUTH_STRING": "admin:pw"},
+     "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY"),
+])
+def test_key_and_auth_string_both_set_send_the_auth_string(
+        flags: dict[str, str], env: dict[str, str], origin: str, unused: str) -> None:
+    config = load({"prefect_api_url": API, **flags}, env)
+    (target,) = config.prefect_targets
+    # what Prefect's client does from 3.4.1 (before, it sent the key)
+    assert (target.auth.auth_string, target.auth.api_key) == ("admin:pw", None)
+    assert (target.auth.origin, target.auth.unused) == (origin, unused)
+    assert "pnu_k" not in repr(config) and "admin:pw" not in repr(config)
+
+
+def test_which_credential_is_sent_is_logged_without_secrets() -> None:
+    from structlog.testing import capture_logs
+
+    from exporter.prefect import KIND
+
+    config = load({"prefect_api_url": API, "prefect_api_key": "pnu_secret-key",
+                   "prefect_api_auth_string": "admin:secret-pw"}, {})
+    with capture_logs() as logs:
+        (source,) = KIND.sources(config)
+    (entry,) = logs
+    assert entry["log_level"] == "info"
+    assert entry["using"] == "PREFECT_PG_EXPORTER_PREFECT_API_AUTH_STRING"
+    assert entry["ignored"] == "PREFECT_PG_EXPORTER_PREFECT_API_KEY"
+    assert "secret" not in repr(logs)
+    assert source._api.auth.auth_string == "admin:secret-pw"  # type: ignore[attr-defined]
+    with capture_logs() as logs:
+        KIND.sources(load({"prefect_api_url": API, "prefect_api_key": "k"}, {}))
+    assert logs == []  # one credential: nothing to choose
+
+
+def test_prefects_custom_headers_under_ours_header_by_header() -> None:
+    env = {"PREFECT_CLIENT_CUSTOM_HEADERS":
+           '{"X-Team": "theirs", "X-Proxy": "p", "User-Agent": "ua", "prefect-csrf-client": "c"}'}
+    config = load({"prefect_api_url": API, "prefect_api_headers": '{"x-team": "ours"}'}, env)
+    (target,) = config.prefect_targets
+    assert target.headers == {"X-Proxy": "p", "x-team": "ours"}
+    # dropped as Prefect's client drops them (with a warning), not refused
+    assert target.ignored_headers == ("User-Agent", "prefect-csrf-client")
+    (target,) = load({"prefect_api_url": API}, env).prefect_targets
+    assert target.headers == {"X-Team": "theirs", "X-Proxy": "p"}
+    with pytest.raises(ConfigError, match=r"^PREFECT_CLIENT_CUSTOM_HEADERS: must be a JSON") as e:
+        load({"prefect_api_url": API}, {"PREFECT_CLIENT_CUSTOM_HEADERS": "X-Team: s3cret-pw"})
+    assert "s3cret-pw" not in str(e.value)
+    # without a Prefect API, Prefect's headers are nobody's business
+    assert load({"postgres_dsn": DSN}, {"PREFECT_CLIENT_CUSTOM_HEADERS": "nonsense"})
 
 
 def test_kubernetes_service_links_are_not_unknown_variables() -> None:
