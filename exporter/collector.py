@@ -42,8 +42,18 @@ class ExporterCollector(Collector):
         yield finding_family(self._findings)
         yield from _merge(self._source_families())
 
-    def _source_families(self) -> Iterator[Metric]:
+    def target_families(self, target: str) -> Iterator[Metric]:
+        """One target's metrics, for /probe: what its sources last read and the exporter's view
+        of it (up, polls, errors, its findings). Exporter-wide series stay on /metrics, so a
+        fleet scraped through /probe has no duplicates of them."""
+        yield from health_families([s for s in self._states if s.target == target])
+        yield finding_family(f for f in self._findings if f.target == target)
+        yield from _merge(self._source_families(target))
+
+    def _source_families(self, target: str | None = None) -> Iterator[Metric]:
         for snapshot in self._snapshots:
+            if target is not None and snapshot.target != target:
+                continue
             for kind in KINDS:
                 if kind.owns(snapshot):
                     yield from kind.export(snapshot, self._options)
@@ -60,22 +70,43 @@ def _merge(families: Iterable[Metric]) -> Iterator[Metric]:
     yield from merged.values()
 
 
+class _OneTarget(Collector):
+    def __init__(self, collector: ExporterCollector, target: str) -> None:
+        self._collector, self._target = collector, target
+
+    def collect(self) -> Iterator[Metric]:
+        return self._collector.target_families(self._target)
+
+
 class Exposition:
     """The latest rendered /metrics body, plain and gzipped, rendered after every poll.
 
     The process metrics (RSS, CPU, file descriptors) are rendered with it, so they are as
-    fresh as the last poll: a scrape costs no /proc reads and no compression."""
+    fresh as the last poll: a scrape costs no /proc reads and no compression. A target's
+    /probe body is rendered from the same snapshots on its first request after a poll, then
+    served from memory until the next one."""
 
-    def __init__(self, collector: Collector) -> None:
+    def __init__(self, collector: ExporterCollector) -> None:
+        self._collector = collector
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(collector)
         ProcessCollector(registry=self._registry)
         self.body = b""
         self._gzipped: bytes | None = None
+        self._probes: dict[str, bytes] = {}
 
     def render(self) -> None:
         self.body = generate_latest(self._registry)
         self._gzipped = None
+        self._probes = {}
+
+    def probe(self, target: str) -> bytes:
+        """One configured target's metrics (see ExporterCollector.target_families)."""
+        if target not in self._probes:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_OneTarget(self._collector, target))
+            self._probes[target] = generate_latest(registry)
+        return self._probes[target]
 
     def gzipped(self) -> bytes:
         if self._gzipped is None:

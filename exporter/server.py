@@ -1,11 +1,13 @@
 """The HTTP server. It only serves: the metrics from memory (/metrics or the telemetry path),
-/healthz, /readyz and a landing page."""
+one target's metrics (/probe?target=NAME, for fleets), /healthz, /readyz and a landing page."""
 
 from __future__ import annotations
 
+import gzip
 import html
 import time
 from collections.abc import Callable, Sequence
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -32,6 +34,20 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
             body = exposition.gzipped()
         return web.Response(body=body, headers=headers)
 
+    async def probe(request: web.Request) -> web.Response:
+        # what was last polled, never a query on scrape: the poller reads every target on its
+        # interval whether or not anything probes it
+        target = request.query.get("target", "")
+        problem = probe_problem(target, [s.target for s in states])
+        if problem:
+            return web.Response(status=400, text=problem + "\n")
+        body = exposition.probe(target)
+        headers = {"Content-Type": CONTENT_TYPE_LATEST}
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            headers["Content-Encoding"] = "gzip"
+            body = gzip.compress(body, compresslevel=3)
+        return web.Response(body=body, headers=headers)
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -49,9 +65,21 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
     app = web.Application()
     if web_config is not None:
         install(app, web_config)
-    app.add_routes([web.get(telemetry_path, metrics), web.get("/healthz", healthz),
+    app.add_routes([web.get(telemetry_path, metrics), web.get("/probe", probe),
+                    web.get("/healthz", healthz),
                     web.get("/readyz", readyz), web.get("/", index)])
     return app
+
+
+def probe_problem(target: str, configured: Sequence[str]) -> str:
+    """Why /probe cannot answer for this target ('' when it can)."""
+    known = ", ".join(sorted(set(configured))) or "none"
+    if not target:
+        return f"/probe needs ?target=NAME, one of the configured targets: {known}"
+    if target not in configured:
+        return (f"unknown target {target!r}: /probe serves only configured targets "
+                f"(it never connects on scrape): {known}")
+    return ""
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -90,6 +118,7 @@ def _findings_html(findings: Sequence[Finding]) -> str:
 def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = (),
                  now: float | None = None, telemetry_path: str = "/metrics") -> str:
     now = time.time() if now is None else now
+    first_target = states[0].target if states else ""
     rows = []
     for s in states:
         state = "up" if s.up else "down"
@@ -104,6 +133,7 @@ def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = ()
 .warning{{color:#9a6700}}.info{{color:#0969da}}</style></head>
 <body><h1>prefect-pg-exporter {html.escape(__version__)}</h1>
 <p><a href="{html.escape(telemetry_path)}">{html.escape(telemetry_path)}</a> ·
+<a href="/probe?target={html.escape(quote(first_target))}">/probe?target=NAME</a> ·
 <a href="/healthz">/healthz</a> ·
 <a href="/readyz">/readyz</a></p>
 <h2>Sources</h2>

@@ -59,6 +59,18 @@ class PrefectAPI:
         await self._json("POST", f"work_pools/{pool}/workers/heartbeat",
                          {"name": worker, "heartbeat_interval_seconds": 30})
 
+    async def poll_queues(self, pool: str) -> None:
+        """What a worker does every poll: asks for the pool's due runs, which stamps its queues'
+        last_polled and makes them (and their deployments) READY."""
+        await self._json("POST", f"work_pools/{pool}/get_scheduled_flow_runs", {})
+
+    async def flow_run_heartbeat(self, run_id: str) -> None:
+        """The event a running flow's engine sends (Prefect 3.6.22+), through the events API."""
+        await self._json("POST", "events", [{
+            "id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(),
+            "event": "prefect.flow-run.heartbeat",
+            "resource": {"prefect.resource.id": f"prefect.flow-run.{run_id}"}}])
+
     async def pause_pool(self, pool: str, paused: bool = True) -> None:
         await self._json("PATCH", f"work_pools/{pool}", {"is_paused": paused})
 
@@ -70,6 +82,9 @@ class PrefectAPI:
 
     async def global_concurrency_limit(self, name: str, limit: int) -> None:
         await self._json("POST", "v2/concurrency_limits/", {"name": name, "limit": limit})
+
+    async def post(self, path: str, body: Any) -> Any:
+        return await self._json("POST", path, body)
 
     async def count(self, body: dict[str, Any]) -> int:
         return int(await self._json("POST", "flow_runs/count", body))

@@ -20,7 +20,8 @@ from lab.common import (
 
 class LabPrometheus:
     def __init__(self, root: Path, scrape_port: int, rules: Path | None = None,
-                 interval_seconds: float = 1.0) -> None:
+                 interval_seconds: float = 1.0, scrape_configs: str | None = None) -> None:
+        """scrape_configs: a `scrape_configs:` YAML block instead of one job on /metrics."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -31,8 +32,9 @@ class LabPrometheus:
         self.config.write_text(
             f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
             f"{rule_files}"
-            f"scrape_configs:\n  - job_name: prefect-pg-exporter\n"
-            f"    static_configs:\n      - targets: ['127.0.0.1:{scrape_port}']\n")
+            + (scrape_configs or
+               f"scrape_configs:\n  - job_name: prefect-pg-exporter\n"
+               f"    static_configs:\n      - targets: ['127.0.0.1:{scrape_port}']\n"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -43,6 +43,10 @@ CAPABILITIES = (
     Capability("csrf", (2, 16, 5), "CSRF tokens",
                "servers with PREFECT_SERVER_CSRF_PROTECTION_ENABLED=true refuse POSTs without a "
                "token; the exporter fetches one as Prefect's client does"),
+    Capability("outcomes", (3, 0, 4), "ended runs counted",
+               "flow runs that ended within the window, by state type and work pool "
+               "(prefect_flow_runs_ended and the failure and crash alerts): runs are filtered "
+               "on end_time, which older servers refuse"),
     Capability("pool_sizes", (3, 1, 13), "pool sizes reported",
                "pool_size and max_overflow are numbers (5, 10) by default; before, null unless "
                "set, meaning SQLAlchemy's defaults 5 + 10"),
@@ -92,6 +96,7 @@ def blind_spots(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     yield from _statement_caches(pf, version, ctx)
     yield from _pool_sizes(pf, version)
     yield from _listen_services(pf, version)
+    yield from _outcomes(pf, version)
 
 
 def _statement_caches(pf: PrefectSnapshot, version: Version, ctx: Context) -> Iterator[Finding]:
@@ -248,3 +253,14 @@ _NOTES = (
     "version lab connects its servers directly).",
 )
 
+
+def _outcomes(pf: PrefectSnapshot, version: Version) -> Iterator[Finding]:
+    if has(version, "outcomes"):
+        return
+    since = show(_BY_KEY["outcomes"].since)
+    yield Finding(
+        CHECK, "info", pf.target,
+        f"Prefect {pf.version}: runs that failed or crashed cannot be counted",
+        (f"flow runs can be filtered on end_time from Prefect {since}; this server refuses it",),
+        f"Watch failures in Prefect's UI, or upgrade to {since}+ for prefect_flow_runs_ended "
+        "and the failure and crash alerts.")

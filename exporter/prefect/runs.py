@@ -110,6 +110,13 @@ def ended_filter(since: datetime, state_type: str, pool: str | None = None) -> d
                    pool)
 
 
+async def outcomes_supported(api: PrefectClient, now: datetime) -> bool:
+    """Whether the server filters runs on end_time (3.0.4+; before, HTTP 422): asked once
+    with one count, so an older server is not sent every outcome count each poll."""
+    return await api.count("flow_runs", ended_filter(now, TERMINAL[0]),
+                           unsupported=(422,)) is not None
+
+
 async def read_outcomes(api: PrefectClient, now: datetime, window: float,
                         pools: Sequence[str]) -> Outcomes | None:
     """Runs ended within the window by state type, in all and per listed pool. None where the

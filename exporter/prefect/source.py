@@ -24,11 +24,11 @@ from exporter.prefect.events import (
     read_retention,
 )
 from exporter.prefect.limits import Saturation, read_limits
-from exporter.prefect.runs import read_outcomes, read_runs
+from exporter.prefect.runs import outcomes_supported, read_outcomes, read_runs
 from exporter.prefect.scheduling import list_work_pools, read_readiness, read_scheduling
 from exporter.prefect.services import read_services
 from exporter.prefect.settings import docket_scheme, parse_settings, vacuum_kinds
-from exporter.prefect.snapshot import Events, PrefectSnapshot, Retention
+from exporter.prefect.snapshot import PrefectSnapshot, Retention
 from exporter.source import ErrorMap, translated
 
 # A request that never got an HTTP answer; HTTP errors are turned into SourceError by the client.
@@ -50,6 +50,7 @@ class PrefectSource:
         self._max_pools = max_pools
         self._ready_timeout = max(1.0, timeout / 2)  # a slow /ready must not fail the poll
         self._events: bool | None = None  # does the server offer its events API? (asked once)
+        self._outcomes: bool | None = None  # can it count runs by end_time? (asked once)
         self._retention: Retention | None = None  # read every RETENTION_EVERY_SECONDS
         self._stuck_after = stuck_after
         self._heartbeat_timeout = heartbeat_timeout
@@ -75,13 +76,16 @@ class PrefectSource:
         names = [str(p.get("name", "")) for p in pools]
         if self._events is None:
             self._events = await events_supported(api, now)
+        if self._outcomes is None:
+            self._outcomes = await outcomes_supported(api, now)
         scheduling, services, events, runs, outcomes, limits = await asyncio.gather(
             read_scheduling(api, now, self._horizon, pools),
             read_services(api, now, numbers, names, self._ready_timeout),
             read_events(api, now) if self._events else _nothing(),
             read_runs(api, now, names, stuck_after=self._stuck_after,
                       heartbeat_timeout=self._heartbeat_timeout, events=self._events),
-            read_outcomes(api, now, self._outcome_window, names),
+            read_outcomes(api, now, self._outcome_window, names) if self._outcomes
+            else _nothing(),
             read_limits(api, now.timestamp(), self._saturation))
         readiness = await read_readiness(api, scheduling.queues)
         if self._events and (self._retention is None or now.timestamp()
@@ -101,8 +105,9 @@ class PrefectSource:
 
     async def close(self) -> None:
         await self._api.close()
-        self._events = None  # a server that comes back may be another version
+        # a server that comes back may be another version
+        self._events = self._outcomes = None
 
 
-async def _nothing() -> Events | None:
+async def _nothing() -> None:
     return None

@@ -76,6 +76,11 @@ async def test_alerts_fire_dashboards_have_data_and_alerts_resolve(
     deployment = await api.deployment(POOL, "live")
     late = [await api.scheduled_run(deployment, timedelta(minutes=-m)) for m in (5, 6)]
     await api.heartbeat(POOL, "live-worker")
+    await api.poll_queues(POOL)  # a queue polled, for its panel
+    # a heartbeat seen, so the zombie panel has its (zero) count; the real worker's heartbeats
+    # and zombies are proven in test_prefect_runs_lab.py
+    await api.flow_run_heartbeat(late[0])
+    await api.global_concurrency_limit("live-limit", 2)  # for the concurrency panel
     postgres.psql("VACUUM public.flow_run")  # a vacuum time for the hot-table panel
 
     # The lab's Prefect services LISTEN too, through PgBouncer, so that session's last query

@@ -91,6 +91,7 @@ BAD = [
     ({"telemetry_path": "/my metrics"}, "URL path"),
     ({"telemetry_path": "/healthz"}, "must not be"),
     ({"telemetry_path": "/"}, "must not be"),
+    ({"telemetry_path": "/probe"}, "must not be"),
     ({"log_format": "xml"}, "one of"),
     ({"label_top_n": "0"}, ">= 1"),
     ({"label_top_n": "ten"}, "whole number"),

@@ -54,8 +54,8 @@ def test_capability_boundaries(capability: str, before: str, since: str) -> None
 
 def test_2x_says_everything_it_cannot_know_and_never_fine() -> None:
     found = blind_spots(recorded("2.20.27"))
-    assert [(f.check, f.severity) for f in found] == [(CHECK, "info")] * 3
-    caches, pools, listen = found
+    assert [(f.check, f.severity) for f in found] == [(CHECK, "info")] * 4
+    caches, pools, listen, outcomes = found
     assert "cannot read whether asyncpg's statement caches are off" in caches.title
     assert "off PgBouncer transaction pooling" in caches.action
     assert pools.title == "Prefect 2.20.27 reports pool_size and max_overflow as null"
@@ -63,6 +63,8 @@ def test_2x_says_everything_it_cannot_know_and_never_fine() -> None:
     assert "PREFECT_SQLALCHEMY_POOL_SIZE and PREFECT_SQLALCHEMY_MAX_OVERFLOW" in pools.action
     assert "duplicated background services cannot be detected" in listen.title
     assert "PREFECT_API_SERVICES_<SERVICE>_ENABLED=false" in listen.action
+    assert outcomes.title == "Prefect 2.20.27: runs that failed or crashed cannot be counted"
+    assert "3.0.4+" in outcomes.action
     assert exit_code(found) == 0  # info: a cron'd doctor does not fail for the release
 
 
