@@ -67,6 +67,11 @@ def next_delay(succeeded: bool, elapsed: float, retry: float, interval: float
     return min(retry, interval), min(retry * 2, interval)
 
 
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Poller:
     def __init__(self, sources: Sequence[Source], *, interval: float, timeout: float,
                  on_update: Callable[[], None] = lambda: None) -> None:
@@ -81,7 +86,11 @@ class Poller:
         started = time.monotonic()
         state.polls += 1
         try:
-            state.snapshot = await asyncio.wait_for(state.source.poll(), self._timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns the inner result (or
+            # raises its error) when a cancel arrives as the poll ends, losing the cancel, and
+            # stop() would wait forever for a poller that keeps polling (gh-86296)
+            async with asyncio.timeout(self._timeout):
+                state.snapshot = await state.source.poll()
         except TimeoutError:
             await state.source.close()
             self._failed(state, "timeout", f"poll took longer than {self._timeout:g}s")
@@ -112,6 +121,8 @@ class Poller:
         while True:
             started = time.monotonic()
             await self.poll_once(state)
+            if _cancel_requested():  # a cancel a driver swallowed must still stop the loop
+                raise asyncio.CancelledError
             delay, retry = next_delay(state.up, time.monotonic() - started, retry,
                                       self._interval)
             await asyncio.sleep(delay)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 
 def _sources(config: Config) -> Sequence[Source]:
+    if not config.pgbouncer_targets:
+        return []  # and psycopg is never imported
     from exporter.pgbouncer.source import PgBouncerSource  # psycopg only when configured
 
     return [PgBouncerSource(t, connect_timeout=config.poll_timeout_seconds)

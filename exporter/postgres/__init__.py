@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 
 def _sources(config: Config) -> Sequence[Source]:
+    if not config.postgres_targets:
+        return []  # and asyncpg is never imported
     from exporter.postgres.source import PostgresSource  # asyncpg only when configured
 
     return [PostgresSource(t, statement_timeout_ms=config.statement_timeout_ms,

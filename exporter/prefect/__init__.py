@@ -31,10 +31,11 @@ def _log_settings(config: Config) -> None:
 
 
 def _sources(config: Config) -> Sequence[Source]:
+    if not config.prefect_targets:
+        return []  # and httpx is never imported
     from exporter.prefect.source import PrefectSource  # httpx only when configured
 
-    if config.prefect_targets:
-        _log_settings(config)
+    _log_settings(config)
     return [PrefectSource(t.name, t.api_url, auth=t.auth, timeout=config.poll_timeout_seconds,
                           headers=t.headers, verify=t.verify,
                           horizon_seconds=config.prefect_upcoming_horizon_seconds,

@@ -78,3 +78,48 @@ async def test_poll_once_records_each_outcome_by_reason() -> None:
     assert state.up and state.last_error == "" and state.polls == 3
     assert failures(poller.states) == []
     assert state.snapshot is not None and state.snapshot.target == "flaky"
+
+
+class _SwallowsCancel(NamedSource):
+    """A source whose driver turns a cancellation into its own error, as drivers do while a
+    connection attempt is torn down (and as asyncio.wait_for did on 3.11 when the cancel met a
+    finishing poll): the cancel must still stop the poller."""
+
+    def __init__(self) -> None:
+        super().__init__("postgres", "swallows")
+        self.polls = 0
+
+    async def poll(self) -> Any:
+        self.polls += 1
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise SourceError("connect", "connection attempt abandoned") from None
+
+
+async def test_stop_ends_a_poller_whose_source_swallows_the_cancel() -> None:
+    source = _SwallowsCancel()
+    poller = Poller([source], interval=0.05, timeout=5)
+    poller.start()
+    while not source.polls:
+        await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(poller.stop())
+    done, _ = await asyncio.wait([stopping], timeout=2)
+    assert done, "stop() is still waiting for a poller that keeps polling"
+    assert source.polls == 1  # stopped, not polling again
+
+
+async def test_stop_ends_pollers_whose_polls_fail_at_once() -> None:
+    """Sources that fail immediately, stopped while their polls end: nothing keeps polling."""
+
+    class Refused(NamedSource):
+        async def poll(self) -> Any:
+            await asyncio.sleep(0)
+            raise SourceError("connect", "refused")
+
+    poller = Poller([Refused("postgres", str(i)) for i in range(20)], interval=0.01, timeout=1)
+    for _ in range(20):
+        poller.start()
+        await asyncio.sleep(0.005)
+        done, _ = await asyncio.wait([asyncio.create_task(poller.stop())], timeout=2)
+        assert done, "stop() is still waiting for a poller that keeps polling"
