@@ -21,7 +21,9 @@ def _sources(config: Config) -> Sequence[Source]:
     return [PostgresSource(t, statement_timeout_ms=config.statement_timeout_ms,
                            connect_timeout=config.poll_timeout_seconds,
                            top_transactions=config.top_transactions,
-                           hot_tables=config.hot_tables)
+                           hot_tables=config.hot_tables,
+                           statements=not config.no_statements,
+                           thresholds=config.thresholds)
             for t in config.postgres_targets]
 
 
