@@ -150,9 +150,9 @@ def _telemetry_path(raw: str) -> str:
     path = raw.strip()
     if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", path):
         raise ValueError("must be a URL path starting with /, e.g. /metrics")
-    if path in ("/", "/healthz", "/readyz"):
-        raise ValueError("must not be /, /healthz or /readyz: those serve the landing page and "
-                         "the probes")
+    if path in ("/", "/healthz", "/readyz", "/incidents"):
+        raise ValueError("must not be /, /healthz, /readyz or /incidents: those serve the "
+                         "landing page, the probes and the recent incidents")
     return path
 
 
