@@ -67,9 +67,17 @@ def _bounded_value(value: Evidence, limit: int) -> Evidence:
 
 
 def _text(value: str, limit: int) -> str:
+    """Capped, encodable, and one line: an application name with a newline must not forge a
+    log line (logfmt and console print values as they are)."""
     if len(value) > limit:
         value = value[:limit - 1] + "…"
+    if not value.isprintable():
+        value = "".join(c if c.isprintable() else "?" for c in value)
     return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def one_line(value: str, limit: int = 200) -> str:
+    return _text(value, limit)
 
 
 def distinct(values: Sequence[str], limit: int = MAX_ITEMS) -> list[str]:

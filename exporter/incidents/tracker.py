@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from exporter.finding import Context
-from exporter.incidents.model import Evidence, Observation, bounded
+from exporter.incidents.model import Evidence, Observation, bounded, one_line
 from exporter.kinds import KINDS
 from exporter.source import Snapshot
 from exporter.thresholds import thresholds as all_thresholds
@@ -214,5 +214,5 @@ def _worse(rank: tuple[int, float], logged: tuple[int, float]) -> bool:
 
 def _bounded(o: Observation) -> Observation:
     evidence: dict[str, Evidence] = bounded(o.evidence)
-    return Observation(o.kind, o.target, o.cause, o.severity, o.title[:200], evidence,
+    return Observation(o.kind, o.target, o.cause, o.severity, one_line(o.title), evidence,
                        o.magnitude, ())

@@ -56,6 +56,10 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
                     f"{len(behind)} session(s) wait behind it (pids "
                     f"{', '.join(map(str, sorted(behind)[:10]))}), the longest for "
                     f"{age(longest)}"]
+        tables = sorted({str(pg.involved.waits_on[p]) for p in behind
+                         if p in pg.involved.waits_on})
+        if tables:
+            evidence.append(f"they wait on {', '.join(tables[:5])}")
         if idle:
             evidence.append("it is idle in transaction: it holds its locks and does nothing")
         yield Finding(

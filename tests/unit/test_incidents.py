@@ -188,6 +188,13 @@ def test_memory_is_bounded() -> None:
     assert evidence["blocked_sessions"] == 1000
 
 
+def test_evidence_is_one_line_whatever_the_application_name() -> None:
+    tracker = IncidentTracker()
+    (event,) = tracker.update([chain(1.0, app="evil\nlevel=error event=forged")], now=1.0)
+    assert event.incident["evidence"]["application_name"] == "evil?level=error event=forged"
+    assert "\n" not in event.incident["title"]
+
+
 def test_the_log_is_rate_limited_with_a_summary() -> None:
     journal = Journal(per_minute=30)
     event = IncidentEvent("begin", {"id": 1, "kind": "lock_chain", "evidence": {"pid": 1},
