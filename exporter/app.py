@@ -13,6 +13,7 @@ from exporter.collector import ExporterCollector, Exposition
 from exporter.config import Config, describe
 from exporter.diagnosis import diagnose
 from exporter.finding import Finding
+from exporter.incidents.recorder import IncidentRecorder
 from exporter.kinds import KINDS
 from exporter.metricspec import MetricOptions
 from exporter.poller import Poller, failures, fresh_snapshots
@@ -43,6 +44,9 @@ class Exporter:
                                             MetricOptions(label_top_n=config.label_top_n))
         self.exposition = Exposition(self._collector)
         self.findings: list[Finding] = []
+        self.incidents = IncidentRecorder(dict(config.thresholds), keep=config.recent_incidents,
+                                          poll_interval=config.poll_interval_seconds,
+                                          statements=not config.no_statements)
         self.exposition.render()
         self._runner: web.AppRunner | None = None
         self.port: int = config.listen.port
@@ -53,6 +57,7 @@ class Exporter:
         states = self.poller.states
         snapshots = fresh_snapshots(states, time.time(), self.stale_after_seconds)
         self.findings = diagnose(snapshots, failures(states), self.config.thresholds)
+        self.incidents.after_poll(snapshots)
         self._collector.update(snapshots, self.findings)
         self.exposition.render()
 
@@ -60,7 +65,7 @@ class Exporter:
         web_config = LiveWebConfig(self.config.web)
         app = make_app(self.exposition, self.poller.states, lambda: self.findings,
                        web_config.current if self.config.web.path else None,
-                       self.config.telemetry_path)
+                       self.config.telemetry_path, self.incidents.as_json)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port,

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="commands:\n  run (default)  poll the targets and serve /metrics\n"
                "  doctor         read every target once, print the diagnosis; exit 0 when "
                "nothing is wrong,\n                 1 on warnings, 2 on critical findings\n"
+               "                 (--since 1h: and the incidents the running exporter "
+               "recorded)\n"
                "  healthcheck    ask the running exporter's /healthz (for container "
                "HEALTHCHECKs);\n                 follows the listen address and TLS settings\n"
                "  version        print the version\n\nenvironment variables:\n"
@@ -36,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="run (default), doctor, healthcheck or version")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="doctor's report format")
+    parser.add_argument("--since", metavar="DURATION",
+                        help="doctor: also list the incidents the running exporter recorded "
+                             "within DURATION (30m, 1h, 2d), asked at its /incidents")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -54,9 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "healthcheck":
         return _healthcheck(config)
     if args.command == "doctor":
+        try:
+            since = _since(args.since)
+        except ValueError as exc:
+            print(f"prefect-pg-exporter: error: {exc}", file=sys.stderr)
+            return 2
         configure("error" if config.log_level == "info" else config.log_level,
                   config.log_format)
-        return asyncio.run(_doctor(config, args.format))
+        return asyncio.run(_doctor(config, args.format, since))
     configure(config.log_level, config.log_format)
     try:
         asyncio.run(_run(config))
@@ -88,7 +98,16 @@ def _healthcheck(config: Config) -> int:
         return 1
 
 
-async def _doctor(config: Config, fmt: str) -> int:
+def _since(text: str | None) -> float | None:
+    """--since in seconds, None when not given; ValueError with a one-line message if bad."""
+    if text is None:
+        return None
+    from exporter.incidents.remote import parse_since
+
+    return parse_since(text)
+
+
+async def _doctor(config: Config, fmt: str, since: float | None = None) -> int:
     from exporter.app import build_sources
     from exporter.diagnosis import diagnose
     from exporter.finding import exit_code, render_text
@@ -101,11 +120,19 @@ async def _doctor(config: Config, fmt: str) -> int:
     states = poller.states
     findings = diagnose(fresh_snapshots(states, time.time(), float("inf")), failures(states),
                         config.thresholds)
+    report: dict[str, object] = {"findings": [f.as_dict() for f in findings],
+                                 "exit_code": exit_code(findings)}
+    text = render_text(findings)
+    if since is not None:  # the recent past beside the present; the exit code is the present's
+        from exporter.incidents.remote import recent_report
+
+        recent, text_part = recent_report(config, since, time.time())
+        report.update(recent)
+        text += "\n" + text_part
     if fmt == "json":
-        print(json.dumps({"findings": [f.as_dict() for f in findings],
-                          "exit_code": exit_code(findings)}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
-        print(render_text(findings), end="")
+        print(text, end="")
     return exit_code(findings)
 
 

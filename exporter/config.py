@@ -92,6 +92,8 @@ class Config:
     label_top_n: int = 20
     top_transactions: int = 5
     hot_tables: tuple[str, ...] = DEFAULT_HOT_TABLES
+    no_statements: bool = False  # incidents without the sessions' (masked) statements
+    recent_incidents: int = 50  # ended incidents kept in memory for /incidents and /
     # threshold overrides (exporter/thresholds.py): the diagnosis and the findings metric use
     # them, as the rules generated with the same --set do
     thresholds: Mapping[str, float] = field(default_factory=dict)
@@ -154,9 +156,10 @@ def _telemetry_path(raw: str) -> str:
     path = raw.strip()
     if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", path):
         raise ValueError("must be a URL path starting with /, e.g. /metrics")
-    if path in ("/", "/healthz", "/readyz", "/probe"):
-        raise ValueError("must not be /, /healthz, /readyz or /probe: those serve the landing "
-                         "page, the health checks and the per-target metrics")
+    if path in ("/", "/healthz", "/readyz", "/probe", "/incidents"):
+        raise ValueError("must not be /, /healthz, /readyz, /probe or /incidents: those serve "
+                         "the landing page, the health checks, the per-target metrics and the "
+                         "recent incidents")
     return path
 
 
@@ -267,6 +270,7 @@ class Setting:
     metavar: str = "VALUE"
     secret: bool = False  # may come from <KEY>_FILE; never echoed back
     toolkit_flag: str | None = None  # the exporter toolkit's spelling, accepted beside ours
+    flag_value: str | None = None  # the flag takes no value and means this one (--no-statements)
 
     @property
     def env(self) -> str:
@@ -334,6 +338,11 @@ SETTINGS: tuple[Setting, ...] = (
             "oldest transactions exported with pid and holder as labels (0 = off)", "N"),
     Setting("hot_tables", _name_list, "comma-separated tables whose vacuum state is exported",
             "T1,T2"),
+    Setting("no_statements", _boolean, "incidents without the statements of the sessions "
+            "involved: no query text is read at all (the flag takes no value)", "BOOL",
+            flag_value="true"),
+    Setting("recent_incidents", _non_negative_int, "ended incidents kept in memory and listed "
+            "on /incidents and / (0 = none)", "N"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
@@ -371,8 +380,12 @@ def build_parser(prog: str = "prefect-pg-exporter") -> argparse.ArgumentParser:
     for s in SETTINGS:
         # append: a flag given twice is seen, not silently the last one (the toolkit repeats
         # --web.listen-address for several addresses; this exporter listens on one)
-        parser.add_argument(s.flag, dest=s.key, metavar=s.metavar, action="append",
-                            help=f"{s.help} (env: {s.env})")
+        if s.flag_value is not None:
+            parser.add_argument(s.flag, dest=s.key, action="append_const", const=s.flag_value,
+                                help=f"{s.help} (env: {s.env})")
+        else:
+            parser.add_argument(s.flag, dest=s.key, metavar=s.metavar, action="append",
+                                help=f"{s.help} (env: {s.env})")
         if s.toolkit_flag:
             parser.add_argument(s.toolkit_flag, dest=flag_dest(s.toolkit_flag),
                                 metavar=s.metavar, action="append",
@@ -634,6 +647,8 @@ def describe(config: Config) -> dict[str, Any]:
         "label_top_n": config.label_top_n,
         "top_transactions": config.top_transactions,
         "hot_tables": list(config.hot_tables),
+        "statements": not config.no_statements,
+        "recent_incidents": config.recent_incidents,
         "thresholds": dict(config.thresholds),
     }
 

@@ -9,12 +9,13 @@ else in the exporter names a kind. Adding a source kind is a new package and one
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client.core import Metric
 
 from exporter.finding import Context, Finding
+from exporter.incidents.model import Observation
 from exporter.metricspec import MetricOptions, MetricSpec
 from exporter.source import Snapshot, Source
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from exporter.config import Config
 
 SnapshotT = TypeVar("SnapshotT", bound=Snapshot)
+
+
+def no_incidents(snapshot: Snapshot, context: Context) -> Iterable[Observation]:
+    return ()
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,10 @@ class SourceKind(Generic[SnapshotT]):
     # The configured sources of this kind. Each kind imports its driver (asyncpg, psycopg,
     # httpx) only here, so a configuration without that kind never loads it.
     sources: Callable[[Config], Sequence[Source]]
+    # The incidents its snapshots show (exporter/incidents/): pure, with the checks' thresholds,
+    # so that an incident begins and ends exactly when its finding appears and goes.
+    incidents: Callable[[SnapshotT, Context], Iterable[Observation]] = field(
+        default=no_incidents)
 
     def owns(self, snapshot: Snapshot) -> bool:
         return isinstance(snapshot, self.snapshot_type)
@@ -43,6 +52,11 @@ class SourceKind(Generic[SnapshotT]):
         if not isinstance(snapshot, self.snapshot_type):
             raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
         return self.families(snapshot, options)
+
+    def observe(self, snapshot: Snapshot, context: Context) -> Iterable[Observation]:
+        if not isinstance(snapshot, self.snapshot_type):
+            raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
+        return self.incidents(snapshot, context)
 
     def diagnose(self, snapshot: Snapshot, context: Context) -> Iterable[Finding]:
         if not isinstance(snapshot, self.snapshot_type):

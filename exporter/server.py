@@ -6,7 +6,8 @@ from __future__ import annotations
 import gzip
 import html
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from exporter import __version__
 from exporter.collector import Exposition
 from exporter.finding import Finding
+from exporter.incidents.render import incidents_html
 from exporter.poller import SourceState
 from exporter.webaccess import install
 from exporter.webconfig import WebConfig
@@ -23,9 +25,11 @@ from exporter.webconfig import WebConfig
 def make_app(exposition: Exposition, states: Sequence[SourceState],
              findings: Callable[[], Sequence[Finding]] = list,
              web_config: Callable[[], WebConfig] | None = None,
-             telemetry_path: str = "/metrics") -> web.Application:
+             telemetry_path: str = "/metrics",
+             incidents: Callable[[], Mapping[str, Any]] | None = None) -> web.Application:
     """web_config: the web config of the moment, when a web config file is used (its users,
-    headers and client certificate SANs may change while the server runs)."""
+    headers and client certificate SANs may change while the server runs). incidents: the body
+    of /incidents (behind the same access checks as the metrics)."""
     async def metrics(request: web.Request) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
         body = exposition.body
@@ -59,15 +63,20 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
         return web.Response(text="ready\n")
 
     async def index(_: web.Request) -> web.Response:
-        return web.Response(text=landing_page(states, findings(), telemetry_path=telemetry_path),
+        recent = incidents()["incidents"] if incidents else None
+        return web.Response(text=landing_page(states, findings(), telemetry_path=telemetry_path,
+                                              incidents=recent),
                             content_type="text/html")
+
+    async def incidents_json(_: web.Request) -> web.Response:
+        return web.json_response(incidents() if incidents else {"incidents": []})
 
     app = web.Application()
     if web_config is not None:
         install(app, web_config)
     app.add_routes([web.get(telemetry_path, metrics), web.get("/probe", probe),
-                    web.get("/healthz", healthz),
-                    web.get("/readyz", readyz), web.get("/", index)])
+                    web.get("/healthz", healthz), web.get("/readyz", readyz),
+                    web.get("/", index), web.get("/incidents", incidents_json)])
     return app
 
 
@@ -116,7 +125,8 @@ def _findings_html(findings: Sequence[Finding]) -> str:
 
 
 def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = (),
-                 now: float | None = None, telemetry_path: str = "/metrics") -> str:
+                 now: float | None = None, telemetry_path: str = "/metrics",
+                 incidents: Sequence[Mapping[str, Any]] | None = None) -> str:
     now = time.time() if now is None else now
     first_target = states[0].target if states else ""
     rows = []
@@ -135,12 +145,14 @@ def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = ()
 <p><a href="{html.escape(telemetry_path)}">{html.escape(telemetry_path)}</a> ·
 <a href="/probe?target={html.escape(quote(first_target))}">/probe?target=NAME</a> ·
 <a href="/healthz">/healthz</a> ·
-<a href="/readyz">/readyz</a></p>
+<a href="/readyz">/readyz</a> ·
+<a href="/incidents">/incidents</a></p>
 <h2>Sources</h2>
 <table><tr><th>source</th><th>target</th><th>state</th><th>last success</th><th>last error</th></tr>
 {"".join(rows)}
 </table>
 <h2>Findings</h2>
 {_findings_html(findings)}
+{"" if incidents is None else "<h2>Recent incidents</h2>" + incidents_html(incidents)}
 </body></html>
 """

@@ -208,3 +208,38 @@ async def pool_exhaustion(pg: LabPostgres, bouncer: LabPgBouncer, *, clients: in
         # a server backend does not notice its client left until its statement ends
         pg.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
                 f"WHERE query = '{sql}' AND pid <> pg_backend_pid()")
+
+
+@dataclass
+class PasswordChain:
+    role: str
+    holder_pid: int
+    waiter_pid: int
+    secrets: tuple[str, str]  # the holder's and the waiter's password literals
+
+
+@contextlib.asynccontextmanager
+async def password_chain(pg: LabPostgres, *, role: str = "incident_victim",
+                         secrets: tuple[str, str] = ("holder-Secret-1f2e", "waiter-Secret-9d8c"),
+                         app: str = "incident-password") -> AsyncIterator[PasswordChain]:
+    """Incident 8: statements with a password literal in pg_stat_activity. A session changes a
+    role's password inside a transaction and stays idle in transaction (its last statement holds
+    the first secret); a second session's ALTER ROLE ... PASSWORD (the second secret) waits
+    behind it on the role's row. Yields once the second waits on the lock."""
+    pg.psql(f"DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    holder = await connect(pg.dsn(), f"{app}-holder")
+    waiter = await connect(pg.dsn(), f"{app}-waiter")
+    try:
+        holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+        waiter_pid = await waiter.fetchval("SELECT pg_backend_pid()")
+        await holder.execute(f"BEGIN; ALTER ROLE {role} PASSWORD '{secrets[0]}'")
+        change = background(waiter.execute(f"ALTER ROLE {role} PASSWORD '{secrets[1]}'"))
+        await wait_until(pg, "SELECT wait_event_type = 'Lock' FROM pg_stat_activity "
+                         "WHERE pid = $1", waiter_pid)
+        yield PasswordChain(role, holder_pid, waiter_pid, secrets)
+        if holder.is_in_transaction():
+            await holder.execute("ROLLBACK")
+        await asyncio.wait([change], timeout=10)
+    finally:
+        holder.terminate()
+        waiter.terminate()

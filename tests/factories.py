@@ -11,7 +11,9 @@ from exporter.postgres.snapshot import (
     ActivityGroup,
     BlockedSession,
     DatabaseSize,
+    Involved,
     PostgresSnapshot,
+    Relation,
     Session,
     TableStats,
 )
@@ -191,6 +193,11 @@ def rich_postgres(taken_at: float, target: str = "db") -> PostgresSnapshot:
                              session(4790, state="active", age=42.5)),
         blocked=(BlockedSession(4790, (4711,), 40.0),),
         blockers=(session(4711, age=321.0, app="holder"),),
+        involved=Involved(
+            (session(4711, age=321.0, app="holder"), session(4790, state="active", age=42.5)),
+            {4711: "UPDATE task_run SET state_type = $1 WHERE id = $2",
+             4790: "UPDATE task_run SET end_time = $1 WHERE id = $2"},
+            {4790: Relation("public", "task_run")}),
         tables=(table("flow_run", 1000, 50, None, 990.0, total_bytes=1_048_576, inserted=5000,
                       deleted=4000),
                 table("log", 20_000, 9_000, 900.0, None, total_bytes=52_428_800,

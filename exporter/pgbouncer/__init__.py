@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from exporter.kind import SourceKind
 from exporter.pgbouncer.checks import pool_waiters
+from exporter.pgbouncer.incidents import pool_waiting
 from exporter.pgbouncer.metrics import SPECS, UP, pgbouncer_families
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
 
@@ -25,4 +26,5 @@ def _sources(config: Config) -> Sequence[Source]:
 
 
 KIND = SourceKind(name="pgbouncer", snapshot_type=PgBouncerSnapshot, up=UP, specs=SPECS,
-                  families=pgbouncer_families, checks=pool_waiters, sources=_sources)
+                  families=pgbouncer_families, checks=pool_waiters, sources=_sources,
+                  incidents=pool_waiting)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from exporter.kind import SourceKind
 from exporter.postgres.checks import postgres_checks
+from exporter.postgres.incidents import postgres_incidents
 from exporter.postgres.metrics import SPECS, UP, postgres_families
 from exporter.postgres.snapshot import PostgresSnapshot
 
@@ -23,9 +24,12 @@ def _sources(config: Config) -> Sequence[Source]:
     return [PostgresSource(t, statement_timeout_ms=config.statement_timeout_ms,
                            connect_timeout=config.poll_timeout_seconds,
                            top_transactions=config.top_transactions,
-                           hot_tables=config.hot_tables)
+                           hot_tables=config.hot_tables,
+                           statements=not config.no_statements,
+                           thresholds=config.thresholds)
             for t in config.postgres_targets]
 
 
 KIND = SourceKind(name="postgres", snapshot_type=PostgresSnapshot, up=UP, specs=SPECS,
-                  families=postgres_families, checks=postgres_checks, sources=_sources)
+                  families=postgres_families, checks=postgres_checks, sources=_sources,
+                  incidents=postgres_incidents)

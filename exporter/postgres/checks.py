@@ -20,19 +20,16 @@ def _who(s: Session) -> str:
 
 # ---- PostgreSQL ------------------------------------------------------------------------------
 
-def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
-    """Who blocks whom, down to the root blockers: holders that are not waiting themselves."""
-    t = ctx.thresholds
-    if not pg.blocked:
-        return
+def lock_roots(pg: PostgresSnapshot) -> list[tuple[int, set[int]]]:
+    """Each root blocker (a holder that is not waiting itself; every holder when they all wait,
+    a deadlock in the making) with every session that waits behind it, directly or not. The
+    doctor's lock_chain finding and the lock_chain incident are both made of these."""
     waiting = {b.pid for b in pg.blocked}
-    holders = {s.pid: s for s in pg.blockers}
     blocked_by: dict[int, set[int]] = {}
     for b in pg.blocked:
         for pid in b.blocked_by:
             blocked_by.setdefault(pid, set()).add(b.pid)
     roots = sorted(pid for pid in blocked_by if pid not in waiting)
-    longest = max(b.wait_seconds for b in pg.blocked)
 
     def victims(pid: int, seen: set[int]) -> set[int]:
         for child in blocked_by.get(pid, set()) - seen:
@@ -40,9 +37,18 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
             victims(child, seen)
         return seen
 
-    for root in roots or sorted(blocked_by):
+    return [(root, victims(root, set())) for root in roots or sorted(blocked_by)]
+
+
+def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Who blocks whom, down to the root blockers: holders that are not waiting themselves."""
+    t = ctx.thresholds
+    if not pg.blocked:
+        return
+    holders = {s.pid: s for s in pg.blockers}
+    longest = max(b.wait_seconds for b in pg.blocked)
+    for root, behind in lock_roots(pg):
         holder = holders.get(root)
-        behind = victims(root, set())
         idle = holder is not None and holder.state.startswith("idle in transaction")
         # as PostgresSessionsBlocked pages: on the wait, whoever holds the lock
         critical = longest > t["blocked_wait_critical_seconds"]
@@ -50,6 +56,10 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
                     f"{len(behind)} session(s) wait behind it (pids "
                     f"{', '.join(map(str, sorted(behind)[:10]))}), the longest for "
                     f"{age(longest)}"]
+        tables = sorted({str(pg.involved.waits_on[p]) for p in behind
+                         if p in pg.involved.waits_on})
+        if tables:
+            evidence.append(f"they wait on {', '.join(tables[:5])}")
         if idle:
             evidence.append("it is idle in transaction: it holds its locks and does nothing")
         yield Finding(

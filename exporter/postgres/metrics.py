@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from exporter.labels import Folder, bounded_max, bounded_sum, clean
+from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean, keep_top
 from exporter.metricspec import MetricOptions, MetricSpec, spec
 from exporter.postgres.snapshot import ActivityGroup, PostgresSnapshot, TableStats
 
@@ -51,6 +51,13 @@ BLOCKED_MAX_WAIT = _pg(
     "postgres_blocked_max_wait_seconds", "target",
     "Longest wait among blocked sessions (now - state_change of the waiting statement); "
     "0 when none.")
+BLOCKED_BY_RELATION = _pg(
+    "postgres_blocked_sessions_by_relation", "target schema table",
+    "Blocked sessions by the table they wait on (pg_locks, read only while sessions are "
+    "blocked): a row lock's waiters count on the row's table. schema and table '' when the "
+    "lock is on no table of this database (an advisory lock, a transaction id without a row, "
+    "another database); tables beyond the top N fold into schema and table 'other'. No series "
+    "while nothing is blocked.")
 BLOCKING_SESSIONS = _pg(
     "postgres_blocking_sessions", "target",
     "Distinct sessions that block at least one other session (pg_blocking_pids).")
@@ -94,7 +101,8 @@ DATABASE_SIZE = _pg("postgres_database_size_bytes", "target datname",
 SPECS: tuple[MetricSpec, ...] = (
     UP, SERVER_INFO, CONNECTIONS, MAX_CONNECTIONS, SUPERUSER_RESERVED, TRANSACTION_MAX_AGE,
     CLIENT_READ_SESSIONS, CLIENT_READ_MAX_AGE, WAIT_EVENT_SESSIONS, BLOCKED_SESSIONS,
-    BLOCKED_MAX_WAIT, BLOCKING_SESSIONS, OLDEST_TRANSACTIONS, LISTEN_SESSIONS, SETTING_SECONDS,
+    BLOCKED_MAX_WAIT, BLOCKED_BY_RELATION, BLOCKING_SESSIONS, OLDEST_TRANSACTIONS,
+    LISTEN_SESSIONS, SETTING_SECONDS,
     TABLE_LIVE, TABLE_DEAD, TABLE_LAST_VACUUM, TABLE_LAST_AUTOVACUUM, TABLE_SIZE, TABLE_INSERTED,
     TABLE_DELETED, DATABASE_SIZE)
 
@@ -130,6 +138,7 @@ def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterato
     yield from _client_read(snap, target)
     yield _wait_events(snap, target, top_n)
     yield from _blocking(snap, target)
+    yield _blocked_by_relation(snap, target, top_n)
     yield _oldest_transactions(snap, target)
     yield _listen(snap, target, top_n)
     yield _settings(snap, target)
@@ -208,6 +217,21 @@ def _blocking(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
     yield blocked
     yield longest
     yield blocking
+
+
+def _blocked_by_relation(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
+    waits_on = snap.involved.waits_on
+    counts: Counter[tuple[str, str]] = Counter(
+        (waits_on[b.pid].schema, waits_on[b.pid].table) if b.pid in waits_on else ("", "")
+        for b in snap.blocked)
+    # '' is no table's name: always its own series, never folded (one series at most)
+    kept = keep_top({k: n for k, n in counts.items() if k != ("", "")}, top_n) | {("", "")}
+    folded = bounded_sum(((clean(schema), clean(table)) if (schema, table) in kept
+                          else (OTHER, OTHER), n) for (schema, table), n in counts.items())
+    metric = BLOCKED_BY_RELATION.family()
+    for (schema, table), value in sorted(folded.items()):
+        metric.add_metric([target, schema, table], value)
+    return metric
 
 
 def _oldest_transactions(snap: PostgresSnapshot, target: str) -> Metric:

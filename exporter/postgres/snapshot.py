@@ -5,6 +5,7 @@ cost of the SQL itself."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -59,6 +60,32 @@ class TableStats(NamedTuple):
     deleted_rows: int  # n_tup_del, likewise
 
 
+class Relation(NamedTuple):
+    """A table a blocked session waits on (its schema and name)."""
+
+    schema: str
+    table: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True)
+class Involved:
+    """The sessions incidents are about, read only when there are some: blockers and the
+    sessions they block, clients silent inside a transaction past the stall threshold, and
+    sessions idle in transaction past the idle threshold. Their statements are fingerprints
+    with every literal masked (exporter/incidents/fingerprint.py), never raw text, and absent
+    with --no-statements (then no query text is read at all)."""
+
+    sessions: tuple[Session, ...] = ()
+    statements: Mapping[int, str] = field(default_factory=dict)  # pid -> fingerprint
+    waits_on: Mapping[int, Relation] = field(default_factory=dict)  # blocked pid -> table
+
+    def session(self, pid: int) -> Session | None:
+        return next((s for s in self.sessions if s.pid == pid), None)
+
+
 class DatabaseSize(NamedTuple):
     datname: str
     bytes: int
@@ -82,3 +109,4 @@ class PostgresSnapshot:
     # bytes per second, least squares over the source's recent size samples (None until it has
     # enough): what the doctor needs to say how soon a database reaches its size limit
     growth_bytes_per_second: dict[str, float] = field(default_factory=dict)
+    involved: Involved = field(default_factory=Involved)

@@ -8,21 +8,32 @@ excluded from everything it reports. Everything here works for a role with only 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import asyncpg
 
 from exporter.dsn import Target
+from exporter.incidents.fingerprint import fingerprint
 from exporter.postgres.growth import GrowthTracker
+from exporter.postgres.involved import (
+    MAX_OTHER_DETAILS,
+    LockRow,
+    explicit_pids,
+    stalls_past_thresholds,
+    waited_on,
+)
 from exporter.postgres.snapshot import (
     ActivityGroup,
     BlockedSession,
     DatabaseSize,
+    Involved,
     PostgresSnapshot,
     Session,
     TableStats,
 )
 from exporter.source import ErrorMap, SourceError, translated
+from exporter.thresholds import thresholds as all_thresholds
 
 APPLICATION_NAME = "prefect-pg-exporter"
 
@@ -81,16 +92,60 @@ ORDER BY xact_start
 LIMIT $1
 """
 
-SESSIONS_BY_PID_SQL = f"""
-SELECT {_SESSION_COLUMNS}
-FROM pg_stat_activity
-WHERE pid = ANY($1::int[])
-ORDER BY xact_start NULLS LAST, pid
-"""
 
 
 def _sessions(rows: Sequence[asyncpg.Record]) -> tuple[Session, ...]:
     return tuple(map(Session._make, rows))
+
+
+# The sessions incidents are about, in one read: the lock chain's sessions by pid ($1), clients
+# silent inside a transaction past the stall threshold ($2 s) and sessions idle in transaction
+# past the idle threshold ($3 s), as the doctor judges them. Query text only for these, and
+# only when statements are shown: the other variant reads none.
+_INVOLVED = """
+SELECT {columns},
+       {statement} AS statement
+FROM pg_stat_activity
+WHERE pid <> pg_backend_pid()
+  AND (pid = ANY($1::int[])
+       OR ({client_backend} AND xact_start IS NOT NULL
+           AND ((wait_event = 'ClientRead' AND state_change < now() - make_interval(secs => $2))
+                OR (state IN ('idle in transaction', 'idle in transaction (aborted)')
+                    AND xact_start < now() - make_interval(secs => $3)))))
+ORDER BY pid = ANY($1::int[]) DESC, xact_start NULLS LAST, pid
+LIMIT $4
+"""
+INVOLVED_SQL = _INVOLVED.format(columns=_SESSION_COLUMNS, client_backend=CLIENT_BACKEND,
+                                statement="query")
+INVOLVED_NO_TEXT_SQL = _INVOLVED.format(columns=_SESSION_COLUMNS, client_backend=CLIENT_BACKEND,
+                                        statement="NULL::text")
+
+
+class InvolvedRow(NamedTuple):
+    """A row of INVOLVED_SQL: the session, then its statement (raw: fingerprinted at once)."""
+
+    session: Session
+    statement: str | None
+
+
+def _involved_rows(rows: Sequence[asyncpg.Record]) -> list[InvolvedRow]:
+    width = len(Session._fields)
+    return [InvolvedRow(Session._make(tuple(r)[:width]), r["statement"]) for r in rows]
+
+
+# The tables the blocked sessions wait on. pg_locks takes the lock manager's partition locks,
+# like pg_blocking_pids(), so it is read only when sessions are blocked, for those pids. Names
+# resolve in this database (relations of other databases stay unknown) and for shared catalogs
+# (database 0: ALTER ROLE waits on pg_authid).
+LOCKS_SQL = """
+SELECT l.pid, n.nspname AS "schema", c.relname AS "table", l.granted, l.locktype
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation AND c.relkind IN ('r', 'p', 'm')
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE l.pid = ANY($1::int[])
+  AND l.database IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+ORDER BY l.pid, l.granted, l.locktype
+"""
 
 
 # pg_blocking_pids() takes the lock manager's partition locks, so it is called only for the
@@ -203,7 +258,8 @@ class PostgresSource:
     kind = "postgres"
 
     def __init__(self, target: Target, *, statement_timeout_ms: int, connect_timeout: float,
-                 top_transactions: int, hot_tables: Sequence[str]) -> None:
+                 top_transactions: int, hot_tables: Sequence[str], statements: bool = True,
+                 thresholds: Mapping[str, float] | None = None) -> None:
         self.target = target.name
         self._target = target
         self._statement_timeout_ms = statement_timeout_ms
@@ -213,6 +269,8 @@ class PostgresSource:
         self._conn: asyncpg.Connection | None = None
         self._lenient = False
         self._growth = GrowthTracker()
+        self._statements = statements  # False: no query text is read (--no-statements)
+        self._thresholds = all_thresholds(thresholds)
 
     async def poll(self) -> PostgresSnapshot:
         try:
@@ -263,12 +321,11 @@ class PostgresSource:
         oldest = (_sessions(await conn.fetch(OLDEST_TRANSACTIONS_SQL, self._top_transactions))
                   if self._top_transactions else ())
         blocked: tuple[BlockedSession, ...] = ()
-        blockers: tuple[Session, ...] = ()
         if any(g.wait_event_type == "Lock" for g in activity):
             blocked = _blocked(await conn.fetch(BLOCKED_SQL))
-            blocker_pids = sorted({pid for b in blocked for pid in b.blocked_by})
-            if blocker_pids:
-                blockers = _sessions(await conn.fetch(SESSIONS_BY_PID_SQL, blocker_pids))
+        involved = await self._involved(conn, activity, blocked)
+        blocker_pids = {pid for b in blocked for pid in b.blocked_by}
+        blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
         tables = _tables(await conn.fetch(TABLES_SQL, self._hot_tables)) if self._hot_tables else ()
         databases = _databases(await conn.fetch(DATABASES_SQL))
         taken_at = time.time()
@@ -289,7 +346,25 @@ class PostgresSource:
             databases=databases,
             growth_bytes_per_second=self._growth.update(
                 taken_at, {d.datname: d.bytes for d in databases}),
+            involved=involved,
         )
+
+    async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],
+                        blocked: Sequence[BlockedSession]) -> Involved:
+        """The sessions of the incidents of the moment, read only when there are some."""
+        pids = explicit_pids(blocked)
+        if not pids and not stalls_past_thresholds(activity, self._thresholds):
+            return Involved()
+        t = self._thresholds
+        rows = _involved_rows(await conn.fetch(
+            INVOLVED_SQL if self._statements else INVOLVED_NO_TEXT_SQL, pids,
+            t["client_read_stall_critical_seconds"], t["idle_in_transaction_warning_seconds"],
+            len(pids) + MAX_OTHER_DETAILS))
+        waits_on = (waited_on(map(LockRow._make, await conn.fetch(
+            LOCKS_SQL, [b.pid for b in blocked]))) if blocked else {})
+        # fingerprinted here, as it is read: raw query text never reaches a snapshot
+        statements = {r.session.pid: fingerprint(r.statement) for r in rows if r.statement}
+        return Involved(tuple(r.session for r in rows), statements, waits_on)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -54,7 +54,7 @@ async def test_live_exposition_is_exactly_the_catalogue(
     # series that exist only while something is happening (a blocked session, a LISTEN, ...)
     situational = {"postgres_transaction_max_age_seconds",
                    "postgres_oldest_transaction_age_seconds", "postgres_listen_sessions",
-                   "postgres_table_live_tuples",
+                   "postgres_table_live_tuples", "postgres_blocked_sessions_by_relation",
                    "postgres_table_dead_tuples", "postgres_table_last_vacuum_timestamp_seconds",
                    "postgres_table_last_autovacuum_timestamp_seconds",
                    "pgbouncer_config_max_user_connections", "pgbouncer_config_max_db_connections",

@@ -9,6 +9,7 @@ import pytest
 
 from exporter.postgres import snapshot as pgsnap
 from exporter.postgres import source as pgsrc
+from exporter.postgres.involved import LockRow
 from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.postgres.source import APPLICATION_NAME
 from lab import incidents
@@ -205,7 +206,7 @@ async def test_database_restart_is_survived_with_one_session(
 @pytest.mark.parametrize(("sql", "row_type"), [
     (pgsrc.ACTIVITY_SQL, pgsnap.ActivityGroup),
     (pgsrc.OLDEST_TRANSACTIONS_SQL, pgsnap.Session),
-    (pgsrc.SESSIONS_BY_PID_SQL, pgsnap.Session),
+    (pgsrc.LOCKS_SQL, LockRow),
     (pgsrc.TABLES_SQL, pgsnap.TableStats),
 ])
 async def test_query_columns_are_the_row_fields_in_order(postgres: LabPostgres, sql: str,
@@ -217,3 +218,14 @@ async def test_query_columns_are_the_row_fields_in_order(postgres: LabPostgres, 
     finally:
         await conn.close()
     assert columns == list(getattr(row_type, "_fields"))  # noqa: B009  # a NamedTuple type
+
+
+@pytest.mark.parametrize("sql", [pgsrc.INVOLVED_SQL, pgsrc.INVOLVED_NO_TEXT_SQL])
+async def test_involved_columns_are_a_session_then_its_statement(postgres: LabPostgres,
+                                                                 sql: str) -> None:
+    conn = await asyncpg.connect(postgres.monitor_dsn())
+    try:
+        columns = [a.name for a in (await conn.prepare(sql)).get_attributes()]
+    finally:
+        await conn.close()
+    assert columns == [*pgsnap.Session._fields, "statement"]

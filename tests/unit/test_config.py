@@ -121,6 +121,8 @@ BAD = [
     ({"prefect_upcoming_horizon_seconds": "-5"}, "positive"),
     ({"prefect_max_concurrent_requests": "0"}, ">= 1"),
     ({"web_config_file": "/nonexistent/web.yml"}, "web config"),
+    ({"no_statements": "perhaps"}, "true or false"),
+    ({"recent_incidents": "many"}, "whole number"),
 ]
 
 
@@ -389,3 +391,19 @@ def test_cli_two_spellings_that_disagree_are_one_line_and_exit_2() -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "disagree" in done.stderr
+
+
+def test_no_statements_is_a_bare_flag_a_variable_or_a_file_key(tmp_path: Path) -> None:
+    env = {"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN}
+    assert load(_flags(), env).no_statements is False
+    assert load(_flags("--no-statements"), env).no_statements is True
+    from exporter.cli import _parser
+
+    args = _parser().parse_args(["--no-statements", "doctor"])  # no value: "doctor" stays
+    assert args.command == "doctor" and load(vars(args), env).no_statements is True
+    assert load({}, {**env, "PREFECT_PG_EXPORTER_NO_STATEMENTS": "true"}).no_statements is True
+    file = tmp_path / "exporter.toml"
+    file.write_text(f'postgres_dsn = "{DSN}"\nno_statements = true\nrecent_incidents = 7\n')
+    config = load({"config_file": str(file)}, {})
+    assert (config.no_statements, config.recent_incidents) == (True, 7)
+    assert load({}, env).recent_incidents == 50

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVERS = ("asyncpg", "psycopg", "httpx", "bcrypt")
+DRIVERS = ("asyncpg", "psycopg", "httpx", "bcrypt", "pglast")
 
 # starts the exporter on unreachable targets, lets it poll once, stops (a stop that hangs, as
 # it did when a cancel met a failing poll, times out here); prints the drivers loaded

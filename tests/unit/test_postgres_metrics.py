@@ -158,3 +158,47 @@ def test_sizes_and_row_counters_of_hot_tables_and_databases() -> None:
                                                 s.values("postgres_database_size_bytes"),
                                                 strict=True)} == {
         "prefect": 90_000, "postgres": 7_000, OTHER: 10}
+
+
+def test_blocked_sessions_by_relation_fold_beyond_top_n_and_unknown_is_empty() -> None:
+    from exporter.postgres.snapshot import Involved, Relation
+
+    blocked = tuple(BlockedSession(100 + i, (1,), 1.0) for i in range(7))
+    waits_on = {100: Relation("public", "task_run"), 101: Relation("public", "task_run"),
+                102: Relation("public", "task_run"), 103: Relation("public", "flow_run"),
+                104: Relation("public", "flow_run"), 105: Relation("public", "log")}
+    s = rendered(snapshot(blocked=blocked, involved=Involved(waits_on=waits_on)), top_n=2)
+    by = {(lab["schema"], lab["table"]): v for lab, v in
+          zip(s.labelsets("postgres_blocked_sessions_by_relation"),
+              s.values("postgres_blocked_sessions_by_relation"), strict=True)}
+    # 106 waits on no table it could name; log is beyond the top 2
+    assert by == {("public", "task_run"): 3, ("public", "flow_run"): 2, ("", ""): 1,
+                  (OTHER, OTHER): 1}
+    assert sum(by.values()) == s.value("postgres_blocked_sessions")
+    assert rendered(snapshot()).values("postgres_blocked_sessions_by_relation") == []
+
+
+def test_the_table_a_blocked_session_waits_on() -> None:
+    from exporter.postgres.involved import LockRow, waited_on
+    from exporter.postgres.snapshot import Relation
+
+    rows = [
+        # queued behind a row lock: waits on a transaction id, holds the row's tuple lock
+        LockRow(1, "public", "flow_run", True, "relation"),
+        LockRow(1, "public", "task_run", True, "relation"),
+        LockRow(1, "public", "task_run", True, "tuple"),
+        # second in the queue: waits on the tuple lock itself
+        LockRow(2, "public", "task_run", True, "relation"),
+        LockRow(2, "public", "task_run", False, "tuple"),
+        # a DDL's lock on the table, not granted
+        LockRow(3, "public", "log", False, "relation"),
+        # an INSERT waiting on a unique key: no tuple lock, one table
+        LockRow(4, "public", "events", True, "relation"),
+        # two tables and nothing to tell them apart
+        LockRow(5, "public", "a", True, "relation"),
+        LockRow(5, "public", "b", True, "relation"),
+    ]
+    assert waited_on(rows) == {1: Relation("public", "task_run"),
+                               2: Relation("public", "task_run"),
+                               3: Relation("public", "log"), 4: Relation("public", "events")}
+    assert str(Relation("scratch", "task_run")) == "scratch.task_run"

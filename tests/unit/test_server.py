@@ -40,3 +40,30 @@ async def test_metrics_on_the_telemetry_path(start_exporter: StartExporter) -> N
         assert (await client.get(f"{base}/metrics")).status_code == 404
         assert '<a href="/prom/metrics">' in (await client.get(f"{base}/")).text
         assert (await client.get(f"{base}/healthz")).status_code == 200
+
+
+async def test_incidents_on_their_endpoint_on_the_page_and_in_the_log(
+        start_exporter: StartExporter) -> None:
+    from structlog.testing import capture_logs
+
+    from tests.unit.test_incidents import HOLDER_SQL, chain, quiet
+
+    exporter = await start_exporter(postgres_dsn="postgresql://x@127.0.0.1:1/db",
+                                    recent_incidents="3")
+    base = f"http://127.0.0.1:{exporter.port}"
+    with capture_logs() as logs:
+        exporter.incidents.after_poll([chain(100.0, app="t<b>")], now=100.0)
+        exporter.incidents.after_poll([quiet(101.0)], now=101.0)
+        exporter.incidents.after_poll([quiet(102.0)], now=200.0)  # past the window
+    assert [e["event"] for e in logs] == ["incident begin", "incident end"]
+    assert logs[0]["pid"] == 4711 and logs[0]["statement"] == HOLDER_SQL
+    assert logs[0]["relation"] == "public.task_run" and logs[0]["log_level"] == "warning"
+    assert logs[1]["duration_seconds"] == 1.0 and logs[1]["status"] == "ended"
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"{base}/incidents")).json()
+        page = (await client.get(f"{base}/")).text
+    (incident,) = body["incidents"]
+    assert incident["kind"] == "lock_chain" and incident["evidence"]["pid"] == 4711
+    assert incident["ended_at"] == "1970-01-01T00:01:41Z" and body["statements"] is True
+    assert "Recent incidents" in page and "t&lt;b&gt;" in page and "t<b>" not in page
+    assert HOLDER_SQL in page and "public.task_run" in page

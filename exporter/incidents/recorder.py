@@ -1,0 +1,50 @@
+"""The running exporter's incidents: the tracker fed after each poll, its events written to the
+log under the journal's rate limit, and what /incidents and the landing page show. Nothing here
+may fail a poll or the exposition: an error in it is logged, once per distinct message."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from exporter.incidents import fingerprint
+from exporter.incidents.journal import Journal
+from exporter.incidents.tracker import IncidentTracker
+from exporter.source import Snapshot
+
+log = structlog.get_logger("exporter.incidents")
+
+COALESCE_POLLS = 4  # an incident back within this many poll intervals is the same incident
+
+
+class IncidentRecorder:
+    def __init__(self, overrides: dict[str, float] | None = None, *, keep: int = 50,
+                 poll_interval: float = 15.0, statements: bool = True) -> None:
+        self.tracker = IncidentTracker(overrides, keep=keep,
+                                       coalesce_seconds=COALESCE_POLLS * poll_interval)
+        self.journal = Journal()
+        self.statements = statements
+        self._last_error = ""
+        if statements and not fingerprint.available():
+            log.warning("statements not shown in incidents: the SQL tokenizer pglast cannot "
+                        "be imported (install the pglast package)")
+
+    def after_poll(self, snapshots: Sequence[Snapshot], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        try:
+            events = self.tracker.update(snapshots, now)
+            for line in self.journal.lines(events, now):
+                getattr(log, line.level)(line.message, **line.fields)
+        except Exception as exc:  # a bug here must not stop the poller or the exposition
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:
+                log.error("incident tracking failed", error=message)
+            self._last_error = message
+
+    def as_json(self) -> dict[str, Any]:
+        """The body of /incidents."""
+        return {"incidents": self.tracker.incidents(), "untracked": self.tracker.untracked,
+                "statements": self.statements}

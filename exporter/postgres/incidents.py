@@ -1,0 +1,173 @@
+"""The PostgreSQL incidents a snapshot shows: lock chains, clients silent inside a transaction
+(ClientRead) and sessions idle in transaction. Pure: snapshot and context in, observations out.
+
+Each is observed exactly when the doctor's finding of the same name would be reported (the same
+conditions on the same data, with the same thresholds; a unit test holds them together), and
+carries the evidence the doctor shows, structured: who, since when, what statement (masked),
+which table."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from exporter.finding import Context, age
+from exporter.incidents.model import MAX_ITEMS, Evidence, Observation, distinct, evidence_of
+from exporter.postgres.checks import TRANSACTION_CHECKS, lock_roots
+from exporter.postgres.snapshot import Involved, PostgresSnapshot, Session
+
+IDLE_STATES = next(states for check, states, *_ in TRANSACTION_CHECKS
+                   if check == "idle_in_transaction")
+
+
+def postgres_incidents(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
+    yield from lock_chains(pg, ctx)
+    yield from client_read_stalls(pg, ctx)
+    yield from idle_in_transaction(pg, ctx)
+
+
+def session_evidence(s: Session | None, pid: int, involved: Involved) -> dict[str, Any]:
+    """Who a session is, as the doctor names it, and its statement (a fingerprint)."""
+    if s is None:
+        return {"pid": pid, "statement": involved.statements.get(pid)}
+    return {"pid": s.pid, "application_name": s.application_name, "usename": s.usename,
+            "datname": s.datname, "client_addr": s.client_addr, "state": s.state,
+            "wait_event": s.wait_event, "transaction_age_seconds": s.transaction_age,
+            "state_age_seconds": s.state_age, "statement": involved.statements.get(s.pid)}
+
+
+def _who(s: Session | None) -> tuple[tuple[str, str], ...]:
+    """The cause of a lock chain or a stall: which application, role and database."""
+    if s is None:
+        return (("application_name", ""), ("usename", ""), ("datname", ""))
+    return (("application_name", s.application_name), ("usename", s.usename),
+            ("datname", s.datname))
+
+
+# ---- lock chains -----------------------------------------------------------------------------
+
+def lock_chains(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
+    """One observation per holder identity (application, role, database): its root blockers
+    and everyone behind them. Severity as the doctor's: on the longest wait of all."""
+    if not pg.blocked:
+        return
+    holders = {s.pid: s for s in pg.blockers}
+    longest_of_all = max(b.wait_seconds for b in pg.blocked)
+    severity = ("critical" if longest_of_all > ctx.thresholds["blocked_wait_critical_seconds"]
+                else "warning")
+    chains: dict[tuple[tuple[str, str], ...], list[tuple[int, set[int]]]] = {}
+    for root, behind in lock_roots(pg):
+        chains.setdefault(_who(holders.get(root)), []).append((root, behind))
+    for cause, roots in chains.items():
+        yield _lock_chain(pg, cause, roots, holders, severity)
+
+
+def _lock_chain(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...],
+                roots: list[tuple[int, set[int]]], holders: Mapping[int, Session],
+                severity: str) -> Observation:
+    waits = {b.pid: b.wait_seconds for b in pg.blocked}
+    root, _ = max(roots, key=lambda r: (len(r[1]), max(waits.get(p, 0.0) for p in r[1])))
+    behind = sorted(set().union(*(b for _, b in roots)))
+    holder = holders.get(root)
+    relations = Counter(str(pg.involved.waits_on[p]) for p in behind
+                        if p in pg.involved.waits_on)
+    relation = relations.most_common(1)[0][0] if relations else ""
+    blocked = [pg.involved.session(p) for p in behind]
+    idle = holder is not None and holder.state.startswith("idle in transaction")
+    evidence = {
+        **session_evidence(holder, root, pg.involved),
+        "blocked_sessions": len(behind),
+        "blocked_pids": behind[:MAX_ITEMS],
+        "longest_wait_seconds": max(waits.get(p, 0.0) for p in behind),
+        "relation": relation,
+        "relations": [name for name, _ in relations.most_common(5)],
+        "blocked_applications": distinct([s.application_name for s in blocked if s]),
+        "blocked_statements": distinct([pg.involved.statements.get(p, "") for p in behind],
+                                       limit=3),
+        "root_pids": [r for r, _ in roots] if len(roots) > 1 else None,
+    }
+    return Observation(
+        "lock_chain", pg.target, cause, severity,
+        f"pid {root} blocks {len(behind)} session(s)"
+        + (" while idle in transaction" if idle else "")
+        + (f" on {relation}" if relation else ""),
+        evidence_of(evidence), magnitude=len(behind),
+        instances=tuple(str(r) for r, _ in roots))
+
+
+# ---- clients silent inside a transaction -----------------------------------------------------
+
+def client_read_stalls(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
+    """As the doctor's client_read_stall: when the longest stall passes the threshold; one
+    observation per application, role and database with a stall past it."""
+    threshold = ctx.thresholds["client_read_stall_critical_seconds"]
+    stalled = [g for g in pg.activity if g.client_read_in_transaction]
+    if not stalled or max(g.max_state_age or 0.0 for g in stalled) <= threshold:
+        return
+    counts: Counter[tuple[tuple[str, str], ...]] = Counter()
+    for g in stalled:
+        if (g.max_state_age or 0.0) > threshold:
+            counts[(("application_name", g.application_name), ("usename", g.usename),
+                    ("datname", g.datname))] += g.sessions
+    for cause, groups_sessions in counts.items():
+        sessions = [s for s in pg.involved.sessions
+                    if _who(s) == cause and s.wait_event == "ClientRead"
+                    and s.transaction_age is not None and (s.state_age or 0.0) > threshold]
+        yield _stall(pg, cause, sessions, groups_sessions)
+
+
+def _stall(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...], sessions: list[Session],
+           counted: int) -> Observation:
+    longest = max(sessions, key=lambda s: (s.state_age or 0.0, -s.pid), default=None)
+    app = dict(cause)["application_name"] or "-"
+    count = len(sessions) or counted
+    evidence = {
+        **(session_evidence(longest, longest.pid, pg.involved) if longest else {}),
+        "stalled_sessions": count,
+        "stalled_pids": sorted(s.pid for s in sessions)[:MAX_ITEMS],
+    }
+    return Observation(
+        "client_read_stall", pg.target, cause, "critical",
+        f"{count} session(s) of {app} wait on their client inside a transaction"
+        + (f", the longest for {age(longest.state_age)}" if longest else ""),
+        evidence_of(evidence), magnitude=count,
+        instances=tuple(str(s.pid) for s in sessions))
+
+
+# ---- idle in transaction ---------------------------------------------------------------------
+
+def idle_in_transaction(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
+    """As the doctor's idle_in_transaction: per database and application whose oldest
+    transaction idle in transaction is past the warning threshold."""
+    t = ctx.thresholds
+    warn = t["idle_in_transaction_warning_seconds"]
+    oldest: dict[tuple[str, str], float] = {}
+    for g in pg.activity:
+        if g.state in IDLE_STATES and (g.max_transaction_age or 0.0) > warn:
+            key = (g.datname, g.application_name)
+            oldest[key] = max(oldest.get(key, 0.0), g.max_transaction_age or 0.0)
+    for (datname, app), seconds in sorted(oldest.items(), key=lambda item: -item[1]):
+        sessions = [s for s in _candidates(pg)
+                    if (s.datname, s.application_name) == (datname, app)
+                    and s.state in IDLE_STATES and (s.transaction_age or 0.0) > warn]
+        holder = max(sessions, key=lambda s: (s.transaction_age or 0.0, -s.pid), default=None)
+        evidence: dict[str, Evidence] = evidence_of({
+            **(session_evidence(holder, holder.pid, pg.involved) if holder else
+               {"application_name": app, "datname": datname}),
+            "idle_sessions": len({s.pid for s in sessions}) or None,
+        })
+        yield Observation(
+            "idle_in_transaction", pg.target,
+            (("application_name", app), ("datname", datname)),
+            "critical" if seconds > t["idle_in_transaction_critical_seconds"] else "warning",
+            f"a transaction idle in transaction for {age(seconds)} ({app or '-'} on "
+            f"{datname})" + (f", pid {holder.pid}" if holder else ""),
+            evidence, magnitude=len({s.pid for s in sessions}) or 1,
+            instances=tuple(sorted({str(s.pid) for s in sessions})))
+
+
+def _candidates(pg: PostgresSnapshot) -> Iterable[Session]:
+    """The sessions read by pid, then the oldest transactions (the doctor's fallback)."""
+    yield from pg.involved.sessions
+    yield from pg.oldest_transactions

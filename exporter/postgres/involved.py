@@ -1,0 +1,69 @@
+"""Which sessions an incident is about, and which table a blocked session waits on: the pure
+decisions behind the source's reads of the involved sessions (source.py holds the SQL).
+
+The source asks for query text and pg_locks only when these say there is something to read,
+so a quiet database costs nothing more than before."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Relation
+
+IDLE_IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
+MAX_BLOCKED_DETAILS = 50  # blocked sessions whose details and statements are read, longest first
+MAX_OTHER_DETAILS = 50  # stalled clients and idle-in-transaction holders read, oldest first
+
+
+def stalls_past_thresholds(activity: Iterable[ActivityGroup], t: Mapping[str, float]) -> bool:
+    """Whether a client silent inside its transaction, or a session idle in transaction, is past
+    the threshold at which the doctor reports it (the activity groups say so without a read)."""
+    return any(
+        (g.client_read_in_transaction
+         and (g.max_state_age or 0.0) > t["client_read_stall_critical_seconds"])
+        or (g.state in IDLE_IN_TRANSACTION
+            and (g.max_transaction_age or 0.0) > t["idle_in_transaction_warning_seconds"])
+        for g in activity)
+
+
+def explicit_pids(blocked: Sequence[BlockedSession]) -> list[int]:
+    """Every blocker, and the blocked sessions that waited longest: the sessions of a lock chain
+    whose details are read by pid."""
+    blockers = {pid for b in blocked for pid in b.blocked_by}
+    longest = sorted(blocked, key=lambda b: (-b.wait_seconds, b.pid))[:MAX_BLOCKED_DETAILS]
+    return sorted(blockers | {b.pid for b in longest})
+
+
+class LockRow(NamedTuple):
+    """One lock of a blocked session on a table (LOCKS_SQL's columns, in order)."""
+
+    pid: int
+    schema: str
+    table: str
+    granted: bool
+    locktype: str
+
+
+def waited_on(rows: Iterable[LockRow]) -> dict[int, Relation]:
+    """The table each blocked session waits on. A session queued behind a row lock waits on the
+    holder's transaction id, which names no table: it then holds the tuple lock of the row it
+    wants (granted) on that table; failing that, the one table it has locked, if only one."""
+    by_pid: dict[int, list[LockRow]] = {}
+    for row in rows:
+        by_pid.setdefault(row.pid, []).append(row)
+    found: dict[int, Relation] = {}
+    for pid, locks in by_pid.items():
+        relation = (_first(lock for lock in locks if not lock.granted)
+                    or _first(lock for lock in locks if lock.locktype == "tuple"))
+        tables = {Relation(lock.schema, lock.table) for lock in locks}
+        if relation is not None:
+            found[pid] = relation
+        elif len(tables) == 1:
+            found[pid] = tables.pop()
+    return found
+
+
+def _first(locks: Iterable[LockRow]) -> Relation | None:
+    lock = next(iter(locks), None)
+    return Relation(lock.schema, lock.table) if lock else None
