@@ -45,6 +45,44 @@ class PrefectAPI:
             "parameter_openapi_schema": {"type": "object", "properties": {}}})
         return str(deployment["id"])
 
+    async def work_queue(self, pool: str, name: str) -> None:
+        await self._json("POST", f"work_pools/{pool}/queues", {"name": name})
+
+    async def local_deployment(self, pool: str, name: str, entrypoint: str, directory: str,
+                               queue: str = "default") -> str:
+        """A deployment of flow code on this machine: the worker's flow-run process changes to
+        `directory` (a pull step) and loads `entrypoint` (file.py:function) from there."""
+        flow = await self._json("POST", "flows/", {"name": entrypoint.rsplit(":", 1)[-1]})
+        deployment = await self._json("POST", "deployments/", {
+            "name": name, "flow_id": flow["id"], "work_pool_name": pool,
+            "work_queue_name": queue, "entrypoint": entrypoint, "path": directory,
+            "pull_steps": [{"prefect.deployments.steps.set_working_directory":
+                            {"directory": directory}}],
+            "parameter_openapi_schema": {"type": "object", "properties": {}}})
+        return str(deployment["id"])
+
+    async def run_now(self, deployment_id: str, parameters: dict[str, Any] | None = None) -> str:
+        """A run of the deployment, SCHEDULED to start now: a worker polling its queue takes
+        it."""
+        run = await self._json("POST", f"deployments/{deployment_id}/create_flow_run",
+                               {"parameters": parameters or {}})
+        return str(run["id"])
+
+    async def flow_run(self, run_id: str) -> dict[str, Any]:
+        return dict(await self._json("GET", f"flow_runs/{run_id}"))
+
+    async def heartbeats(self, run_id: str) -> list[datetime]:
+        """When the run's heartbeat events occurred, as persisted: the oldest first."""
+        page = await self._json("POST", "events/filter", {
+            "filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                       "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+                       "order": "ASC"},
+            "limit": 50})
+        return [datetime.fromisoformat(e["occurred"]) for e in page["events"]]
+
+    async def read_global_concurrency_limit(self, name: str) -> dict[str, Any]:
+        return dict(await self._json("GET", f"v2/concurrency_limits/{name}"))
+
     async def scheduled_run(self, deployment_id: str, offset: timedelta) -> str:
         when = (datetime.now(UTC) + offset).isoformat()
         run = await self._json("POST", f"deployments/{deployment_id}/create_flow_run", {

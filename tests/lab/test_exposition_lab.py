@@ -59,8 +59,9 @@ async def test_live_exposition_is_exactly_the_catalogue(
                    "postgres_table_last_autovacuum_timestamp_seconds",
                    "pgbouncer_config_max_user_connections", "pgbouncer_config_max_db_connections",
                    "pgbouncer_config_query_timeout_seconds", "postgres_wait_event_sessions",
-                   # no event a week old, no flow run started, no heartbeat, no worker polling
-                   # a queue in this lab (tests/lab/test_prefect_runs_lab.py has them)
+                   # no event near its retention cut-off, and no flow run started, no heartbeat,
+                   # no worker polling a queue in this lab (tests/lab/test_prefect_runs_lab.py
+                   # has those three, with a real worker)
                    "prefect_events_oldest_age_seconds", "prefect_flow_run_last_start_age_seconds",
                    "prefect_flow_runs_without_heartbeat",
                    "prefect_work_queue_last_polled_age_seconds"}

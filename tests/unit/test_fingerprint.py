@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from exporter.incidents import fingerprint as fp
@@ -91,6 +94,7 @@ def test_without_pglast_a_marker_and_no_crash(monkeypatch: pytest.MonkeyPatch) -
     import builtins
 
     real_import = builtins.__import__
+    real_find = fp.importlib.util.find_spec
 
     def no_pglast(name: str, *args: object, **kwargs: object) -> object:
         if name.startswith("pglast"):
@@ -100,7 +104,17 @@ def test_without_pglast_a_marker_and_no_crash(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(fp, "_parser", None)
     monkeypatch.setattr(builtins, "__import__", no_pglast)
     assert fingerprint("SELECT 'hunter2'") == UNAVAILABLE
+    monkeypatch.setattr(fp.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "pglast" else real_find(name))
     assert not fp.available()
+
+
+def test_available_does_not_import_pglast() -> None:
+    """3.7 MB a sidecar carries only once an incident has a statement to show."""
+    done = subprocess.run([sys.executable, "-c", "import sys; from exporter.incidents import "
+                           "fingerprint; print(fingerprint.available(), 'pglast' in sys.modules)"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["True", "False"], done.stderr
 
 
 def test_hostile_fuzz_never_shows_a_literal() -> None:
