@@ -247,8 +247,10 @@ async def _lenient_text(conn: asyncpg.Connection) -> None:
 
 
 # What a failed poll means: PostgreSQL answered with an error, or the network failed it.
+# InternalClientError ("cannot switch to state ..; another operation is in progress"): asyncpg
+# on a connection the server terminated while it sat idle (a restart, pg_terminate_backend).
 QUERY_ERRORS: ErrorMap = (((asyncpg.PostgresError, asyncpg.InterfaceError), "query"),
-                          ((TimeoutError, OSError), "connect"))
+                          ((TimeoutError, OSError, asyncpg.InternalClientError), "connect"))
 # While connecting, every failure is a connect failure (ValueError: a DSN asyncpg refuses).
 CONNECT_ERRORS: ErrorMap = (((TimeoutError, OSError, asyncpg.PostgresError,
                               asyncpg.InterfaceError, ValueError), "connect"),)
