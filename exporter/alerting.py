@@ -316,12 +316,12 @@ ALERTS: tuple[Alert, ...] = (
           "everything waiting on it waits forever.",
           check="concurrency_slots_leaked"),
     Alert("PrefectWorkQueueNotPolled", "warning",
-          'prefect_work_queue_status{{status="NOT_READY"}} == 1 and on (target, work_pool) '
+          "prefect_work_queue_unpolled_deployments > 0 and on (target, work_pool) "
           "prefect_work_pool_online_workers > 0", 600,
           "No worker polls work queue {{ $labels.work_queue }} of {{ $labels.work_pool }}",
           "{{ $labels.target }}: work queue {{ $labels.work_queue }} is NOT_READY although its "
           "pool {{ $labels.work_pool }} has online workers: they poll other queues. Its "
-          "deployments are NOT_READY and their runs wait.",
+          "{{ $value }} deployment(s) are NOT_READY and their runs wait.",
           check="work_queue_unpolled"),
     Alert("PrefectFlowRunsFailing", "warning",
           'sum by (target, work_pool) (prefect_flow_runs_ended{{state_type="FAILED"}}) / '

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 
 FAST_POLL = {"poll_interval_seconds": "0.25", "poll_timeout_seconds": "0.25"}
-# A Prefect poll is a few dozen HTTP requests, each a query through PgBouncer: give it room,
+# A Prefect poll is about fifty HTTP requests, each a query through PgBouncer: give it room,
 # also on a loaded 2-core CI machine.
-PREFECT_POLL = {"poll_interval_seconds": "2", "poll_timeout_seconds": "2"}
+PREFECT_POLL = {"poll_interval_seconds": "3", "poll_timeout_seconds": "3"}
 
 StartExporter = Callable[..., Awaitable["Exporter"]]
 

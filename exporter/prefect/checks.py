@@ -261,21 +261,27 @@ def limits_leaked(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
 
 
 def queues_unpolled(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
+    """NOT_READY queues with deployments in a pool whose workers are online (they poll other
+    queues). An unpolled queue without deployments (a pool's unused `default`, with workers
+    started with --work-queue) strands nothing: quiet."""
     online = {p.name: p.online_workers for p in pf.scheduling.pools}
+    counted = pf.readiness.by_unpolled_queue if pf.readiness else {}
     for queue in pf.scheduling.queues:
-        if queue.status == "NOT_READY" and online.get(queue.work_pool, 0) > 0:
-            polled = (f"last polled {age(pf.taken_at - queue.last_polled)} ago"
-                      if queue.last_polled else "never polled")
-            readiness = pf.readiness
-            yield Finding(
-                "work_queue_unpolled", "warning", pf.target,
-                f"no worker polls work queue {queue.name} of pool {queue.work_pool}",
-                (f"{online[queue.work_pool]} worker(s) of the pool are online; the queue was "
-                 f"{polled}" + (f"; {readiness.in_unpolled_queues} deployment(s) are in "
-                                "queues no worker polls" if readiness else ""),),
-                f"Start a worker for it (prefect worker start --pool {queue.work_pool} --work-"
-                f"queue {queue.name}) or move its deployments to a polled queue; workers "
-                "started with --work-queue poll only the queues they name.")
+        if queue.status != "NOT_READY" or online.get(queue.work_pool, 0) == 0:
+            continue
+        waiting = counted.get(queue.id)  # None: not counted (beyond the first 20)
+        if waiting == 0:
+            continue
+        polled = (f"last polled {age(pf.taken_at - queue.last_polled)} ago"
+                  if queue.last_polled else "never polled")
+        yield Finding(
+            "work_queue_unpolled", "warning", pf.target,
+            f"no worker polls work queue {queue.name} of pool {queue.work_pool}",
+            (f"{online[queue.work_pool]} worker(s) of the pool are online; the queue was "
+             f"{polled}" + (f"; {waiting} deployment(s) in it are NOT_READY" if waiting else ""),),
+            f"Start a worker for it (prefect worker start --pool {queue.work_pool} --work-"
+            f"queue {queue.name}) or move its deployments to a polled queue; workers "
+            "started with --work-queue poll only the queues they name.")
 
 
 def outcome_ratios(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:

@@ -161,6 +161,10 @@ QUEUE_STATUS = _pf("prefect_work_queue_status", "target work_pool work_queue sta
 QUEUE_POLLED_AGE = _pf("prefect_work_queue_last_polled_age_seconds",
                        "target work_pool work_queue",
                        "Time since a worker last polled the queue; absent when never.")
+QUEUE_DEPLOYMENTS = _pf("prefect_work_queue_unpolled_deployments",
+                        "target work_pool work_queue",
+                        "Deployments in a NOT_READY queue (no worker polls it), which wait; "
+                        "counted for the first 20 such queues, absent for the others.")
 DEPLOYMENTS = _pf("prefect_deployments", "target status",
                   "Deployments by the status their work queue gives them: NOT_READY (in a queue "
                   "no worker polls), READY, UNKNOWN (no work queue: served by flow.serve(); "
@@ -175,7 +179,7 @@ SPECS: tuple[MetricSpec, ...] = (
     DEPLOYMENTS_WITHOUT_FUTURE, EVENTS_NEWEST_AGE, RUN_LAST_START_AGE, EVENTS_OLDEST_AGE,
     RETENTION_LAG, STUCK_RUNS, OLDEST_STATE_AGE, STUCK_SAMPLE_COMPLETE, HEARTBEATS_SEEN,
     WITHOUT_HEARTBEAT, RUNS_ENDED, TASK_RUNS_RUNNING, LIMIT_SLOTS, LIMIT_ACTIVE,
-    LIMIT_SATURATED, LIMIT_HOLDERS, QUEUE_STATUS, QUEUE_POLLED_AGE, DEPLOYMENTS)
+    LIMIT_SATURATED, LIMIT_HOLDERS, QUEUE_STATUS, QUEUE_POLLED_AGE, QUEUE_DEPLOYMENTS, DEPLOYMENTS)
 
 
 def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[Metric]:
@@ -461,3 +465,9 @@ def _readiness(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
                           ("UNKNOWN", r.deployments - r.in_a_queue)):
         deployments.add_metric([target, status], max(0, count))
     yield deployments
+    waiting = QUEUE_DEPLOYMENTS.family()
+    for queue in snap.scheduling.queues:
+        if queue.id in r.by_unpolled_queue:
+            waiting.add_metric([target, clean(queue.work_pool), clean(queue.name)],
+                               r.by_unpolled_queue[queue.id])
+    yield waiting

@@ -28,6 +28,7 @@ from exporter.prefect.snapshot import PoolCounts, Readiness, Scheduling, WorkPoo
 from exporter.prefect.values import parse_time
 
 LIST_LIMIT = 200  # the server's default page limit: the most one request may ask for
+UNPOLLED_COUNTED = 20  # NOT_READY queues whose deployments are counted one by one
 
 
 def parse_work_pool(data: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]) -> WorkPool:
@@ -52,17 +53,22 @@ def parse_work_queue(data: Mapping[str, Any]) -> WorkQueue:
 
 async def read_readiness(api: PrefectClient, queues: Sequence[WorkQueue]) -> Readiness:
     """Deployments counted by their work queue's status (Prefect's own rule: a deployment whose
-    queue no worker polled lately is NOT_READY); no deployment status filter exists."""
+    queue no worker polled lately is NOT_READY); no deployment status filter exists. One count
+    per NOT_READY queue (at most UNPOLLED_COUNTED, then one for all): requests grow with the
+    queues nobody polls, never with deployments or runs."""
     unpolled = [q.id for q in queues if q.status == "NOT_READY" and q.id]
-    total, in_a_queue, in_unpolled = await asyncio.gather(
+    counted = unpolled[:UNPOLLED_COUNTED]
+    total, in_a_queue, *per_queue = await asyncio.gather(
         api.count("deployments", {}), api.count("deployments", {"work_pool_queues": {}}),
-        api.count("deployments", {"work_pool_queues": {"id": {"any_": unpolled}}})
-        if unpolled else _zero())
-    return Readiness(deployments=total, in_a_queue=in_a_queue, in_unpolled_queues=in_unpolled)
+        *(api.count("deployments", _in_queues([q])) for q in counted))
+    in_unpolled = (sum(per_queue) if len(counted) == len(unpolled)
+                   else await api.count("deployments", _in_queues(unpolled)))
+    return Readiness(deployments=total, in_a_queue=in_a_queue, in_unpolled_queues=in_unpolled,
+                     by_unpolled_queue=dict(zip(counted, per_queue, strict=True)))
 
 
-async def _zero() -> int:
-    return 0
+def _in_queues(ids: Sequence[str]) -> dict[str, Any]:
+    return {"work_pool_queues": {"id": {"any_": list(ids)}}}
 
 
 async def list_work_pools(api: PrefectClient, max_pools: int) -> list[Mapping[str, Any]]:

@@ -148,6 +148,9 @@ class Readiness:
     deployments: int
     in_a_queue: int  # the rest run from flow.serve(): no queue, their status is not counted
     in_unpolled_queues: int  # in queues with status NOT_READY: no worker polls them
+    # deployments in each NOT_READY queue, by queue id (the first UNPOLLED_COUNTED of them):
+    # an unpolled queue that holds none (a pool's unused `default`) is no one's problem
+    by_unpolled_queue: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ the session server), one work pool with three queues:
   and one that hangs (RUNNING, heartbeating);
 - `doomed`, polled by a second worker that is SIGKILLed with its flow-run process once the run
   there sent a heartbeat: that run stays RUNNING with nothing behind it, a zombie;
-- `idle`, polled by nobody.
+- `idle`, polled by nobody, holding no deployment (an unused queue: no finding).
 
 Flow heartbeats every 30 s (Prefect's minimum), the exporter's timeout 45 s: the zombie is
 counted about 45 s after its last heartbeat, while the hanging run, heartbeating, never is. The
@@ -316,12 +316,14 @@ async def test_queues_show_who_polls_them(runs_lab: RunsLab,
     assert {st: s.value("prefect_deployments", status=st)
             for st in ("READY", "NOT_READY", "UNKNOWN")} == {"READY": 5, "NOT_READY": 1,
                                                              "UNKNOWN": 0}
-    unpolled = sorted(_findings(exporter.findings, "work_queue_unpolled"), key=lambda f: f.title)
-    assert [f.title for f in unpolled] == [f"no worker polls work queue {q} of pool {POOL}"
-                                           for q in ("doomed", "idle")]
-    assert "the queue was last polled" in unpolled[0].evidence[0]
-    assert "the queue was never polled" in unpolled[1].evidence[0]
-    assert unpolled[0].evidence[0].endswith("1 deployment(s) are in queues no worker polls")
+    # per unpolled queue, its deployments: the doomed queue strands one, the idle one none
+    assert {q: s.find("prefect_work_queue_unpolled_deployments", work_pool=POOL, work_queue=q)
+            for q in ("default", "doomed", "idle")} == {"default": None, "doomed": 1, "idle": 0}
+    # so only the doomed queue is a finding: an unused queue strands nothing
+    (unpolled,) = _findings(exporter.findings, "work_queue_unpolled")
+    assert unpolled.title == f"no worker polls work queue doomed of pool {POOL}"
+    assert "the queue was last polled" in unpolled.evidence[0]
+    assert unpolled.evidence[0].endswith("; 1 deployment(s) in it are NOT_READY")
 
 
 async def test_a_killed_worker_leaves_a_zombie_a_hanging_run_is_not(

@@ -223,13 +223,16 @@ CASES += [
       'prefect_concurrency_limit_holders_running{target="prefect",limit="etl"}': "2x10"},
      "5m", []),
     ("PrefectWorkQueueNotPolled",
-     {'prefect_work_queue_status{target="prefect",work_pool="a",work_queue="gpu",'
-      'status="NOT_READY"}': "1x20", f"prefect_work_pool_online_workers{{{WP}}}": "1x20"},
-     "15m", [{"target": "prefect", "work_pool": "a", "work_queue": "gpu",
-              "status": "NOT_READY"}]),
+     {'prefect_work_queue_unpolled_deployments{target="prefect",work_pool="a",'
+      'work_queue="gpu"}': "2x20", f"prefect_work_pool_online_workers{{{WP}}}": "1x20"},
+     "15m", [{"target": "prefect", "work_pool": "a", "work_queue": "gpu"}]),
     ("PrefectWorkQueueNotPolled",  # nobody online at all: PrefectWorkPoolWithoutWorkers' job
-     {'prefect_work_queue_status{target="prefect",work_pool="a",work_queue="gpu",'
-      'status="NOT_READY"}': "1x20", f"prefect_work_pool_online_workers{{{WP}}}": "0x20"},
+     {'prefect_work_queue_unpolled_deployments{target="prefect",work_pool="a",'
+      'work_queue="gpu"}': "2x20", f"prefect_work_pool_online_workers{{{WP}}}": "0x20"},
+     "15m", []),
+    ("PrefectWorkQueueNotPolled",  # an unused queue: workers started with --work-queue
+     {'prefect_work_queue_unpolled_deployments{target="prefect",work_pool="a",'
+      'work_queue="default"}': "0x20", f"prefect_work_pool_online_workers{{{WP}}}": "1x20"},
      "15m", []),
     ("PrefectFlowRunsFailing",
      {ENDED % "COMPLETED": "6x20", ENDED % "FAILED": "4x20", ENDED % "CRASHED": "0x20"},
