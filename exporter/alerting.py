@@ -136,9 +136,9 @@ ALERTS: tuple[Alert, ...] = (
     Alert("PostgresClientReadStall", "critical",
           "postgres_client_read_in_transaction_max_age_seconds > "
           "{client_read_stall_critical_seconds}", 60,
-          "A client has been silent inside its transaction for {{ $value | humanizeDuration }}",
-          "On {{ $labels.target }} a session waits on ClientRead inside a transaction: its "
-          "client (an event loop blocked, a proxy) stopped talking mid-transaction while "
+          "A client has been silent mid-statement for {{ $value | humanizeDuration }}",
+          "On {{ $labels.target }} an active statement waits on ClientRead: its client (an "
+          "event loop blocked, a proxy, a stalled COPY) stopped sending mid-statement while "
           "holding its locks. postgres_client_read_in_transaction_sessions says how many.",
           check="client_read_stall"),
     Alert("PgBouncerClientsWaiting", "warning",

@@ -21,7 +21,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "active_transaction_critical_seconds": Threshold(1800, "an active transaction: page after"),
     "blocked_wait_critical_seconds": Threshold(60, "a session blocked on a lock: page after"),
     "client_read_stall_critical_seconds": Threshold(
-        60, "a client silent inside its transaction (ClientRead): page after"),
+        60, "an active statement whose client went silent (ClientRead): page after"),
     "pgbouncer_waiting_clients_warning": Threshold(0, "clients waiting in a pool: more than"),
     "pgbouncer_maxwait_critical_seconds": Threshold(
         5, "the oldest client waiting for a server connection: page after"),

@@ -80,18 +80,17 @@ def stalled_clients(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     longest = max(g.max_state_age or 0.0 for g in stalled)
     if longest <= t["client_read_stall_critical_seconds"]:
         return
-    active = [g for g in stalled if g.state == "active"]
     apps = sorted({g.application_name or "-" for g in stalled})
     yield Finding(
         "client_read_stall", "critical", pg.target,
-        f"{sum(g.sessions for g in stalled)} session(s) wait on their client inside a "
-        f"transaction, the longest for {age(longest)}",
+        f"{sum(g.sessions for g in stalled)} active statement(s) wait on their client, the "
+        f"longest for {age(longest)}",
         (f"applications: {', '.join(apps[:10])}",
-         f"{sum(g.sessions for g in active)} of them are active statements waiting on ClientRead "
-         "(the client stopped sending mid-statement); the rest are idle in transaction"),
+         "active statements waiting on ClientRead: the client stopped sending mid-statement, "
+         "inside its transaction, holding its locks"),
         "Look at those clients: an event loop blocked by CPU-bound work, a proxy, a paused "
-        "process. Terminate the session if it blocks others; idle_in_transaction_session_timeout "
-        "and TCP keepalives end such stalls for good.")
+        "process, a COPY whose sender stalled. Terminate the session if it blocks others; "
+        "TCP keepalives and statement_timeout end such stalls for good.")
 
 
 # (check, states, warning threshold, critical threshold): as the alert rules group them

@@ -1,5 +1,6 @@
-"""The PostgreSQL incidents a snapshot shows: lock chains, clients silent inside a transaction
-(ClientRead) and sessions idle in transaction. Pure: snapshot and context in, observations out.
+"""The PostgreSQL incidents a snapshot shows: lock chains, active statements whose client went
+silent (ClientRead) and sessions idle in transaction. Pure: snapshot and context in,
+observations out.
 
 Each is observed exactly when the doctor's finding of the same name would be reported (the same
 conditions on the same data, with the same thresholds; a unit test holds them together), and
@@ -96,7 +97,7 @@ def _lock_chain(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...],
         instances=tuple(str(r) for r, _ in roots))
 
 
-# ---- clients silent inside a transaction -----------------------------------------------------
+# ---- active statements whose client went silent ----------------------------------------------
 
 def client_read_stalls(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
     """As the doctor's client_read_stall: when the longest stall passes the threshold; one
@@ -113,7 +114,7 @@ def client_read_stalls(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observati
     for cause, groups_sessions in counts.items():
         sessions = [s for s in pg.involved.sessions
                     if _who(s) == cause and s.wait_event == "ClientRead"
-                    and s.transaction_age is not None and (s.state_age or 0.0) > threshold]
+                    and s.state == "active" and (s.state_age or 0.0) > threshold]
         yield _stall(pg, cause, sessions, groups_sessions)
 
 

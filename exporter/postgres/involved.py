@@ -17,8 +17,9 @@ MAX_OTHER_DETAILS = 50  # stalled clients and idle-in-transaction holders read, 
 
 
 def stalls_past_thresholds(activity: Iterable[ActivityGroup], t: Mapping[str, float]) -> bool:
-    """Whether a client silent inside its transaction, or a session idle in transaction, is past
-    the threshold at which the doctor reports it (the activity groups say so without a read)."""
+    """Whether an active statement whose client went silent, or a session idle in
+    transaction, is past the threshold at which the doctor reports it (the activity groups say
+    so without a read)."""
     return any(
         (g.client_read_in_transaction
          and (g.max_state_age or 0.0) > t["client_read_stall_critical_seconds"])

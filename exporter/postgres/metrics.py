@@ -37,8 +37,9 @@ TRANSACTION_MAX_AGE = _pg(
     "state: active, idle in transaction, idle in transaction (aborted).")
 CLIENT_READ_SESSIONS = _pg(
     "postgres_client_read_in_transaction_sessions", "target",
-    "Sessions inside a transaction waiting on Client/ClientRead: the client stalled "
-    "mid-transaction. Plain idle sessions are not counted.")
+    "Active statements waiting on Client/ClientRead: the client stopped sending "
+    "mid-statement (a COPY, a blocked event loop). Idle and idle-in-transaction sessions, "
+    "which always wait on ClientRead, are not counted.")
 CLIENT_READ_MAX_AGE = _pg(
     "postgres_client_read_in_transaction_max_age_seconds", "target",
     "How long the longest such stall has lasted (now - state_change); 0 when none.")

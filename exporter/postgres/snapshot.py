@@ -73,8 +73,8 @@ class Relation(NamedTuple):
 @dataclass(frozen=True)
 class Involved:
     """The sessions incidents are about, read only when there are some: blockers and the
-    sessions they block, clients silent inside a transaction past the stall threshold, and
-    sessions idle in transaction past the idle threshold. Their statements are fingerprints
+    sessions they block, active statements whose client went silent past the stall threshold,
+    and sessions idle in transaction past the idle threshold. Their statements are fingerprints
     with every literal masked (exporter/incidents/fingerprint.py), never raw text, and absent
     with --no-statements (then no query text is read at all)."""
 

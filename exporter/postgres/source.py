@@ -41,8 +41,10 @@ APPLICATION_NAME = "prefect-pg-exporter"
 # SQL, each beside the code that reads its columns.
 
 # Client backends grouped by everything the metrics label or count on, in one scan of
-# pg_stat_activity. A session inside a transaction waiting on ClientRead is a stalled client;
-# plain idle sessions also wait on ClientRead but have no transaction, so they are excluded.
+# pg_stat_activity. An *active* statement waiting on ClientRead is a stalled client: it stopped
+# sending mid-statement (a COPY, a blocked event loop between protocol messages). Idle and idle
+# in transaction sessions wait on ClientRead too, by definition: the idle-in-transaction checks,
+# with their own thresholds, judge the latter.
 # Without pg_monitor, backend_type (like state and query) reads NULL for other roles' sessions;
 # those with a database and a role are client backends (autovacuum workers have no role).
 CLIENT_BACKEND = """(backend_type = 'client backend'
@@ -55,7 +57,7 @@ SELECT coalesce(datname, '') AS datname,
        coalesce(state, 'unknown') AS state,
        coalesce(wait_event_type, '') AS wait_event_type,
        coalesce(wait_event, '') AS wait_event,
-       (xact_start IS NOT NULL AND wait_event = 'ClientRead') AS client_read_in_transaction,
+       (state = 'active' AND wait_event = 'ClientRead') AS client_read_in_transaction,
        substring(query FROM '(?i)^\s*listen\s+"?([^";\s]+)') AS listen_channel,
        count(*) AS sessions,
        extract(epoch FROM max(now() - xact_start))::float8 AS max_transaction_age,
@@ -98,10 +100,10 @@ def _sessions(rows: Sequence[asyncpg.Record]) -> tuple[Session, ...]:
     return tuple(map(Session._make, rows))
 
 
-# The sessions incidents are about, in one read: the lock chain's sessions by pid ($1), clients
-# silent inside a transaction past the stall threshold ($2 s) and sessions idle in transaction
-# past the idle threshold ($3 s), as the doctor judges them. Query text only for these, and
-# only when statements are shown: the other variant reads none.
+# The sessions incidents are about, in one read: the lock chain's sessions by pid ($1), active
+# statements whose client went silent past the stall threshold ($2 s) and sessions idle in
+# transaction past the idle threshold ($3 s), as the doctor judges them. Query text only for
+# these, and only when statements are shown: the other variant reads none.
 _INVOLVED = """
 SELECT {columns},
        {statement} AS statement
@@ -109,7 +111,8 @@ FROM pg_stat_activity
 WHERE pid <> pg_backend_pid()
   AND (pid = ANY($1::int[])
        OR ({client_backend} AND xact_start IS NOT NULL
-           AND ((wait_event = 'ClientRead' AND state_change < now() - make_interval(secs => $2))
+           AND ((state = 'active' AND wait_event = 'ClientRead'
+                 AND state_change < now() - make_interval(secs => $2))
                 OR (state IN ('idle in transaction', 'idle in transaction (aborted)')
                     AND xact_start < now() - make_interval(secs => $3)))))
 ORDER BY pid = ANY($1::int[]) DESC, xact_start NULLS LAST, pid
