@@ -1,23 +1,35 @@
-"""Prefect poll benchmark: does a poll cost the same at 1,000 and at 100,000 flow runs?
+"""Prefect poll benchmark: does a poll cost the same at 1,000 and at 100,000 flow runs, and at
+1,000 and at 1,000,000 events?
 
-Starts the lab (PostgreSQL, PgBouncer in transaction pooling, a Prefect 3.8.8 server without its
-services whose database goes through PgBouncer), creates a work pool, a deployment and one
-SCHEDULED run through the REST API, copies that run's row with generate_series straight into the
-`flow_run` and `flow_run_state` tables (a fixed mix of states and times, see KINDS), and at each
-size measures, in the same run on the same machine:
+Starts the lab (PostgreSQL, PgBouncer in transaction pooling, Prefect 3.8.8 servers whose
+databases go through PgBouncer). A server with its event persister on creates a work pool, a
+deployment and one SCHEDULED run through the REST API, so the events of that run are real rows,
+and stops. Each size is a database of its own, a copy of the one before (CREATE DATABASE ...
+TEMPLATE) plus what it lacks: that run's row copied with generate_series into `flow_run` and
+`flow_run_state` (a fixed mix of states and times, see KINDS), and one of its real events into
+`events` and `event_resources` (half of them renamed flow-run heartbeats, spread over the
+retention period, see INSERT_EVENTS). Then a server without its services per size (nothing
+changes or deletes the data), all running at once, and measured in the same run:
 
-1. the exporter's PrefectSource.poll(): median wall time, HTTP requests per poll;
+1. the exporter's PrefectSource.poll(): median wall time, HTTP requests per poll; as it runs
+   (retention read every 5 minutes, cached in between) and with retention read on every poll;
 2. the baseline "an exporter that pages through runs": every SCHEDULED run through
    POST /flow_runs/filter, limit 200, offset paging, counted client-side;
 3. PrefectHQ/prometheus-prefect-exporter, where it can be set up (a checkout and a virtualenv
    under /tmp): its /metrics scrape end to end, and its requests per scrape through a counting
    reverse proxy.
+
+Sizes: --small runs and --events-small events; --large runs, same events; --large runs and
+--events events (the exporter alone: the others do not read events). The exporter's polls of
+every size take turns, so a machine busy with something else slows them alike; ratios are
+against the first size.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import re
@@ -27,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,11 +50,12 @@ from aiohttp import web
 
 from exporter.app import build_sources
 from exporter.config import load
+from exporter.prefect import source as source_module
 from exporter.prefect.snapshot import PrefectSnapshot
 from exporter.prefect.source import PrefectSource
 from lab.common import LabError, free_port, lab_root, stop_process, wait_for_port
 from lab.pgbouncer import LabPgBouncer, start_pgbouncer
-from lab.postgres import LabPostgres, start_postgres
+from lab.postgres import APP_ROLE, LabPostgres, start_postgres
 from lab.prefect import LabPrefect, start_prefect
 
 PAGE = 200
@@ -52,23 +65,31 @@ PPE_REPO = "https://github.com/PrefectHQ/prometheus-prefect-exporter"
 SCRAPE_TIMEOUT = 900.0
 
 # The mix of generated runs, by `i % 100`: [b0, b1) share, state type and name, expected start
-# between now+lo and now+hi seconds, started, ended.
+# between now+lo and now+hi seconds, started, ended (65 s after the expected start). Buckets 60
+# to 95 are the old finished runs a growing history is made of; the others include runs ended
+# within the last hour (the outcome counts) and unfinished ones in each state for up to two
+# hours, about half of them past the 1 h stuck threshold (the stuck sample).
 KINDS = """(VALUES
-  (0, 20, 'SCHEDULED', 'Scheduled', -21600, -60, false, false),
-  (20, 30, 'SCHEDULED', 'Late', -86400, -600, false, false),
-  (30, 40, 'SCHEDULED', 'Scheduled', 60, 3600, false, false),
-  (40, 60, 'SCHEDULED', 'Scheduled', 3600, 604800, false, false),
-  (60, 90, 'COMPLETED', 'Completed', -2592000, -3600, true, true),
-  (90, 94, 'FAILED', 'Failed', -2592000, -3600, true, true),
-  (94, 95, 'CRASHED', 'Crashed', -2592000, -3600, true, true),
-  (95, 98, 'RUNNING', 'Running', -3600, -60, true, false),
-  (98, 100, 'PENDING', 'Pending', -600, -10, false, false))"""
-MIX = ("60% SCHEDULED (20 overdue, 10 Late, 10 in the next hour, 20 up to a week ahead), "
-       "30% COMPLETED, 4% FAILED, 1% CRASHED, 3% RUNNING, 2% PENDING")
+  (0, 18, 'SCHEDULED', 'Scheduled', -21600, -60, false, false),
+  (18, 27, 'SCHEDULED', 'Late', -86400, -600, false, false),
+  (27, 36, 'SCHEDULED', 'Scheduled', 60, 3600, false, false),
+  (36, 52, 'SCHEDULED', 'Scheduled', 3600, 604800, false, false),
+  (52, 56, 'COMPLETED', 'Completed', -3500, -120, true, true),
+  (56, 58, 'FAILED', 'Failed', -3500, -120, true, true),
+  (58, 59, 'CRASHED', 'Crashed', -3500, -120, true, true),
+  (59, 60, 'CANCELLING', 'Cancelling', -7200, -60, true, false),
+  (60, 90, 'COMPLETED', 'Completed', -2592000, -3700, true, true),
+  (90, 94, 'FAILED', 'Failed', -2592000, -3700, true, true),
+  (94, 95, 'CRASHED', 'Crashed', -2592000, -3700, true, true),
+  (95, 98, 'RUNNING', 'Running', -7200, -60, true, false),
+  (98, 100, 'PENDING', 'Pending', -7200, -10, false, false))"""
+MIX = ("52% SCHEDULED (18 overdue, 9 Late, 9 due within the hour, 16 up to a week ahead), "
+       "34% COMPLETED, 6% FAILED, 2% CRASHED (of these 7% ended within the last hour), "
+       "3% RUNNING, 2% PENDING, 1% CANCELLING (for up to 2 h)")
 MIXES = {
-    "growing-history": f"the first --small runs as {MIX}; every later run finished "
-                       "(COMPLETED/FAILED/CRASHED): history grows, the scheduler keeps a "
-                       "bounded number of future runs",
+    "growing-history": f"the first --small runs as {MIX}; every later run finished over a "
+                       "month (COMPLETED/FAILED/CRASHED, none within the hour): history grows, "
+                       "the scheduler keeps a bounded number of future runs",
     "scheduled-heavy": f"every run as {MIX}: a scheduler that creates far too many runs",
 }
 NEVER = 2**31 - 1
@@ -119,28 +140,116 @@ STATE_COUNTS = "SELECT state_type::text, count(*) FROM flow_run GROUP BY 1"
 CONSISTENT = ("SELECT count(*) FROM flow_run f JOIN flow_run_state s "
               "ON s.id = f.state_id AND s.flow_run_id = f.id AND s.type = f.state_type")
 
+# Events i in [$2, $3) copied from the real event $1 (with its event_resources rows: the
+# resource itself, role '', and each related one), occurred between $5 and $5 + $4 seconds ago.
+# Even i are renamed flow-run heartbeats (on by default from Prefect 3.6.22, and most of a busy
+# server's events), about ten runs' worth an hour; odd i keep the template's name.
+INSERT_EVENTS = """
+WITH t AS (SELECT * FROM events WHERE id = $1),
+g AS (SELECT i, gen_random_uuid() AS id, i % 2 = 0 AS heartbeat,
+             now() - ($5::float8 + $4::float8 * (((i::bigint * 2654435761) % 4294967296)
+                                                 / 4294967296.0)) * interval '1 second'
+                 AS occurred
+      FROM generate_series($2::int, $3::int - 1) AS i),
+e AS (SELECT g.*, CASE WHEN g.heartbeat THEN 'prefect.flow-run.' || md5(
+                    (floor(extract(epoch FROM g.occurred) / 3600)::bigint * 10 + g.i % 10)::text
+                  )::uuid END AS run
+      FROM g),
+ev AS (
+  INSERT INTO events (id, occurred, event, resource_id, resource, related_resource_ids, related,
+                      payload, received, recorded, follows, created, updated)
+  SELECT e.id, e.occurred,
+         CASE WHEN e.heartbeat THEN 'prefect.flow-run.heartbeat' ELSE t.event END,
+         coalesce(e.run, t.resource_id),
+         CASE WHEN e.heartbeat THEN t.resource || jsonb_build_object('prefect.resource.id', e.run)
+              ELSE t.resource END,
+         t.related_resource_ids, t.related, t.payload, e.occurred + interval '50 ms',
+         e.occurred + interval '80 ms', NULL, e.occurred, e.occurred
+  FROM e, t
+  RETURNING id, occurred, resource_id, resource)
+INSERT INTO event_resources (occurred, resource_id, resource_role, resource, event_id, created,
+                             updated)
+SELECT ev.occurred, CASE WHEN r.resource_role = '' THEN ev.resource_id ELSE r.resource_id END,
+       r.resource_role, CASE WHEN r.resource_role = '' THEN ev.resource::json ELSE r.resource END,
+       ev.id, ev.occurred, ev.occurred
+FROM ev CROSS JOIN (SELECT * FROM event_resources WHERE event_id = $1) AS r
+"""
+EVENTS_CHUNK = 20_000
+# History spreads over the 7-day retention period but ends 2 h short of its cut-off: nothing
+# falls past retention however long the run takes (the exporter's retention read finds neither
+# an overdue event nor one in the hour after the cut-off: the same two requests at every size).
+HISTORY_SECONDS = 7 * 86400 - 2 * 3600
+HISTORY_NEWEST_SECONDS = 60.0
+# Before each size is measured, events of the last 4 minutes, as a live server keeps writing:
+# the newest-event and heartbeat windows then hold events at every size.
+RECENT_EVENTS, RECENT_SECONDS = 100, 240.0
+TEMPLATE_EVENT = ("SELECT id FROM events WHERE event LIKE 'prefect.flow-run.%' "
+                  "ORDER BY occurred DESC LIMIT 1")
+
 
 # ---- lab and data ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Size:
+    """One size of the data, in a database of its own, served by a Prefect server of its own."""
+
+    database: str
+    runs: int
+    events: int
+
 
 @dataclass
 class Lab:
     root: Path
     pg: LabPostgres | None = None
     bouncer: LabPgBouncer | None = None
-    prefect: LabPrefect | None = None
+    servers: list[LabPrefect] = field(default_factory=list)
 
     def stop(self) -> None:
-        for server in (self.prefect, self.bouncer, self.pg):
+        for server in (*self.servers, self.bouncer, self.pg):
             if server is not None:
                 server.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_lab(lab: Lab) -> LabPrefect:
+# While the template is made the services run (the event persister stores its events), but
+# not the scheduler nor late_runs: the template run stays as created.
+TEMPLATE_ENV = {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+                "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
+
+
+def start_lab(lab: Lab, sizes: list[Size]) -> LabPrefect:
+    """PostgreSQL, PgBouncer routing every size's database, and a Prefect server with its
+    services on the first one, where the template is made."""
     lab.pg = start_postgres(lab.root / "postgres")
-    lab.bouncer = start_pgbouncer(lab.root / "pgbouncer", lab.pg)
-    lab.prefect = start_prefect(lab.root / "prefect", lab.bouncer, services=False)
-    return lab.prefect
+    lab.bouncer = start_pgbouncer(lab.root / "pgbouncer", lab.pg,
+                                  databases=tuple(s.database for s in sizes))
+    template = start_prefect(lab.root / "template", lab.bouncer, database=sizes[0].database,
+                             extra_env=TEMPLATE_ENV)
+    lab.servers.append(template)
+    return template
+
+
+def clone_database(pg: LabPostgres, source: str, target: str) -> None:
+    """target as a file copy of source (CREATE DATABASE ... TEMPLATE), which must have no
+    session: PgBouncer's idle server connections to it are ended first."""
+    pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}'",
+            database="postgres")
+    pg.psql(f"CREATE DATABASE {target} TEMPLATE {source} OWNER {APP_ROLE}", database="postgres")
+
+
+def start_servers(lab: Lab, sizes: list[Size]) -> list[LabPrefect]:
+    """A Prefect server without its services per size, all at once: nothing changes or deletes
+    the data while they are measured."""
+    assert lab.bouncer is not None
+    servers = [LabPrefect(lab.root / f"prefect-{s.database}", lab.bouncer, database=s.database,
+                          services=False) for s in sizes]
+    lab.servers.extend(servers)
+    for server in servers:
+        server.launch()
+    for server in servers:
+        server.wait_ready()
+    return servers
 
 
 async def create_template_run(api_url: str) -> str:
@@ -162,11 +271,11 @@ async def create_template_run(api_url: str) -> str:
         return str(run["id"])
 
 
-async def add_runs(pg: LabPostgres, template: str, first: int, last: int,
+async def add_runs(pg: LabPostgres, database: str, template: str, first: int, last: int,
                    finished_from: int = NEVER) -> float:
     """Runs first..last-1 in chunks, then VACUUM ANALYZE as autovacuum would. Seconds taken."""
     started = time.monotonic()
-    conn = await asyncpg.connect(pg.dsn())
+    conn = await asyncpg.connect(pg.dsn(database=database))
     try:
         for lo in range(first, last, CHUNK):
             async with conn.transaction():
@@ -179,12 +288,72 @@ async def add_runs(pg: LabPostgres, template: str, first: int, last: int,
     return time.monotonic() - started
 
 
-async def run_counts(pg: LabPostgres) -> tuple[dict[str, int], int]:
-    """Runs by state type, and how many have a state row that matches them."""
+async def template_event(pg: LabPostgres, database: str, timeout: float = 60) -> str:
+    """A flow-run event the server stored (its event persister flushes every few seconds)."""
+    conn = await asyncpg.connect(pg.dsn(database=database))
+    try:
+        deadline = time.monotonic() + timeout
+        while (found := await conn.fetchval(TEMPLATE_EVENT)) is None:
+            if time.monotonic() > deadline:
+                raise LabError(f"no flow-run event stored within {timeout:g}s")
+            await asyncio.sleep(0.5)
+        return str(found)
+    finally:
+        await conn.close()
+
+
+async def add_events(pg: LabPostgres, database: str, template: str, first: int, last: int,
+                     span: float = HISTORY_SECONDS, newest: float = HISTORY_NEWEST_SECONDS,
+                     analyze: bool = True) -> float:
+    """Events first..last-1 in chunks (progress every 100,000), then VACUUM ANALYZE. Seconds."""
+    started = time.monotonic()
+    conn = await asyncpg.connect(pg.dsn(database=database))
+    try:
+        for lo in range(first, last, EVENTS_CHUNK):
+            await conn.execute(INSERT_EVENTS, template, lo, min(lo + EVENTS_CHUNK, last), span,
+                               newest)
+            if (lo - first) // 100_000 != (min(lo + EVENTS_CHUNK, last) - first) // 100_000:
+                print(f"    {min(lo + EVENTS_CHUNK, last):,} events, "
+                      f"{time.monotonic() - started:.0f}s", flush=True)
+        if analyze:
+            await conn.execute("VACUUM ANALYZE events, event_resources")
+    finally:
+        await conn.close()
+    return time.monotonic() - started
+
+
+async def settle(pg: LabPostgres) -> float:
+    """What the inserts left to write goes to disk before the polls: a CHECKPOINT, then the
+    kernel's dirty pages (os.sync), so that writeback does not slow the polls. Seconds taken."""
+    started = time.monotonic()
     conn = await asyncpg.connect(pg.dsn())
     try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    await asyncio.to_thread(os.sync)
+    return time.monotonic() - started
+
+
+EVENTS_BYTES = ("SELECT pg_total_relation_size('events') "
+                "+ pg_total_relation_size('event_resources')")
+
+
+@dataclass(frozen=True)
+class Counts:
+    by_type: dict[str, int]  # runs by state type
+    consistent: int  # runs whose state row matches them
+    events: int
+    events_bytes: int  # events and event_resources, with their indexes
+
+
+async def run_counts(pg: LabPostgres, database: str) -> Counts:
+    conn = await asyncpg.connect(pg.dsn(database=database))
+    try:
         by_type = {str(r[0]): int(r[1]) for r in await conn.fetch(STATE_COUNTS)}
-        return by_type, int(await conn.fetchval(CONSISTENT))
+        return Counts(by_type, int(await conn.fetchval(CONSISTENT)),
+                      int(await conn.fetchval("SELECT count(*) FROM events")),
+                      int(await conn.fetchval(EVENTS_BYTES)))
     finally:
         await conn.close()
 
@@ -194,9 +363,11 @@ async def run_counts(pg: LabPostgres) -> tuple[dict[str, int], int]:
 @dataclass
 class PollResult:
     median: float
+    best: float  # the fastest poll: what is left when nothing else wanted the CPU
     requests: list[int]
     scheduled_seen: int
     latency: dict[str, float]  # mean seconds per request over the timed polls, by endpoint
+    seen: str  # what the last poll saw of the runs and events paths (that they were exercised)
 
 
 def prefect_source(api_url: str) -> PrefectSource:
@@ -222,22 +393,89 @@ def mean_latency(first: PrefectSnapshot, last: PrefectSnapshot) -> dict[str, flo
     return latency
 
 
-async def time_exporter(api_url: str, polls: int) -> PollResult:
-    source = prefect_source(api_url)
+def seen(snap: PrefectSnapshot) -> str:
+    """The stuck sample, the outcome counts, heartbeats and events, as the poll read them."""
+    parts = []
+    if snap.runs is not None:
+        stuck = sum(g.stuck for g in snap.runs.stuck.values())
+        zombies = sum((snap.runs.without_heartbeat or {}).values())
+        parts.append(f"stuck sample {snap.runs.sampled} unfinished runs ({stuck} stuck), "
+                     f"heartbeats seen {snap.runs.heartbeats} ({zombies} zombies)")
+    if snap.outcomes is not None:
+        parts.append("ended within the hour " + ", ".join(
+            f"{t} {n}" for t, n in snap.outcomes.totals.items()))
+    if snap.events is not None and snap.events.newest is not None:
+        parts.append(f"newest event {snap.taken_at - snap.events.newest:.0f}s old")
+    if snap.retention is not None:
+        parts.append(f"events past retention: {snap.retention.events_overdue}")
+    return "; ".join(parts)
+
+
+WARM_UP_POLLS = 3
+
+
+@contextlib.contextmanager
+def retention_every_poll() -> Iterator[None]:
+    """The exporter reads retention every RETENTION_EVERY_SECONDS (5 min): one poll in many
+    pays for it. Here every poll does, to time such a poll."""
+    saved = source_module.RETENTION_EVERY_SECONDS
+    source_module.RETENTION_EVERY_SECONDS = 0.0
     try:
-        first = previous = await source.poll()  # warm-up: connections, server-side caches
-        times, requests = [], []
-        for _ in range(polls):
-            started = time.perf_counter()
-            snapshot = await source.poll()
-            times.append(time.perf_counter() - started)
-            requests.append(total_requests(snapshot) - total_requests(previous))
-            previous = snapshot
+        yield
     finally:
-        await source.close()
-    return PollResult(statistics.median(times), requests,
-                      previous.scheduling.runs_by_state_type.get("SCHEDULED", -1),
-                      mean_latency(first, previous))
+        source_module.RETENTION_EVERY_SECONDS = saved
+
+
+@dataclass
+class Timed:
+    """One source's polls: the per-poll times and request counts."""
+
+    source: PrefectSource
+    every_poll: Callable[[], contextlib.AbstractContextManager[None]]
+    times: list[float] = field(default_factory=list)
+    requests: list[int] = field(default_factory=list)
+    first: PrefectSnapshot | None = None
+    last: PrefectSnapshot | None = None
+
+    async def poll(self, timed: bool) -> None:
+        with self.every_poll():
+            started = time.perf_counter()
+            snapshot = await self.source.poll()
+            seconds = time.perf_counter() - started
+        if timed:
+            assert self.last is not None
+            self.times.append(seconds)
+            self.requests.append(total_requests(snapshot) - total_requests(self.last))
+        else:
+            self.first = snapshot
+        self.last = snapshot
+
+    def result(self) -> PollResult:
+        assert self.first is not None and self.last is not None
+        return PollResult(statistics.median(self.times), min(self.times), self.requests,
+                          self.last.scheduling.runs_by_state_type.get("SCHEDULED", -1),
+                          mean_latency(self.first, self.last), seen(self.last))
+
+
+async def time_exporters(api_urls: list[str],
+                         polls: int) -> list[tuple[PollResult, PollResult]]:
+    """At each size, the exporter's poll as it runs and reading retention on every poll. All
+    the sizes' servers run at once and their polls take turns, one after the other: a machine
+    busy with something else slows every size alike, and the ratios stay fair."""
+    timed = [(Timed(prefect_source(url), contextlib.nullcontext),
+              Timed(prefect_source(url), retention_every_poll)) for url in api_urls]
+    every = [t for pair in timed for t in pair]
+    try:
+        for _ in range(WARM_UP_POLLS):  # connections, server-side caches, both loops' code
+            for t in every:
+                await t.poll(timed=False)
+        for _ in range(polls):
+            for t in every:
+                await t.poll(timed=True)
+    finally:
+        for t in every:
+            await t.source.close()
+    return [(regular.result(), reading.result()) for regular, reading in timed]
 
 
 # ---- the baseline: page through every SCHEDULED run --------------------------------------------
@@ -464,50 +702,101 @@ async def time_ppe(direct: Ppe, counted: Ppe, proxy: CountingProxy, rounds: int,
 
 @dataclass
 class SizeResult:
-    runs: int
-    by_type: dict[str, int]
-    insert_seconds: float
+    size: Size
+    counts: Counts  # events: the size's, the setup's and the recent ones
+    runs_seconds: float  # to add the runs of this size
+    events_seconds: float  # to add the events of this size
     exporter: PollResult
-    paging: PagingResult
-    ppe: PpeResult | str  # or why it was not measured
+    retention: PollResult  # every poll reads retention (one in many does as the exporter runs)
+    paging: PagingResult | None = None  # None: not measured at this size
+    ppe: PpeResult | str = "not measured at this size (it reads no events)"
 
 
 @dataclass
 class Bench:
     args: argparse.Namespace
     lab: Lab
+    sizes: list[Size]
     template: str = ""
-    ppe: tuple[Ppe, Ppe, CountingProxy] | None = None
-    ppe_skip: str = ""
+    template_event: str = ""
 
     @property
     def pg(self) -> LabPostgres:
         assert self.lab.pg is not None
         return self.lab.pg
 
-    @property
-    def api_url(self) -> str:
-        assert self.lab.prefect is not None
-        return self.lab.prefect.api_url
+
+async def build_data(bench: Bench) -> list[tuple[float, float]]:
+    """Each size's database: a copy of the one before, plus the runs and events it lacks.
+    Seconds taken to add the runs and the events, by size."""
+    args, pg = bench.args, bench.pg
+    finished_from = args.small if args.mix == "growing-history" else NEVER
+    seconds = []
+    previous = Size(bench.sizes[0].database, 1, 0)  # the template run; the setup's events
+    for size in bench.sizes:
+        print(f"size {size.runs:,} runs, {size.events:,} events: database {size.database}",
+              flush=True)
+        if size.database != previous.database:
+            await asyncio.to_thread(clone_database, pg, previous.database, size.database)
+        runs = await add_runs(pg, size.database, bench.template, previous.runs, size.runs,
+                              finished_from) if size.runs > previous.runs else 0.0
+        events = await add_events(pg, size.database, bench.template_event, previous.events,
+                                  size.events) if size.events > previous.events else 0.0
+        seconds.append((runs, events))
+        previous = size
+    return seconds
 
 
-async def measure(bench: Bench, inserted: float) -> SizeResult:
+async def measure(bench: Bench, servers: list[LabPrefect],
+                  seconds: list[tuple[float, float]]) -> list[SizeResult]:
+    """The exporter at every size at once; the paging baseline and the third-party exporter
+    at the first two sizes (they read no events), one size after the other."""
     args = bench.args
-    by_type, consistent = await run_counts(bench.pg)
-    total = sum(by_type.values())
-    if consistent != total:
-        raise LabError(f"{total - consistent} runs without a matching state row")
-    print(f"  {total:,} runs in the database; polling the exporter", flush=True)
-    exporter = await time_exporter(bench.api_url, args.polls)
-    scheduled = by_type.get("SCHEDULED", 0)
-    print(f"  paging through {scheduled:,} SCHEDULED runs", flush=True)
-    paging = await time_paging(bench.api_url, scheduled, args.baseline_rounds, args.budget,
-                               args.paging_cap)
-    ppe: PpeResult | str = bench.ppe_skip
-    if bench.ppe is not None:
-        print("  scraping prometheus-prefect-exporter", flush=True)
-        ppe = await guarded(time_ppe(*bench.ppe, args.ppe_scrapes, args.budget))
-    return SizeResult(total, by_type, inserted, exporter, paging, ppe)
+    counted = []
+    for size in bench.sizes:  # as a live server keeps writing, just before the polls
+        await add_events(bench.pg, size.database, bench.template_event, 0, RECENT_EVENTS,
+                         RECENT_SECONDS, 1.0, analyze=False)
+        counts = await run_counts(bench.pg, size.database)
+        if counts.consistent != sum(counts.by_type.values()):
+            raise LabError(f"{size.database}: {sum(counts.by_type.values()) - counts.consistent}"
+                           " runs without a matching state row")
+        counted.append(counts)
+    flushed = await settle(bench.pg)
+    print(f"\npolling the exporter at every size in turn (data flushed to disk in "
+          f"{flushed:.1f}s)", flush=True)
+    polls = await time_exporters([s.api_url for s in servers], args.polls)
+    results = [SizeResult(size, counts, *added, *poll) for size, counts, added, poll
+               in zip(bench.sizes, counted, seconds, polls, strict=True)]
+    ppe_unavailable = await ppe_missing(args)
+    for result, server in list(zip(results, servers, strict=True))[:2]:
+        scheduled = result.counts.by_type.get("SCHEDULED", 0)
+        print(f"  {result.size.runs:,} runs: paging through {scheduled:,} SCHEDULED runs",
+              flush=True)
+        result.paging = await time_paging(server.api_url, scheduled, args.baseline_rounds,
+                                          args.budget, args.paging_cap)
+        result.ppe = ppe_unavailable or await time_ppe_at(bench, server.api_url)
+    return results
+
+
+async def ppe_missing(args: argparse.Namespace) -> str:
+    """Why prometheus-prefect-exporter is not measured; '' when it is ready to be."""
+    if args.no_ppe:
+        return "skipped (--no-ppe)"
+    reason = await asyncio.to_thread(ensure_ppe, args.ppe_dir, args.ppe_venv)
+    return f"not measured: {reason}" if reason else ""
+
+
+async def time_ppe_at(bench: Bench, api_url: str) -> PpeResult | str:
+    """prometheus-prefect-exporter against one size's server: started, scraped, stopped."""
+    print(f"  scraping prometheus-prefect-exporter {ppe_commit(bench.args.ppe_dir)} (defaults: "
+          "PAGINATION_LIMIT 200, OFFSET_MINUTES 3)", flush=True)
+    pair = await start_ppe_pair(bench, api_url)
+    if isinstance(pair, str):
+        return pair
+    try:
+        return await guarded(time_ppe(*pair, bench.args.ppe_scrapes, bench.args.budget))
+    finally:
+        await stop_ppe_pair(pair)
 
 
 async def guarded(work: Awaitable[PpeResult]) -> PpeResult | str:
@@ -517,22 +806,17 @@ async def guarded(work: Awaitable[PpeResult]) -> PpeResult | str:
         return f"scrape failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
-async def start_ppe_pair(bench: Bench) -> None:
-    """The third-party exporter twice: direct (timed) and behind the counting proxy."""
+async def start_ppe_pair(bench: Bench,
+                         api_url: str) -> tuple[Ppe, Ppe, CountingProxy] | str:
+    """The third-party exporter twice: direct (timed) and behind the counting proxy; or why
+    it did not start."""
     args = bench.args
-    if args.no_ppe:
-        bench.ppe_skip = "skipped (--no-ppe)"
-        return
-    reason = await asyncio.to_thread(ensure_ppe, args.ppe_dir, args.ppe_venv)
-    if reason:
-        bench.ppe_skip = f"not measured: {reason}"
-        return
-    proxy = CountingProxy(bench.api_url.removesuffix("/api"))
+    proxy = CountingProxy(api_url.removesuffix("/api"))
     await proxy.start()
     started: list[Ppe] = []
-    home = bench.lab.root / "ppe"
+    home = bench.lab.root / "ppe" / str(proxy.port)
     try:  # in a thread: its start-up health check goes through the proxy on this event loop
-        for name, url in (("direct", bench.api_url),
+        for name, url in (("direct", api_url),
                           ("counted", f"http://127.0.0.1:{proxy.port}/api")):
             started.append(await asyncio.to_thread(start_ppe, args.ppe_dir, args.ppe_venv, url,
                                                    home / name))
@@ -540,18 +824,15 @@ async def start_ppe_pair(bench: Bench) -> None:
         for ppe in started:
             stop_process(ppe.proc)
         await proxy.stop()
-        bench.ppe_skip = f"not measured: it did not start: {str(exc)[:300]}"
-        return
-    bench.ppe = (started[0], started[1], proxy)
+        return f"not measured: it did not start: {str(exc)[:300]}"
+    return started[0], started[1], proxy
 
 
-async def stop_ppe_pair(bench: Bench) -> None:
-    if bench.ppe is not None:
-        direct, counted, proxy = bench.ppe
-        for ppe in (direct, counted):
-            stop_process(ppe.proc)
-        await proxy.stop()
-        bench.ppe = None
+async def stop_ppe_pair(pair: tuple[Ppe, Ppe, CountingProxy]) -> None:
+    direct, counted, proxy = pair
+    for ppe in (direct, counted):
+        stop_process(ppe.proc)
+    await proxy.stop()
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -564,19 +845,30 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def print_size(r: SizeResult) -> None:
-    e, p = r.exporter, r.paging
-    types = ", ".join(f"{k} {v:,}" for k, v in sorted(r.by_type.items(), key=lambda kv: -kv[1]))
-    print(f"\nAt {r.runs:,} flow runs ({types}; rows added in {r.insert_seconds:.1f}s):")
-    line(f"exporter poll, median of {len(e.requests)}", ms(e.median),
-         f"{sorted(set(e.requests))} requests per poll; SCHEDULED seen {e.scheduled_seen:,}")
+def print_poll(label: str, e: PollResult) -> None:
+    line(f"{label}, median of {len(e.requests)}", ms(e.median),
+         f"best {ms(e.best)}; {sorted(set(e.requests))} requests per poll; SCHEDULED seen "
+         f"{e.scheduled_seen:,}")
     print("    mean latency per request, up to 4 in flight: " + ", ".join(
         f"{k} {v * 1000:.1f} ms" for k, v in sorted(e.latency.items(), key=lambda kv: -kv[1])))
-    line(f"paging baseline, median of {p.rounds}", ms(p.seconds),
-         f"{p.pages} requests; {'expected' if p.note else 'counted'} {p.runs:,} SCHEDULED")
-    if p.note:
-        print(f"    {p.note}")
-    line("exporter / paging baseline", f"{e.median / p.seconds:.3f}x")
+
+
+def print_size(r: SizeResult) -> None:
+    e, p = r.exporter, r.paging
+    c = r.counts
+    types = ", ".join(f"{k} {v:,}" for k, v in sorted(c.by_type.items(), key=lambda kv: -kv[1]))
+    print(f"\nAt {r.size.runs:,} flow runs and {c.events:,} events ({types}; events and "
+          f"event_resources {c.events_bytes / 1024**2:,.0f} MiB; runs added in "
+          f"{r.runs_seconds:.1f}s, events in {r.events_seconds:.1f}s):")
+    print_poll("exporter poll", e)
+    print_poll("exporter poll reading retention", r.retention)
+    print(f"    the poll saw: {e.seen}")
+    if p is not None:
+        line(f"paging baseline, median of {p.rounds}", ms(p.seconds),
+             f"{p.pages} requests; {'expected' if p.note else 'counted'} {p.runs:,} SCHEDULED")
+        if p.note:
+            print(f"    {p.note}")
+        line("exporter / paging baseline", f"{e.median / p.seconds:.3f}x")
     if isinstance(r.ppe, str):
         print(f"  prometheus-prefect-exporter: {r.ppe}")
         return
@@ -587,16 +879,25 @@ def print_size(r: SizeResult) -> None:
     line("exporter / prometheus-prefect-exporter", f"{e.median / q.median:.3f}x")
 
 
+TARGET_RATIO = 1.5
+
+
 def print_ratios(small: SizeResult, large: SizeResult) -> None:
-    ratio = large.exporter.median / small.exporter.median
-    a, b = sorted(set(small.exporter.requests)), sorted(set(large.exporter.requests))
-    verdict = "OK" if len(a) == 1 and a == b else "DIFFERENT"
-    print(f"\n{large.runs:,} runs vs {small.runs:,} runs:")
-    line("exporter poll time ratio", f"{ratio:.2f}x", "(target < 2x)")
-    line("exporter requests per poll", f"{a} vs {b}", f"(must be equal: {verdict})")
-    paging = large.paging.seconds / small.paging.seconds
-    line("paging baseline time ratio", f"{paging:.2f}x",
-         f"({small.paging.pages} -> {large.paging.pages} requests)")
+    print(f"\n{large.size.runs:,} runs and {large.counts.events:,} events vs "
+          f"{small.size.runs:,} runs and {small.counts.events:,} events:")
+    for label, a, b in (("exporter poll", small.exporter, large.exporter),
+                        ("exporter poll reading retention", small.retention, large.retention)):
+        ratio = b.median / a.median
+        line(f"{label} time ratio", f"{ratio:.2f}x",
+             f"(target < {TARGET_RATIO:g}x: {'OK' if ratio < TARGET_RATIO else 'ABOVE'}; "
+             f"best poll {b.best / a.best:.2f}x)")
+        x, y = sorted(set(a.requests)), sorted(set(b.requests))
+        verdict = "OK" if len(x) == 1 and x == y else "DIFFERENT"
+        line(f"{label} requests", f"{x} vs {y}", f"(must be equal: {verdict})")
+    if small.paging is not None and large.paging is not None:
+        paging = large.paging.seconds / small.paging.seconds
+        line("paging baseline time ratio", f"{paging:.2f}x",
+             f"({small.paging.pages} -> {large.paging.pages} requests)")
     if isinstance(small.ppe, PpeResult) and isinstance(large.ppe, PpeResult):
         line("prometheus-prefect-exporter scrape time ratio",
              f"{large.ppe.median / small.ppe.median:.2f}x",
@@ -605,29 +906,38 @@ def print_ratios(small: SizeResult, large: SizeResult) -> None:
 
 # ---- main --------------------------------------------------------------------------------------
 
+def sizes_of(args: argparse.Namespace) -> list[Size]:
+    sizes = [Size("prefect", args.small, args.events_small),
+             Size("prefect_runs", args.large, args.events_small)]
+    if args.events > args.events_small:
+        sizes.append(Size("prefect_events", args.large, args.events))
+    return sizes
+
+
 async def run(args: argparse.Namespace) -> None:
-    bench = Bench(args, Lab(lab_root("prefect-pg-bench-")))
+    bench = Bench(args, Lab(lab_root("prefect-pg-bench-")), sizes_of(args))
     try:
-        prefect = await asyncio.to_thread(start_lab, bench.lab)
-        bench.template = await create_template_run(prefect.api_url)
-        print(f"lab up: Prefect 3.8.8 at {prefect.api_url} (services off), its database through "
-              f"PgBouncer (transaction pooling)\nruns: 1 created through the REST API, the rest "
-              f"copied from it in SQL; mix {args.mix}: {MIXES[args.mix]}", flush=True)
-        await start_ppe_pair(bench)
-        if bench.ppe is not None:
-            print(f"prometheus-prefect-exporter {ppe_commit(args.ppe_dir)} running from "
-                  f"{args.ppe_dir} (defaults: PAGINATION_LIMIT 200, OFFSET_MINUTES 3)")
-        results = []
-        have = 1
-        finished_from = args.small if args.mix == "growing-history" else NEVER
-        for size in (args.small, args.large):
-            seconds = await add_runs(bench.pg, bench.template, have, size, finished_from)
-            have = size
-            results.append(await measure(bench, seconds))
-            print_size(results[-1])
-        print_ratios(*results)
+        template = await asyncio.to_thread(start_lab, bench.lab, bench.sizes)
+        bench.template = await create_template_run(template.api_url)
+        bench.template_event = await template_event(bench.pg, bench.sizes[0].database)
+        await asyncio.to_thread(template.stop)
+        print(f"lab up: Prefect 3.8.8, its databases through PgBouncer (transaction pooling)\n"
+              f"runs: 1 created through the REST API, the rest copied from it in SQL; mix "
+              f"{args.mix}: {MIXES[args.mix]}\nevents: copies of one the server stored, half "
+              f"of them heartbeats, over the last {HISTORY_SECONDS / 86400:.1f} days, and "
+              f"{RECENT_EVENTS} more within {RECENT_SECONDS:g}s before the polls", flush=True)
+        seconds = await build_data(bench)
+        servers = await asyncio.to_thread(start_servers, bench.lab, bench.sizes)
+        print(f"{len(servers)} Prefect servers without their services, one per size",
+              flush=True)
+        results = await measure(bench, servers, seconds)
+        for result in results:
+            print_size(result)
+        for result in results[1:]:
+            print_ratios(results[0], result)
+        if len(results) == 3:
+            print_ratios(results[1], results[2])
     finally:
-        await stop_ppe_pair(bench)
         await asyncio.to_thread(bench.lab.stop)
 
 
@@ -637,7 +947,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add: Callable[..., object] = parser.add_argument
     add("--small", type=int, default=1_000, help="flow runs at the first size")
     add("--large", type=int, default=100_000, help="flow runs at the second size")
-    add("--polls", type=int, default=15, help="exporter polls timed at each size")
+    add("--events-small", type=int, default=1_000,
+        help="events at the first two sizes (besides the recent ones added before each)")
+    add("--events", type=int, default=1_000_000,
+        help="events at the third size, with --large runs (not above --events-small: no third "
+             "size)")
+    add("--polls", type=int, default=21, help="exporter polls timed at each size (twice: as it "
+        "runs, and reading retention on every poll, alternated)")
     add("--baseline-rounds", type=int, default=3, help="paging rounds at most, at each size")
     add("--paging-cap", type=int, default=100_000, help="the paging baseline stops at this many")
     add("--budget", type=float, default=300.0,
@@ -655,6 +971,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 < args.small < args.large:
         parser.error("need 1 < --small < --large")
+    if args.events_small < 1:
+        parser.error("need --events-small >= 1")
     return args
 
 

@@ -129,3 +129,31 @@ class PrefectAPI:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+    # ---- scheduling and load (services and growth lab tests) -------------------------------
+
+    async def flow(self, name: str) -> str:
+        """The flow of that name (Prefect returns the existing one when it is there)."""
+        return str((await self._json("POST", "flows/", {"name": name}))["id"])
+
+    async def interval_deployment(self, pool: str, name: str, seconds: float) -> str:
+        """A deployment with one active interval schedule: Prefect's scheduler service keeps
+        future runs of it (tagged auto-scheduled), which nothing else creates."""
+        deployment = await self._json("POST", "deployments/", {
+            "name": name, "flow_id": await self.flow(f"flow-{name}"), "work_pool_name": pool,
+            "parameter_openapi_schema": {"type": "object", "properties": {}},
+            "schedules": [{"schedule": {"interval": seconds}, "active": True}]})
+        return str(deployment["id"])
+
+    async def create_flow_run(self, flow_id: str, name: str, state_type: str = "PENDING") -> str:
+        """A flow run of no deployment, created in that state."""
+        run = await self._json("POST", "flow_runs/", {"flow_id": flow_id, "name": name,
+                                                       "state": {"type": state_type}})
+        return str(run["id"])
+
+    async def logs(self, run_id: str, messages: list[str]) -> None:
+        """Log lines of a flow run, in one request, as a flow's log handler sends them."""
+        now = datetime.now(UTC).isoformat()
+        await self._json("POST", "logs/", [
+            {"name": "lab", "level": 20, "message": message, "timestamp": now,
+             "flow_run_id": run_id} for message in messages])

@@ -113,8 +113,10 @@ RUN_LAST_START_AGE = _pf("prefect_flow_run_last_start_age_seconds", "target",
                          "should have left events: with events older than it, the pipeline "
                          "stopped.")
 EVENTS_OLDEST_AGE = _pf("prefect_events_oldest_age_seconds", "target",
-                        "Age of the oldest event still stored; absent when the server is busy "
-                        "enough that it is not found cheaply (read every 5 minutes).")
+                        "Age of the oldest event still stored, where it is past the retention "
+                        "period or within the hour after it (looked for only there, to stay "
+                        "cheap); absent otherwise, e.g. on a server younger than its retention "
+                        "period (read every 5 minutes).")
 RETENTION_LAG = _pf("prefect_retention_lag_seconds", "target kind",
                     "How far cleanup is behind: age of the oldest row past its retention minus "
                     "the retention (kind events: server.events.retention_period; flow_runs: "
