@@ -5,6 +5,10 @@
 2. /metrics latency with thousands of series while polling runs: the exporter process versus a
    bare aiohttp server returning a body of the same size. Target: p99 < 5 ms.
 3. The exporter's RSS after the run, and the sessions it holds on the database.
+4. Footprint: the RSS of an exporter with only PostgreSQL configured and every other setting
+   at its default, after three polls (15 s apart) and a scrape after each, against the RSS of
+   a process that only imports what that exporter imports (the floor no runtime data can go
+   under). Goal: <= 45 MB.
 """
 
 from __future__ import annotations
@@ -168,6 +172,33 @@ def scrape_benchmark(pg: LabPostgres, scrapes: int, root: Path) -> dict[str, flo
                 proc.wait(10)
 
 
+FOOTPRINT_GOAL_MB = 45.0
+# what an exporter with only PostgreSQL configured imports, and nothing else: the floor
+IMPORTS_ONLY = ("import time, exporter.app, exporter.config, exporter.postgres.source, "
+                "aiohttp.web; time.sleep(600)")
+
+
+def footprint_benchmark(pg: LabPostgres, polls: int = 3) -> dict[str, float]:
+    port = free_port()
+    env = {**os.environ, "PREFECT_PG_EXPORTER_POSTGRES_DSN": pg.monitor_dsn(),
+           "PREFECT_PG_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
+    exporter = subprocess.Popen([sys.executable, "-m", "exporter"], env=env,
+                                stdout=subprocess.DEVNULL)
+    floor = subprocess.Popen([sys.executable, "-c", IMPORTS_ONLY])
+    interval = load({"postgres_dsn": pg.monitor_dsn()}, environ={}).poll_interval_seconds
+    try:
+        wait_http(port)
+        for _ in range(polls):
+            time.sleep(interval)
+            wait_http(port)
+        return {"rss_mb": rss_mb(exporter.pid), "floor_mb": rss_mb(floor.pid),
+                "seconds": polls * interval}
+    finally:
+        for proc in (exporter, floor):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", type=int, default=2000)
@@ -197,6 +228,12 @@ async def main() -> None:
               f"p99 {r['p99'] / r['base_p99']:6.2f}x")
         print(f"\nexporter RSS {r['rss_mb']:.1f} MB (target < 80 MB); "
               f"sessions held on the database: {r['sessions']:.0f} (target 1)")
+        f = await asyncio.to_thread(footprint_benchmark, pg)
+        print(f"\nfootprint, only PostgreSQL configured, default settings, after "
+              f"{f['seconds']:.0f} s at {args.backends} backends:\n"
+              f"  exporter RSS {f['rss_mb']:.1f} MB ({f['rss_mb'] / FOOTPRINT_GOAL_MB:.2f}x the "
+              f"goal's {FOOTPRINT_GOAL_MB:g} MB); its imports alone {f['floor_mb']:.1f} MB, so "
+              f"the runtime adds {f['rss_mb'] - f['floor_mb']:.1f} MB")
         for conn in conns:
             conn.terminate()
     finally:

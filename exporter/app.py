@@ -9,6 +9,7 @@ import time
 import structlog
 from aiohttp import web
 
+from exporter.allocator import release_free_memory
 from exporter.collector import ExporterCollector, Exposition
 from exporter.config import Config, describe
 from exporter.diagnosis import diagnose
@@ -60,6 +61,7 @@ class Exporter:
         self.incidents.after_poll(snapshots)
         self._collector.update(snapshots, self.findings)
         self.exposition.render()
+        release_free_memory()  # what the poll and the render freed, back to the OS
 
     async def start(self) -> None:
         web_config = LiveWebConfig(self.config.web)

@@ -1,5 +1,6 @@
-"""A short soak in CI (benchmarks/soak.py runs it for longer): memory flat, no descriptor or
-session leak, scrape latency unchanged, while faults are injected and 8 scrapers run."""
+"""Short soaks in CI (benchmarks/soak.py and benchmarks/memory.py run them for longer): no
+descriptor or session leak and scrape latency unchanged while faults are injected and 8
+scrapers run; memory flat under fast steady polling."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 
 import pytest
 
+from benchmarks.memory import Process, exporter_env, measure
 from benchmarks.soak import soak
 from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
@@ -34,3 +36,27 @@ async def test_soak_with_faults_and_concurrent_scrapers(
     assert result.rss_end_mb - result.rss_start_mb < 10, result.report()
     assert result.fds_end <= result.fds_start + 4, result.report()
     assert result.late_p99 < max(3 * result.early_p99, 0.02), result.report()
+
+
+DEFAULT_POLLS_PER_DAY = 86_400 / 15  # per source, at the default interval
+DAILY_BUDGET_MB = 50.0
+
+
+async def test_memory_stays_flat_under_fast_polling(
+        postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect) -> None:
+    """RSS over two minutes of polling every 0.5 s (30x the default rate) with 10 scrapes a
+    second, after a warm-up: its growth per poll, over a day of polling at the default
+    interval, must stay under 50 MB. benchmarks/memory.py measures the same for an hour."""
+    process = Process("exporter", {"PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "0.5"},
+                      scraped=True)
+    process.start(exporter_env(postgres, pgbouncer, prefect.api_url))
+    try:
+        await measure([process], warmup=float(os.environ.get("MEMORY_WARMUP", "45")),
+                      seconds=float(os.environ.get("MEMORY_SECONDS", "120")))
+    finally:
+        process.stop()
+    print(process.report())
+    assert process.polls > 300, process.report()  # three sources, every 0.5 s
+    daily = process.growth_per_poll_mb() * 3 * DEFAULT_POLLS_PER_DAY
+    assert daily < DAILY_BUDGET_MB, (
+        f"{daily:.1f} MB a day at the default interval: " + process.report())
