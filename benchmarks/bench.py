@@ -56,9 +56,9 @@ async def bare_sql(conn: asyncpg.Connection, top: int, tables: list[str]) -> Non
     """The exporter's statements, nothing else: the floor for a poll."""
     await conn.fetch(pgsrc.SETTINGS_SQL, [*pgsrc.TIMEOUT_SETTINGS, "max_connections",
                                           "superuser_reserved_connections", "server_version"])
-    await conn.fetch(pgsrc.ACTIVITY_SQL)
-    await conn.fetch(pgsrc.OLDEST_TRANSACTIONS_SQL, top)
+    await conn.fetch(pgsrc.ACTIVITY_SQL, top)
     await conn.fetch(pgsrc.TABLES_SQL, tables)
+    await conn.fetch(pgsrc.DATABASES_SQL)
     await conn.fetchval(pgsrc.PRIVILEGE_SQL)
 
 

@@ -317,14 +317,15 @@ async def measure_ours(running: Running, kind: str, sessions: Sessions, polls: i
 
 # ---- the exporters ----------------------------------------------------------------------------
 
-def start_ours(procs: Procs, root: Path, interval: float, **settings: str) -> Running:
+def start_ours(procs: Procs, root: Path, interval: float, name: str = OURS,
+               **settings: str) -> Running:
     port = free_port()
     env = {"PREFECT_PG_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{port}",
            "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": f"{interval:g}",
            "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": f"{interval:g}",
            "PREFECT_PG_EXPORTER_LOG_LEVEL": "warning",
            **{f"PREFECT_PG_EXPORTER_{k.upper()}": v for k, v in settings.items()}}
-    return procs.start(OURS, [sys.executable, "-m", "exporter"], env, port, root / "ours.log")
+    return procs.start(name, [sys.executable, "-m", "exporter"], env, port, root / "ours.log")
 
 
 def start_postgres_exporter(procs: Procs, root: Path, pg: LabPostgres,

@@ -48,7 +48,8 @@ def ratio(a: float, b: float) -> str:
 
 def print_ratios(ours: Figures, theirs: Figures, server: str) -> None:
     ours_cost = ours.poll_cpu + ours.cpu  # one poll per scrape: what a scrape costs us
-    print(f"  ours / {theirs.name}: scrape p50 {ratio(ours.p50, theirs.p50)}, "
+    mine = ours.name.replace(OURS, "ours")
+    print(f"  {mine} / {theirs.name}: scrape p50 {ratio(ours.p50, theirs.p50)}, "
           f"p99 {ratio(ours.p99, theirs.p99)}; poll p50 / their scrape p50 "
           f"{ratio(ours.poll_p50, theirs.p50)}")
     print(f"    CPU (poll + scrape) / scrape {ratio(ours_cost, theirs.cpu)}; {server} CPU "

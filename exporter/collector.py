@@ -2,7 +2,8 @@
 
 A custom prometheus_client Collector yields fresh families from the latest fresh snapshots, so a
 label set that disappears (an application that went away) leaves no stale series. The text is
-rendered once per poll, off the scrape path, so a scrape is a memory read whatever the targets do.
+rendered once per poll, off the scrape path, so a scrape is a memory read whatever the targets do,
+by exporter.exposition (generate_latest's output, at a fraction of its cost).
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import gzip
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from exporter.exposition import render
 from exporter.finding import Finding
 from exporter.health import build_info, finding_family, health_families
 from exporter.kinds import KINDS
-from exporter.metricspec import MetricOptions
+from exporter.metricspec import MetricFamily, MetricOptions
 from exporter.poller import SourceState
 from exporter.source import Snapshot
 
@@ -63,10 +65,13 @@ def _merge(families: Iterable[Metric]) -> Iterator[Metric]:
     """One family per name: several targets of one kind each build their own."""
     merged: dict[str, Metric] = {}
     for metric in families:
-        if metric.name in merged:
-            merged[metric.name].samples.extend(metric.samples)
+        first = merged.setdefault(metric.name, metric)
+        if first is metric:
+            continue
+        if isinstance(first, MetricFamily) and isinstance(metric, MetricFamily):
+            first.rows.extend(metric.rows)
         else:
-            merged[metric.name] = metric
+            first.samples.extend(metric.samples)
     yield from merged.values()
 
 
@@ -96,7 +101,7 @@ class Exposition:
         self._probes: dict[str, bytes] = {}
 
     def render(self) -> None:
-        self.body = generate_latest(self._registry)
+        self.body = render(self._registry.collect())
         self._gzipped = None
         self._probes = {}
 
@@ -105,7 +110,7 @@ class Exposition:
         if target not in self._probes:
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_OneTarget(self._collector, target))
-            self._probes[target] = generate_latest(registry)
+            self._probes[target] = render(registry.collect())
         return self._probes[target]
 
     def gzipped(self) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -36,15 +37,27 @@ def keep_top(weights: Mapping[S, int], top_n: int) -> frozenset[S]:
     return frozenset(value for value, _ in ranked)
 
 
-class Folder:
+class Folder(dict[str, str]):
     """Maps a label's raw values to what is exported: kept values cleaned (once each), the
-    rest OTHER. Built once per label per snapshot."""
+    rest OTHER. Built once per label per snapshot. A dict, so that `folder[value]` costs one
+    lookup where thousands of rows are folded; `folder(value)` is the same."""
 
-    def __init__(self, weights: Mapping[str, int], top_n: int) -> None:
-        self._names = {value: clean(value) for value in keep_top(weights, top_n)}
+    def __init__(self, weights: Mapping[str, int] | AbstractSet[str], top_n: int) -> None:
+        """weights: each value's weight; or only the values, when there are no more than
+        top_n of them and none is folded."""
+        if isinstance(weights, Mapping):
+            kept: Iterable[str] = keep_top(weights, top_n)
+        elif len(weights) <= top_n:
+            kept = weights
+        else:
+            raise ValueError(f"{len(weights)} values without weights cannot fold to {top_n}")
+        super().__init__((value, clean(value)) for value in kept)
+
+    def __missing__(self, value: str) -> str:
+        return OTHER  # not stored: the folder never grows
 
     def __call__(self, value: str) -> str:
-        return self._names.get(value, OTHER)
+        return self[value]
 
 
 def bounded_sum(items: Iterable[tuple[K, int | float]]) -> dict[K, float]:

@@ -4,13 +4,47 @@ catalogue that the docs, dashboards and alert tests are checked against."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import Metric
+from prometheus_client.samples import Sample
 
 Kind = Literal["gauge", "counter"]
-MetricFamily = GaugeMetricFamily | CounterMetricFamily
+
+
+class MetricFamily(Metric):
+    """A family whose samples all carry its spec's label names, in the spec's order, kept as
+    rows of label values: at thousands of series, a tuple each instead of a Sample and a dict.
+    exporter.exposition renders the rows directly. `samples` builds prometheus_client's Sample
+    objects for anything else that reads the family (generate_latest, the tests), as
+    GaugeMetricFamily and CounterMetricFamily would hold them."""
+
+    def __init__(self, name: str, documentation: str, kind: Kind,
+                 labelnames: tuple[str, ...]) -> None:
+        # a counter's family is named without _total, its samples with it (as prometheus_client)
+        family_name = name.removesuffix("_total") if kind == "counter" else name
+        super().__init__(family_name, documentation, kind)
+        self.sample_name = family_name + "_total" if kind == "counter" else name
+        self.labelnames = labelnames
+        self.rows: list[tuple[tuple[str, ...], float]] = []
+
+    def add_metric(self, labels: Sequence[str], value: float) -> None:
+        if len(labels) != len(self.labelnames):
+            raise ValueError(f"{self.name}: {len(labels)} label values for "
+                             f"{len(self.labelnames)} labels {self.labelnames}")
+        self.rows.append((tuple(labels), value))
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [Sample(self.sample_name, dict(zip(self.labelnames, labels, strict=True)), value)
+                for labels, value in self.rows]
+
+    @samples.setter
+    def samples(self, value: Any) -> None:
+        if value:  # Metric.__init__ sets it empty; rows are added with add_metric
+            raise AttributeError("add rows with add_metric()")
 
 
 @dataclass(frozen=True)
@@ -23,10 +57,7 @@ class MetricSpec:
 
     def family(self) -> MetricFamily:
         """A fresh, empty family of this metric."""
-        if self.kind == "counter":
-            return CounterMetricFamily(self.name.removesuffix("_total"), self.help,
-                                       labels=self.labels)
-        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        return MetricFamily(self.name, self.help, self.kind, self.labels)
 
 
 def spec(name: str, kind: Kind, source: str, labels: str, help_text: str) -> MetricSpec:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 
 from prometheus_client.core import Metric
 
@@ -118,14 +119,21 @@ class _Folders:
 
 
 def _folders(groups: tuple[ActivityGroup, ...], top_n: int) -> _Folders:
-    dbs: Counter[str] = Counter()
-    users: Counter[str] = Counter()
-    apps: Counter[str] = Counter()
+    return _Folders(*(_folder(groups, field, top_n)
+                      for field in ("datname", "usename", "application_name")))
+
+
+def _folder(groups: tuple[ActivityGroup, ...], field: str, top_n: int) -> Folder:
+    """The values of one field, weighted by sessions only when some must fold (the common
+    case, a few application names, needs no weights; neither does every name kept)."""
+    value_of = attrgetter(field)
+    values = set(map(value_of, groups))
+    if len(values) <= top_n:
+        return Folder(values, top_n)
+    weights: dict[str, int] = dict.fromkeys(values, 0)
     for g in groups:
-        dbs[g.datname] += g.sessions
-        users[g.usename] += g.sessions
-        apps[g.application_name] += g.sessions
-    return _Folders(Folder(dbs, top_n), Folder(users, top_n), Folder(apps, top_n))
+        weights[value_of(g)] += g.sessions
+    return Folder(weights, top_n)
 
 
 def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterator[Metric]:
@@ -162,10 +170,10 @@ def _connection_limits(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
 
 
 def _connections(snap: PostgresSnapshot, target: str, f: _Folders) -> Iterator[Metric]:
-    counts = bounded_sum(
-        ((f.datname(g.datname), f.usename(g.usename), f.application_name(g.application_name),
-          g.state), g.sessions)
-        for g in snap.activity)
+    db, user, app = f.datname, f.usename, f.application_name
+    counts = bounded_sum(((db[g.datname], user[g.usename], app[g.application_name], g.state),
+                          g.sessions)
+                         for g in snap.activity)
     metric = CONNECTIONS.family()
     for labels, value in sorted(counts.items()):
         metric.add_metric([target, *labels], value)

@@ -40,37 +40,16 @@ APPLICATION_NAME = "prefect-pg-exporter"
 # ----------------------------------------------------------------------------------------
 # SQL, each beside the code that reads its columns.
 
-# Client backends grouped by everything the metrics label or count on, in one scan of
-# pg_stat_activity. An *active* statement waiting on ClientRead is a stalled client: it stopped
-# sending mid-statement (a COPY, a blocked event loop between protocol messages). Idle and idle
-# in transaction sessions wait on ClientRead too, by definition: the idle-in-transaction checks,
-# with their own thresholds, judge the latter.
+# pg_stat_activity, read once per poll (ACTIVITY_SQL). Each read copies every backend's status
+# and builds a row of thirty columns for each (at thousands of backends, most of a poll's
+# database CPU), so the three things a poll needs come from one read, and from the same
+# instant: a CTE referenced more than once is materialized once, on every PostgreSQL version.
+# Only the columns used are kept, and no query text: the LISTEN channel is extracted as it is
+# read.
 # Without pg_monitor, backend_type (like state and query) reads NULL for other roles' sessions;
 # those with a database and a role are client backends (autovacuum workers have no role).
 CLIENT_BACKEND = """(backend_type = 'client backend'
        OR (backend_type IS NULL AND datname IS NOT NULL AND usename IS NOT NULL))"""
-
-ACTIVITY_SQL = rf"""
-SELECT coalesce(datname, '') AS datname,
-       coalesce(usename, '') AS usename,
-       coalesce(application_name, '') AS application_name,
-       coalesce(state, 'unknown') AS state,
-       coalesce(wait_event_type, '') AS wait_event_type,
-       coalesce(wait_event, '') AS wait_event,
-       (state = 'active' AND wait_event = 'ClientRead') AS client_read_in_transaction,
-       substring(query FROM '(?i)^\s*listen\s+"?([^";\s]+)') AS listen_channel,
-       count(*) AS sessions,
-       extract(epoch FROM max(now() - xact_start))::float8 AS max_transaction_age,
-       extract(epoch FROM max(now() - state_change))::float8 AS max_state_age
-FROM pg_stat_activity
-WHERE {CLIENT_BACKEND} AND pid <> pg_backend_pid()
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-"""
-
-
-def _activity(rows: Sequence[asyncpg.Record]) -> tuple[ActivityGroup, ...]:
-    return tuple(map(ActivityGroup._make, rows))
-
 
 _SESSION_COLUMNS = """
        pid,
@@ -82,22 +61,98 @@ _SESSION_COLUMNS = """
        coalesce(state, 'unknown') AS state,
        coalesce(wait_event_type, '') AS wait_event_type,
        coalesce(wait_event, '') AS wait_event,
-       extract(epoch FROM now() - xact_start)::float8 AS transaction_age,
-       extract(epoch FROM now() - state_change)::float8 AS state_age
+       date_part('epoch', now() - xact_start) AS transaction_age,
+       date_part('epoch', now() - state_change) AS state_age
 """
 
-OLDEST_TRANSACTIONS_SQL = f"""
-SELECT {_SESSION_COLUMNS}
-FROM pg_stat_activity
-WHERE xact_start IS NOT NULL AND {CLIENT_BACKEND} AND pid <> pg_backend_pid()
-ORDER BY xact_start
-LIMIT $1
+# Its rows, told apart by the last column, row_kind:
+# - 'group': client backends grouped by everything the metrics label or count on (ActivityGroup,
+#   the first eleven columns). An *active* statement waiting on ClientRead is a stalled client:
+#   it stopped sending mid-statement (a COPY, a blocked event loop between protocol messages).
+#   Idle and idle in transaction sessions wait on ClientRead too, by definition: the
+#   idle-in-transaction checks, with their own thresholds, judge the latter.
+# - 'oldest': the $1 client backends with the oldest transactions (Session: pid, then the
+#   group's first six columns, client_addr, the ages in the age columns).
+# - 'blocked': every backend waiting on a lock, with the pids blocking it. pg_blocking_pids()
+#   takes the lock manager's partition locks, so it is called for these sessions only. The
+#   wait is measured from the waiting statement's start (state_change).
+# The ages are computed per group (from min(xact_start)), not per backend, and with date_part,
+# which returns float8: EXTRACT returns numeric since PostgreSQL 14, several times dearer.
+# The LISTEN regular expression runs only on text that starts with "listen".
+_TAIL = """datname, usename, application_name, state, wait_event_type, wait_event, NULL, NULL,
+        NULL, date_part('epoch', now() - xact_start), date_part('epoch', now() - state_change),
+        pid, coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local' ELSE '' END),
+        {blocked_by}, {kind}"""
+ACTIVITY_SQL = rf"""
+WITH backend AS (
+    SELECT pid,
+           coalesce(datname, '') AS datname,
+           coalesce(usename, '') AS usename,
+           coalesce(application_name, '') AS application_name,
+           coalesce(state, 'unknown') AS state,
+           coalesce(wait_event_type, '') AS wait_event_type,
+           coalesce(wait_event, '') AS wait_event,
+           client_addr, client_port, xact_start, state_change,
+           {CLIENT_BACKEND} AS client,
+           CASE WHEN ltrim(query, E' \t\n\r\f') ILIKE 'listen%'
+                THEN substring(query FROM '(?i)^\s*listen\s+"?([^";\s]+)') END AS listen_channel
+    FROM pg_stat_activity
+    WHERE pid <> pg_backend_pid()
+)
+SELECT datname, usename, application_name, state, wait_event_type, wait_event,
+       (state = 'active' AND wait_event = 'ClientRead') AS client_read_in_transaction,
+       listen_channel,
+       count(*) AS sessions,
+       date_part('epoch', now() - min(xact_start)) AS max_transaction_age,
+       date_part('epoch', now() - min(state_change)) AS max_state_age,
+       NULL::int AS pid, NULL::text AS client_addr, NULL::int[] AS blocked_by,
+       'group' AS row_kind
+FROM backend
+WHERE client
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+UNION ALL
+(SELECT {_TAIL.format(blocked_by="NULL", kind="'oldest'")}
+ FROM backend
+ WHERE client AND xact_start IS NOT NULL
+ ORDER BY xact_start, pid
+ LIMIT $1)
+UNION ALL
+SELECT {_TAIL.format(blocked_by="pg_blocking_pids(pid)", kind="'blocked'")}
+FROM backend
+WHERE wait_event_type = 'Lock'
 """
+_GROUP_WIDTH = len(ActivityGroup._fields)
+_ROW_KIND = _GROUP_WIDTH + 3  # after pid, client_addr, blocked_by (the lab test checks it)
 
 
+class ActivityRead(NamedTuple):
+    groups: tuple[ActivityGroup, ...]
+    oldest: tuple[Session, ...]  # oldest transaction first
+    blocked: tuple[BlockedSession, ...]  # only those another session blocks
 
-def _sessions(rows: Sequence[asyncpg.Record]) -> tuple[Session, ...]:
-    return tuple(map(Session._make, rows))
+
+def _session(r: asyncpg.Record) -> Session:
+    return Session(r["pid"], r["datname"], r["usename"], r["application_name"], r["client_addr"],
+                   r["state"], r["wait_event_type"], r["wait_event"], r["max_transaction_age"],
+                   r["max_state_age"])
+
+
+def _activity(rows: Sequence[asyncpg.Record]) -> ActivityRead:
+    groups: list[ActivityGroup] = []
+    oldest: list[Session] = []
+    blocked: list[BlockedSession] = []
+    for r in rows:
+        kind = r[_ROW_KIND]
+        if kind == "group":
+            groups.append(ActivityGroup._make(r[:_GROUP_WIDTH]))
+        elif kind == "oldest":
+            oldest.append(_session(r))
+        elif r["blocked_by"]:  # a lock wait whose blocker already went is no longer blocked
+            blocked.append(BlockedSession(pid=r["pid"], blocked_by=tuple(r["blocked_by"]),
+                                          wait_seconds=r["max_state_age"] or 0.0))
+    # UNION ALL keeps no order across its branches: the oldest are ordered here
+    oldest.sort(key=lambda s: (-(s.transaction_age or 0.0), s.pid))
+    return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked))
 
 
 # The sessions incidents are about, in one read: the lock chain's sessions by pid ($1), active
@@ -149,27 +204,6 @@ WHERE l.pid = ANY($1::int[])
   AND l.database IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
 ORDER BY l.pid, l.granted, l.locktype
 """
-
-
-# pg_blocking_pids() takes the lock manager's partition locks, so it is called only for the
-# sessions that are waiting on a lock. The wait is measured from the waiting statement's start
-# (state_change), which is when an active statement began.
-BLOCKED_SQL = """
-SELECT pid,
-       pg_blocking_pids(pid) AS blocked_by,
-       extract(epoch FROM now() - state_change)::float8 AS wait_seconds
-FROM pg_stat_activity
-WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()
-"""
-
-
-def _blocked(rows: Sequence[asyncpg.Record]) -> tuple[BlockedSession, ...]:
-    return tuple(
-        BlockedSession(pid=r["pid"], blocked_by=tuple(r["blocked_by"] or ()),
-                       wait_seconds=r["wait_seconds"] or 0.0)
-        for r in rows
-        if r["blocked_by"]
-    )
 
 
 TIMEOUT_SETTINGS = ("idle_in_transaction_session_timeout", "statement_timeout", "lock_timeout",
@@ -322,12 +356,8 @@ class PostgresSource:
             [*TIMEOUT_SETTINGS, "max_connections", "superuser_reserved_connections",
              "server_version"])
         raw_settings, timeouts = _settings(settings_rows)
-        activity = _activity(await conn.fetch(ACTIVITY_SQL))
-        oldest = (_sessions(await conn.fetch(OLDEST_TRANSACTIONS_SQL, self._top_transactions))
-                  if self._top_transactions else ())
-        blocked: tuple[BlockedSession, ...] = ()
-        if any(g.wait_event_type == "Lock" for g in activity):
-            blocked = _blocked(await conn.fetch(BLOCKED_SQL))
+        activity, oldest, blocked = _activity(await conn.fetch(ACTIVITY_SQL,
+                                                               self._top_transactions))
         involved = await self._involved(conn, activity, blocked)
         blocker_pids = {pid for b in blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -204,9 +205,18 @@ async def test_database_restart_is_survived_with_one_session(
     await eventually(never_in_transaction, what="no idle transaction from the exporter")
 
 
+async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: LabPostgres
+                                                                   ) -> None:
+    conn = await asyncpg.connect(postgres.monitor_dsn())
+    try:
+        columns = [a.name for a in (await conn.prepare(pgsrc.ACTIVITY_SQL)).get_attributes()]
+    finally:
+        await conn.close()
+    assert columns == [*pgsnap.ActivityGroup._fields, "pid", "client_addr", "blocked_by",
+                       "row_kind"]
+
+
 @pytest.mark.parametrize(("sql", "row_type"), [
-    (pgsrc.ACTIVITY_SQL, pgsnap.ActivityGroup),
-    (pgsrc.OLDEST_TRANSACTIONS_SQL, pgsnap.Session),
     (pgsrc.LOCKS_SQL, LockRow),
     (pgsrc.TABLES_SQL, pgsnap.TableStats),
 ])
@@ -230,3 +240,45 @@ async def test_involved_columns_are_a_session_then_its_statement(postgres: LabPo
     finally:
         await conn.close()
     assert columns == [*pgsnap.Session._fields, "statement"]
+
+
+async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_blocked(
+        own_postgres: LabPostgres) -> None:
+    """ACTIVITY_SQL's three kinds of rows, from one read: a LISTEN however it is spelled, the
+    oldest transactions in order, and a lock wait with its blocker."""
+    dsn = own_postgres.dsn()
+    spellings = ['LISTEN "prefect_automation_changes"', "\n\t  listen   lower_case",
+                 "select 1; listen not_first"]
+    listeners = [await asyncpg.connect(dsn) for _ in spellings]
+    holder, writer, monitor = [await asyncpg.connect(dsn) for _ in range(3)]
+    try:
+        for conn, sql in zip(listeners, spellings, strict=True):
+            await conn.execute(sql)
+        holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+        writer_pid = await writer.fetchval("SELECT pg_backend_pid()")
+        await holder.execute("CREATE TABLE IF NOT EXISTS one_read (id int PRIMARY KEY);"
+                             "INSERT INTO one_read VALUES (1) ON CONFLICT DO NOTHING")
+        await holder.execute("BEGIN; UPDATE one_read SET id = 1")
+        await writer.execute("BEGIN; SELECT txid_current()")
+        waiting = asyncio.get_running_loop().create_task(
+            writer.execute("UPDATE one_read SET id = 1"))
+
+        async def writer_waits() -> bool:
+            return bool(await monitor.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
+                "AND wait_event_type = 'Lock'", writer_pid))
+
+        await eventually(writer_waits, what="the writer waits on the holder's lock")
+        read = pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 10))
+        channels = sorted(g.listen_channel for g in read.groups if g.listen_channel)
+        assert channels == ["lower_case", "prefect_automation_changes"]
+        assert sum(g.sessions for g in read.groups) >= len(spellings) + 2
+        ours = [s.pid for s in read.oldest if s.pid in (holder_pid, writer_pid)]
+        assert ours == [holder_pid, writer_pid]  # the older transaction first
+        assert [(b.pid, b.blocked_by) for b in read.blocked] == [(writer_pid, (holder_pid,))]
+        assert read.blocked[0].wait_seconds >= 0
+        assert pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 0)).oldest == ()
+        waiting.cancel()
+    finally:
+        for conn in (*listeners, holder, writer, monitor):
+            conn.terminate()
