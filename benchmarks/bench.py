@@ -54,12 +54,8 @@ async def open_backends(pg: LabPostgres, n: int) -> list[asyncpg.Connection]:
 
 async def bare_sql(conn: asyncpg.Connection, top: int, tables: list[str]) -> None:
     """The exporter's statements, nothing else: the floor for a poll."""
-    await conn.fetch(pgsrc.SETTINGS_SQL, [*pgsrc.TIMEOUT_SETTINGS, "max_connections",
-                                          "superuser_reserved_connections", "server_version"])
+    await conn.fetchrow(pgsrc.CONTEXT_SQL, pgsrc.SETTING_NAMES, tables)
     await conn.fetch(pgsrc.ACTIVITY_SQL, top)
-    await conn.fetch(pgsrc.TABLES_SQL, tables)
-    await conn.fetch(pgsrc.DATABASES_SQL)
-    await conn.fetchval(pgsrc.PRIVILEGE_SQL)
 
 
 async def time_polls(pg: LabPostgres, rounds: int) -> tuple[float, float]:

@@ -7,9 +7,10 @@ excluded from everything it reports. Everything here works for a role with only 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -219,7 +220,7 @@ WHERE name = ANY($1::text[])
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def _settings(rows: Sequence[asyncpg.Record]) -> tuple[dict[str, str], dict[str, float]]:
+def _settings(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, float]]:
     raw = {r["name"]: r["setting"] for r in rows}
     timeouts = {
         r["name"]: float(r["setting"]) * _UNIT_SECONDS[r["unit"]]
@@ -229,11 +230,9 @@ def _settings(rows: Sequence[asyncpg.Record]) -> tuple[dict[str, str], dict[str,
     return raw, timeouts
 
 
-PRIVILEGE_SQL = "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read"
-
 # pg_total_relation_size() reads file sizes: cheap for the few hot tables, and it needs no
 # privilege on the table (pg_monitor reads it for Prefect's tables without their grants).
-TABLES_SQL = """
+_TABLES = """
 SELECT schemaname AS "schema", relname AS "table", n_live_tup AS live_tuples,
        n_dead_tup AS dead_tuples,
        extract(epoch FROM last_vacuum)::float8 AS last_vacuum,
@@ -242,9 +241,10 @@ SELECT schemaname AS "schema", relname AS "table", n_live_tup AS live_tuples,
        n_tup_ins AS inserted_rows,
        n_tup_del AS deleted_rows
 FROM pg_stat_user_tables
-WHERE relname = ANY($1::text[])
+WHERE relname = ANY(${hot_tables}::text[])
 ORDER BY 1, 2
 """
+TABLES_SQL = _TABLES.format(hot_tables=1)
 
 # Every database the role may size (pg_monitor may size them all; a database it cannot
 # connect to is left out rather than failing the poll).
@@ -258,12 +258,35 @@ ORDER BY 1
 """
 
 
-def _databases(rows: Sequence[asyncpg.Record]) -> tuple[DatabaseSize, ...]:
-    return tuple(map(DatabaseSize._make, rows))
+SETTING_NAMES = [*TIMEOUT_SETTINGS, "max_connections", "superuser_reserved_connections",
+                 "server_version"]
+
+# The server's context in one round trip ($1: SETTING_NAMES, $2: the hot tables): each
+# statement is a transaction of its own, and at a poll's scale a round trip costs both sides
+# about as much CPU as these small reads. Each part is one of the statements above, its rows as
+# a JSON array of objects keyed by its column names.
+CONTEXT_SQL = f"""
+SELECT (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text AS settings,
+       (SELECT coalesce(json_agg(t), '[]') FROM ({_TABLES.format(hot_tables=2)}) t)::text AS tables,
+       (SELECT coalesce(json_agg(d), '[]') FROM ({DATABASES_SQL}) d)::text AS databases,
+       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read_all_stats
+"""
 
 
-def _tables(rows: Sequence[asyncpg.Record]) -> tuple[TableStats, ...]:
-    return tuple(map(TableStats._make, rows))
+class Context(NamedTuple):
+    settings: dict[str, str]  # raw, by name
+    timeouts_seconds: dict[str, float]
+    tables: tuple[TableStats, ...]
+    databases: tuple[DatabaseSize, ...]
+    can_read_all_stats: bool
+
+
+def _context(row: asyncpg.Record) -> Context:
+    raw, timeouts = _settings(json.loads(row["settings"]))
+    return Context(raw, timeouts,
+                   tuple(TableStats(**t) for t in json.loads(row["tables"])),
+                   tuple(DatabaseSize(**d) for d in json.loads(row["databases"])),
+                   bool(row["can_read_all_stats"]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -351,19 +374,14 @@ class PostgresSource:
         return self._conn
 
     async def _read(self, conn: asyncpg.Connection) -> PostgresSnapshot:
-        settings_rows = await conn.fetch(
-            SETTINGS_SQL,
-            [*TIMEOUT_SETTINGS, "max_connections", "superuser_reserved_connections",
-             "server_version"])
-        raw_settings, timeouts = _settings(settings_rows)
+        context = _context((await conn.fetch(CONTEXT_SQL, SETTING_NAMES, self._hot_tables))[0])
         activity, oldest, blocked = _activity(await conn.fetch(ACTIVITY_SQL,
                                                                self._top_transactions))
         involved = await self._involved(conn, activity, blocked)
         blocker_pids = {pid for b in blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
-        tables = _tables(await conn.fetch(TABLES_SQL, self._hot_tables)) if self._hot_tables else ()
-        databases = _databases(await conn.fetch(DATABASES_SQL))
         taken_at = time.time()
+        raw_settings = context.settings
         return PostgresSnapshot(
             taken_at=taken_at,
             target=self.target,
@@ -371,16 +389,16 @@ class PostgresSource:
             max_connections=int(raw_settings.get("max_connections", 0)),
             superuser_reserved_connections=int(
                 raw_settings.get("superuser_reserved_connections", 0)),
-            timeouts_seconds=timeouts,
-            can_read_all_stats=bool(await conn.fetchval(PRIVILEGE_SQL)),
+            timeouts_seconds=context.timeouts_seconds,
+            can_read_all_stats=context.can_read_all_stats,
             activity=activity,
             oldest_transactions=oldest,
             blocked=blocked,
             blockers=blockers,
-            tables=tables,
-            databases=databases,
+            tables=context.tables,
+            databases=context.databases,
             growth_bytes_per_second=self._growth.update(
-                taken_at, {d.datname: d.bytes for d in databases}),
+                taken_at, {d.datname: d.bytes for d in context.databases}),
             involved=involved,
         )
 
