@@ -23,13 +23,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from exporter.collector import ExporterCollector
-from exporter.diagnosis import diagnose
 from exporter.exposition import render
-from exporter.metricspec import MetricOptions
-from exporter.poller import failures, fresh_snapshots
 from exporter.postgres.metrics import CONNECTIONS, TABLE_INSERTED
-from tests.unit.test_recorded_exposition import NOW, recorded_states
+from tests.unit.test_recorded_exposition import recorded_registry
 
 
 class _Families(Collector):
@@ -47,12 +43,7 @@ def _both(families: list[Metric]) -> tuple[bytes, bytes]:
 
 
 def test_every_family_the_exporter_builds_renders_as_generate_latest_does() -> None:
-    states = recorded_states()
-    snapshots = fresh_snapshots(states, NOW, 45.0)
-    collector = ExporterCollector(states, MetricOptions(label_top_n=20))
-    collector.update(snapshots, diagnose(snapshots, failures(states)))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    registry = recorded_registry()
     ProcessCollector(registry=registry)
     # collected once, rendered twice: the process metrics change between two collections
     ours, theirs = _both(list(registry.collect()))

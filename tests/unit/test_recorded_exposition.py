@@ -9,10 +9,11 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from exporter.collector import ExporterCollector
 from exporter.diagnosis import diagnose
+from exporter.exposition import render
 from exporter.finding import render_text
 from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState, failures, fresh_snapshots
@@ -46,14 +47,21 @@ def recorded_states() -> list[SourceState]:
     ]
 
 
-def recorded_exposition() -> str:
+def recorded_registry() -> CollectorRegistry:
+    """The exporter's collector over the recorded states, after a diagnosis, as served."""
     states = recorded_states()
     snapshots = fresh_snapshots(states, NOW, 45.0)
     collector = ExporterCollector(states, MetricOptions(label_top_n=20))
     collector.update(snapshots, diagnose(snapshots, failures(states)))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    text = generate_latest(registry).decode()
+    return registry
+
+
+def recorded_exposition() -> str:
+    """What /metrics serves for the recorded states (the exporter's renderer, which
+    tests/unit/test_exposition.py holds to generate_latest's output)."""
+    text = render(recorded_registry().collect()).decode()
     return text.replace(f'python_version="{platform.python_version()}"', 'python_version="X"')
 
 
