@@ -6,9 +6,11 @@ import shutil
 import subprocess
 from dataclasses import replace
 
+import pytest
+
 from exporter.catalogue import CATALOGUE
 from exporter.collector import ExporterCollector
-from exporter.labels import OTHER, keep_top
+from exporter.labels import OTHER, Folder, keep_top
 from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState, fresh_snapshots
 from exporter.postgres.metrics import postgres_families
@@ -24,6 +26,17 @@ def rendered(snap: PostgresSnapshot, top_n: int = 20) -> Scrape:
 
 def test_keep_top_is_stable_on_ties() -> None:
     assert keep_top({"b": 2, "a": 2, "c": 1}, 2) == {"a", "b"}
+
+
+def test_a_folder_keeps_every_value_it_may_and_folds_the_rest() -> None:
+    weighted = Folder({"big": 9, "mid": 5, "small": 1, "x" * 200: 7}, 2)
+    assert (weighted("big"), weighted("x" * 200)[-1], weighted("mid"), weighted("new")) == \
+        ("big", "…", OTHER, OTHER)  # kept names are cleaned (capped), the rest fold
+    assert "new" not in weighted  # asking for a value never grows the folder
+    unweighted = Folder({"a", "b"}, 2)  # no more values than top_n: no weights needed
+    assert (unweighted["a"], unweighted["c"]) == ("a", OTHER)
+    with pytest.raises(ValueError, match="cannot fold"):
+        Folder({"a", "b", "c"}, 2)  # folding needs weights
 
 
 def test_application_names_beyond_top_n_fold_into_other_and_sum() -> None:
