@@ -12,8 +12,9 @@ every family the exporter builds, and on names and values that need escaping).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from operator import itemgetter
+from typing import cast
 
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import (
@@ -21,7 +22,7 @@ from prometheus_client.openmetrics.exposition import (
     escape_label_name,
     escape_metric_name,
 )
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from exporter.metricspec import MetricFamily
 
@@ -61,12 +62,16 @@ class _EscapedValues(dict[str, str]):
         return escaped
 
 
+# prometheus_client's Go formatting of a float, typed (it is not, there)
+_go_float = cast(Callable[[float], str], _untyped_go_float)
+
+
 class _GoFloats(dict[float, str]):
     """Sample values as the text format writes them (Go's float formatting), each distinct
     value once per render: counts of 0 and 1 fill most series."""
 
     def __missing__(self, value: float) -> str:
-        text = floatToGoString(value)
+        text = _go_float(value)
         if value != 0:  # 0.0 and -0.0 are one key, but print differently
             self[value] = text
         return text
