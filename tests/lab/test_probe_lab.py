@@ -49,8 +49,12 @@ async def test_fleet_recipe_scrapes_each_target_once(
     try:
         async def scraped() -> bool:
             up = _values(await prom.query('up{job="prefect-pg-fleet"}'))
-            return up == {"lab": 1, "quiet": 1, "bouncer": 1, "nothere": 0}
-        await eventually(scraped, timeout=30, what="every fleet target scraped")
+            # the exporter's own job too: Prometheus spreads each job's first scrape over its
+            # interval, so one job can be scraped well before the other
+            own = _values(await prom.query('up{job="prefect-pg-exporter"}'))
+            return (up == {"lab": 1, "quiet": 1, "bouncer": 1, "nothere": 0}
+                    and list(own.values()) == [1])
+        await eventually(scraped, timeout=30, what="every fleet target and the exporter scraped")
 
         # each target's series under its own instance, and only there
         postgres_up = _values(await prom.query('postgres_up{job="prefect-pg-fleet"}'))
