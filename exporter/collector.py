@@ -68,6 +68,9 @@ def _merge(families: Iterable[Metric]) -> Iterator[Metric]:
         first = merged.setdefault(metric.name, metric)
         if first is metric:
             continue
+        if isinstance(first, MetricFamily) != isinstance(metric, MetricFamily):
+            # a MetricFamily's samples are built on reading: extending them would be lost
+            raise TypeError(f"{metric.name}: families of one name must be of one class")
         if isinstance(first, MetricFamily) and isinstance(metric, MetricFamily):
             first.rows.extend(metric.rows)
         else:
