@@ -148,7 +148,8 @@ async def test_a_client_silent_inside_its_transaction(postgres: LabPostgres,
         await eventually(begun, what="the stall's begin event")
         (begin,) = events(logs, event="incident begin", kind="client_read_stall", pid=stall.pid)
         assert begin["application_name"] == "stall" and begin["state"] == "active"
-        assert begin["state_age_seconds"] > 0.5 and begin["severity"] == "critical"
+        # past the 0.5 s threshold when read; evidence is rounded to 0.1 s, so 0.54 s shows 0.5
+        assert begin["state_age_seconds"] >= 0.5 and begin["severity"] == "critical"
         assert begin["statement"].startswith("COPY ")
         assert any(f.check == "client_read_stall" for f in exporter.findings)
     incident = begin["incident"]
