@@ -110,8 +110,8 @@ def _samples(metric: Metric, formats: _LabelFormats, values: _EscapedValues,
     return openmetrics_only
 
 
-def _rows(family: MetricFamily, values: _EscapedValues, floats: _GoFloats,
-          output: list[str]) -> None:
+def _rows(family: MetricFamily, formats: _LabelFormats, values: _EscapedValues,
+          floats: _GoFloats, output: list[str]) -> None:
     """Appends the lines of a family kept as rows: the label names, their order and their
     escaping are the family's, decided once for all its rows."""
     name = escape_metric_name(family.sample_name, UNDERSCORES)
@@ -121,9 +121,9 @@ def _rows(family: MetricFamily, values: _EscapedValues, floats: _GoFloats,
         for _, value in family.rows:
             append(f"{name} {go(value)}\n")
         return
-    order = sorted(range(len(names)), key=names.__getitem__)  # generate_latest sorts by name
-    fmt = name + "{" + ",".join(f'{escape_label_name(names[i], UNDERSCORES)}="%s"'
-                                for i in order) + "}"
+    ordered, labels_fmt = formats.get(names)
+    order = [names.index(n) for n in ordered]  # where each sorted name sits in a row
+    fmt = name + labels_fmt
     pick = itemgetter(*order) if len(order) > 1 else lambda labels: (labels[0],)
     for labels, value in family.rows:
         raw = pick(labels)
@@ -145,7 +145,7 @@ def render(metrics: Iterable[Metric]) -> bytes:
         documentation = _help(metric.documentation)
         output.append(f"# HELP {name} {documentation}\n# TYPE {name} {text_type}\n")
         if isinstance(metric, MetricFamily):
-            _rows(metric, values, floats, output)
+            _rows(metric, formats, values, floats, output)
             continue
         openmetrics_only = _samples(metric, formats, values, floats, output)
         for om_suffix, lines in sorted(openmetrics_only.items()):
