@@ -52,13 +52,15 @@ APPLICATION_NAME = "prefect-pg-exporter"
 CLIENT_BACKEND = """(backend_type = 'client backend'
        OR (backend_type IS NULL AND datname IS NOT NULL AND usename IS NOT NULL))"""
 
-_SESSION_COLUMNS = """
+# A client's address as the doctor shows it: a Unix socket (port -1) is "local".
+_CLIENT_ADDR = "coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local' ELSE '' END)"
+
+_SESSION_COLUMNS = f"""
        pid,
        coalesce(datname, '') AS datname,
        coalesce(usename, '') AS usename,
        coalesce(application_name, '') AS application_name,
-       coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local' ELSE '' END)
-           AS client_addr,
+       {_CLIENT_ADDR} AS client_addr,
        coalesce(state, 'unknown') AS state,
        coalesce(wait_event_type, '') AS wait_event_type,
        coalesce(wait_event, '') AS wait_event,
@@ -82,7 +84,7 @@ _SESSION_COLUMNS = """
 # The LISTEN regular expression runs only on text that starts with "listen".
 _TAIL = """datname, usename, application_name, state, wait_event_type, wait_event, NULL, NULL,
         NULL, date_part('epoch', now() - xact_start), date_part('epoch', now() - state_change),
-        pid, coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local' ELSE '' END),
+        pid, """ + _CLIENT_ADDR + """,
         {blocked_by}, {kind}"""
 ACTIVITY_SQL = rf"""
 WITH backend AS (
