@@ -9,6 +9,7 @@ import os
 import pickle
 import sqlite3
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import closing
@@ -291,25 +292,37 @@ def test_a_write_that_fails_later_is_one_warning_then_memory_only(tmp_path: Path
     assert isinstance(store.load(), Stored)
     tracker = IncidentTracker(coalesce_seconds=WINDOW)
     run(tracker, store, [chain(1.0)], 1.0)
+    store.flush()
     assert store._db is not None
     store._db.execute("DROP TABLE incident")  # what a failing disk would say, in effect
     with capture_logs() as logs:
         run(tracker, store, [chain(2.0, holder=8, app="b")], 2.0)
+        store.flush()
         run(tracker, store, [chain(3.0, holder=9, app="c")], 3.0)
+        store.flush()
     assert [e["event"] for e in logs] == [
         "incident store cannot be written: incidents are kept in memory only"]
     assert not store.usable and len(tracker.incidents()) == 3
 
 
-# ---- cost: written on the event loop, so it must be cheap -----------------------------------
+# ---- cost: the event loop only encodes; a thread writes ------------------------------------
 
-def test_a_save_is_cheap_enough_for_the_event_loop(tmp_path: Path) -> None:
-    """Measured: the typical save (a few open incidents seen again) and the worst (100 open,
-    the tracker's max_open, every one changed): 0.07 ms and 0.9 ms (median) on the
-    development machine. The bounds leave 50x for loaded CI machines."""
+def test_the_loop_only_encodes_and_a_thread_writes(tmp_path: Path) -> None:
+    """What a save costs the event loop, the typical (three open incidents seen again) and the
+    worst (100 open, max_open, every one changed): on the development machine 0.06 ms and
+    0.9 ms (median). The bounds leave 15-20x for loaded CI machines. The writes themselves (2-3 ms
+    in the worst case, with spikes at checkpoints) happen in the store's own thread."""
     tracker = IncidentTracker(coalesce_seconds=WINDOW, max_open=100)
     store = IncidentStore(str(tmp_path))
     assert store.load() is not None
+    writers: set[str] = set()
+    write = store._write
+
+    def spied(*args: Any) -> None:
+        writers.add(threading.current_thread().name)
+        write(*args)
+
+    store._write = spied  # type: ignore[method-assign,assignment]
 
     def timed(snapshots: Callable[[float], list[Any]], rounds: int) -> float:
         took = []
@@ -325,5 +338,12 @@ def test_a_save_is_cheap_enough_for_the_event_loop(tmp_path: Path) -> None:
     many = timed(lambda at: [pg_snapshot(*[group(app=f"app-{i}", state="idle in transaction",
                                                  max_transaction_age=400.0 + at)
                                            for i in range(100)], taken_at=at)], 20)
-    print(f"save: 3 open incidents {few * 1000:.2f} ms, 100 open {many * 1000:.2f} ms (median)")
-    assert few < 0.005 and many < 0.050
+    print(f"save on the loop: 3 open incidents {few * 1000:.3f} ms, 100 open "
+          f"{many * 1000:.3f} ms (median)")
+    assert few < 0.001 and many < 0.020
+    store.close()
+    assert writers and all(name.startswith("incident-store") for name in writers)
+    reopened = IncidentStore(str(tmp_path))
+    stored = reopened.load()
+    assert stored is not None and len(stored.open) == 100  # everything written by the end
+    reopened.close()
