@@ -150,7 +150,8 @@ class IncidentTracker:
         listed again (oldest first, as they ended), the open ones wait for their target. Those
         that were ending and whose coalescing window passed while the exporter was down end
         now (their events returned)."""
-        self._next_id = max(self._next_id, next_id)
+        # never an id used before, whatever the store says its next one is
+        self._next_id = max(self._next_id, next_id, *(i.id + 1 for i in [*open_, *ended]))
         self._ended.extend(ended)
         events = []
         for incident in open_[:self._max_open]:

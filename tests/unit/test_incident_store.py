@@ -119,6 +119,28 @@ def test_a_target_not_read_after_the_restart_ends_its_incidents_after_the_window
     assert end.incident["ended_at"] == "1970-01-01T00:03:35Z"
 
 
+def test_an_incident_ending_at_the_stop_ends_or_comes_back_after_the_restart(
+        tmp_path: Path) -> None:
+    """Stopped inside its coalescing window: ended at the restart when the window passed
+    meanwhile (its end event then), the same incident when it is back within it."""
+    tracker, store, _ = restarted(tmp_path, now=0.0)
+    run(tracker, store, [chain(100.0)], 100.0)
+    run(tracker, store, [quiet(110.0)], 110.0)  # ending: back before 140 is the same incident
+    store.close()
+    tracker, store, events = restarted(tmp_path, now=120.0)
+    assert events == []
+    assert run(tracker, store, [chain(121.0)], 121.0) == []
+    assert tracker.incidents()[0]["occurrences"] == 2  # pid 4711 again, one more occurrence
+    run(tracker, store, [quiet(130.0)], 130.0)
+    store.close()
+    tracker, store, events = restarted(tmp_path, now=300.0)
+    assert [(e.phase, e.incident["id"], e.incident["ended_at"]) for e in events] == [
+        ("end", 1, "1970-01-01T00:02:10Z")]
+    open_, ended = tracker.records()
+    assert open_ == [] and [i.id for i in ended] == [1]
+    store.close()
+
+
 def test_ids_stay_unique_when_no_ended_incident_is_kept(tmp_path: Path) -> None:
     tracker, store, _ = restarted(tmp_path, keep=0, now=0.0)
     run(tracker, store, [chain(1.0)], 1.0)
