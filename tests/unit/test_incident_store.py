@@ -183,12 +183,15 @@ def test_a_recorder_with_a_state_dir_restores_and_logs_nothing_new(tmp_path: Pat
     second.close()
 
 
-def test_the_state_dir_setting() -> None:
+def test_the_state_dir_setting(tmp_path: Path) -> None:
     env = {"PREFECT_PG_EXPORTER_POSTGRES_DSN": "postgresql://u@h/db"}
     assert load({}, env).state_dir is None
     assert load({}, {**env, "PREFECT_PG_EXPORTER_STATE_DIR": "/var/lib/x"}).state_dir == \
         "/var/lib/x"
     assert load({"state_dir": ["/s"]}, env).state_dir == "/s"
+    file = tmp_path / "exporter.toml"
+    file.write_text('state_dir = "/from/file"\n')
+    assert load({"config_file": str(file)}, env).state_dir == "/from/file"
 
 
 # ---- what goes wrong: one warning, memory only ---------------------------------------------
