@@ -29,10 +29,13 @@ LABEL org.opencontainers.image.title="prefect-pg-exporter" \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # A named user with a numeric id: Kubernetes' runAsNonRoot can check it, and libpq / asyncpg
-# can look the user up (they ask for the OS user name when a DSN names none).
+# can look the user up (they ask for the OS user name when a DSN names none). Its state
+# directory (PREFECT_PG_EXPORTER_STATE_DIR, the incidents across restarts) is the user's: a
+# named volume mounted there starts as a copy of it, owner included.
 RUN groupadd --system --gid 65532 exporter \
  && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
-      --shell /usr/sbin/nologin exporter
+      --shell /usr/sbin/nologin exporter \
+ && install --directory --owner 65532 --group 65532 --mode 0700 /var/lib/prefect-pg-exporter
 # The wheels are bind-mounted from the build stage, never copied into a layer. The only
 # version there is the one just built: nothing to pin (DL3013).
 # hadolint ignore=DL3013

@@ -47,7 +47,8 @@ class Exporter:
         self.findings: list[Finding] = []
         self.incidents = IncidentRecorder(dict(config.thresholds), keep=config.recent_incidents,
                                           poll_interval=config.poll_interval_seconds,
-                                          statements=not config.no_statements)
+                                          statements=not config.no_statements,
+                                          state_dir=config.state_dir)
         self.exposition.render()
         self._runner: web.AppRunner | None = None
         self.port: int = config.listen.port
@@ -82,6 +83,7 @@ class Exporter:
 
     async def stop(self) -> None:
         await self.poller.stop()
+        self.incidents.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

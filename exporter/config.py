@@ -94,6 +94,7 @@ class Config:
     hot_tables: tuple[str, ...] = DEFAULT_HOT_TABLES
     no_statements: bool = False  # incidents without the sessions' (masked) statements
     recent_incidents: int = 50  # ended incidents kept in memory for /incidents and /
+    state_dir: str | None = None  # incidents kept on disk across restarts (None: memory only)
     # threshold overrides (exporter/thresholds.py): the diagnosis and the findings metric use
     # them, as the rules generated with the same --set do
     thresholds: Mapping[str, float] = field(default_factory=dict)
@@ -247,6 +248,16 @@ def _existing_file(raw: str) -> str:
     return raw
 
 
+def _state_dir(raw: str) -> str:
+    """A directory, created at startup if missing; what cannot be used there (read-only, not a
+    database) is a warning at startup, not an error (exporter/incidents/store.py)."""
+    if not raw.strip() or "\0" in raw:
+        raise ValueError("must be a directory path")
+    if Path(raw).exists() and not Path(raw).is_dir():
+        raise ValueError("exists and is not a directory")
+    return raw
+
+
 def _web_config(raw: str) -> WebConfig:
     try:
         return load_web_config(raw)
@@ -343,6 +354,8 @@ SETTINGS: tuple[Setting, ...] = (
             flag_value="true"),
     Setting("recent_incidents", _non_negative_int, "ended incidents kept in memory and listed "
             "on /incidents and / (0 = none)", "N"),
+    Setting("state_dir", _state_dir, "directory where incidents are kept across restarts (unset: "
+            "memory only)", "PATH"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
@@ -649,6 +662,7 @@ def describe(config: Config) -> dict[str, Any]:
         "hot_tables": list(config.hot_tables),
         "statements": not config.no_statements,
         "recent_incidents": config.recent_incidents,
+        "state_dir": config.state_dir,
         "thresholds": dict(config.thresholds),
     }
 

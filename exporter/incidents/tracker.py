@@ -12,6 +12,10 @@ Pure (no clock, no I/O, no logging), so every transition is unit-tested on hand-
   occurrence, no new events. A storm of short lock waits is one incident with a count.
 - Memory is bounded: at most `max_open` incidents at once (more are counted as untracked), the
   last `keep` ended ones, each with bounded evidence (model.bounded).
+- After a restart (restore(), from store.py) the incidents that were open wait for the first
+  snapshot of their target: shown again, one goes on with its id and start; not shown, it ended
+  while the exporter was down, where it was last seen (`not seen after restart`). A target not
+  read within the coalescing window ends them as `target not read`.
 """
 
 from __future__ import annotations
@@ -48,10 +52,16 @@ class Incident:
     began_at: float
     last_seen_at: float
     ended_at: float | None = None
-    end_reason: str = ""  # resolved | target not read
+    end_reason: str = ""  # resolved | target not read | not seen after restart
     occurrences: int = 1
     _instances: dict[str, None] = field(default_factory=dict, repr=False)
     _logged: tuple[int, float] = (0, 0.0)  # severity and magnitude of the last event
+    restored: bool = False  # read back from the store, its target not observed since
+
+    @property
+    def key(self) -> Key:
+        o = self.observation
+        return self.source, o.target, o.kind, o.cause
 
     @property
     def kind(self) -> str:
@@ -84,6 +94,32 @@ class Incident:
                 del self._instances[next(iter(self._instances))]
         return len(new)
 
+    def record(self) -> dict[str, Any]:
+        """Everything needed to follow it on after a restart (store.py), JSON-friendly."""
+        o = self.observation
+        return {
+            "id": self.id, "source": self.source, "kind": o.kind, "target": o.target,
+            "cause": [list(pair) for pair in o.cause], "severity": o.severity, "title": o.title,
+            "evidence": dict(o.evidence), "magnitude": o.magnitude,
+            "began_at": self.began_at, "last_seen_at": self.last_seen_at,
+            "ended_at": self.ended_at, "end_reason": self.end_reason,
+            "occurrences": self.occurrences, "instances": list(self._instances),
+            "logged": list(self._logged),
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Incident:
+        """The inverse of record(); KeyError, TypeError or ValueError when it is not one."""
+        cause = tuple((str(k), str(v)) for k, v in r["cause"])
+        o = Observation(str(r["kind"]), str(r["target"]), cause, str(r["severity"]),
+                        str(r["title"]), dict(r["evidence"]), float(r["magnitude"]))
+        ended = None if r["ended_at"] is None else float(r["ended_at"])
+        severity, magnitude = r["logged"]
+        return cls(int(r["id"]), str(r["source"]), _bounded(o), float(r["began_at"]),
+                   float(r["last_seen_at"]), ended, str(r["end_reason"]),
+                   int(r["occurrences"]), dict.fromkeys(str(i) for i in r["instances"]),
+                   (int(severity), float(magnitude)))
+
 
 @dataclass(frozen=True)
 class IncidentEvent:
@@ -102,6 +138,39 @@ class IncidentTracker:
         self._seen: dict[tuple[str, str], float] = {}  # (source, target) -> last taken_at
         self._next_id = 1
         self.untracked = 0  # observations not followed: max_open incidents were open
+        # open before a restart, waiting for their target's first snapshot: key -> incident
+        self._restored: dict[Key, Incident] = {}
+        self._restored_at = 0.0
+
+    # ---- a restart: what the store kept ----------------------------------------------------
+
+    def restore(self, next_id: int, open_: Sequence[Incident], ended: Sequence[Incident],
+                now: float) -> list[IncidentEvent]:
+        """The state kept before a restart: ids go on from next_id, the ended incidents are
+        listed again (oldest first, as they ended), the open ones wait for their target. Those
+        that were ending and whose coalescing window passed while the exporter was down end
+        now (their events returned)."""
+        # never an id used before, whatever the store says its next one is
+        self._next_id = max(self._next_id, next_id, *(i.id + 1 for i in [*open_, *ended]))
+        self._ended.extend(ended)
+        events = []
+        for incident in open_[:self._max_open]:
+            if incident.ended_at is not None and now - incident.ended_at >= self._coalesce:
+                self._ended.append(incident)
+                events.append(IncidentEvent("end", incident.as_dict()))
+            else:
+                incident.restored = True
+                self._restored[incident.key] = incident
+        self._restored_at = now
+        return events
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    def records(self) -> tuple[list[Incident], list[Incident]]:
+        """What a store keeps: the open incidents (those restored too), the ended ones kept."""
+        return [*self._open.values(), *self._restored.values()], list(self._ended)
 
     # ---- in: snapshots and the time --------------------------------------------------------
 
@@ -120,10 +189,30 @@ class IncidentTracker:
             if self._seen.get(where, float("-inf")) >= snapshot.taken_at:
                 continue
             self._seen[where] = snapshot.taken_at
+            self._resume(where)
             events += self._observe(where, snapshot.taken_at,
                                     list(kind.observe(snapshot, context)))
         self._unread(read)
+        self._expire_restored(now)
         return events + self._finish(now)
+
+    def _resume(self, where: tuple[str, str]) -> None:
+        """The restored incidents of a target, open again for its first snapshot to judge."""
+        for key in [k for k in self._restored if k[:2] == where]:
+            self._open[key] = self._restored.pop(key)
+
+    def _expire_restored(self, now: float) -> None:
+        """Restored incidents whose target is still not read a coalescing window after the
+        restart end where they were last seen."""
+        if not self._restored or now - self._restored_at < self._coalesce:
+            return
+        for key, incident in self._restored.items():
+            incident.restored = False
+            if incident.ended_at is None:
+                incident.ended_at = incident.last_seen_at
+                incident.end_reason = "target not read"
+            self._open[key] = incident
+        self._restored.clear()
 
     def _observe(self, where: tuple[str, str], at: float,
                  observations: list[Observation]) -> list[IncidentEvent]:
@@ -138,12 +227,19 @@ class IncidentTracker:
             else:
                 events += self._again(incident, o, at)
         for key, incident in self._open.items():
-            if key[:2] == where and key not in shown and incident.ended_at is None:
-                incident.ended_at, incident.end_reason = at, "resolved"
+            if key[:2] != where:
+                continue
+            if key not in shown and incident.ended_at is None:
+                if incident.restored:  # it ended while the exporter was down
+                    incident.ended_at = incident.last_seen_at
+                    incident.end_reason = "not seen after restart"
+                else:
+                    incident.ended_at, incident.end_reason = at, "resolved"
+            incident.restored = False
         return events
 
     def _begin(self, key: Key, o: Observation, at: float) -> list[IncidentEvent]:
-        if len(self._open) >= self._max_open:
+        if len(self._open) + len(self._restored) >= self._max_open:
             self.untracked += 1
             return []
         incident = Incident(self._next_id, key[0], _bounded(o), at, at, _logged=o.rank)
@@ -188,7 +284,7 @@ class IncidentTracker:
 
     def incidents(self) -> list[dict[str, Any]]:
         """The open incidents, then the ended ones kept, the most recent first."""
-        every = [*self._open.values(), *self._ended]
+        every = [*self._open.values(), *self._restored.values(), *self._ended]
         return [i.as_dict() for i in sorted(every, key=lambda i: (-i.began_at, -i.id))]
 
 

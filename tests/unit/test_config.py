@@ -123,6 +123,7 @@ BAD = [
     ({"web_config_file": "/nonexistent/web.yml"}, "web config"),
     ({"no_statements": "perhaps"}, "true or false"),
     ({"recent_incidents": "many"}, "whole number"),
+    ({"state_dir": "/dev/null"}, "not a directory"),
 ]
 
 

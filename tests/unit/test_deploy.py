@@ -51,6 +51,7 @@ KNOWN_ENV = ({s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s
 # back to, libpq's password variables, and the pod name used to name a sidecar's target.
 ALLOWED_OTHER_ENV = set(PREFECT_FALLBACKS.values()) | {"PGPASSWORD", "PGPASSFILE", "POD_NAME"}
 CRDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator kinds: checked by hand
+STATE_DIR_ENV = ENV_PREFIX + "STATE_DIR"  # the incidents kept across restarts
 DURATION = re.compile(r"^(0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)$")
 
 
@@ -186,6 +187,54 @@ def _tool(name: str) -> str | None:
     """A command on PATH or beside this Python (the virtualenv's bin/, not always on PATH)."""
     beside = Path(sys.executable).parent / name
     return shutil.which(name) or (str(beside) if beside.is_file() else None)
+
+
+def _image_user() -> tuple[int, int]:
+    uid, _, gid = _one(_stages()[-1], "USER").partition(":")
+    return int(uid), int(gid or uid)
+
+
+def _image_state_dir() -> tuple[str, list[str]]:
+    """The state directory the final stage creates, and the `install` command creating it."""
+    runs = " ".join(r for k, r in _stages()[-1] if k == "RUN")
+    match = re.search(r"install --directory (?:--\S+ \S+ )*(/\S+)", runs)
+    assert match, "the final stage creates no state directory (install --directory ...)"
+    return match[1], match[0].split()
+
+
+def test_dockerfile_gives_its_user_a_writable_state_directory() -> None:
+    """The image's `install` command, run here into a scratch root, then the exporter's store
+    opened there as the image's user (uid 65532; root would write anywhere)."""
+    from lab.common import lab_root
+    from tests.unit.test_incident_store import as_unprivileged
+
+    path, argv = _image_state_dir()
+    assert (int(argv[argv.index("--owner") + 1]),
+            int(argv[argv.index("--group") + 1])) == _image_user()
+    root = lab_root("image-state-")
+    try:
+        state = root / path.lstrip("/")
+        state.parent.mkdir(parents=True)
+        for parent in (state.parent, *state.parent.parents):
+            if parent == root.parent:
+                break
+            parent.chmod(0o755)
+        if os.geteuid() == 0:
+            subprocess.run([*argv[:-1], str(state)], check=True)
+        else:  # not root: no chown; the directory is ours, as the image's is its user's
+            subprocess.run(["install", "--directory", "--mode",
+                            argv[argv.index("--mode") + 1], str(state)], check=True)
+        from exporter.incidents.store import IncidentStore
+
+        def usable() -> bool:
+            store = IncidentStore(str(state))
+            ok = store.load() is not None
+            store.close()
+            return ok
+
+        assert as_unprivileged(usable), f"uid {_image_user()[0]} cannot keep incidents in {path}"
+    finally:
+        shutil.rmtree(root)
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -361,6 +410,17 @@ def test_compose_exporter_runs_read_only_unprivileged() -> None:
     assert exporter["read_only"] is True
     assert exporter["cap_drop"] == ["ALL"]
     assert exporter["ports"] == [f"{DEFAULT_PORT}:{DEFAULT_PORT}"]
+
+
+def test_compose_exporter_keeps_incidents_on_a_named_volume() -> None:
+    compose = _compose()
+    exporter = compose["services"]["exporter"]
+    path = _env(exporter)[STATE_DIR_ENV]
+    assert path == _image_state_dir()[0], "not the directory the image gives its user"
+    (volume,) = [v for v in exporter.get("volumes", []) if v.split(":")[1] == path]
+    source, _, options = volume.split(":", 2) + [""] * (volume.count(":") == 1)
+    assert not source.startswith((".", "/")), "a named volume, not a bind mount"
+    assert source in compose["volumes"] and "ro" not in options.split(",")
 
 
 def _pgbouncer_ini(path: Path = COMPOSE_DIR / "pgbouncer" / "pgbouncer.ini"
@@ -651,6 +711,27 @@ def test_kubernetes_exporter_probes_use_healthz_and_readyz() -> None:
             ready = container["readinessProbe"]["httpGet"]
             assert (ready["path"], ready["port"]) == ("/readyz", "metrics")
     assert set(kinds) == {"sidecar", "standalone"}
+
+
+def test_kubernetes_exporters_keep_incidents_on_a_writable_volume() -> None:
+    image_dir = _image_state_dir()[0]
+    for deployment, container in _exporter_containers():
+        where = f"{deployment['metadata']['name']}/{container['name']}"
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        path = env[STATE_DIR_ENV]
+        assert path == image_dir, where
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == path]
+        assert not mount.get("readOnly"), where
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        # an emptyDir survives the container's restarts; bounded, as every volume here
+        assert volume["emptyDir"]["sizeLimit"], where
+        others = [m for c in pod["containers"] if c is not container
+                  for m in c.get("volumeMounts", []) if m["name"] == mount["name"]]
+        assert not others, f"{where}: the state volume is the exporter's alone"
+        # the image's user writes it (an emptyDir is the pod's fsGroup's)
+        user = container["securityContext"].get("runAsUser", pod["securityContext"]["runAsUser"])
+        assert (user, pod["securityContext"]["fsGroup"]) == _image_user(), where
 
 
 def _dsn_example(setting: str) -> str:
