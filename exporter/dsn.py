@@ -7,11 +7,13 @@ key/value DSNs are turned into one.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 from exporter.conninfo import ConninfoError, parse
 
@@ -196,9 +198,31 @@ def _first_line(exc: BaseException, secrets: list[str]) -> str:
                   secrets)
 
 
+# A secret this short is redacted only where it stands alone: a header value "1" must not
+# turn "HTTP 401" into "HTTP 4***0***".
+_SHORT = 4
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The ways an error may spell a secret: as it is, escaped (Python's repr of the text or of
+    its bytes, as h11's "Illegal header value b'...\\n...'" does; JSON; unicode_escape),
+    percent-encoded (a URL, a form) and base64 (a Basic Authorization header)."""
+    if not secret:
+        return set()
+    data = secret.encode()
+    forms = {secret, repr(secret)[1:-1], repr(data)[2:-1], json.dumps(secret)[1:-1],
+             secret.encode("unicode_escape").decode("ascii"), quote(secret, safe=""),
+             quote(secret), quote_plus(secret), base64.b64encode(data).decode("ascii")}
+    return {form for form in forms if form}
+
+
 def redact(text: str, secrets: Sequence[str | None]) -> str:
-    """Replace every known secret in a message with ***."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    """Replace every known secret in a message, in any of its forms, with ***."""
+    forms = sorted({form for s in secrets if s for form in secret_forms(s)}, key=len,
+                   reverse=True)  # longest first: a form inside another is not left half done
+    for form in forms:
+        if len(form) >= _SHORT:
+            text = text.replace(form, "***")
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", "***", text)
     return text
