@@ -736,4 +736,11 @@ def describe(config: Config) -> dict[str, Any]:
 
 
 def environment_help(settings: Sequence[Setting] = SETTINGS) -> str:
-    return "\n".join(f"  {s.env:<44} {s.help}" for s in settings)
+    """Every variable load() reads, one a line: the settings, then those that are not one."""
+    lines = [(s.env, s.help) for s in settings]
+    lines += [(s.env + "_FILE", f"a file holding {s.env} (a mounted secret)")
+              for s in settings if s.secret]
+    lines += [(_CONFIG_FILE_ENV, "TOML file with the same keys (flag: --config-file)"),
+              (THRESHOLDS_ENV, "alert/diagnosis threshold overrides, name=value,name=value "
+                               "(flag: --set, repeatable)")]
+    return "\n".join(f"  {name:<44} {text}" for name, text in lines)

@@ -399,6 +399,58 @@ def test_cli_help_and_version() -> None:
     assert _cli("version").stdout.strip() == f"prefect-pg-exporter {__version__}"
 
 
+def test_cli_help_lists_every_variable_it_reads() -> None:
+    """PREFECT_PG_EXPORTER_THRESHOLDS was missing from the list (issue 22)."""
+    listed = _cli("--help").stdout.split("environment variables:")[1]
+    names = {s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s.secret}
+    names |= {"PREFECT_PG_EXPORTER_THRESHOLDS", "PREFECT_PG_EXPORTER_CONFIG_FILE"}
+    assert names <= set(re.findall(r"^  (PREFECT_PG_EXPORTER_\w+)", listed, re.M))
+
+
+def test_cli_command_help_is_that_commands() -> None:
+    """`run --help` printed the general help (issue 22)."""
+    from exporter.cli import ABOUT
+
+    for command in ("run", "doctor", "healthcheck"):
+        done = _cli(command, "--help")
+        assert done.returncode == 0
+        assert done.stdout.startswith(f"usage: prefect-pg-exporter {command} ")
+        assert ABOUT[command] in done.stdout.replace("\n", " ")
+        assert "--postgres-dsn" in done.stdout and "PREFECT_PG_EXPORTER_THRESHOLDS" in done.stdout
+        assert "commands:" not in done.stdout  # the general help's list
+        assert ("--since" in done.stdout) == (command == "doctor")
+    done = _cli("version", "-h")
+    assert done.stdout.startswith("usage: prefect-pg-exporter version")
+    assert "--postgres-dsn" not in done.stdout
+    # a setting before the command, --help after: still the command's
+    assert _cli("--postgres-dsn", DSN, "doctor", "-h").stdout.startswith(
+        "usage: prefect-pg-exporter doctor")
+    assert _cli("--help").stdout.startswith("usage: prefect-pg-exporter [-h]")
+
+
+@pytest.mark.parametrize(("env", "names"), [
+    ({"PREFECT_PG_EXPORTER_POSTGRES_DSN": "postgresql://mon:Xq7Zk9@db/p?target_session_attrs=x"},
+     "PREFECT_PG_EXPORTER_POSTGRES_DSN: invalid DSN: target_session_attrs must be one of any, "),
+    ({"PREFECT_PG_EXPORTER_POSTGRES_DSN": "postgresql://mon:Xq7/Zk9@db/p"}, "port must be"),
+    ({"PREFECT_PG_EXPORTER_PGBOUNCER_DSN": "host=pgb password=Xq7 Zk9"}, "a word without"),
+    ({"PREFECT_API_URL": API, "PREFECT_API_KEY": "pnu_Xq7\nZk9"},
+     "PREFECT_API_KEY: must be printable ASCII"),
+    ({"PREFECT_API_URL": API, "PREFECT_CLIENT_CUSTOM_HEADERS": '{"X-Token": "Xq7\\r\\nZk9"}'},
+     "PREFECT_CLIENT_CUSTOM_HEADERS: the value of X-Token"),
+    ({"PREFECT_API_URL": API + "?token=Xq7Zk9"}, "must not have a ?query"),
+    ({"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN, "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "0.01"},
+     "POLL_INTERVAL_SECONDS='0.01': must be at least 1 second"),
+])
+def test_cli_refuses_what_would_fail_every_poll_in_one_line(env: dict[str, str],
+                                                            names: str) -> None:
+    done = _cli(env=env)
+    assert done.returncode == 2
+    assert done.stderr.startswith("prefect-pg-exporter: error: ") and names in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "Xq7" not in done.stderr and "Zk9" not in done.stderr
+    assert not re.search(r"dict_values|<|\['", done.stderr)  # no Python repr
+
+
 def test_cli_listen_address_in_use_is_a_clear_error() -> None:
     import socket
 
