@@ -67,6 +67,34 @@ async def test_a_refused_header_value_is_redacted_on_the_page_log_and_doctor(
     assert BEFORE not in shown and AFTER not in shown, shown
 
 
+async def test_the_running_exporters_page_and_log_never_show_the_key(api_url: str) -> None:
+    """The same through the running app: `/`, /metrics and the log (JSON lines)."""
+    import httpx
+
+    from exporter.app import Exporter
+    from tests.helpers import eventually, load_for_test
+
+    config = load_for_test({"prefect_api_url": api_url, "listen_address": "127.0.0.1:0",
+                            "poll_interval_seconds": "0.25"})
+    source = PrefectSource("lab", api_url, auth=PrefectAuth(api_key=f"pnu_{BEFORE}\n{AFTER}"),
+                           timeout=2, headers={"X-Token": f"{BEFORE}\r\n{AFTER}"})
+    exporter = Exporter(config, sources=[source])
+    with capture_logs() as logs:
+        await exporter.start()
+        try:
+            async def failed() -> bool:
+                return exporter.poller.states[0].polls >= 2
+            await eventually(failed)
+            async with httpx.AsyncClient() as client:
+                page = (await client.get(f"http://127.0.0.1:{exporter.port}/")).text
+                metrics = (await client.get(f"http://127.0.0.1:{exporter.port}/metrics")).text
+        finally:
+            await exporter.stop()
+    assert "Illegal header value" in page and "***" in page
+    shown = page + metrics + repr(logs)
+    assert BEFORE not in shown and AFTER not in shown
+
+
 def test_every_form_of_a_secret_is_redacted() -> None:
     secret = "p@ss/w\\rd é'\n;x"
     texts = [
