@@ -120,8 +120,8 @@ def parse_target(entry: str, what: str) -> Target:
         # a default name is the host, port and database: not shown, a '/' or '@' in it is
         # most likely a password's, cut there
         raise DSNError(f"{what}: cannot name the target after its host, port and database "
-                       "(in a URI, write a '/', '@', '?' or '#' inside the password "
-                       "percent-encoded: %2F %40 %3F %23); or name it: name=postgresql://...")
+                       "(in a URI, write a '/', '@' or '?' inside the password "
+                       "percent-encoded: %2F %40 %3F); or name it: name=postgresql://...")
     return Target(name, params)
 
 

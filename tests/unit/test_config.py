@@ -448,7 +448,7 @@ def test_cli_refuses_what_would_fail_every_poll_in_one_line(env: dict[str, str],
     assert done.stderr.startswith("prefect-pg-exporter: error: ") and names in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert "Xq7" not in done.stderr and "Zk9" not in done.stderr
-    assert not re.search(r"dict_values|<|\['", done.stderr)  # no Python repr
+    assert not re.search(r"<built-in|mappingproxy|\['", done.stderr)  # no Python repr
 
 
 def test_cli_listen_address_in_use_is_a_clear_error() -> None:
