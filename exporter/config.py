@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from exporter.dsn import DSNError, Target, parse_targets
 from exporter.thresholds import parse_overrides, split_items
@@ -234,6 +235,13 @@ def _prefect_url(raw: str) -> tuple[str, str]:
         # endpoints are appended to the URL: /api?token=X would be asked /api?token=X/admin/...
         raise ValueError("must not have a ?query or #fragment: endpoints are appended to its "
                          "path (a token goes in the API key or headers settings)")
+    parts = urlsplit(match["url"])
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if not parts.hostname or port == 0:  # every request would fail
+        raise ValueError("must have a host, and a port from 1 to 65535 when it has one")
     url = match["url"].rstrip("/")
     host = url.split("/")[2]
     return match["name"] or host, url
@@ -601,7 +609,8 @@ def _build(raw: dict[str, str], overrides: Mapping[str, float] | None = None,
             values[key] = setting.parse(text)
         except ValueError as exc:
             shown = "" if key in ("prefect_api_url", "prefect_api_headers") else f"={text!r}"
-            raise ConfigError(f"{setting.env}{shown}: {exc}") from None
+            name = (origins or {}).get(key, setting.env)  # PREFECT_API_URL, when it came from it
+            raise ConfigError(f"{name}{shown}: {exc}") from None
     targets = {kind: _targets(raw, kind, (origins or {}).get(f"{kind}_dsn", ""))
                for kind in ("postgres", "pgbouncer")}
     if "poll_timeout_seconds" not in values:

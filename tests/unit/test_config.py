@@ -149,6 +149,9 @@ BAD = [
     ({"postgres_dsn": f"{DSN}?ssl_min_protocol_version=tlsv1.2"}, "must be one of TLSv1,"),
     ({"prefect_api_url": f"{API}?token=s3cret-pw"}, "must not have a \\?query"),
     ({"prefect_api_url": f"{API}#s3cret-pw"}, "#fragment"),
+    ({"prefect_api_url": "http://prefect:99999/api"}, "a port from 1 to 65535"),
+    ({"prefect_api_url": "http://prefect:abc/api"}, "a port from 1 to 65535"),
+    ({"prefect_api_url": "http://:4200/api"}, "must have a host"),
     ({"prefect_api_url": f"a={API};b=http://p2:4200/api?x=s3cret-pw"}, "part 2 of 2.*\\?query"),
 ]
 
