@@ -67,6 +67,10 @@ class Target:
     def password(self) -> str | None:
         return self.params.get("password")
 
+    def secrets(self) -> list[str | None]:
+        """What no error may show: the password and the client key's passphrase."""
+        return [self.params.get("password"), self.params.get("sslpassword")]
+
     def redacted(self) -> str:
         """host:port/dbname user=... for messages: never the password."""
         host = self.params.get("host", "localhost")
