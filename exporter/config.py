@@ -423,6 +423,8 @@ PREFECT_FALLBACKS = {
     "prefect_api_tls_insecure_skip_verify": "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
 }
 _CREDENTIALS = {"prefect_api_key", "prefect_api_auth_string"}
+# Not secrets, but what they hold may be (a token in a header, in a URL): never echoed either
+_NOT_ECHOED = frozenset({"prefect_api_url", "prefect_api_headers"})
 # Prefect's custom headers (a 3.4.8+ client setting): merged under ours, header by header.
 PREFECT_HEADERS_VARIABLE = "PREFECT_CLIENT_CUSTOM_HEADERS"
 # Kubernetes injects <SERVICE>_SERVICE_HOST, _SERVICE_PORT[_NAME] and _PORT[_...] for every
@@ -518,7 +520,7 @@ def _from_flags(flags: Mapping[str, FlagValue]) -> dict[str, str]:
 
 def _disagree(setting: Setting, *given: tuple[str, str]) -> ConfigError:
     what = setting.key.replace("_", " ")
-    if setting.secret:  # never echoed back
+    if setting.secret or setting.key in _NOT_ECHOED:  # never echoed back
         return ConfigError(f"{given[0][0]} and {given[1][0]} disagree: give one {what}")
     shown = " and ".join(f"{flag} {value!r}" for flag, value in given)
     return ConfigError(f"{shown} disagree: give one {what}")
@@ -608,7 +610,7 @@ def _build(raw: dict[str, str], overrides: Mapping[str, float] | None = None,
         try:
             values[key] = setting.parse(text)
         except ValueError as exc:
-            shown = "" if key in ("prefect_api_url", "prefect_api_headers") else f"={text!r}"
+            shown = "" if key in _NOT_ECHOED else f"={text!r}"
             name = (origins or {}).get(key, setting.env)  # PREFECT_API_URL, when it came from it
             raise ConfigError(f"{name}{shown}: {exc}") from None
     targets = {kind: _targets(raw, kind, (origins or {}).get(f"{kind}_dsn", ""))

@@ -548,6 +548,10 @@ def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None
     (("--log.format", "logfmt", "--log-format", "json"), "give one log format"),
     (("--web-config-file", "a.yml", "--web.config.file", "b.yml"), "give one web config file"),
     (("--postgres-dsn", DSN.replace("5433", "5434")), "give one postgres dsn"),
+    # issue 22: a header value was echoed (a token, often)
+    (("--prefect-api-url", "http://p:4200/api", "--prefect-api-headers", '{"X-T": "s3cret-pw"}',
+      "--prefect-api-headers", '{"X-T": "other"}'),
+     "--prefect-api-headers and --prefect-api-headers disagree: give one prefect api headers"),
 ])
 def test_two_values_for_one_setting_are_refused(argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
