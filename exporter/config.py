@@ -650,8 +650,8 @@ def _prefect_targets(raw: dict[str, str], values: dict[str, Any], origins: Mappi
                           "must be user:password")
     if ca_file and insecure:
         raise ConfigError("set either a Prefect API CA file or insecure skip verify, not both")
-    _sendable_credentials(key, auth_string, origins)
     auth = _auth(key, auth_string, origins)
+    _sendable_credentials(auth.api_key, auth.auth_string, origins)  # the one sent
     headers, ignored = _merged_headers(our_headers, prefect_headers)
     verify: bool | str = False if insecure else ca_file or True
     return tuple(PrefectTarget(name, url, auth, headers, verify, ignored)
