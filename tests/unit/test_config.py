@@ -360,9 +360,9 @@ def test_what_can_be_sent_is_still_accepted() -> None:
                      {}).prefect_targets
     assert target.auth.auth_string == "admin:p\u00e4ss w"  # sent base64-encoded: any text
     # a key that is not sent (the auth string is) is not checked: it reaches no header
-    (target,) = load({"prefect_api_url": API, "prefect_api_auth_string": "admin:pw"},
-                     {"PREFECT_API_KEY": "k\nk"}).prefect_targets
-    assert target.auth.api_key is None
+    (target,) = load({"prefect_api_url": API, "prefect_api_auth_string": "admin:pw",
+                      "prefect_api_key": "k\nk"}, {}).prefect_targets
+    assert target.auth.api_key is None and target.auth.auth_string == "admin:pw"
     config = load({"pgbouncer_dsn": "host=a,b port=6432 hostaddr=10.0.0.1,::1 "
                                     "sslmode=verify-full keepalives_idle=30",
                    "postgres_dsn": f"{DSN}?target_session_attrs=read-write&sslmode=verify-ca"
