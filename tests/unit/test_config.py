@@ -129,6 +129,7 @@ BAD = [
     ({"poll_interval_seconds": "0.99", "poll_timeout_seconds": "0.99"}, "at least 1 second"),
     ({"poll_timeout_seconds": "0.5"}, "POLL_TIMEOUT_SECONDS='0.5': must be at least 1 second"),
     ({"stuck_run_seconds": "1e300"}, "at most"),
+    ({"prefect_upcoming_horizon_seconds": "1e300"}, "at most"),  # now + 1e300 s: OverflowError
     ({"postgres_dsn": "postgresql://mon:s3cret-pw@db:abc/prefect"}, "port must be a number"),
     ({"postgres_dsn": "host=db port=99999 password=s3cret-pw"}, "port must be a number"),
     ({"postgres_dsn": "postgresql://mon:s3cret-pw@db1,db2/p?port=1,2,3"}, "3 ports for 2 hosts"),
