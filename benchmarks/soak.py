@@ -86,8 +86,8 @@ async def soak(pg: LabPostgres, bouncer: LabPgBouncer, proxy: FaultProxy, second
            "PREFECT_PG_EXPORTER_PGBOUNCER_DSN": bouncer.stats_dsn(),
            "PREFECT_PG_EXPORTER_PREFECT_API_URL": proxy.api_url,
            "PREFECT_PG_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{port}",
-           "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "0.5",
-           "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "0.5",
+           "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "1",  # the fastest it allows
+           "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "1",
            "PREFECT_PG_EXPORTER_LOG_LEVEL": "error"}
     proc = subprocess.Popen([sys.executable, "-m", "exporter"], env=env)
     admin = await asyncpg.connect(pg.dsn())

@@ -16,10 +16,21 @@ from exporter.config import Config, ConfigError, build_parser, environment_help,
 from exporter.logs import configure
 
 COMMANDS = ("run", "doctor", "healthcheck", "version")
+# what `<command> --help` says about it
+ABOUT = {
+    "run": "Poll the targets and serve /metrics, /probe, /incidents, /healthz, /readyz and / "
+           "(the default command).",
+    "doctor": "Read every target once and print the diagnosis; exit 0 when nothing is wrong, "
+              "1 on warnings, 2 on critical findings.",
+    "healthcheck": "Ask the running exporter's /healthz (for container HEALTHCHECKs); exit 0 "
+                   "when it answers 200. Follows the listen address and TLS settings.",
+    "version": "Print the version.",
+}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        add_help=add_help,
         prog="prefect-pg-exporter",
         description="Prometheus exporter for self-hosted Prefect on PostgreSQL and PgBouncer.",
         parents=[build_parser()],
@@ -34,20 +45,45 @@ def _parser() -> argparse.ArgumentParser:
                "  version        print the version\n\nenvironment variables:\n"
                + environment_help(),
     )
-    parser.add_argument("command", nargs="?", default="run", choices=COMMANDS,
+    # None when not given: `--help` alone is the general help, `run --help` run's
+    parser.add_argument("command", nargs="?", default=None, choices=COMMANDS,
                         help="run (default), doctor, healthcheck or version")
+    _doctor_options(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _doctor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="doctor's report format")
     parser.add_argument("--since", metavar="DURATION",
                         help="doctor: also list the incidents the running exporter recorded "
                              "within DURATION (30m, 1h, 2d), asked at its /incidents")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    """The help of one command: its options only (version has none), and the variables."""
+    settings = command != "version"
+    parser = argparse.ArgumentParser(
+        prog=f"prefect-pg-exporter {command}", description=ABOUT[command],
+        parents=[build_parser()] if settings else [],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="environment variables:\n" + environment_help() if settings else None)
+    if command == "doctor":
+        _doctor_options(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
+    if "-h" in argv or "--help" in argv:
+        given, _ = _parser(add_help=False).parse_known_args(argv)
+        if given.command:  # `run --help`: that command's help, not the general one
+            _command_parser(given.command).print_help()
+            return 0
     args = parser.parse_args(argv)
+    args.command = args.command or "run"
     if args.command == "version":
         print(f"prefect-pg-exporter {__version__}")
         return 0

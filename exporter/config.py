@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from exporter.dsn import DSNError, Target, parse_targets
 from exporter.thresholds import parse_overrides, split_items
@@ -116,10 +117,28 @@ class Config:
 
 # ---- value parsers: each takes the raw string and returns the value or raises ValueError ----
 
+# Durations above this overflow datetime arithmetic (now - 1e300 s) and fail every poll.
+MAX_SECONDS = 10 * 366 * 86400.0
+# Polling faster than this is never useful and hurts a struggling server: 0.01 s opened 169
+# sessions in 4 s (issue 22). The poll timeout has the same floor (a shorter one fails polls
+# that are merely slow, and reconnects).
+MIN_POLL_SECONDS = 1.0
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    if value > MAX_SECONDS:
+        raise ValueError(f"must be at most {MAX_SECONDS:.0f} seconds (ten years)")
+    return value
+
+
+def _poll_seconds(raw: str) -> float:
+    value = _positive_float(raw)
+    if value < MIN_POLL_SECONDS:
+        raise ValueError(f"must be at least {MIN_POLL_SECONDS:g} second: polling faster only "
+                         "adds load to the servers watched")
     return value
 
 
@@ -213,6 +232,17 @@ def _prefect_url(raw: str) -> tuple[str, str]:
                          "https://api.prefect.cloud/api/accounts/<id>/workspaces/<id>, "
                          "optionally named as name=URL; credentials go in the API key or "
                          "auth string settings")
+    if "?" in match["url"] or "#" in match["url"]:
+        # endpoints are appended to the URL: /api?token=X would be asked /api?token=X/admin/...
+        raise ValueError("must not have a ?query or #fragment: endpoints are appended to its "
+                         "path (a token goes in the API key or headers settings)")
+    parts = urlsplit(match["url"])
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if not parts.hostname or port == 0:  # every request would fail
+        raise ValueError("must have a host, and a port from 1 to 65535 when it has one")
     url = match["url"].rstrip("/")
     host = url.split("/")[2]
     return match["name"] or host, url
@@ -239,7 +269,41 @@ def _headers(raw: str) -> dict[str, str]:
     if protected:
         raise ValueError(f"{protected[0]} is set by the exporter itself (User-Agent and the "
                          "CSRF headers cannot be overridden)")
+    _sendable_headers(data)
     return data
+
+
+# What an HTTP/1.1 header may hold (RFC 9110, as h11 checks each request): a name is a token;
+# a value is visible ASCII, with spaces or tabs only inside. httpx sends ASCII only.
+_HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_HEADER_VALUE = re.compile(r"([\x21-\x7e]([\t\x20-\x7e]*[\x21-\x7e])?)?")
+
+
+def _sendable_headers(headers: Mapping[str, str]) -> None:
+    """ValueError naming the first header httpx would refuse to send: refused at startup, as
+    a request would fail every poll (with the value escaped in httpx's error). Never the
+    value."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError("a header name may hold letters, digits and !#$%&'*+.^_`|~- only")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(f"the value of {name} must be printable ASCII on one line (no "
+                             "line break, control or non-ASCII character, no space at the "
+                             "ends)")
+
+
+def _sendable_credentials(key: str | None, auth_string: str | None,
+                          origins: Mapping[str, str]) -> None:
+    """An API key goes into a header as it is (printable ASCII); an auth string is encoded
+    (base64) but a line break or control character in it is a mistake (a file with two
+    lines). Refused naming the setting, never the value."""
+    if key and not re.fullmatch(r"[\x21-\x7e]+", key):
+        raise ConfigError(f"{origins.get('prefect_api_key', 'the Prefect API key')}: must be "
+                          "printable ASCII without spaces (it holds a line break, a space, a "
+                          "control or a non-ASCII character)")
+    if auth_string and re.search(r"[\x00-\x1f\x7f]", auth_string):
+        raise ConfigError(f"{origins.get('prefect_api_auth_string', 'the auth string')}: must "
+                          "be one line (it holds a line break or a control character)")
 
 
 def _existing_file(raw: str) -> str:
@@ -333,11 +397,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web_config_file", _web_config, "TLS and basic auth for the HTTP endpoints, in the "
             "Prometheus exporter toolkit's web config format", "PATH",
             toolkit_flag="--web.config.file"),
-    Setting("poll_interval_seconds", _positive_float, "seconds between polls of each source",
-            "SECONDS"),
-    Setting("poll_timeout_seconds", _positive_float,
+    Setting("poll_interval_seconds", _poll_seconds, "seconds between polls of each source "
+            "(at least 1)", "SECONDS"),
+    Setting("poll_timeout_seconds", _poll_seconds,
             "a poll slower than this fails (the exporter's own statement_timeout is 0.8 times "
-            "it); default: 10 or the poll interval, whichever is shorter", "SECONDS"),
+            "it); at least 1; default: 10 or the poll interval, whichever is shorter",
+            "SECONDS"),
     Setting("log_level", _log_level, "debug, info, warn (or warning), error", "LEVEL",
             toolkit_flag="--log.level"),
     Setting("log_format", _choice("auto", "json", "logfmt", "console"),
@@ -371,6 +436,8 @@ PREFECT_FALLBACKS = {
     "prefect_api_tls_insecure_skip_verify": "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
 }
 _CREDENTIALS = {"prefect_api_key", "prefect_api_auth_string"}
+# Not secrets, but what they hold may be (a token in a header, in a URL): never echoed either
+_NOT_ECHOED = frozenset({"prefect_api_url", "prefect_api_headers"})
 # Prefect's custom headers (a 3.4.8+ client setting): merged under ours, header by header.
 PREFECT_HEADERS_VARIABLE = "PREFECT_CLIENT_CUSTOM_HEADERS"
 # Kubernetes injects <SERVICE>_SERVICE_HOST, _SERVICE_PORT[_NAME] and _PORT[_...] for every
@@ -420,12 +487,15 @@ def load(flags: Mapping[str, FlagValue], environ: Mapping[str, str] | None = Non
     file = _one_value(flags.get("config_file")) or environ.get(_CONFIG_FILE_ENV)
     raw = _from_file(file)
     overrides = _thresholds(raw.pop(THRESHOLDS_KEY, ""), f"config file {file}: thresholds")
-    raw.update(_from_environ(environ))
+    files: dict[str, str] = {}  # settings read from a <KEY>_FILE: that variable, for errors
+    raw.update(_from_environ(environ, files))
     overrides.update(_thresholds(raw.pop(THRESHOLDS_KEY, ""), THRESHOLDS_ENV))
-    raw.update(_from_flags(flags))
+    given = _from_flags(flags)
+    raw.update(given)
     overrides.update(_thresholds(",".join(_given(flags.get(THRESHOLDS_KEY))), "--set"))
     ours = set(raw)
-    origins = {key: _BY_KEY[key].env for key in ours & _CREDENTIALS}
+    origins = {key: _BY_KEY[key].env for key in ours if _BY_KEY[key].secret}
+    origins.update({key: variable for key, variable in files.items() if key not in given})
     for key, variable in PREFECT_FALLBACKS.items():
         # credentials come as a pair: one of ours set means none of Prefect's is wanted
         credential_set = key in _CREDENTIALS and ours & _CREDENTIALS
@@ -463,7 +533,7 @@ def _from_flags(flags: Mapping[str, FlagValue]) -> dict[str, str]:
 
 def _disagree(setting: Setting, *given: tuple[str, str]) -> ConfigError:
     what = setting.key.replace("_", " ")
-    if setting.secret:  # never echoed back
+    if setting.secret or setting.key in _NOT_ECHOED:  # never echoed back
         return ConfigError(f"{given[0][0]} and {given[1][0]} disagree: give one {what}")
     shown = " and ".join(f"{flag} {value!r}" for flag, value in given)
     return ConfigError(f"{shown} disagree: give one {what}")
@@ -493,7 +563,7 @@ def _same(setting: Setting, a: str, b: str) -> bool:
         return False
 
 
-def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+def _from_environ(environ: Mapping[str, str], files: dict[str, str]) -> dict[str, str]:
     values: dict[str, str] = {}
     known = {s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s.secret}
     known |= {_CONFIG_FILE_ENV, THRESHOLDS_ENV}
@@ -508,6 +578,7 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
             if (ENV_PREFIX + base.upper()) in environ:
                 raise ConfigError(f"set either {name} or {ENV_PREFIX + base.upper()}, not both")
             values[base] = _read_secret_file(name, value)
+            files[base] = name
         elif key != "config_file":
             values[key] = value
     return values
@@ -552,9 +623,11 @@ def _build(raw: dict[str, str], overrides: Mapping[str, float] | None = None,
         try:
             values[key] = setting.parse(text)
         except ValueError as exc:
-            shown = "" if key in ("prefect_api_url", "prefect_api_headers") else f"={text!r}"
-            raise ConfigError(f"{setting.env}{shown}: {exc}") from None
-    targets = {kind: _targets(raw, kind) for kind in ("postgres", "pgbouncer")}
+            shown = "" if key in _NOT_ECHOED else f"={text!r}"
+            name = (origins or {}).get(key, setting.env)  # PREFECT_API_URL, when it came from it
+            raise ConfigError(f"{name}{shown}: {exc}") from None
+    targets = {kind: _targets(raw, kind, (origins or {}).get(f"{kind}_dsn", ""))
+               for kind in ("postgres", "pgbouncer")}
     if "poll_timeout_seconds" not in values:
         # a default follows the interval: setting only a short interval must just work
         interval = values.get("poll_interval_seconds", Config.poll_interval_seconds)
@@ -591,6 +664,7 @@ def _prefect_targets(raw: dict[str, str], values: dict[str, Any], origins: Mappi
     if ca_file and insecure:
         raise ConfigError("set either a Prefect API CA file or insecure skip verify, not both")
     auth = _auth(key, auth_string, origins)
+    _sendable_credentials(auth.api_key, auth.auth_string, origins)  # the one sent
     headers, ignored = _merged_headers(our_headers, prefect_headers)
     verify: bool | str = False if insecure else ca_file or True
     return tuple(PrefectTarget(name, url, auth, headers, verify, ignored)
@@ -618,6 +692,7 @@ def _merged_headers(ours: dict[str, str], prefects: str) -> tuple[dict[str, str]
         return ours, ()
     try:
         theirs = _json_headers(prefects)
+        _sendable_headers(theirs)
     except ValueError as exc:
         raise ConfigError(f"{PREFECT_HEADERS_VARIABLE}: {exc}") from None
     mine = {k.lower() for k in ours}
@@ -627,14 +702,32 @@ def _merged_headers(ours: dict[str, str], prefects: str) -> tuple[dict[str, str]
     return {**kept, **ours}, ignored
 
 
-def _targets(raw: dict[str, str], kind: str) -> tuple[Target, ...]:
+def _targets(raw: dict[str, str], kind: str, origin: str) -> tuple[Target, ...]:
     value = raw.get(f"{kind}_dsn", "")
     if not value.strip():
         return ()
+    what = origin or f"{ENV_PREFIX}{kind.upper()}_DSN"
     try:
-        return tuple(parse_targets(value, f"{ENV_PREFIX}{kind.upper()}_DSN"))
+        targets = tuple(parse_targets(value, what))
+        for target in targets:  # what the driver cannot take fails every poll: refused now
+            _check_driver(kind, target, what)
     except DSNError as exc:
         raise ConfigError(str(exc)) from None
+    return targets
+
+
+def _check_driver(kind: str, target: Target, what: str) -> None:
+    if kind == "postgres":
+        try:
+            target.asyncpg_dsn()  # asyncpg reads fewer keywords than libpq
+        except DSNError as exc:
+            raise DSNError(f"{what}: {exc}") from None
+    elif target.params.get("target_session_attrs", "any") != "any":
+        # libpq checks a session with SHOW transaction_read_only, which PgBouncer's admin
+        # console refuses ("invalid command"): every connection would fail
+        raise DSNError(f"{what}: target {target.name!r}: "
+                       "target_session_attrs must be any (PgBouncer's admin console cannot "
+                       "answer the check the others make)")
 
 
 def _check(config: Config) -> None:
@@ -668,4 +761,11 @@ def describe(config: Config) -> dict[str, Any]:
 
 
 def environment_help(settings: Sequence[Setting] = SETTINGS) -> str:
-    return "\n".join(f"  {s.env:<44} {s.help}" for s in settings)
+    """Every variable load() reads, one a line: the settings, then those that are not one."""
+    lines = [(s.env, s.help) for s in settings]
+    lines += [(s.env + "_FILE", f"a file holding {s.env} (a mounted secret)")
+              for s in settings if s.secret]
+    lines += [(_CONFIG_FILE_ENV, "TOML file with the same keys (flag: --config-file)"),
+              (THRESHOLDS_ENV, "alert/diagnosis threshold overrides, name=value,name=value "
+                               "(flag: --set, repeatable)")]
+    return "\n".join(f"  {name:<44} {text}" for name, text in lines)

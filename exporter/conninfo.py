@@ -9,6 +9,7 @@ psycopg (about 11 MB of its memory) just to read its DSN.
 
 from __future__ import annotations
 
+import difflib
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -26,16 +27,31 @@ KEYWORDS = frozenset({
 _URI_PREFIX = re.compile(r"^postgres(?:ql)?://")
 
 
+# `postgresql:/...`, `postgresql//...`: a URI with its "://" mistyped (libpq reads it as
+# key/value pairs and refuses it; the message should say what was meant)
+_ALMOST_URI = re.compile(r"^\s*postgres(?:ql)?\W")
+
+
 class ConninfoError(ValueError):
-    """A connection string libpq would refuse; the message never holds a password."""
+    """A connection string libpq would refuse. The message never quotes the string: a word
+    that libpq cannot read may be a piece of the password (an unquoted space, an unencoded
+    '/' or ';' cut it there)."""
 
 
 def parse(dsn: str) -> dict[str, str]:
     """The keywords of a connection string, as libpq reads them."""
-    params = _parse_uri(dsn) if _URI_PREFIX.match(dsn) else _parse_pairs(dsn)
+    if _URI_PREFIX.match(dsn):
+        params = _parse_uri(dsn)
+    elif _ALMOST_URI.match(dsn):
+        raise ConninfoError("a URI must start with postgresql:// (or postgres://)")
+    else:
+        params = _parse_pairs(dsn)
     unknown = sorted(set(params) - KEYWORDS)
     if unknown:
-        raise ConninfoError(f'invalid connection option "{unknown[0]}"')
+        # named only when it is a near miss of a keyword: the word may be part of a password
+        near = difflib.get_close_matches(unknown[0], KEYWORDS, n=1)
+        hint = f' (did you mean "{near[0]}"?)' if near else ""
+        raise ConninfoError(f"a keyword libpq does not know{hint}")
     return params
 
 
@@ -54,7 +70,8 @@ def _parse_pairs(text: str) -> dict[str, str]:
         while i < n and text[i].isspace():
             i += 1
         if i >= n or text[i] != "=":
-            raise ConninfoError(f'missing "=" after "{key}" in connection info string')
+            raise ConninfoError('a word without "=" (key=value pairs: quote a value that holds '
+                                "a space, password='a b'; a URI starts with postgresql://)")
         i += 1
         while i < n and text[i].isspace():
             i += 1
@@ -88,10 +105,10 @@ def _quoted(text: str, i: int) -> tuple[str, int]:
 
 def _decode(part: str) -> str:
     if re.search(r"%(?![0-9A-Fa-f]{2})", part):
-        raise ConninfoError(f'invalid percent-encoded token: "{part}"')
+        raise ConninfoError('invalid percent-encoding in the URI (write a "%" as %25)')
     data = unquote_to_bytes(part)
     if b"\0" in data:
-        raise ConninfoError(f'forbidden value %00 in percent-encoded value: "{part}"')
+        raise ConninfoError("%00 in the URI (libpq forbids it)")
     return data.decode("utf-8", "replace")
 
 
@@ -119,8 +136,7 @@ def _parse_uri(uri: str) -> dict[str, str]:
     for item in query.split("&") if query else ():
         key, equals, value = item.partition("=")
         if not equals:
-            raise ConninfoError(f'missing key/value separator "=" in URI query parameter: '
-                                f'"{key}"')
+            raise ConninfoError('a URI query parameter without "=" (key=value)')
         key, value = _decode(key), _decode(value)
         if key == "ssl" and value == "true":  # libpq's JDBC-compatible spelling
             key, value = "sslmode", "require"
@@ -134,12 +150,11 @@ def _hosts(authority: str) -> tuple[list[str], list[str]]:
         if entry.startswith("["):
             close = entry.find("]")
             if close < 0:
-                raise ConninfoError(f'end of string reached when looking for matching "]" in '
-                                    f'IPv6 host address in URI: "{entry}"')
+                raise ConninfoError('an IPv6 host in the URI without its closing "]"')
             host, after = entry[1:close], entry[close + 1:]
             if after and not after.startswith(":"):
-                raise ConninfoError(f'unexpected character "{after[0]}" at position '
-                                    f'{close + 1} in URI')
+                raise ConninfoError('an IPv6 host in the URI followed by something other '
+                                    'than ":port"')
             port = after[1:]
         else:
             host, _, port = entry.partition(":")

@@ -95,6 +95,8 @@ class Poller:
             await state.source.close()
             self._failed(state, "timeout", f"poll took longer than {self._timeout:g}s")
         except SourceError as exc:
+            if exc.reason == "other":  # an unexpected error, scrubbed by translated()
+                await state.source.close()
             self._failed(state, exc.reason, str(exc))
         except Exception as exc:  # a bug or an unexpected payload must not stop the poller
             await state.source.close()

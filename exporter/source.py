@@ -66,8 +66,9 @@ ErrorMap = Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...],
 def translated(errors: ErrorMap, secrets: Sequence[str | None], prefix: str = ""
                ) -> Iterator[None]:
     """Turn the driver errors listed in `errors` into a SourceError with their reason and a
-    one-line message scrubbed of every secret (passwords, keys). Anything not listed passes
-    through: the poller counts it as `other` and it is a bug to look at."""
+    one-line message scrubbed of every secret (passwords, keys, header values, in any
+    escaped or encoded form). Anything not listed is `other`, a bug to look at: its type
+    and message, scrubbed too (the poller used to show it as it was)."""
     try:
         yield
     except SourceError:
@@ -77,4 +78,5 @@ def translated(errors: ErrorMap, secrets: Sequence[str | None], prefix: str = ""
             if isinstance(exc, types):
                 raise SourceError(reason, prefix + redact(first_line(exc), list(secrets))) \
                     from None
-        raise
+        message = f"{type(exc).__name__}: {first_line(exc)}"
+        raise SourceError("other", prefix + redact(message, list(secrets))) from exc

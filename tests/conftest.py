@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from exporter.app import Exporter
-from exporter.config import load
-from tests.helpers import FAST_POLL, StartExporter
+from tests.helpers import FAST_POLL, StartExporter, load_for_test
 
 
 @pytest.fixture
@@ -20,7 +19,7 @@ async def start_exporter() -> AsyncIterator[StartExporter]:
 
     async def start(**flags: Any) -> Exporter:
         settings = {**FAST_POLL, "listen_address": "127.0.0.1:0", **flags}
-        exporter = Exporter(load(settings, environ={}))
+        exporter = Exporter(load_for_test(settings))
         await exporter.start()
         started.append(exporter)
         return exporter

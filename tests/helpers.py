@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import httpx
@@ -15,9 +15,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
     from exporter.app import Exporter
+    from exporter.config import Config
 
 
 FAST_POLL = {"poll_interval_seconds": "0.25", "poll_timeout_seconds": "0.25"}
+POLL_KEYS = ("poll_interval_seconds", "poll_timeout_seconds")
+
+
+def load_for_test(settings: Mapping[str, str]) -> Config:
+    """load() with the poll interval and timeout set afterwards: tests poll faster than the
+    1 s a user may set, to finish in seconds (the floor is load()'s, for people)."""
+    from exporter.config import load
+
+    config = load({k: v for k, v in settings.items() if k not in POLL_KEYS}, environ={})
+    interval = float(settings.get("poll_interval_seconds", config.poll_interval_seconds))
+    timeout = float(settings.get("poll_timeout_seconds", min(interval, 10.0)))
+    return replace(config, poll_interval_seconds=interval, poll_timeout_seconds=timeout)
 # A Prefect poll is about fifty HTTP requests, each a query through PgBouncer: give it room,
 # also on a loaded 2-core CI machine.
 PREFECT_POLL = {"poll_interval_seconds": "3", "poll_timeout_seconds": "3"}

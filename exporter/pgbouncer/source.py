@@ -111,7 +111,7 @@ class PgBouncerSource:
 
     async def poll(self) -> PgBouncerSnapshot:
         try:
-            with translated(QUERY_ERRORS, [self._target.password]):
+            with translated(QUERY_ERRORS, self._target.secrets()):
                 conn = await self._connection()
                 return PgBouncerSnapshot(
                     taken_at=time.time(),
@@ -138,7 +138,7 @@ class PgBouncerSource:
         await self.close()
         params = {**self._target.params, "application_name": APPLICATION_NAME}
         params.setdefault("dbname", ADMIN_DATABASE)
-        with translated(CONNECT_ERRORS, [self._target.password],
+        with translated(CONNECT_ERRORS, self._target.secrets(),
                         f"cannot connect to {self._target.redacted()}: "):
             self._conn = await psycopg.AsyncConnection.connect(
                 conninfo=make_conninfo(**params), autocommit=True, prepare_threshold=None,

@@ -338,7 +338,7 @@ class PostgresSource:
 
     async def poll(self) -> PostgresSnapshot:
         try:
-            with translated(QUERY_ERRORS, [self._target.password]):
+            with translated(QUERY_ERRORS, self._target.secrets()):
                 try:
                     return await self._read(await self._connection())
                 except UnicodeDecodeError:
@@ -357,7 +357,7 @@ class PostgresSource:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         await self.close()
-        with translated(CONNECT_ERRORS, [self._target.password],
+        with translated(CONNECT_ERRORS, self._target.secrets(),
                         f"cannot connect to {self._target.redacted()}: "):
             self._conn = await asyncpg.connect(
                 self._target.asyncpg_dsn(),

@@ -105,6 +105,10 @@ class PrefectClient:
             self.csrf.enabled = False
         self.requests: dict[str, RequestStats] = {}
 
+    def secrets(self) -> list[str | None]:
+        """What no error may show: the credentials and every header value sent."""
+        return [*self.auth.secrets(), *self._headers.values()]
+
     def _make_client(self) -> httpx.AsyncClient:
         headers = {"User-Agent": USER_AGENT}
         # As Prefect's client (3.4.1+): the auth string if set, else the key (config.py has

@@ -59,7 +59,7 @@ class PrefectSource:
 
     async def poll(self) -> PrefectSnapshot:
         now = datetime.now(UTC)
-        with translated(TRANSPORT_ERRORS, self._api.auth.secrets(), f"{self._api.url}: "):
+        with translated(TRANSPORT_ERRORS, self._api.secrets(), f"{self._api.url}: "):
             try:
                 return await self._read(now)
             except httpx.HTTPError:

@@ -24,8 +24,8 @@ def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
         [sys.executable, "-m", "exporter"], text=True, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={"PATH": os.environ["PATH"], "PREFECT_PG_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{port}",
-             "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "0.5",
-             "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "0.5", **env})
+             "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "1",  # the fastest it allows
+             "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "1", **env})
     return proc, port
 
 

@@ -28,7 +28,7 @@ from tests.helpers import eventually
 pytestmark = pytest.mark.lab
 
 TABLE = "scratch.restart_rows"
-INTERVAL = "0.5"  # the coalescing window is four of them: 2 s
+INTERVAL = "1"  # the coalescing window is four of them: 4 s (1 s is the floor)
 
 
 class ExporterProcess:

@@ -44,10 +44,10 @@ DAILY_BUDGET_MB = 50.0
 
 async def test_memory_stays_flat_under_fast_polling(
         postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect) -> None:
-    """RSS over two minutes of polling every 0.5 s (30x the default rate) with 10 scrapes a
+    """RSS over two minutes of polling every 1 s (15x the default rate) with 10 scrapes a
     second, after a warm-up: its growth per poll, over a day of polling at the default
     interval, must stay under 50 MB. benchmarks/memory.py measures the same for an hour."""
-    process = Process("exporter", {"PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "0.5"},
+    process = Process("exporter", {"PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "1"},
                       scraped=True)
     process.start(exporter_env(postgres, pgbouncer, prefect.api_url))
     try:
@@ -56,7 +56,7 @@ async def test_memory_stays_flat_under_fast_polling(
     finally:
         process.stop()
     print(process.report())
-    assert process.polls > 300, process.report()  # three sources, every 0.5 s
+    assert process.polls > 150, process.report()  # three sources, every 1 s
     daily = process.growth_per_poll_mb() * 3 * DEFAULT_POLLS_PER_DAY
     assert daily < DAILY_BUDGET_MB, (
         f"{daily:.1f} MB a day at the default interval: " + process.report())

@@ -27,7 +27,7 @@ def test_defaults_and_environment() -> None:
     assert config.statement_timeout_ms == 8000
 
 
-@pytest.mark.parametrize(("interval", "timeout"), [("5", 5.0), ("2", 2.0), ("0.5", 0.5),
+@pytest.mark.parametrize(("interval", "timeout"), [("5", 5.0), ("2", 2.0), ("1", 1.0),
                                                    ("15", 10.0), ("60", 10.0)])
 def test_the_default_timeout_follows_a_short_interval(interval: str, timeout: float) -> None:
     """Only the interval set: the default timeout is the smaller of 10 s and the interval
@@ -124,6 +124,37 @@ BAD = [
     ({"no_statements": "perhaps"}, "true or false"),
     ({"recent_incidents": "many"}, "whole number"),
     ({"state_dir": "/dev/null"}, "not a directory"),
+    # issue 22: settings that passed startup and then failed every poll
+    ({"poll_interval_seconds": "0.01"}, "at least 1 second"),
+    ({"poll_interval_seconds": "1e-9"}, "at least 1 second"),
+    ({"poll_interval_seconds": "0.99", "poll_timeout_seconds": "0.99"}, "at least 1 second"),
+    ({"poll_timeout_seconds": "0.5"}, "POLL_TIMEOUT_SECONDS='0.5': must be at least 1 second"),
+    ({"stuck_run_seconds": "1e300"}, "at most"),
+    ({"prefect_upcoming_horizon_seconds": "1e300"}, "at most"),  # now + 1e300 s: OverflowError
+    ({"postgres_dsn": "postgresql://mon:s3cret-pw@db:abc/prefect"}, "port must be a number"),
+    ({"postgres_dsn": "host=db port=99999 password=s3cret-pw"}, "port must be a number"),
+    ({"postgres_dsn": "postgresql://mon:s3cret-pw@db1,db2/p?port=1,2,3"}, "3 ports for 2 hosts"),
+    ({"pgbouncer_dsn": "host=pgb port=0 password=s3cret-pw"}, "port must be a number"),
+    ({"postgres_dsn": f"{DSN}?sslmode=bogus"}, "sslmode must be one of disable, allow"),
+    ({"pgbouncer_dsn": "host=pgb sslmode=Require password=s3cret-pw"}, "sslmode must be one of"),
+    ({"postgres_dsn": f"{DSN}?target_session_attrs=bogus"},
+     r"^PREFECT_PG_EXPORTER_POSTGRES_DSN: invalid DSN: target_session_attrs must be one of any, "
+     r"read-write, read-only, primary, standby, prefer-standby$"),
+    ({"pgbouncer_dsn": "host=pgb dbname=pgbouncer target_session_attrs=read-write"},
+     "target_session_attrs must be any"),
+    ({"postgres_dsn": f"{DSN}?hostaddr=10.0.0.1"}, "not supported for PostgreSQL: hostaddr"),
+    ({"postgres_dsn": f"{DSN}?options=-c%20work_mem%3D1MB"}, "not supported .*: options"),
+    ({"pgbouncer_dsn": "host=pgb hostaddr=pgb.internal password=s3cret-pw"},
+     "hostaddr must be IP addresses"),
+    ({"pgbouncer_dsn": "host=a,b hostaddr=10.0.0.1 password=s3cret-pw"}, "1 hostaddr for 2 hosts"),
+    ({"pgbouncer_dsn": "host=pgb keepalives_idle=soon password=s3cret-pw"}, "whole number"),
+    ({"postgres_dsn": f"{DSN}?ssl_min_protocol_version=tlsv1.2"}, "must be one of TLSv1,"),
+    ({"prefect_api_url": f"{API}?token=s3cret-pw"}, "must not have a \\?query"),
+    ({"prefect_api_url": f"{API}#s3cret-pw"}, "#fragment"),
+    ({"prefect_api_url": "http://prefect:99999/api"}, "a port from 1 to 65535"),
+    ({"prefect_api_url": "http://prefect:abc/api"}, "a port from 1 to 65535"),
+    ({"prefect_api_url": "http://:4200/api"}, "must have a host"),
+    ({"prefect_api_url": f"a={API};b=http://p2:4200/api?x=s3cret-pw"}, "part 2 of 2.*\\?query"),
 ]
 
 
@@ -250,6 +281,99 @@ def test_unknown_variables_and_keys(tmp_path: Path) -> None:
         load({}, {})
 
 
+# Issue 22: DSNs that libpq cannot read, and where it cuts them: the parts around the cut
+# (Xq7 before, Zk9 after) are pieces of the password and must not be in the message.
+MALFORMED_DSNS = [
+    ("postgresql:/mon:Xq7Zk9@db/prefect", "a URI must start with postgresql://"),
+    ("postgresql//mon:Xq7Zk9@db/prefect", "a URI must start with postgresql://"),
+    ("postgres:mon:Xq7Zk9@db/prefect", "a URI must start with postgresql://"),
+    ("postgresql://mon:Xq7/Zk9@db/prefect", "port must be a number"),  # '/' ends the host
+    ("postgresql://mon:123/Xq7Zk9@db/prefect", "cannot name the target .* %2F"),
+    ("postgresql://mon:Xq7;Zk9@db/prefect", "part 1 of 2 .*%3B"),
+    ("host=db password=Xq7 Zk9 dbname=prefect", "a word without \"=\".*password='a b'"),
+    ("host=db password=Xq7 Zk9=1 dbname=prefect", "a keyword libpq does not know$"),
+    ("host=db password=Xq7 sslmod=Zk9", "does not know \\(did you mean \"sslmode\"\\?\\)"),
+    ("postgresql://mon:Xq7%zzZk9@db/prefect", "percent-encoding"),
+    ("postgresql://mon:Xq7%00Zk9@db/prefect", "%00"),
+    ("postgresql://mon:Xq7@db/prefect?Zk9", "query parameter without"),
+    ("postgresql://mon:Xq7@[::1/Zk9", "without its closing"),
+]
+
+
+@pytest.mark.parametrize("kind", ["postgres", "pgbouncer"])
+@pytest.mark.parametrize(("dsn", "message"), MALFORMED_DSNS)
+def test_a_malformed_dsn_names_the_problem_never_the_password(kind: str, dsn: str,
+                                                             message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load({f"{kind}_dsn": dsn}, {})
+    text = str(info.value)
+    assert text.startswith(f"PREFECT_PG_EXPORTER_{kind.upper()}_DSN: ")
+    assert "Xq7" not in text and "Zk9" not in text and "\n" not in text
+
+
+def test_a_dsn_file_that_does_not_parse_is_named_never_printed(tmp_path: Path) -> None:
+    secret = tmp_path / "dsn"
+    secret.write_text("host=db dbname=prefect\npassword=Xq7 Zk9\n")
+    with pytest.raises(ConfigError) as info:
+        load({}, {"PREFECT_PG_EXPORTER_PGBOUNCER_DSN_FILE": str(secret)})
+    text = str(info.value)
+    assert text.startswith("PREFECT_PG_EXPORTER_PGBOUNCER_DSN_FILE: part 2 of 2")
+    assert "Xq7" not in text and "Zk9" not in text and "\n" not in text
+    secret.write_text("Xq7Zk9-key\nsecond-line\n")  # a key file with two lines
+    with pytest.raises(ConfigError) as info:
+        load({"prefect_api_url": API}, {"PREFECT_PG_EXPORTER_PREFECT_API_KEY_FILE": str(secret)})
+    assert str(info.value).startswith("PREFECT_PG_EXPORTER_PREFECT_API_KEY_FILE: must be")
+    assert "Xq7" not in str(info.value) and "second" not in str(info.value)
+
+
+# Issue 22: a credential or header httpx cannot send failed every request, and its error
+# showed the value escaped ("Illegal header value b'Bearer Xq7\\nZk9'"). Refused at startup.
+@pytest.mark.parametrize(("flags", "env", "message"), [
+    ({"prefect_api_key": "Xq7\nZk9"}, {}, "^PREFECT_PG_EXPORTER_PREFECT_API_KEY: must be "
+     "printable ASCII"),
+    ({"prefect_api_key": "Xq7\rZk9"}, {}, "PREFECT_API_KEY: must be printable ASCII"),
+    ({"prefect_api_key": "Xq7 Zk9"}, {}, "PREFECT_API_KEY: must be printable ASCII"),
+    ({"prefect_api_key": "Xq7\u00e9Zk9"}, {}, "PREFECT_API_KEY: must be printable ASCII"),
+    ({}, {"PREFECT_API_KEY": "Xq7\nZk9"}, "^PREFECT_API_KEY: must be printable ASCII"),
+    ({"prefect_api_auth_string": "admin:Xq7\nZk9"}, {}, "AUTH_STRING: must be one line"),
+    ({}, {"PREFECT_API_AUTH_STRING": "admin:Xq7\x00Zk9"}, "^PREFECT_API_AUTH_STRING: must be"),
+    ({"prefect_api_headers": '{"X-Token": "Xq7\\r\\nZk9"}'}, {},
+     "^PREFECT_PG_EXPORTER_PREFECT_API_HEADERS: the value of X-Token must be printable ASCII"),
+    ({"prefect_api_headers": '{"X-Token": "Xq7\\nZk9"}'}, {}, "the value of X-Token"),
+    ({"prefect_api_headers": '{"X-Token": " Xq7Zk9"}'}, {}, "the value of X-Token"),
+    ({"prefect_api_headers": '{"X Token": "Xq7Zk9"}'}, {}, "a header name may hold"),
+    ({}, {"PREFECT_CLIENT_CUSTOM_HEADERS": '{"X-Token": "Xq7\\nZk9"}'},
+     "^PREFECT_CLIENT_CUSTOM_HEADERS: the value of X-Token"),
+])
+def test_credentials_and_headers_that_cannot_be_sent_are_refused_unnamed(
+        flags: dict[str, str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load({"prefect_api_url": API, **flags}, env)
+    assert "Xq7" not in str(info.value) and "Zk9" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_what_can_be_sent_is_still_accepted() -> None:
+    (target,) = load({"prefect_api_url": API, "prefect_api_key": "pnu_AbC-123.x~",
+                      "prefect_api_headers": '{"X-Team": "data team\\tone", "X-Empty": ""}'},
+                     {}).prefect_targets
+    assert target.auth.api_key == "pnu_AbC-123.x~" and target.headers["X-Empty"] == ""
+    (target,) = load({"prefect_api_url": API, "prefect_api_auth_string": "admin:p\u00e4ss w"},
+                     {}).prefect_targets
+    assert target.auth.auth_string == "admin:p\u00e4ss w"  # sent base64-encoded: any text
+    # a key that is not sent (the auth string is) is not checked: it reaches no header
+    (target,) = load({"prefect_api_url": API, "prefect_api_auth_string": "admin:pw",
+                      "prefect_api_key": "k\nk"}, {}).prefect_targets
+    assert target.auth.api_key is None and target.auth.auth_string == "admin:pw"
+    config = load({"pgbouncer_dsn": "host=a,b port=6432 hostaddr=10.0.0.1,::1 "
+                                    "sslmode=verify-full keepalives_idle=30",
+                   "postgres_dsn": f"{DSN}?target_session_attrs=read-write&sslmode=verify-ca"
+                                   "&ssl_min_protocol_version=TLSv1.3",
+                   "poll_interval_seconds": "1"}, {})
+    assert config.poll_interval_seconds == config.poll_timeout_seconds == 1
+    assert len(config.pgbouncer_targets) == len(config.postgres_targets) == 1
+
+
 def test_password_in_a_refused_dsn_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as info:
         load({"postgres_dsn": "host=db password=hunter2-secret bogus"}, {})
@@ -282,6 +406,58 @@ def test_cli_help_and_version() -> None:
 
     assert _cli("--version").stdout.strip() == f"prefect-pg-exporter {__version__}"
     assert _cli("version").stdout.strip() == f"prefect-pg-exporter {__version__}"
+
+
+def test_cli_help_lists_every_variable_it_reads() -> None:
+    """PREFECT_PG_EXPORTER_THRESHOLDS was missing from the list (issue 22)."""
+    listed = _cli("--help").stdout.split("environment variables:")[1]
+    names = {s.env for s in SETTINGS} | {s.env + "_FILE" for s in SETTINGS if s.secret}
+    names |= {"PREFECT_PG_EXPORTER_THRESHOLDS", "PREFECT_PG_EXPORTER_CONFIG_FILE"}
+    assert names <= set(re.findall(r"^  (PREFECT_PG_EXPORTER_\w+)", listed, re.M))
+
+
+def test_cli_command_help_is_that_commands() -> None:
+    """`run --help` printed the general help (issue 22)."""
+    from exporter.cli import ABOUT
+
+    for command in ("run", "doctor", "healthcheck"):
+        done = _cli(command, "--help")
+        assert done.returncode == 0
+        assert done.stdout.startswith(f"usage: prefect-pg-exporter {command} ")
+        assert ABOUT[command] in done.stdout.replace("\n", " ")
+        assert "--postgres-dsn" in done.stdout and "PREFECT_PG_EXPORTER_THRESHOLDS" in done.stdout
+        assert "commands:" not in done.stdout  # the general help's list
+        assert ("--since" in done.stdout) == (command == "doctor")
+    done = _cli("version", "-h")
+    assert done.stdout.startswith("usage: prefect-pg-exporter version")
+    assert "--postgres-dsn" not in done.stdout
+    # a setting before the command, --help after: still the command's
+    assert _cli("--postgres-dsn", DSN, "doctor", "-h").stdout.startswith(
+        "usage: prefect-pg-exporter doctor")
+    assert _cli("--help").stdout.startswith("usage: prefect-pg-exporter [-h]")
+
+
+@pytest.mark.parametrize(("env", "names"), [
+    ({"PREFECT_PG_EXPORTER_POSTGRES_DSN": "postgresql://mon:Xq7Zk9@db/p?target_session_attrs=x"},
+     "PREFECT_PG_EXPORTER_POSTGRES_DSN: invalid DSN: target_session_attrs must be one of any, "),
+    ({"PREFECT_PG_EXPORTER_POSTGRES_DSN": "postgresql://mon:Xq7/Zk9@db/p"}, "port must be"),
+    ({"PREFECT_PG_EXPORTER_PGBOUNCER_DSN": "host=pgb password=Xq7 Zk9"}, "a word without"),
+    ({"PREFECT_API_URL": API, "PREFECT_API_KEY": "pnu_Xq7\nZk9"},
+     "PREFECT_API_KEY: must be printable ASCII"),
+    ({"PREFECT_API_URL": API, "PREFECT_CLIENT_CUSTOM_HEADERS": '{"X-Token": "Xq7\\r\\nZk9"}'},
+     "PREFECT_CLIENT_CUSTOM_HEADERS: the value of X-Token"),
+    ({"PREFECT_API_URL": API + "?token=Xq7Zk9"}, "must not have a ?query"),
+    ({"PREFECT_PG_EXPORTER_POSTGRES_DSN": DSN, "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "0.01"},
+     "POLL_INTERVAL_SECONDS='0.01': must be at least 1 second"),
+])
+def test_cli_refuses_what_would_fail_every_poll_in_one_line(env: dict[str, str],
+                                                            names: str) -> None:
+    done = _cli(env=env)
+    assert done.returncode == 2
+    assert done.stderr.startswith("prefect-pg-exporter: error: ") and names in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "Xq7" not in done.stderr and "Zk9" not in done.stderr
+    assert not re.search(r"<built-in|mappingproxy|\['", done.stderr)  # no Python repr
 
 
 def test_cli_listen_address_in_use_is_a_clear_error() -> None:
@@ -378,6 +554,10 @@ def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None
     (("--log.format", "logfmt", "--log-format", "json"), "give one log format"),
     (("--web-config-file", "a.yml", "--web.config.file", "b.yml"), "give one web config file"),
     (("--postgres-dsn", DSN.replace("5433", "5434")), "give one postgres dsn"),
+    # issue 22: a header value was echoed (a token, often)
+    (("--prefect-api-url", "http://p:4200/api", "--prefect-api-headers", '{"X-T": "s3cret-pw"}',
+      "--prefect-api-headers", '{"X-T": "other"}'),
+     "--prefect-api-headers and --prefect-api-headers disagree: give one prefect api headers"),
 ])
 def test_two_values_for_one_setting_are_refused(argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)) as info:

@@ -45,6 +45,17 @@ def test_names_and_redaction() -> None:
         parse_targets("postgresql://u@db/p;postgresql://v@db/p", "TEST")
 
 
+def test_the_password_and_the_key_passphrase_are_secrets() -> None:
+    target = parse_target("postgresql://u:pw%2Fx@db/p?sslpassword=k%3By&sslkey=/k.pem", "TEST")
+    assert target.secrets() == ["pw/x", "k;y"]
+    from exporter.dsn import redact
+
+    # as asyncpg's URI spells them (percent-encoded), as well as decoded
+    uri = target.asyncpg_dsn()
+    assert "pw%2Fx" in uri and "k%3By" in uri
+    assert "pw" not in redact(uri, target.secrets()) and "k%3B" not in redact(uri, target.secrets())
+
+
 def test_an_invalid_dsn_is_refused_without_its_password() -> None:
     with pytest.raises(DSNError) as info:
         parse_target("host=db password='hunter2 port=5432", "TEST")  # unterminated quote

@@ -22,7 +22,7 @@ from exporter.config import load
 
 async def main():
     exporter = Exporter(load({**json.loads(sys.argv[1]), "listen_address": "127.0.0.1:0",
-                              "poll_interval_seconds": "0.2"}, environ={}))
+                              "poll_interval_seconds": "1"}, environ={}))
     await exporter.start()
     while not all(s.polls for s in exporter.poller.states):
         await asyncio.sleep(0.05)
