@@ -44,6 +44,9 @@ class NamedSource:
     async def poll(self) -> Any:
         raise AssertionError("not polled in these tests")
 
+    def partial(self) -> None:
+        return None
+
     async def close(self) -> None:
         pass
 
