@@ -179,10 +179,7 @@ def api_pool(pf: PrefectProbeSnapshot, ctx: Context) -> Iterator[Finding]:
     t, probe = ctx.thresholds, pf.probe
     if probe is None:
         return
-    full = pf if isinstance(pf, PrefectSnapshot) else None
-    sizes = ("pool_size " + f"{full.settings.get(POOL_SIZE, '?')}, max_overflow "
-             f"{full.settings.get(MAX_OVERFLOW, '?')}" if full and full.settings
-             else "pool_size and max_overflow not readable in this poll")
+    sizes = _pool_sizes(pf)
     gap = f"/api/ready {latency(probe.ready_seconds)} vs /api/health " \
           f"{latency(probe.health_seconds)}"
     if probe.ready_seconds > t["api_ready_warning_seconds"]:
@@ -216,6 +213,15 @@ def api_pool(pf: PrefectProbeSnapshot, ctx: Context) -> Iterator[Finding]:
         "server, keeping replicas x (pool_size + max_overflow) within PostgreSQL's "
         "max_connections (or PgBouncer's pool), or add API replicas; QueuePool timeouts and "
         "failing clients follow until then.")
+
+
+def _pool_sizes(pf: PrefectProbeSnapshot) -> str:
+    settings = pf.settings if isinstance(pf, PrefectSnapshot) else {}
+    if not settings:
+        return "pool_size and max_overflow not readable in this poll"
+    size, overflow = (settings.get(k) for k in (POOL_SIZE, MAX_OVERFLOW))
+    return (f"pool_size {'?' if size is None else f'{size:g}'}, max_overflow "
+            f"{'?' if overflow is None else f'{overflow:g}'}")
 
 
 def _calm(ctx: Context) -> str:
