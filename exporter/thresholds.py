@@ -53,7 +53,7 @@ THRESHOLDS: dict[str, Threshold] = {
         0.5, "the API server's own database pool is saturated when GET /api/ready is slower "
              "than this"),
     "api_pool_saturated_ratio": Threshold(
-        10, "and GET /api/ready is slower than GET /api/health by more than this factor (with "
+        5, "and GET /api/ready is slower than GET /api/health by more than this factor (with "
             "no PgBouncer waiters, lock waits or old idle transactions to explain it)"),
     "stuck_runs_warning": Threshold(
         0, "flow runs unfinished for longer than --stuck-run-seconds, per pool and state: "

@@ -143,7 +143,7 @@ async def test_the_servers_own_pool_saturated_is_seen_and_named(
     started = time.monotonic()
     exporter = await start_exporter(
         prefect_api_url=server.api_url, postgres_dsn=own_postgres.monitor_dsn(),
-        pgbouncer_dsn=bouncer.stats_dsn(), poll_interval_seconds="3",
+        pgbouncer_dsn=bouncer.stats_dsn(), poll_interval_seconds="4",
         poll_timeout_seconds="4")
     target = prefect_target(exporter)
     ready_url, health_url = f"{server.api_url}/ready", f"{server.api_url}/health"
@@ -154,10 +154,15 @@ async def test_the_servers_own_pool_saturated_is_seen_and_named(
         return s.find("prefect_api_ready_duration_seconds", target=target) is not None \
             and s.value("prefect_api_up", target=target) == 1
     await eventually(probed, 60, "a first full Prefect poll")
-    idle = (await scrape(exporter.port)).value("prefect_api_ready_duration_seconds",
-                                               target=target)
+    idle = 1.0
+
+    async def idle_probe_fast() -> bool:  # the server's first /ready opens its connection
+        nonlocal idle
+        idle = (await scrape(exporter.port)).value("prefect_api_ready_duration_seconds",
+                                                   target=target)
+        return idle < 0.15
+    await eventually(idle_probe_fast, 30, "the idle probe under 0.15 s")
     idle_direct = [await asyncio.to_thread(direct, ready_url) for _ in range(3)]
-    assert idle < 0.15, (idle, idle_direct)
 
     storm.start()
     probe_peak, direct_ready, direct_health = 0.0, [], []
