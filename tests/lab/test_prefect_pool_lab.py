@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -124,13 +125,14 @@ def direct(url: str) -> float:
     return time.monotonic() - started
 
 
-def doctor(env: dict[str, str]) -> dict[str, object]:
+def doctor(env: dict[str, str]) -> list[dict[str, Any]]:
+    """`prefect-pg-exporter doctor --format json`: its findings, in its order."""
     done = subprocess.run([sys.executable, "-m", "exporter", "doctor", "--format", "json"],
                           capture_output=True, text=True, timeout=90,
                           env={"PATH": os.environ["PATH"], **env})
     assert done.returncode in (1, 2), done.stdout + done.stderr
-    report: dict[str, object] = json.loads(done.stdout)
-    return report
+    findings: list[dict[str, Any]] = json.loads(done.stdout)["findings"]
+    return findings
 
 
 def prefect_target(exporter: Exporter) -> str:
@@ -196,18 +198,14 @@ async def test_the_servers_own_pool_saturated_is_seen_and_named(
            "PREFECT_PG_EXPORTER_POSTGRES_DSN": own_postgres.monitor_dsn(),
            "PREFECT_PG_EXPORTER_PGBOUNCER_DSN": bouncer.stats_dsn(),
            "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "4"}
-    reports: list[dict[str, object]] = []
+    on_prefect: list[dict[str, Any]] = []
 
     async def doctor_names_the_pool() -> bool:
-        report = await asyncio.to_thread(doctor, env)
-        reports.append(report)
-        findings = report["findings"]
-        assert isinstance(findings, list)
-        on_prefect = [f for f in findings if f["target"] == target]
+        findings = await asyncio.to_thread(doctor, env)
+        on_prefect[:] = [f for f in findings if f["target"] == target]
         return bool(on_prefect) and on_prefect[0]["check"] == "prefect_api_pool_saturated"
     await eventually(doctor_names_the_pool, 90, "the doctor naming Prefect's own pool first")
-    first = next(f for f in reports[-1]["findings"]  # type: ignore[attr-defined]
-                 if f["target"] == target)
+    first = on_prefect[0]
     assert first["title"].startswith("Prefect's own database pool is saturated: /api/ready ")
     assert "have no waiting clients" in first["evidence"][1]
     assert "has no lock waits" in first["evidence"][1]
