@@ -290,6 +290,24 @@ ALERTS: tuple[Alert, ...] = (
           "the database is slow. QueuePool timeouts follow; look at pool_size + max_overflow "
           "and what holds the connections.",
           check="api_slow"),
+    Alert("PrefectApiPoolSaturated", "warning",
+          "prefect_api_ready_duration_seconds > {api_pool_saturated_ready_seconds} "
+          "and prefect_api_ready_duration_seconds "
+          "> {api_pool_saturated_ratio} * prefect_api_health_duration_seconds "
+          # PgBouncer or PostgreSQL explain a slow /ready: then it is their alert, not this one
+          "unless on () (max(pgbouncer_pools_client_waiting_connections) "
+          "> {pgbouncer_waiting_clients_warning}) "
+          "unless on () (max(postgres_blocked_sessions) > 0) "
+          "unless on () (max(postgres_transaction_max_age_seconds"
+          '{{state=~"idle in transaction.*"}}) > {idle_in_transaction_warning_seconds})', 120,
+          "Prefect's own database pool is saturated",
+          "{{ $labels.target }}: GET /api/ready, which waits for a connection from the API "
+          "server's SQLAlchemy pool, takes {{ $value | humanizeDuration }} while GET "
+          "/api/health answers at once, and PgBouncer has no waiting clients nor PostgreSQL "
+          "lock waits: the server's own pool is too small for its load. Raise "
+          "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE / MAX_OVERFLOW within the connection "
+          "budget, or add API replicas.",
+          check="prefect_api_pool_saturated"),
     Alert("PrefectStuckRuns", "warning",
           "prefect_flow_runs_stuck > {stuck_runs_warning}", 600,
           "{{ $value }} flow runs stuck in {{ $labels.state_type }} in {{ $labels.work_pool }}",

@@ -24,7 +24,9 @@ from exporter.webreload import LiveWebConfig
 
 log = structlog.get_logger("exporter")
 
-STALE_AFTER_POLLS = 3  # a snapshot is exported until this many intervals have passed
+# A guard: every poll replaces its source's snapshot (a failed one with only what it read),
+# so a snapshot this old means the source's poller stopped; it is then no longer shown.
+STALE_AFTER_POLLS = 3
 
 
 def build_sources(config: Config) -> list[Source]:

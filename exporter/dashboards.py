@@ -261,10 +261,11 @@ PREFECT = (
              "{{target}} scheduled deployments without a future run (scheduler)"),
            description="Prefect has no health endpoint for its services: above 0, one is not "
                        "running."),
-    series("API to database round trip (GET /api/ready)",
-           q(f"prefect_api_ready_duration_seconds{{{T}}}", "{{target}}"), unit="s",
-           description="One connection out of the API's SQLAlchemy pool: rises first when it "
-                       "is exhausted."),
+    series("API to database round trip (GET /api/ready vs /api/health)",
+           q(f"prefect_api_ready_duration_seconds{{{T}}}", "{{target}} ready"),
+           q(f"prefect_api_health_duration_seconds{{{T}}}", "{{target}} health"), unit="s",
+           description="Ready takes one connection out of the API's SQLAlchemy pool, health "
+                       "none: ready far above health is that pool saturated."),
     series("Events: newest age and cleanup lag",
            q(f"prefect_events_newest_age_seconds{{{T}}}", "{{target}} newest event age"),
            q(f"prefect_retention_lag_seconds{{{T}}}", "{{target}} {{kind}} cleanup lag"),

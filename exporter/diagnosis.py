@@ -1,6 +1,6 @@
 """The diagnosis: every kind's checks over the fresh snapshots, plus the targets that cannot be
-read, ranked most severe first. The same for `prefect-pg-exporter doctor`, the findings metric
-and the landing page."""
+read, root causes before their symptoms, then the most severe first. The same for
+`prefect-pg-exporter doctor`, the findings metric and the landing page."""
 
 from __future__ import annotations
 
@@ -19,13 +19,34 @@ def source_failures(failures: Sequence[SourceFailure]) -> Iterator[Finding]:
                       "keeps retrying; its other sources are not affected.")
 
 
+# Where a check stands in the chain from a cause to what it causes. A storm of Late runs or a
+# pool left unserved is what people see first; what made them (a saturated database pool, a
+# session holding locks) must come first in the report, whatever its severity. Symptoms come
+# after the other findings of their severity.
+ROOT_CAUSES = frozenset({
+    "prefect_api_pool_saturated", "lock_chain", "idle_in_transaction", "long_transaction",
+    "client_read_stall", "connection_budget", "duplicated_services"})
+SYMPTOMS = frozenset({
+    "late_runs", "scheduled_backlog", "work_pool_unserved", "work_queue_unpolled", "stuck_runs",
+    "zombie_runs", "api_slow", "api_waits_on_database", "pgbouncer_pool_waiting",
+    "failed_runs", "crashed_runs"})
+
+
+def rank(finding: Finding) -> tuple[int, int, int]:
+    """Root causes first (the most severe first), then the rest by severity, symptoms last
+    within theirs."""
+    cause = finding.check in ROOT_CAUSES
+    return (0 if cause else 1, SEVERITY_RANK[finding.severity],
+            1 if finding.check in SYMPTOMS else 0)
+
+
 def diagnose(snapshots: Sequence[Snapshot], failures: Sequence[SourceFailure] = (),
              overrides: Mapping[str, float] | None = None) -> list[Finding]:
-    """Every finding, the most severe first."""
+    """Every finding, in the order of rank()."""
     context = Context(thresholds(overrides), snapshots)
     found: list[Finding] = list(source_failures(failures))
     for kind in KINDS:
         for snapshot in snapshots:
             if kind.owns(snapshot):
                 found += kind.diagnose(snapshot, context)
-    return sorted(found, key=lambda f: SEVERITY_RANK[f.severity])
+    return sorted(found, key=rank)

@@ -3,6 +3,12 @@
 Scrapes never wait on this: they read the latest SourceState. A failing source is retried with
 a growing delay that never exceeds the poll interval, so a target that comes back is seen again
 within one interval, and a target that is down is not hammered.
+
+What is shown is what the last poll read, never more: a successful poll replaces the source's
+snapshot; a failed one (an error or the timeout) replaces it with what it read before it failed
+(Source.partial(): for Prefect, the health and ready probe) or with nothing. The values the
+failed poll could not read are absent from /metrics and from the diagnosis until a poll reads
+them again, the same rule for every kind; `up` and the last-success timestamp say why.
 """
 
 from __future__ import annotations
@@ -41,6 +47,13 @@ class SourceState:
     @property
     def target(self) -> str:
         return self.source.target
+
+    @property
+    def shown(self) -> str:
+        """What is exported and diagnosed of this source, for the landing page."""
+        if self.snapshot is None:
+            return "nothing" if self.polls else "nothing yet"
+        return "all of the last poll" if self.up else "only what the failed poll read"
 
 
 def fresh_snapshots(states: Sequence[SourceState], now: float, stale_after: float
@@ -92,15 +105,15 @@ class Poller:
             async with asyncio.timeout(self._timeout):
                 state.snapshot = await state.source.poll()
         except TimeoutError:
-            await state.source.close()
             self._failed(state, "timeout", f"poll took longer than {self._timeout:g}s")
+            await state.source.close()
         except SourceError as exc:
             if exc.reason == "other":  # an unexpected error, scrubbed by translated()
                 await state.source.close()
             self._failed(state, exc.reason, str(exc))
         except Exception as exc:  # a bug or an unexpected payload must not stop the poller
-            await state.source.close()
             self._failed(state, "other", f"{type(exc).__name__}: {exc}")
+            await state.source.close()
         else:
             if not state.up:
                 log.info("source up", source=state.kind, target=state.target)
@@ -117,6 +130,8 @@ class Poller:
         state.up = False
         state.errors[reason] += 1
         state.last_error = message
+        # what this poll could not read is no longer shown: only what it did read, if anything
+        state.snapshot = state.source.partial()
 
     async def _loop(self, state: SourceState) -> None:
         retry = FIRST_RETRY_SECONDS

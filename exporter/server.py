@@ -135,6 +135,7 @@ def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = ()
         last = f"{now - s.last_success:.1f}s ago" if s.last_success else "never"
         rows.append(f"<tr><td>{html.escape(s.kind)}</td><td>{html.escape(s.target)}</td>"
                     f"<td class={state}>{state}</td><td>{last}</td>"
+                    f"<td>{html.escape(s.shown)}</td>"
                     f"<td>{html.escape(s.last_error)}</td></tr>")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>prefect-pg-exporter</title>
@@ -148,7 +149,10 @@ def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = ()
 <a href="/readyz">/readyz</a> ·
 <a href="/incidents">/incidents</a></p>
 <h2>Sources</h2>
-<table><tr><th>source</th><th>target</th><th>state</th><th>last success</th><th>last error</th></tr>
+<p>Shown (on /metrics and below): what each source's last poll read. After a failed poll, only
+what it read before failing (Prefect: /api/health and /api/ready); the rest is absent, not old.</p>
+<table><tr><th>source</th><th>target</th><th>state</th><th>last success</th><th>shown</th>
+<th>last error</th></tr>
 {"".join(rows)}
 </table>
 <h2>Findings</h2>

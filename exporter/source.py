@@ -34,14 +34,20 @@ class Source(Protocol):
     async def poll(self) -> Snapshot:
         """Read the target once and return a snapshot; raise SourceError on failure."""
 
+    def partial(self) -> Snapshot | None:
+        """After a poll that failed (or timed out): what it read before, as a snapshot of its
+        own type, or None. The poller publishes it in place of the last full snapshot, so
+        nothing the failed poll could not read is shown as current."""
+
     async def close(self) -> None:
         """Drop the connection; the next poll reconnects."""
 
 
 def is_fresh(snapshot: Snapshot | None, now: float, stale_after: float) -> bool:
-    """Whether a snapshot may still be exported and diagnosed as current. A recent snapshot is
-    kept through a failed poll or two, so one timeout in the middle of an incident does not
-    reset every alert's `for:`; data older than stale_after is never shown as current."""
+    """Whether a snapshot may still be exported and diagnosed as current. The poller replaces a
+    source's snapshot after every poll (a failed one leaves only what it read: partial()); this
+    is the guard for a poller that stopped polling: data older than stale_after is never shown
+    as current."""
     return snapshot is not None and now - snapshot.taken_at <= stale_after
 
 

@@ -49,6 +49,12 @@ THRESHOLDS: dict[str, Threshold] = {
         600, "no new event for this long while flow runs keep starting"),
     "api_ready_warning_seconds": Threshold(
         2, "GET /api/ready (a connection out of the API's database pool): slower than"),
+    "api_pool_saturated_ready_seconds": Threshold(
+        0.5, "the API server's own database pool is saturated when GET /api/ready is slower "
+             "than this"),
+    "api_pool_saturated_ratio": Threshold(
+        5, "and GET /api/ready is slower than GET /api/health by more than this factor (with "
+            "no PgBouncer waiters, lock waits or old idle transactions to explain it)"),
     "stuck_runs_warning": Threshold(
         0, "flow runs unfinished for longer than --stuck-run-seconds, per pool and state: "
            "more than"),

@@ -23,7 +23,9 @@ from exporter.prefect.snapshot import (
     Limits,
     Outcomes,
     PoolCounts,
+    PrefectProbeSnapshot,
     PrefectSnapshot,
+    Probe,
     Readiness,
     RequestStats,
     Retention,
@@ -43,6 +45,9 @@ class NamedSource:
 
     async def poll(self) -> Any:
         raise AssertionError("not polled in these tests")
+
+    def partial(self) -> None:
+        return None
 
     async def close(self) -> None:
         pass
@@ -101,12 +106,26 @@ SCHEDULING_FIELDS = {f.name for f in fields(Scheduling)}
 
 def services(**kw: Any) -> Services:
     """Background services that leave no trace of trouble."""
-    base: dict[str, Any] = dict(ready_seconds=0.01, ready_ok=True, unmarked_overdue=0,
+    base: dict[str, Any] = dict(unmarked_overdue=0,
                                 unmarked_overdue_by_pool={}, unmarked_after_seconds=25.0,
                                 recently_scheduled_deployments=3,
                                 deployments_without_future_runs=0)
     base.update(kw)
     return Services(**base)
+
+
+def probe(**kw: Any) -> Probe:
+    """A calm API: /api/ready 10 ms (one round trip through its pool), /api/health 2 ms."""
+    base: dict[str, Any] = dict(health_seconds=0.002, health_ok=True, ready_seconds=0.01,
+                                ready_ok=True)
+    base.update(kw)
+    return Probe(**base)
+
+
+def prefect_probe(taken_at: float = 10_000.0, target: str = "prefect",
+                  **kw: Any) -> PrefectProbeSnapshot:
+    """What a failed Prefect poll publishes: its probe only."""
+    return PrefectProbeSnapshot(taken_at=taken_at, target=target, probe=probe(**kw))
 
 
 def events(taken_at: float, **kw: Any) -> Events:
@@ -155,7 +174,8 @@ def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
         taken_at=taken_at, target="prefect", version="3.8.8", settings=dict(PREFECT_SETTINGS),
         text_settings={
             "server.database.sqlalchemy.connect_args.application_name": "prefect-server"},
-        scheduling=Scheduling(**scheduling), services=services(), events=events(taken_at),
+        probe=probe(), scheduling=Scheduling(**scheduling), services=services(),
+        events=events(taken_at),
         retention=retention(taken_at), runs=runs(), outcomes=outcomes(),
         limits=limits(ConcurrencyLimit("etl", 5, 1, True, None, None)),
         readiness=Readiness(deployments=4, in_a_queue=3, in_unpolled_queues=0))

@@ -109,6 +109,10 @@ class PgBouncerSource:
         self._connect_timeout = connect_timeout
         self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
 
+    def partial(self) -> None:
+        """A failed poll publishes nothing: SHOW POOLS without SHOW DATABASES cannot be judged."""
+        return None
+
     async def poll(self) -> PgBouncerSnapshot:
         try:
             with translated(QUERY_ERRORS, self._target.secrets()):

@@ -336,6 +336,10 @@ class PostgresSource:
         self._statements = statements  # False: no query text is read (--no-statements)
         self._thresholds = all_thresholds(thresholds)
 
+    def partial(self) -> None:
+        """A failed poll publishes nothing: its reads are one statement's rows, all or none."""
+        return None
+
     async def poll(self) -> PostgresSnapshot:
         try:
             with translated(QUERY_ERRORS, self._target.secrets()):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from exporter.kind import SourceKind
 from exporter.prefect.checks import prefect_checks
 from exporter.prefect.metrics import API_UP, SPECS, prefect_families
-from exporter.prefect.snapshot import PrefectSnapshot
+from exporter.prefect.snapshot import PrefectProbeSnapshot
 
 if TYPE_CHECKING:
     from exporter.config import Config
@@ -47,5 +47,5 @@ def _sources(config: Config) -> Sequence[Source]:
             for t in config.prefect_targets]
 
 
-KIND = SourceKind(name="prefect", snapshot_type=PrefectSnapshot, up=API_UP, specs=SPECS,
+KIND = SourceKind(name="prefect", snapshot_type=PrefectProbeSnapshot, up=API_UP, specs=SPECS,
                   families=prefect_families, checks=prefect_checks, sources=_sources)

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 
 from exporter.finding import Context, Finding, age
 from exporter.labels import clean
+from exporter.pgbouncer.checks import waiting_pools
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
+from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.prefect import compat
 from exporter.prefect.metrics import ended_rows, events_lag, holders_running, pool_rows, runs_lag
-from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot, WorkPool
+from exporter.prefect.snapshot import PoolCounts, PrefectProbeSnapshot, PrefectSnapshot, WorkPool
 
 LATE_ENABLED = "server.services.late_runs.enabled"
 SCHEDULER_ENABLED = "server.services.scheduler.enabled"
@@ -137,15 +139,99 @@ def services_stalled(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
                "future runs)"),
             "Check the background services (scheduler): their process and logs; restart them. "
             "Runs that should have been created meanwhile are not backfilled.")
-    if sv.ready_seconds > t["api_ready_warning_seconds"]:
+
+
+def latency(seconds: float) -> str:
+    """A round trip as people say it: 6 ms, 1.4 s."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+IDLE_IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
+
+
+def database_explains(ctx: Context) -> list[str]:
+    """What PgBouncer and PostgreSQL show that would make the API wait on its database, as their
+    own findings judge it: clients waiting in a PgBouncer pool, sessions waiting on locks, a
+    transaction idle for longer than the idle_in_transaction finding allows. Empty: neither
+    explains a slow /api/ready."""
+    t, found = ctx.thresholds, []
+    for pgb in ctx.of(PgBouncerSnapshot):
+        found += [f"PgBouncer {pgb.target}: {w.waiting} client(s) wait in pool {w.name}, the "
+                  f"oldest for {w.pool.maxwait_seconds:.1f}s" for w in waiting_pools(pgb, t)]
+    for pg in ctx.of(PostgresSnapshot):
+        if pg.blocked:
+            found.append(f"PostgreSQL {pg.target}: {len(pg.blocked)} session(s) wait on locks, "
+                         f"the longest for {age(max(b.wait_seconds for b in pg.blocked))}")
+        idle = [g for g in pg.activity if g.state in IDLE_IN_TRANSACTION
+                and (g.max_transaction_age or 0) > t["idle_in_transaction_warning_seconds"]]
+        if idle:
+            found.append(f"PostgreSQL {pg.target}: {sum(g.sessions for g in idle)} session(s) "
+                         "idle in transaction for over "
+                         f"{age(t['idle_in_transaction_warning_seconds'])}, holding their "
+                         "connections")
+    return found
+
+
+def api_pool(pf: PrefectProbeSnapshot, ctx: Context) -> Iterator[Finding]:
+    """The probe: /api/ready (through the server's own database pool) against /api/health (no
+    database). Ready slow and health fast, with nothing in PgBouncer or PostgreSQL to explain
+    it: the server's pool is saturated. Judged on a failed poll's partial snapshot too."""
+    t, probe = ctx.thresholds, pf.probe
+    if probe is None:
+        return
+    sizes = _pool_sizes(pf)
+    gap = f"/api/ready {latency(probe.ready_seconds)} vs /api/health " \
+          f"{latency(probe.health_seconds)}"
+    if probe.ready_seconds > t["api_ready_warning_seconds"]:
         yield Finding(
             "api_slow", "warning", pf.target,
-            f"the API takes {sv.ready_seconds:.1f}s to reach its database"
-            + ("" if sv.ready_ok else " (GET /api/ready failed)"),
-            ("GET /api/ready checks a connection out of the API server's SQLAlchemy pool: "
-             "pool_size " + f"{s.get(POOL_SIZE, '?')}, max_overflow {s.get(MAX_OVERFLOW, '?')}",),
+            f"the API takes {probe.ready_seconds:.1f}s to reach its database"
+            + ("" if probe.ready_ok else " (GET /api/ready failed)"),
+            (f"{gap}: GET /api/ready checks a connection out of the API server's SQLAlchemy "
+             f"pool: {sizes}",),
             "The API's pool is exhausted or the database is slow: see the connection and lock "
             "findings; raise pool_size/max_overflow only if max_connections has room.")
+    if not (probe.ready_seconds > t["api_pool_saturated_ready_seconds"]
+            and probe.ready_seconds > t["api_pool_saturated_ratio"] * probe.health_seconds):
+        return
+    explained = database_explains(ctx)
+    if explained:
+        yield Finding(
+            "api_waits_on_database", "info", pf.target,
+            f"Prefect's API waits on its database ({gap}): PgBouncer or PostgreSQL explain it",
+            tuple(explained[:5]),
+            "Fix what their findings name (waiting pools, lock holders, idle transactions); "
+            "Prefect's own pool is not the bottleneck, and raising it would add to the queue.")
+        return
+    yield Finding(
+        "prefect_api_pool_saturated", "warning", pf.target,
+        f"Prefect's own database pool is saturated: {gap}",
+        (f"GET /api/ready waits for a connection from the API server's SQLAlchemy pool "
+         f"({sizes}); /api/health, which needs none, answers at once",
+         _calm(ctx)),
+        "Raise PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE (and ..._MAX_OVERFLOW) on the API "
+        "server, keeping replicas x (pool_size + max_overflow) within PostgreSQL's "
+        "max_connections (or PgBouncer's pool), or add API replicas; QueuePool timeouts and "
+        "failing clients follow until then.")
+
+
+def _pool_sizes(pf: PrefectProbeSnapshot) -> str:
+    settings = pf.settings if isinstance(pf, PrefectSnapshot) else {}
+    if not settings:
+        return "pool_size and max_overflow not readable in this poll"
+    size, overflow = (settings.get(k) for k in (POOL_SIZE, MAX_OVERFLOW))
+    return (f"pool_size {'?' if size is None else f'{size:g}'}, max_overflow "
+            f"{'?' if overflow is None else f'{overflow:g}'}")
+
+
+def _calm(ctx: Context) -> str:
+    pgbouncers = [s.target for s in ctx.of(PgBouncerSnapshot)]
+    postgres = [s.target for s in ctx.of(PostgresSnapshot)]
+    return ("; ".join(
+        ([f"PgBouncer's pools ({', '.join(pgbouncers)}) have no waiting clients"]
+         if pgbouncers else ["no PgBouncer monitored"])
+        + ([f"PostgreSQL ({', '.join(postgres)}) has no lock waits and no old idle "
+            "transactions"] if postgres else ["no PostgreSQL monitored"])))
 
 
 def events_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
@@ -306,7 +392,15 @@ def outcome_ratios(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
                     "worker's logs and the platform's events say why.")
 
 
-def prefect_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
+def prefect_checks(snap: PrefectProbeSnapshot, ctx: Context) -> Iterator[Finding]:
+    """The probe's checks on every snapshot (a failed poll's partial one too), the rest on a
+    full poll."""
+    yield from api_pool(snap, ctx)
+    if isinstance(snap, PrefectSnapshot):
+        yield from polled_checks(snap, ctx)
+
+
+def polled_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     yield from scheduling(pf, ctx)
     yield from statement_cache(pf, ctx)
     yield from services_stalled(pf, ctx)

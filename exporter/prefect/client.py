@@ -100,6 +100,7 @@ class PrefectClient:
         self._limit = asyncio.Semaphore(max_concurrency)
         self._max_concurrency = max_concurrency
         self._client: httpx.AsyncClient | None = None
+        self._probe_client: httpx.AsyncClient | None = None  # probe(): its own connections
         self.csrf = CsrfToken()  # kept across reconnects: the server keeps the token
         if self.url.startswith(CLOUD_API_URL):
             self.csrf.enabled = False
@@ -231,17 +232,17 @@ class PrefectClient:
             raise SourceError("query", f"POST {endpoint}: expected a list")
         return [item for item in value if isinstance(item, Mapping)]
 
-    async def ready(self, timeout: float) -> tuple[bool, float]:
-        """GET /ready, timed: one round trip through the server's own database pool (Prefect
-        checks out a connection). Never raises: a failure or a timeout is the answer, with
-        the time it took."""
-        if self._client is None:
-            self._client = self._make_client()
-        stats = self.requests.setdefault("/ready", RequestStats())
+    async def probe(self, path: str, timeout: float) -> tuple[bool, float]:
+        """GET <path> (health, ready), timed, on a client of its own: outside the cap on
+        requests in flight and the poll's connections, so the time is the server's, not the
+        exporter's own queueing. Never raises: a failure or a timeout is the answer, with the
+        time it took."""
+        if self._probe_client is None:
+            self._probe_client = self._make_client()
+        stats = self.requests.setdefault(f"/{path}", RequestStats())
         started = time.monotonic()
         try:
-            async with self._limit:
-                response = await self._client.get("ready", timeout=timeout)
+            response = await self._probe_client.get(path, timeout=timeout)
             ok = response.status_code == 200
         except httpx.HTTPError:
             ok = False
@@ -256,9 +257,11 @@ class PrefectClient:
         return {k: RequestStats(v.count, v.errors, v.seconds) for k, v in self.requests.items()}
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        clients = (self._client, self._probe_client)
+        self._client = self._probe_client = None
+        for client in clients:
+            if client is not None:
+                await client.aclose()
 
 
 def http_error(method: str, endpoint: str, response: httpx.Response) -> str:

@@ -13,6 +13,7 @@ from exporter.prefect.snapshot import (
     UNFINISHED_STATE_TYPES,
     ConcurrencyLimit,
     PoolCounts,
+    PrefectProbeSnapshot,
     PrefectSnapshot,
     Retention,
 )
@@ -87,12 +88,21 @@ API_REQUEST_SECONDS = _pf("prefect_api_request_duration_seconds_total", "target 
                           "latency.", "counter")
 
 READY_SECONDS = _pf("prefect_api_ready_duration_seconds", "target",
-                    "The last GET /api/ready round trip: one connection checked out of the API "
-                    "server's own database pool. Rises first when that pool is exhausted "
-                    "(QueuePool timeouts) while PgBouncer and PostgreSQL look calm.")
+                    "The last GET /api/ready round trip, timed at the start of every poll on a "
+                    "connection of its own (published even when the rest of the poll fails): "
+                    "one connection checked out of the API server's own database pool. Rises "
+                    "first when that pool is exhausted (QueuePool timeouts) while PgBouncer and "
+                    "PostgreSQL look calm.")
 READY_FAILURES = _pf("prefect_api_ready_failures_total", "target",
                      "GET /api/ready answers that were not 200 (503: database not available) or "
                      "did not come within half the poll timeout.", "counter")
+HEALTH_SECONDS = _pf("prefect_api_health_duration_seconds", "target",
+                     "The last GET /api/health round trip, timed beside /api/ready: the API "
+                     "answering without its database. Ready slow while health is fast: the "
+                     "server's own database pool is saturated.")
+HEALTH_FAILURES = _pf("prefect_api_health_failures_total", "target",
+                      "GET /api/health answers that were not 200 or did not come within half "
+                      "the poll timeout.", "counter")
 UNMARKED_OVERDUE = _pf("prefect_overdue_unmarked_runs", "target work_pool",
                        "SCHEDULED runs still named Scheduled, overdue by more than "
                        "late_runs.after_seconds plus two loop_seconds: the late_runs service "
@@ -177,14 +187,37 @@ SPECS: tuple[MetricSpec, ...] = (
     SCHEDULED_RUNS, RUNS_IN_FLIGHT, POOL_INFO, POOL_STATUS, POOL_PAUSED, POOL_LIMIT,
     POOL_WORKERS, POOL_ONLINE_WORKERS, POOL_LAST_HEARTBEAT, QUEUE_PAUSED, QUEUE_LIMIT,
     DOCKET_INFO, SERVER_SETTING, API_REQUESTS, API_REQUEST_ERRORS, API_REQUEST_SECONDS,
-    READY_SECONDS, READY_FAILURES, UNMARKED_OVERDUE, DEPLOYMENTS_RECENTLY_SCHEDULED,
-    DEPLOYMENTS_WITHOUT_FUTURE, EVENTS_NEWEST_AGE, RUN_LAST_START_AGE, EVENTS_OLDEST_AGE,
+    READY_SECONDS, READY_FAILURES, HEALTH_SECONDS, HEALTH_FAILURES, UNMARKED_OVERDUE,
+    DEPLOYMENTS_RECENTLY_SCHEDULED, DEPLOYMENTS_WITHOUT_FUTURE, EVENTS_NEWEST_AGE,
+    RUN_LAST_START_AGE, EVENTS_OLDEST_AGE,
     RETENTION_LAG, STUCK_RUNS, OLDEST_STATE_AGE, STUCK_SAMPLE_COMPLETE, HEARTBEATS_SEEN,
     WITHOUT_HEARTBEAT, RUNS_ENDED, TASK_RUNS_RUNNING, LIMIT_SLOTS, LIMIT_ACTIVE,
     LIMIT_SATURATED, LIMIT_HOLDERS, QUEUE_STATUS, QUEUE_POLLED_AGE, QUEUE_DEPLOYMENTS, DEPLOYMENTS)
 
 
-def prefect_families(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[Metric]:
+def prefect_families(snap: PrefectProbeSnapshot, options: MetricOptions
+                     ) -> Iterator[Metric]:
+    """The probe, from a full poll or from a failed one's partial snapshot; the rest only from a
+    full poll."""
+    yield from _probe(snap)
+    if isinstance(snap, PrefectSnapshot):
+        yield from _polled(snap, options)
+
+
+def _probe(snap: PrefectProbeSnapshot) -> Iterator[Metric]:
+    probe = snap.probe
+    if probe is None:
+        return
+    for spec_, value in ((READY_SECONDS, probe.ready_seconds),
+                         (READY_FAILURES, probe.ready_failures),
+                         (HEALTH_SECONDS, probe.health_seconds),
+                         (HEALTH_FAILURES, probe.health_failures)):
+        metric = spec_.family()
+        metric.add_metric([snap.target], value)
+        yield metric
+
+
+def _polled(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[Metric]:
     target = snap.target
     info = SERVER_INFO.family()
     info.add_metric([target, snap.version], 1)
@@ -318,11 +351,6 @@ def _services(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     services = snap.services
     if services is None:
         return
-    ready = READY_SECONDS.family()
-    ready.add_metric([target], services.ready_seconds)
-    failures = READY_FAILURES.family()
-    failures.add_metric([target], snap.requests["/ready"].errors if "/ready" in snap.requests
-                        else 0)
     unmarked = UNMARKED_OVERDUE.family()
     listed = {clean(p): n for p, n in services.unmarked_overdue_by_pool.items()}
     for pool, count in listed.items():
@@ -332,7 +360,7 @@ def _services(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     recent.add_metric([target], services.recently_scheduled_deployments)
     without = DEPLOYMENTS_WITHOUT_FUTURE.family()
     without.add_metric([target], services.deployments_without_future_runs)
-    yield from (ready, failures, unmarked, recent, without)
+    yield from (unmarked, recent, without)
 
 
 def _events(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:

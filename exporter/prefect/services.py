@@ -6,11 +6,12 @@ leave behind says it:
   mean it is not running;
 - the scheduler keeps future runs (tagged auto-scheduled) for every active schedule: a
   deployment that had auto-scheduled runs within the last day and has no future one means it is
-  not running (or its schedule was just deactivated: Prefect deletes the future runs then);
-- GET /api/ready checks a connection out of the API's own SQLAlchemy pool: when that pool is
-  exhausted (QueuePool timeouts), this round trip is what slows down first.
+  not running (or its schedule was just deactivated: Prefect deletes the future runs then).
 
-A constant number of requests: 1 ready, 2 deployment counts, 1 + 1 per work pool counts.
+(The API server's own database pool is judged by the probe, source.py: GET /api/ready beside
+GET /api/health, at the start of every poll.)
+
+A constant number of requests: 2 deployment counts, 1 + 1 per work pool counts.
 """
 
 from __future__ import annotations
@@ -60,17 +61,16 @@ def unmarked_grace(settings: Mapping[str, float]) -> float:
 
 
 async def read_services(api: PrefectClient, now: datetime, settings: Mapping[str, float],
-                        pools: Sequence[str], ready_timeout: float) -> Services:
+                        pools: Sequence[str]) -> Services:
     grace = unmarked_grace(settings)
     cutoff = now - timedelta(seconds=grace)
-    (ready_ok, ready_seconds), total, by_pool, recent, with_future = await asyncio.gather(
-        api.ready(ready_timeout),
+    total, by_pool, recent, with_future = await asyncio.gather(
         api.count("flow_runs", unmarked_filter(cutoff)),
         asyncio.gather(*(api.count("flow_runs", unmarked_filter(cutoff, p)) for p in pools)),
         api.count("deployments", recently_scheduled_filter(now)),
         api.count("deployments", with_future_runs_filter(now)))
     return Services(
-        ready_seconds=ready_seconds, ready_ok=ready_ok, unmarked_overdue=total,
+        unmarked_overdue=total,
         unmarked_overdue_by_pool=dict(zip(pools, by_pool, strict=True)),
         unmarked_after_seconds=grace, recently_scheduled_deployments=recent,
         deployments_without_future_runs=max(0, recent - with_future))

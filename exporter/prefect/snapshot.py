@@ -61,8 +61,6 @@ class Services:
     """What Prefect's background services leave behind (services.py): nothing in Prefect says
     whether they run."""
 
-    ready_seconds: float  # GET /api/ready: one round trip through the API's database pool
-    ready_ok: bool
     # SCHEDULED runs still named "Scheduled" overdue by more than late_runs.after_seconds plus
     # two loops: the late_runs service should have marked them Late
     unmarked_overdue: int
@@ -154,11 +152,36 @@ class Readiness:
 
 
 @dataclass(frozen=True)
-class PrefectSnapshot:
-    """One poll of a Prefect server."""
+class Probe:
+    """GET /api/health and GET /api/ready, timed side by side at the start of a poll, on a
+    connection of their own and outside the poll's request cap (source.py). /health answers
+    without the database; /ready checks a connection out of the API server's own SQLAlchemy
+    pool: ready slow while health is fast is that pool saturated (incident 13)."""
+
+    health_seconds: float
+    health_ok: bool
+    ready_seconds: float
+    ready_ok: bool
+    # cumulative, like counters: answers that were not 200 or did not come within the timeout
+    health_failures: int = 0
+    ready_failures: int = 0
+
+
+@dataclass(frozen=True)
+class PrefectProbeSnapshot:
+    """What a Prefect poll reads first: the probe. Published alone when the rest of the poll
+    fails or times out (the poller's partial result), so the API's latency is never hidden by a
+    failing poll; a full poll is a PrefectSnapshot, which carries it too."""
 
     taken_at: float
     target: str
+    probe: Probe | None = None  # None: not probed (hand-made snapshots in tests)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefectSnapshot(PrefectProbeSnapshot):
+    """One poll of a Prefect server: the probe and everything else."""
+
     version: str
     settings: dict[str, float]  # numeric settings by path; durations in seconds
     text_settings: dict[str, str]

@@ -4,6 +4,11 @@ Counts, never pages: every number comes from a `/count` with a filter body, or a
 a small `limit`, so the cost of a poll does not grow with the number of flow runs. It grows with
 the number of work pools, which is bounded by label_top_n. Requests run concurrently under a
 cap. Each concern (scheduling.py, ...) reads its part of the snapshot.
+
+Every poll starts with the probe: GET /api/health and GET /api/ready side by side, each with
+half the poll timeout, on connections of their own and outside the cap, so they time the
+server and not the exporter's own queueing. The probe is kept as the poll's partial result:
+when the rest of the poll fails or times out, the poller still publishes it (partial()).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from exporter.prefect.runs import outcomes_supported, read_outcomes, read_runs
 from exporter.prefect.scheduling import list_work_pools, read_readiness, read_scheduling
 from exporter.prefect.services import read_services
 from exporter.prefect.settings import docket_scheme, parse_settings, vacuum_kinds
-from exporter.prefect.snapshot import PrefectSnapshot, Retention
+from exporter.prefect.snapshot import PrefectProbeSnapshot, PrefectSnapshot, Probe, Retention
 from exporter.source import ErrorMap, translated
 
 # A request that never got an HTTP answer; HTTP errors are turned into SourceError by the client.
@@ -48,7 +53,9 @@ class PrefectSource:
                                   verify=verify, max_concurrency=max_concurrency)
         self._horizon = horizon_seconds
         self._max_pools = max_pools
-        self._ready_timeout = max(1.0, timeout / 2)  # a slow /ready must not fail the poll
+        # the probe ends within half the poll timeout: the rest of the poll has the other half
+        self._probe_timeout = timeout / 2
+        self._partial: PrefectProbeSnapshot | None = None  # what this poll has read so far
         self._events: bool | None = None  # does the server offer its events API? (asked once)
         self._outcomes: bool | None = None  # can it count runs by end_time? (asked once)
         self._retention: Retention | None = None  # read every RETENTION_EVERY_SECONDS
@@ -58,15 +65,33 @@ class PrefectSource:
         self._saturation = Saturation()
 
     async def poll(self) -> PrefectSnapshot:
+        self._partial = None
+        probe = await self._probe()
+        self._partial = PrefectProbeSnapshot(taken_at=time.time(), target=self.target,
+                                             probe=probe)
         now = datetime.now(UTC)
         with translated(TRANSPORT_ERRORS, self._api.secrets(), f"{self._api.url}: "):
             try:
-                return await self._read(now)
+                return await self._read(now, probe)
             except httpx.HTTPError:
                 await self.close()  # a fresh client (and connections) for the next poll
                 raise
 
-    async def _read(self, now: datetime) -> PrefectSnapshot:
+    def partial(self) -> PrefectProbeSnapshot | None:
+        """What the last poll read before it failed: the probe (None: it failed before the
+        probe ended). The poller publishes it in place of the full snapshot."""
+        return self._partial
+
+    async def _probe(self) -> Probe:
+        """/health and /ready at once; each answers (ok, seconds) and never raises."""
+        api, timeout = self._api, self._probe_timeout
+        (health_ok, health), (ready_ok, ready) = await asyncio.gather(
+            api.probe("health", timeout), api.probe("ready", timeout))
+        return Probe(health_seconds=health, health_ok=health_ok, ready_seconds=ready,
+                     ready_ok=ready_ok, health_failures=api.requests["/health"].errors,
+                     ready_failures=api.requests["/ready"].errors)
+
+    async def _read(self, now: datetime, probe: Probe) -> PrefectSnapshot:
         api = self._api
         version, settings, pools = await asyncio.gather(
             api.call("GET", "admin/version", "/admin/version", optional=True),
@@ -80,7 +105,7 @@ class PrefectSource:
             self._outcomes = await outcomes_supported(api, now)
         scheduling, services, events, runs, outcomes, limits = await asyncio.gather(
             read_scheduling(api, now, self._horizon, pools),
-            read_services(api, now, numbers, names, self._ready_timeout),
+            read_services(api, now, numbers, names),
             read_events(api, now) if self._events else _nothing(),
             read_runs(api, now, names, stuck_after=self._stuck_after,
                       heartbeat_timeout=self._heartbeat_timeout, events=self._events),
@@ -94,6 +119,7 @@ class PrefectSource:
         return PrefectSnapshot(
             taken_at=time.time(),
             target=self.target,
+            probe=probe,
             version=version if isinstance(version, str) else "",
             settings=numbers, text_settings=texts,
             scheduling=scheduling,

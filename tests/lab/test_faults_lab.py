@@ -60,6 +60,14 @@ async def test_prefect_api_faults(proxy: FaultProxy, start_exporter: StartExport
     took = time.monotonic() - started
     assert took <= 2 * INTERVAL + SLACK, f"up dropped after {took:.1f}s"
     assert s.value("prefect_pg_exporter_source_errors_total", reason=reason) >= 1
+    # what the failed poll could not read is gone at once, not shown as current (#28); its
+    # probe, read first, is there: in time out mode, as long as the probe waited (half the
+    # poll timeout), and counted as a failure
+    assert s.find("prefect_scheduled_runs") is None and s.find("prefect_flow_runs") is None
+    assert s.find("prefect_api_ready_duration_seconds") is not None
+    if mode == "slow":
+        assert s.value("prefect_api_ready_duration_seconds") >= INTERVAL / 2 - 0.1
+        assert s.value("prefect_api_ready_failures_total") >= 1
     assert await _slowest_scrape(port) < 0.25  # never waits on the API
     assert exporter.poller.states[0].last_error  # said on / and in the log
 

@@ -94,6 +94,8 @@ async def test_pgbouncer_killed_and_restarted(lab_dir: Path, postgres: LabPostgr
         # the exporter keeps serving, and the other source is unaffected
         assert s.value("postgres_up") == 1
         assert s.value("prefect_pg_exporter_source_up", source="pgbouncer") == 0
+        # nothing of the last good poll is shown as current (#28): its pools are gone
+        assert s.find("pgbouncer_databases_pool_size", name="prefect") is None
         bouncer.start()
         s = await wait_for_value(port, "pgbouncer_up", {}, 1, timeout=20)
         # after a restart no client waits (and the pool may not exist yet)

@@ -183,6 +183,8 @@ async def test_database_restart_is_survived_with_one_session(
     own_postgres.stop()
     s = await wait_for_value(port, "prefect_pg_exporter_source_up", {"source": "postgres"}, 0)
     assert s.value("postgres_up") == 0
+    # nothing of the last good poll is shown as current (#28)
+    assert s.find("postgres_max_connections") is None
     assert (s.find("prefect_pg_exporter_source_errors_total", source="postgres",
                     reason="connect") or 0) + (
         s.find("prefect_pg_exporter_source_errors_total", source="postgres",

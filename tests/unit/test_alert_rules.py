@@ -199,6 +199,28 @@ CASES += [
      "8m", [{"target": "prefect"}]),
     ("PrefectApiSlow", {'prefect_api_ready_duration_seconds{target="prefect"}': "0.05x10"},
      "8m", []),
+]
+READY = 'prefect_api_ready_duration_seconds{target="prefect"}'
+HEALTH = 'prefect_api_health_duration_seconds{target="prefect"}'
+CASES += [
+    ("PrefectApiPoolSaturated",  # ready 1.4 s, health 6 ms, nothing else waits
+     {READY: "1.4x10", HEALTH: "0.006x10", f"pgbouncer_pools_client_waiting_connections{{{POOL}}}":
+      "0x10", 'postgres_blocked_sessions{target="db"}': "0x10"},
+     "5m", [{"target": "prefect"}]),
+    ("PrefectApiPoolSaturated",  # quiet: ready fast
+     {READY: "0.01x10", HEALTH: "0.002x10"}, "5m", []),
+    ("PrefectApiPoolSaturated",  # quiet: health as slow as ready (the whole server is slow)
+     {READY: "1.4x10", HEALTH: "1.2x10"}, "5m", []),
+    ("PrefectApiPoolSaturated",  # quiet: PgBouncer's clients wait, its alert names the cause
+     {READY: "1.4x10", HEALTH: "0.006x10",
+      f"pgbouncer_pools_client_waiting_connections{{{POOL}}}": "12x10"}, "5m", []),
+    ("PrefectApiPoolSaturated",  # quiet: sessions wait on locks
+     {READY: "1.4x10", HEALTH: "0.006x10", 'postgres_blocked_sessions{target="db"}': "3x10"},
+     "5m", []),
+    ("PrefectApiPoolSaturated",  # quiet: a transaction idle for 10 minutes holds a connection
+     {READY: "1.4x10", HEALTH: "0.006x10",
+      f'postgres_transaction_max_age_seconds{{{IIT},state="idle in transaction"}}': "600x10"},
+     "5m", []),
     ("PostgresDatabaseFilling",  # no size budget configured (the default): quiet
      {f'postgres_database_size_bytes{{{DB},datname="prefect"}}': "0+1e9x400"}, "6h", []),
 ]

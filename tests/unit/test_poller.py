@@ -80,6 +80,30 @@ async def test_poll_once_records_each_outcome_by_reason() -> None:
     assert state.snapshot is not None and state.snapshot.target == "flaky"
 
 
+async def test_a_failed_poll_leaves_nothing_it_could_not_read() -> None:
+    """The rule for every kind: after a failed poll (an error or the timeout) the last full
+    snapshot is no longer shown, even while it is recent; a source with a partial result
+    (Prefect's probe) shows that instead."""
+    source = _Flaky()
+    source.calls = 2  # the next poll succeeds, the ones after it fail
+    poller = Poller([source], interval=1.0, timeout=0.05)
+    (state,) = poller.states
+    await poller.poll_once(state)
+    assert state.up and state.snapshot is not None
+    assert state.shown == "all of the last poll"
+    source.calls = 1  # hangs past the timeout
+    await poller.poll_once(state)
+    assert not state.up and state.snapshot is None
+    assert fresh_snapshots(poller.states, now=1.0, stale_after=float("inf")) == []
+    assert state.shown == "nothing"
+
+    partial = replace(pg_snapshot(), target="flaky", taken_at=5.0)
+    source.partial = lambda: partial
+    source.calls = 0  # fails with a SourceError
+    await poller.poll_once(state)
+    assert state.snapshot is partial and state.shown == "only what the failed poll read"
+
+
 class _SwallowsCancel(NamedSource):
     """A source whose driver turns a cancellation into its own error, as drivers do while a
     connection attempt is torn down (and as asyncio.wait_for did on 3.11 when the cancel met a

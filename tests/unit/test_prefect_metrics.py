@@ -17,7 +17,9 @@ from tests.factories import (
     events,
     limits,
     outcomes,
+    prefect_probe,
     prefect_snapshot,
+    probe,
     retention,
     runs,
     services,
@@ -62,7 +64,9 @@ def test_backlog_delay_per_pool_from_the_snapshot_time() -> None:
 def test_services_events_and_retention_metrics() -> None:
     snap = prefect_snapshot(
         taken_at=1_000_000.0,
-        services=services(ready_seconds=0.25, unmarked_overdue=5,
+        probe=probe(ready_seconds=0.25, health_seconds=0.003, ready_failures=3,
+                    health_failures=1),
+        services=services(unmarked_overdue=5,
                           unmarked_overdue_by_pool={"a": 2}, deployments_without_future_runs=1,
                           recently_scheduled_deployments=4),
         events=events(1_000_000.0, newest=999_400.0, last_run_start=999_970.0),
@@ -73,6 +77,8 @@ def test_services_events_and_retention_metrics() -> None:
     s = render(prefect_families(snap, MetricOptions(label_top_n=20)))
     assert s.value("prefect_api_ready_duration_seconds") == 0.25
     assert s.value("prefect_api_ready_failures_total") == 3
+    assert s.value("prefect_api_health_duration_seconds") == 0.003
+    assert s.value("prefect_api_health_failures_total") == 1
     assert s.value("prefect_overdue_unmarked_runs", work_pool="a") == 2
     assert s.value("prefect_overdue_unmarked_runs", work_pool=OTHER) == 3
     assert s.value("prefect_deployments_without_future_runs") == 1
@@ -94,8 +100,18 @@ def test_no_event_within_a_day_reads_at_least_a_day_and_nothing_overdue_is_no_la
     assert s.find("prefect_retention_lag_seconds", kind="flow_runs") is None
 
 
+def test_a_failed_polls_partial_snapshot_exports_its_probe_and_nothing_else() -> None:
+    s = render(prefect_families(prefect_probe(ready_seconds=1.4, health_seconds=0.006),
+                                MetricOptions(label_top_n=20)))
+    assert s.value("prefect_api_ready_duration_seconds") == 1.4
+    assert s.value("prefect_api_health_duration_seconds") == 0.006
+    assert s.names() == {"prefect_api_ready_duration_seconds", "prefect_api_ready_failures_total",
+                         "prefect_api_health_duration_seconds",
+                         "prefect_api_health_failures_total"}
+
+
 def test_a_server_without_events_or_services_parts_exports_none_of_them() -> None:
-    snap = prefect_snapshot(services=None, events=None, retention=None)
+    snap = prefect_snapshot(probe=None, services=None, events=None, retention=None)
     names = render(prefect_families(snap, MetricOptions(label_top_n=20))).names()
     assert not names & {"prefect_api_ready_duration_seconds", "prefect_events_newest_age_seconds",
                         "prefect_retention_lag_seconds"}

@@ -18,32 +18,42 @@ from exporter.finding import render_text
 from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState, failures, fresh_snapshots
 from exporter.source import Reason, Snapshot
-from tests.factories import NamedSource, rich_pgbouncer, rich_postgres, rich_prefect
+from tests.factories import (
+    NamedSource,
+    prefect_probe,
+    rich_pgbouncer,
+    rich_postgres,
+    rich_prefect,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "exposition.prom"
 GOLDEN_DOCTOR = Path(__file__).parent / "golden" / "doctor.txt"
 NOW = 1_700_000_000.0
 
 
-def _state(kind: str, target: str, snapshot: Snapshot, up: bool = True,
-           errors: Mapping[Reason, int] | None = None) -> SourceState:
+def _state(kind: str, target: str, snapshot: Snapshot | None, up: bool = True,
+           errors: Mapping[Reason, int] | None = None, error: str = "") -> SourceState:
     state = SourceState(NamedSource(kind, target))
     state.snapshot, state.up, state.polls = snapshot, up, 7
     state.last_success, state.last_duration = NOW - 2.0, 0.125
     state.errors = Counter(errors or {})
     if not up:
-        state.last_error = "cannot connect to db2:5432/prefect: connection refused"
+        state.last_error = error or "cannot connect to db2:5432/prefect: connection refused"
     return state
 
 
 def recorded_states() -> list[SourceState]:
     return [
         _state("postgres", "db", rich_postgres(NOW - 1.0, "db")),
-        _state("postgres", "db2", rich_postgres(NOW - 1.5, "db2"), up=False,
-               errors={"connect": 3}),
+        # its last poll failed: nothing of it is shown (a PostgreSQL poll has no partial result)
+        _state("postgres", "db2", None, up=False, errors={"connect": 3}),
         _state("pgbouncer", "pgb", rich_pgbouncer(NOW - 1.0, "pgb"), errors={"timeout": 1}),
         _state("prefect", "prefect", rich_prefect(NOW - 1.0, "prefect")),
         _state("prefect", "stale", rich_prefect(NOW - 1000.0, "stale")),
+        # its last poll timed out after the probe: the probe is shown, nothing else
+        _state("prefect", "timedout", prefect_probe(NOW - 3.0, "timedout", ready_seconds=1.4,
+                                                    health_seconds=0.006, ready_failures=2),
+               up=False, errors={"timeout": 2}, error="poll took longer than 5s"),
     ]
 
 
