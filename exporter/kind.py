@@ -29,6 +29,11 @@ def no_incidents(snapshot: Snapshot, context: Context) -> Iterable[Observation]:
     return ()
 
 
+def no_joined(snapshot: Snapshot, others: Sequence[Snapshot],
+              options: MetricOptions) -> Iterable[Metric]:
+    return ()
+
+
 @dataclass(frozen=True)
 class SourceKind(Generic[SnapshotT]):
     name: str  # postgres | pgbouncer | prefect: the `source` label, Source.kind
@@ -44,6 +49,10 @@ class SourceKind(Generic[SnapshotT]):
     # so that an incident begins and ends exactly when its finding appears and goes.
     incidents: Callable[[SnapshotT, Context], Iterable[Observation]] = field(
         default=no_incidents)
+    # Families that join its snapshot to the other fresh snapshots (PgBouncer's server
+    # connections by what their backends do on PostgreSQL); pure, like `families`.
+    joined: Callable[[SnapshotT, Sequence[Snapshot], MetricOptions], Iterable[Metric]] = field(
+        default=no_joined)
 
     def owns(self, snapshot: Snapshot) -> bool:
         return isinstance(snapshot, self.snapshot_type)
@@ -52,6 +61,12 @@ class SourceKind(Generic[SnapshotT]):
         if not isinstance(snapshot, self.snapshot_type):
             raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
         return self.families(snapshot, options)
+
+    def export_joined(self, snapshot: Snapshot, others: Sequence[Snapshot],
+                      options: MetricOptions) -> Iterable[Metric]:
+        if not isinstance(snapshot, self.snapshot_type):
+            raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
+        return self.joined(snapshot, others, options)
 
     def observe(self, snapshot: Snapshot, context: Context) -> Iterable[Observation]:
         if not isinstance(snapshot, self.snapshot_type):

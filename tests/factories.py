@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Stats
+from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Server, Stats
 from exporter.postgres.snapshot import (
     ActivityGroup,
+    Address,
     BlockedSession,
     DatabaseSize,
     Involved,
@@ -204,7 +205,10 @@ def rich_postgres(taken_at: float, target: str = "db") -> PostgresSnapshot:
                       deleted=4000),
                 table("log", 20_000, 9_000, 900.0, None, total_bytes=52_428_800,
                       inserted=90_000, deleted=61_000)),
-        databases=(DatabaseSize("postgres", 7_500_000), DatabaseSize("prefect", 95_000_000)))
+        databases=(DatabaseSize("postgres", 7_500_000), DatabaseSize("prefect", 95_000_000)),
+        # the first groups' backends: PgBouncer's server connections are among them
+        group_pids=(tuple(range(5001, 5013)), (4790,), (4711,)),
+        address=Address("10.0.0.5", "5432", "prefect"))
 
 
 def rich_pgbouncer(taken_at: float, target: str = "pgb") -> PgBouncerSnapshot:
@@ -229,7 +233,9 @@ def rich_pgbouncer(taken_at: float, target: str = "pgb") -> PgBouncerSnapshot:
                 "max_db_connections": "0", "query_timeout": "0"},
         lists={"databases": 2, "users": 3, "pools": 2, "free_clients": 40, "used_clients": 10,
                "login_clients": 0, "free_servers": 45, "used_servers": 5, "dns_names": 0,
-               "dns_zones": 0, "dns_queries": 0})
+               "dns_zones": 0, "dns_queries": 0},
+        servers=tuple(Server("prefect", "prefect", "active", pid, "10.0.0.5", "5432")
+                      for pid in (4711, 4790, 5001, 5002, 5003)))
 
 
 def rich_prefect(taken_at: float, target: str = "prefect") -> PrefectSnapshot:

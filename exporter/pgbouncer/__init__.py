@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from exporter.kind import SourceKind
 from exporter.pgbouncer.checks import pool_waiters
 from exporter.pgbouncer.incidents import pool_waiting
-from exporter.pgbouncer.metrics import SPECS, UP, pgbouncer_families
+from exporter.pgbouncer.metrics import SPECS, UP, pgbouncer_families, pgbouncer_joined
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
 
 if TYPE_CHECKING:
@@ -27,4 +27,4 @@ def _sources(config: Config) -> Sequence[Source]:
 
 KIND = SourceKind(name="pgbouncer", snapshot_type=PgBouncerSnapshot, up=UP, specs=SPECS,
                   families=pgbouncer_families, checks=pool_waiters, sources=_sources,
-                  incidents=pool_waiting)
+                  incidents=pool_waiting, joined=pgbouncer_joined)

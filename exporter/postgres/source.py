@@ -26,6 +26,7 @@ from exporter.postgres.involved import (
 )
 from exporter.postgres.snapshot import (
     ActivityGroup,
+    Address,
     BlockedSession,
     DatabaseSize,
     Involved,
@@ -79,13 +80,17 @@ _SESSION_COLUMNS = f"""
 # - 'blocked': every backend waiting on a lock, with the pids blocking it. pg_blocking_pids()
 #   takes the lock manager's partition locks, so it is called for these sessions only. The
 #   wait is measured from the waiting statement's start (state_change).
+#   A group row also lists its backends' pids (the last column, pids): what a PgBouncer
+#   pool's server connections are doing is looked up by pid in them (exporter/pgbouncer/
+#   servers.py), with no read of its own. An int array per group costs little beside the
+#   pg_stat_activity read itself.
 # The ages are computed per group (from min(xact_start)), not per backend, and with date_part,
 # which returns float8: EXTRACT returns numeric since PostgreSQL 14, several times dearer.
 # The LISTEN regular expression runs only on text that starts with "listen".
 _TAIL = """datname, usename, application_name, state, wait_event_type, wait_event, NULL, NULL,
         NULL, date_part('epoch', now() - xact_start), date_part('epoch', now() - state_change),
         pid, """ + _CLIENT_ADDR + """,
-        {blocked_by}, {kind}"""
+        {blocked_by}, {kind}, NULL"""
 ACTIVITY_SQL = rf"""
 WITH backend AS (
     SELECT pid,
@@ -109,7 +114,7 @@ SELECT datname, usename, application_name, state, wait_event_type, wait_event,
        date_part('epoch', now() - min(xact_start)) AS max_transaction_age,
        date_part('epoch', now() - min(state_change)) AS max_state_age,
        NULL::int AS pid, NULL::text AS client_addr, NULL::int[] AS blocked_by,
-       'group' AS row_kind
+       'group' AS row_kind, array_agg(pid) AS pids
 FROM backend
 WHERE client
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
@@ -132,6 +137,7 @@ class ActivityRead(NamedTuple):
     groups: tuple[ActivityGroup, ...]
     oldest: tuple[Session, ...]  # oldest transaction first
     blocked: tuple[BlockedSession, ...]  # only those another session blocks
+    group_pids: tuple[tuple[int, ...], ...] = ()  # each group's backends, in groups' order
 
 
 def _session(r: asyncpg.Record) -> Session:
@@ -142,12 +148,14 @@ def _session(r: asyncpg.Record) -> Session:
 
 def _activity(rows: Sequence[asyncpg.Record]) -> ActivityRead:
     groups: list[ActivityGroup] = []
+    group_pids: list[tuple[int, ...]] = []
     oldest: list[Session] = []
     blocked: list[BlockedSession] = []
     for r in rows:
         kind = r[_ROW_KIND]
         if kind == "group":
             groups.append(ActivityGroup._make(r[:_GROUP_WIDTH]))
+            group_pids.append(tuple(r[_ROW_KIND + 1] or ()))
         elif kind == "oldest":
             oldest.append(_session(r))
         elif r["blocked_by"]:  # a lock wait whose blocker already went is no longer blocked
@@ -155,7 +163,7 @@ def _activity(rows: Sequence[asyncpg.Record]) -> ActivityRead:
                                           wait_seconds=r["max_state_age"] or 0.0))
     # UNION ALL keeps no order across its branches: the oldest are ordered here
     oldest.sort(key=lambda s: (-(s.transaction_age or 0.0), s.pid))
-    return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked))
+    return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked), tuple(group_pids))
 
 
 # The sessions incidents are about, in one read: the lock chain's sessions by pid ($1), active
@@ -318,6 +326,13 @@ CONNECT_ERRORS: ErrorMap = (((TimeoutError, OSError, asyncpg.PostgresError,
                               asyncpg.InterfaceError, ValueError), "connect"),)
 
 
+def address_of(target: Target) -> Address:
+    """Where the target's DSN points (libpq's defaults where it says nothing), for the join of
+    a PgBouncer's server connections to this target."""
+    p = target.params
+    return Address(p.get("host", ""), p.get("port", "5432"), p.get("dbname", p.get("user", "")))
+
+
 class PostgresSource:
     kind = "postgres"
 
@@ -377,8 +392,8 @@ class PostgresSource:
 
     async def _read(self, conn: asyncpg.Connection) -> PostgresSnapshot:
         context = _context((await conn.fetch(CONTEXT_SQL, SETTING_NAMES, self._hot_tables))[0])
-        activity, oldest, blocked = _activity(await conn.fetch(ACTIVITY_SQL,
-                                                               self._top_transactions))
+        activity, oldest, blocked, group_pids = _activity(await conn.fetch(
+            ACTIVITY_SQL, self._top_transactions))
         involved = await self._involved(conn, activity, blocked)
         blocker_pids = {pid for b in blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
@@ -402,6 +417,8 @@ class PostgresSource:
             growth_bytes_per_second=self._growth.update(
                 taken_at, {d.datname: d.bytes for d in context.databases}),
             involved=involved,
+            group_pids=group_pids,
+            address=address_of(self._target),
         )
 
     async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],
