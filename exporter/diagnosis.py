@@ -28,4 +28,7 @@ def diagnose(snapshots: Sequence[Snapshot], failures: Sequence[SourceFailure] = 
         for snapshot in snapshots:
             if kind.owns(snapshot):
                 found += kind.diagnose(snapshot, context)
+        for failure in failures:  # why a target cannot be read, when the others show it
+            if failure.kind == kind.name:
+                found += kind.unreadable(failure.target, failure.error, context)
     return sorted(found, key=lambda f: SEVERITY_RANK[f.severity])

@@ -29,6 +29,10 @@ def no_incidents(snapshot: Snapshot, context: Context) -> Iterable[Observation]:
     return ()
 
 
+def no_explanation(target: str, error: str, context: Context) -> Iterable[Finding]:
+    return ()
+
+
 def no_joined(snapshot: Snapshot, others: Sequence[Snapshot],
               options: MetricOptions) -> Iterable[Metric]:
     return ()
@@ -53,6 +57,11 @@ class SourceKind(Generic[SnapshotT]):
     # connections by what their backends do on PostgreSQL); pure, like `families`.
     joined: Callable[[SnapshotT, Sequence[Snapshot], MetricOptions], Iterable[Metric]] = field(
         default=no_joined)
+    # Findings that explain why one of its targets could not be read from what the other
+    # fresh snapshots show (a Prefect API hanging behind a lock on PostgreSQL): (target,
+    # error, context) in.
+    unreadable: Callable[[str, str, Context], Iterable[Finding]] = field(
+        default=no_explanation)
 
     def owns(self, snapshot: Snapshot) -> bool:
         return isinstance(snapshot, self.snapshot_type)

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from exporter.finding import Cause
-from exporter.postgres.checks import lock_roots
 from exporter.postgres.involved import IDLE_IN_TRANSACTION
+from exporter.postgres.locks import lock_roots
 from exporter.postgres.snapshot import PostgresSnapshot, Session
 
 # What a backend is doing, as the join of a PgBouncer pool reports it (the pg_state label):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from exporter.finding import Context, Finding, age
+from exporter.postgres.locks import lock_roots
 from exporter.postgres.snapshot import PostgresSnapshot, Session
 from exporter.prefect.snapshot import PrefectSnapshot
 
@@ -19,26 +20,6 @@ def _who(s: Session) -> str:
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------------
-
-def lock_roots(pg: PostgresSnapshot) -> list[tuple[int, set[int]]]:
-    """Each root blocker (a holder that is not waiting itself; every holder when they all wait,
-    a deadlock in the making) with every session that waits behind it, directly or not. The
-    doctor's lock_chain finding and the lock_chain incident are both made of these."""
-    waiting = {b.pid for b in pg.blocked}
-    blocked_by: dict[int, set[int]] = {}
-    for b in pg.blocked:
-        for pid in b.blocked_by:
-            blocked_by.setdefault(pid, set()).add(b.pid)
-    roots = sorted(pid for pid in blocked_by if pid not in waiting)
-
-    def victims(pid: int, seen: set[int]) -> set[int]:
-        for child in blocked_by.get(pid, set()) - seen:
-            seen.add(child)
-            victims(child, seen)
-        return seen
-
-    return [(root, victims(root, set())) for root in roots or sorted(blocked_by)]
-
 
 def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """Who blocks whom, down to the root blockers: holders that are not waiting themselves."""

@@ -8,6 +8,7 @@ from exporter.finding import Context, Finding, age
 from exporter.labels import clean
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
 from exporter.prefect import compat
+from exporter.prefect.chain import prefect_blocked
 from exporter.prefect.metrics import ended_rows, events_lag, holders_running, pool_rows, runs_lag
 from exporter.prefect.snapshot import PoolCounts, PrefectSnapshot, WorkPool
 
@@ -316,3 +317,4 @@ def prefect_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     yield from queues_unpolled(pf, ctx)
     yield from outcome_ratios(pf, ctx)
     yield from compat.blind_spots(pf, ctx)
+    yield from prefect_blocked(pf, ctx)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.diagnosis import diagnose
-from exporter.finding import Context, Finding
+from exporter.finding import Context, Finding, SourceFailure
 from exporter.metricspec import MetricOptions
 from exporter.pgbouncer.incidents import pool_waiting
 from exporter.pgbouncer.metrics import pgbouncer_joined
@@ -22,10 +22,18 @@ from exporter.postgres.snapshot import (
 )
 from exporter.source import Snapshot
 from exporter.thresholds import thresholds
-from tests.factories import group, pg_snapshot, pgbouncer_snapshot, session
+from tests.factories import (
+    group,
+    pg_snapshot,
+    pgbouncer_snapshot,
+    prefect_snapshot,
+    session,
+    table,
+)
 
 HOLDER, WRITERS = 4711, (4801, 4802, 4803, 4804)
 FLOW_RUN = Relation("public", "flow_run")
+APP = "server.database.sqlalchemy.connect_args.application_name"
 
 
 def waiting_pgb(host: str = "db", port: str = "5432", **kw: Any) -> PgBouncerSnapshot:
@@ -147,3 +155,85 @@ def test_server_connections_by_their_backends_state_on_postgres() -> None:
     (family,) = pgbouncer_joined(pgb, [chained_pg()], MetricOptions(label_top_n=20))
     assert ("not_seen", 1) in {(s.labels["pg_state"], s.value) for s in family.samples}
     assert list(pgbouncer_joined(waiting_pgb(), [], MetricOptions(label_top_n=20))) == []
+
+
+# ---- Prefect API -> PgBouncer -> PostgreSQL ---------------------------------------------------
+
+def prefect_blocked_pg(**kw: Any) -> PostgresSnapshot:
+    """Prefect's sessions (application_name prefect-server) wait behind a holder of another
+    application on flow_run."""
+    holder = session(HOLDER, age=30.0, app="incident-holder")
+    base: dict[str, Any] = dict(
+        activity=(group(app="incident-holder", state="idle in transaction",
+                        max_transaction_age=30.0),
+                  group(app="prefect-server", state="active", wait_event_type="Lock",
+                        wait_event="relation", sessions=4, max_transaction_age=20.0)),
+        group_pids=((HOLDER,), WRITERS),
+        blocked=tuple(BlockedSession(pid, (HOLDER,), 20.0 - i) for i, pid in
+                      enumerate(WRITERS)),
+        blockers=(holder,),
+        involved=Involved((holder,), {}, {pid: FLOW_RUN for pid in WRITERS}),
+        tables=(table("flow_run", 10, 0),),
+        address=Address("db", "5432", "prefect"))
+    base.update(kw)
+    return pg_snapshot(**base)
+
+
+def test_prefect_names_the_root_its_sessions_wait_behind() -> None:
+    found = [f for f in diagnose([prefect_blocked_pg(), prefect_snapshot()])
+             if f.check == "prefect_database_blocked"]
+    assert [(f.target, f.severity) for f in found] == [("prefect", "warning")]
+    (finding,) = found
+    assert finding.title == ("Prefect's database work waits behind pid 4711 (on db, table "
+                             "public.flow_run): its API requests that need it hang")
+    assert finding.evidence[:2] == (
+        "root: pid 4711 (incident-holder, idle in transaction, transaction 30s) on "
+        "public.flow_run",
+        "4 of Prefect's sessions on db wait on a lock behind it (pids 4801, 4802, 4803, "
+        "4804), the longest for 20s")
+    assert finding.cause is not None and finding.cause.pid == HOLDER
+
+
+def test_sessions_of_other_applications_are_not_prefects() -> None:
+    pf = prefect_snapshot(text_settings={APP: "another-name"})
+    assert "prefect_database_blocked" not in {f.check for f in diagnose(
+        [prefect_blocked_pg(), pf])}
+
+
+def test_without_an_application_name_prefects_sessions_are_its_databases() -> None:
+    pf = prefect_snapshot(text_settings={})
+    (finding,) = [f for f in diagnose([prefect_blocked_pg(), pf])
+                  if f.check == "prefect_database_blocked"]
+    assert finding.evidence[-1].startswith("Prefect's sessions told by their database")
+    # a PostgreSQL target without Prefect's tables is not Prefect's database
+    assert "prefect_database_blocked" not in {f.check for f in diagnose(
+        [prefect_blocked_pg(tables=()), pf])}
+
+
+def test_an_api_that_cannot_be_read_is_explained_by_the_root() -> None:
+    failure = SourceFailure("prefect", "prefect", "poll took longer than 10s")
+    found = diagnose([prefect_blocked_pg()], [failure])
+    assert sorted(f.check for f in found if f.target == "prefect") == [
+        "prefect_database_blocked", "source_down"]
+    (finding,) = [f for f in found if f.check == "prefect_database_blocked"]
+    assert finding.severity == "critical"
+    assert "the API could not be read: poll took longer than 10s" in finding.evidence
+    assert finding.cause is not None and finding.cause.pid == HOLDER
+    # nothing blocked: the failure stays unexplained
+    assert [f.check for f in diagnose([pg_snapshot()], [failure])
+            if f.target == "prefect"] == ["source_down"]
+
+
+def test_prefects_waiting_pgbouncer_pool_names_what_holds_it() -> None:
+    """The pool's server connections are Prefect's (its application_name): the pool's cause
+    is named on the Prefect target even when no Prefect session waits on a lock."""
+    pg = chained_pg(activity=(group(app="prefect-server", state="idle in transaction",
+                                    max_transaction_age=25.0),
+                              group(app="prefect-server", state="active", sessions=4)),
+                    blocked=(), involved=Involved(), blockers=(),
+                    oldest_transactions=(session(HOLDER, age=25.0),))
+    (finding,) = [f for f in diagnose([waiting_pgb(), pg, prefect_snapshot()])
+                  if f.check == "prefect_database_blocked"]
+    assert finding.cause is not None and finding.cause.pid == HOLDER
+    assert ("PgBouncer pgb pool prefect/prefect: 3 client(s) wait for a server connection, "
+            "held by pid 4711") in finding.evidence
