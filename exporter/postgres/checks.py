@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from exporter.finding import Context, Finding, age
+from exporter.postgres.causes import cause
 from exporter.postgres.locks import lock_roots
 from exporter.postgres.snapshot import PostgresSnapshot, Session
 from exporter.prefect.snapshot import PrefectSnapshot
@@ -50,7 +51,7 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
             tuple(evidence),
             f"SELECT pg_terminate_backend({root}); ends it (its transaction rolls back). For "
             "good: idle_in_transaction_session_timeout, lock_timeout for Prefect's role, short "
-            "transactions in the client that took the lock.")
+            "transactions in the client that took the lock.", cause(pg, root, behind))
 
 
 def stalled_clients(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
@@ -109,7 +110,7 @@ def long_transactions(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
                  "ORDER BY xact_start LIMIT 5; then pg_terminate_backend(pid) if it must not "
                  "live on. ")
                 + "Long transactions hold locks and keep vacuum from cleaning Prefect's hot "
-                  "tables.")
+                  "tables.", cause(pg, holder.pid) if holder else None)
 
 
 def connection_budget(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
