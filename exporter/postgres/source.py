@@ -242,12 +242,25 @@ def _settings(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[s
 
 # pg_total_relation_size() reads file sizes: cheap for the few hot tables, and it needs no
 # privilege on the table (pg_monitor reads it for Prefect's tables without their grants).
+# It opens the table with ACCESS SHARE, though, and so waits behind an ACCESS EXCLUSIVE lock
+# held or queued (a migration, a LOCK TABLE left open): the poll would time out and the
+# exporter go blind exactly while Prefect hangs on that table. Such a table is sized from
+# pg_class.relpages (its heap as of the last VACUUM or ANALYZE) for as long as the lock lasts.
+# pg_locks is read once per poll for this (it takes the lock manager's partition locks briefly,
+# like pg_blocking_pids(); a few hot tables cannot be checked more cheaply).
 _TABLES = """
 SELECT schemaname AS "schema", relname AS "table", n_live_tup AS live_tuples,
        n_dead_tup AS dead_tuples,
        extract(epoch FROM last_vacuum)::float8 AS last_vacuum,
        extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum,
-       coalesce(pg_total_relation_size(relid), 0) AS total_bytes,
+       coalesce(CASE WHEN relid <> ALL (ARRAY(  -- uncorrelated: an InitPlan, run once
+                    SELECT relation FROM pg_locks
+                    WHERE locktype = 'relation' AND mode = 'AccessExclusiveLock'
+                      AND relation IS NOT NULL))
+                THEN pg_total_relation_size(relid) END,
+                (SELECT c.relpages::int8 * current_setting('block_size')::int8
+                 FROM pg_class c WHERE c.oid = relid),
+                0) AS total_bytes,
        n_tup_ins AS inserted_rows,
        n_tup_del AS deleted_rows
 FROM pg_stat_user_tables
