@@ -96,9 +96,16 @@ def exit_code(findings: Sequence[Finding]) -> int:
 def render_text(findings: Sequence[Finding]) -> str:
     if not findings:
         return "No findings: nothing wrong seen in the configured targets.\n"
-    lines = []
+    from exporter.roots import render_roots, roots  # roots builds on Finding
+
+    found = roots(findings)
+    numbers = {root.cause.key: i for i, root in enumerate(found, start=1)}
+    lines = render_roots(found)
     for i, f in enumerate(findings, start=1):
         lines.append(f"{i}. [{f.severity.upper()}] {f.title}  ({f.check}, {f.target})")
+        if f.cause is not None:
+            lines.append(f"     root: R{numbers[f.cause.key]} (pid {f.cause.pid} on "
+                         f"{f.cause.target})")
         lines += [f"     evidence: {e}" for e in f.evidence]
         lines.append(f"     do: {f.action}")
         lines.append("")

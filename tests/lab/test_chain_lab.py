@@ -32,6 +32,15 @@ def doctor_json(**env: str) -> dict[str, Any]:
     return report
 
 
+def doctor_text(**env: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "doctor"], capture_output=True, text=True,
+        timeout=90, env={"PATH": os.environ["PATH"],
+                         "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "5", **env})
+    assert done.returncode in (1, 2), done.stdout + done.stderr
+    return done.stdout
+
+
 def findings(report: dict[str, Any], check: str) -> list[dict[str, Any]]:
     return [f for f in report["findings"] if f["check"] == check]
 
@@ -63,6 +72,17 @@ async def test_a_waiting_pool_names_the_backend_that_holds_it(
         # the lock chain on PostgreSQL names the same session
         (lock,) = findings(report, "lock_chain")
         assert lock["cause"]["pid"] == chain.holder_pid
+        # and the report starts with it, once, with what it causes on both layers
+        text = await asyncio.to_thread(
+            doctor_text, PREFECT_PG_EXPORTER_POSTGRES_DSN="pg=" + postgres.monitor_dsn(),
+            PREFECT_PG_EXPORTER_PGBOUNCER_DSN="pgb=" + pgbouncer.stats_dsn())
+        head = text.split("\n\n")[0].splitlines()
+        assert head[0] == "Root causes (each once, with what it causes):"
+        assert head[1].startswith(f"R1. [WARNING] pid {chain.holder_pid} (chain-holder, idle "
+                                  "in transaction, transaction ")
+        assert {line.rsplit("(", 1)[1] for line in head if "causes: " in line} >= {
+            "lock_chain, pg)", "pgbouncer_pool_waiting, pgb)"}
+        assert text.count(f"R1. [WARNING] pid {chain.holder_pid}") == 1
 
         # the running exporter exports the pool's server connections by their backend's state
         exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn(),

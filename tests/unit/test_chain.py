@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.diagnosis import diagnose
-from exporter.finding import Context, Finding, SourceFailure
+from exporter.finding import Context, Finding, SourceFailure, render_text
 from exporter.metricspec import MetricOptions
 from exporter.pgbouncer.incidents import pool_waiting
 from exporter.pgbouncer.metrics import pgbouncer_joined
@@ -20,6 +20,9 @@ from exporter.postgres.snapshot import (
     PostgresSnapshot,
     Relation,
 )
+from exporter.prefect.snapshot import PoolCounts
+from exporter.roots import roots
+from exporter.server import landing_page
 from exporter.source import Snapshot
 from exporter.thresholds import thresholds
 from tests.factories import (
@@ -237,3 +240,33 @@ def test_prefects_waiting_pgbouncer_pool_names_what_holds_it() -> None:
     assert finding.cause is not None and finding.cause.pid == HOLDER
     assert ("PgBouncer pgb pool prefect/prefect: 3 client(s) wait for a server connection, "
             "held by pid 4711") in finding.evidence
+
+
+# ---- one root, many symptoms ------------------------------------------------------------------
+
+def test_the_root_is_named_once_first_with_what_it_causes_on_every_layer() -> None:
+    pg = prefect_blocked_pg()
+    late = prefect_snapshot(totals=PoolCounts(3, 3, 0, 0, 9000.0),
+                            pool_counts={}, pools=())
+    found = diagnose([pg, waiting_pgb(), late])
+    (root,) = roots(found)
+    assert root.cause.key == ("db", HOLDER)
+    assert {f.check for f in root.symptoms} == {
+        "lock_chain", "pgbouncer_pool_waiting", "prefect_database_blocked"}
+    assert "late_runs" in {f.check for f in root.meanwhile}
+    text = render_text(found)
+    assert text.startswith("Root causes (each once, with what it causes):\nR1. [WARNING] "
+                           "pid 4711 (incident-holder, idle in transaction, transaction 30s) on "
+                           "public.flow_run on PostgreSQL db\n")
+    assert text.count("R1. ") == 1
+    # every symptom points at its root
+    assert text.count("     root: R1 (pid 4711 on db)") == len(root.symptoms)
+    page = landing_page([], found, now=0.0)
+    assert page.index("<h2>Root causes</h2>") < page.index("<h2>Findings</h2>")
+    assert "pid 4711 (incident-holder, idle in transaction, transaction 30s)" in page
+
+
+def test_no_root_no_section() -> None:
+    found = diagnose([pg_snapshot(), waiting_pgb(host="elsewhere")])
+    assert roots(found) == []
+    assert not render_text(found).startswith("Root causes")
