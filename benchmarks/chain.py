@@ -85,17 +85,22 @@ async def pgbouncer_cost(pg: LabPostgres, root: Any, rounds: int) -> None:
 
 
 class Counting:
-    """Counts the statements an asyncpg connection sends (fetch, fetchrow, execute)."""
+    """Stands in for the source's asyncpg connection and counts the statements sent through
+    it (asyncpg's Connection has slots: its methods cannot be wrapped in place)."""
+
+    STATEMENTS = ("fetch", "fetchrow", "fetchval", "execute")
 
     def __init__(self, conn: asyncpg.Connection) -> None:
-        self.count = 0
-        for name in ("fetch", "fetchrow", "fetchval", "execute"):
-            setattr(conn, name, self._wrap(getattr(conn, name)))
+        self.conn, self.count = conn, 0
 
-    def _wrap(self, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.conn, name)
+        if name not in self.STATEMENTS:
+            return attr
+
         async def counted(*args: Any, **kwargs: Any) -> Any:
             self.count += 1
-            return await call(*args, **kwargs)
+            return await attr(*args, **kwargs)
         return counted
 
 
@@ -109,6 +114,7 @@ async def statements_per_poll(pg: LabPostgres) -> tuple[int, int]:
         await source.poll()
         assert source._conn is not None
         counter = Counting(source._conn)
+        source._conn = counter  # type: ignore[assignment]
         await source.poll()
         quiet = counter.count
         async with incidents.lock_chain(pg, table="scratch.bench_chain", writers=4):

@@ -80,8 +80,8 @@ def _blind(pgb: PgBouncerSnapshot, pool: Pool, postgres: Sequence[PostgresSnapsh
     db = next((d for d in pgb.databases if d.name == pool.database), None)
     where = f"{db.host or 'the local socket'}:{db.port}" if db else "its server"
     if not postgres:
-        return (f"what its server connections do on PostgreSQL ({where}) is not read: "
-                "configure that PostgreSQL as a target too")
+        return (f"what its server connections do on PostgreSQL ({where}) is not read: that "
+                "PostgreSQL is not a target, or its poll failed")
     if not pgb.servers:
         return "SHOW SERVERS listed no server connection: nothing to follow onto PostgreSQL"
     return (f"its PostgreSQL ({where}) is none of the configured PostgreSQL targets: what "
