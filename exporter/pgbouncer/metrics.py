@@ -145,7 +145,8 @@ SERVER_BACKENDS = _pgb(
     "pgbouncer_pools_server_backend_connections", POOL_LABELS + " pg_state",
     "SHOW SERVERS joined to pg_stat_activity by remote_pid: the pool's server connections by "
     "what their backend does on the PostgreSQL target behind it (idle_in_transaction, "
-    "waiting_on_lock, active, idle, other, not_seen). Only for pools whose server is a "
+    "waiting_on_lock, active, other; idle: none of these when PostgreSQL was read). Only for "
+    "pools whose server is a "
     "configured PostgreSQL target.")
 
 SPECS: tuple[MetricSpec, ...] = (

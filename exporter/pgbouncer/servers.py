@@ -91,8 +91,6 @@ def _part(pool: PoolBackends, state: str) -> str:
     if state == WAITING_ON_LOCK:
         roots = sorted({b.root for b in members if b.root is not None})
         return f"{n} waiting on a lock behind pid {', '.join(map(str, roots))}"
-    if state == "not_seen":
-        return f"{n} not seen on PostgreSQL (opened after its last poll)"
     return f"{n} {state}"
 
 

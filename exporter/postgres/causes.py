@@ -19,7 +19,9 @@ from exporter.postgres.snapshot import PostgresSnapshot, Session
 # a bounded set, in the order the doctor lists them.
 WAITING_ON_LOCK = "waiting_on_lock"
 IDLE_IN_TRANSACTION_STATE = "idle_in_transaction"
-PG_STATES = (IDLE_IN_TRANSACTION_STATE, WAITING_ON_LOCK, "active", "idle", "other", "not_seen")
+# "idle": in no statement and no transaction when PostgreSQL was read (the activity read lists
+# the pids of the other backends only), or connected since.
+PG_STATES = (IDLE_IN_TRANSACTION_STATE, WAITING_ON_LOCK, "active", "other", "idle")
 
 
 class Backend(NamedTuple):
@@ -62,7 +64,7 @@ def backend(pg: PostgresSnapshot, pid: int, roots: dict[int, int] | None = None)
     elif state in ("active", "idle"):
         pg_state = state
     else:
-        pg_state = "other" if listed or group else "not_seen"
+        pg_state = "other" if listed or group else "idle"
     return Backend(pid, pg_state, app, datname, seconds, roots.get(pid))
 
 

@@ -80,10 +80,11 @@ _SESSION_COLUMNS = f"""
 # - 'blocked': every backend waiting on a lock, with the pids blocking it. pg_blocking_pids()
 #   takes the lock manager's partition locks, so it is called for these sessions only. The
 #   wait is measured from the waiting statement's start (state_change).
-#   A group row also lists its backends' pids (the last column, pids): what a PgBouncer
-#   pool's server connections are doing is looked up by pid in them (exporter/pgbouncer/
-#   servers.py), with no read of its own. An int array per group costs little beside the
-#   pg_stat_activity read itself.
+#   A group row also lists its backends' pids (the last column, pids) unless they are idle:
+#   what a PgBouncer pool's server connections are doing is looked up by pid in them
+#   (exporter/pgbouncer/servers.py), with no read of its own; a pid in no group is idle. Idle
+#   backends, most of them on a busy server, are left out: their arrays were most of the
+#   cost (measured in benchmarks/chain.py).
 # The ages are computed per group (from min(xact_start)), not per backend, and with date_part,
 # which returns float8: EXTRACT returns numeric since PostgreSQL 14, several times dearer.
 # The LISTEN regular expression runs only on text that starts with "listen".
@@ -114,7 +115,7 @@ SELECT datname, usename, application_name, state, wait_event_type, wait_event,
        date_part('epoch', now() - min(xact_start)) AS max_transaction_age,
        date_part('epoch', now() - min(state_change)) AS max_state_age,
        NULL::int AS pid, NULL::text AS client_addr, NULL::int[] AS blocked_by,
-       'group' AS row_kind, array_agg(pid) AS pids
+       'group' AS row_kind, array_agg(pid) FILTER (WHERE state <> 'idle') AS pids
 FROM backend
 WHERE client
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8

@@ -151,12 +151,12 @@ def test_server_connections_by_their_backends_state_on_postgres() -> None:
     assert family.name == "pgbouncer_pools_server_backend_connections"
     assert {(s.labels["pg_state"], s.value) for s in family.samples} == {
         ("idle_in_transaction", 1), ("waiting_on_lock", 4)}
-    # a server connection opened after the PostgreSQL poll is not seen there
+    # a server connection in no statement nor transaction (or opened since) is idle
     pgb = waiting_pgb()
     pgb = PgBouncerSnapshot(**{**pgb.__dict__, "servers": (
         *pgb.servers, Server("prefect", "prefect", "idle", 5555, "10.0.0.5", "5432"))})
     (family,) = pgbouncer_joined(pgb, [chained_pg()], MetricOptions(label_top_n=20))
-    assert ("not_seen", 1) in {(s.labels["pg_state"], s.value) for s in family.samples}
+    assert ("idle", 1) in {(s.labels["pg_state"], s.value) for s in family.samples}
     assert list(pgbouncer_joined(waiting_pgb(), [], MetricOptions(label_top_n=20))) == []
 
 
