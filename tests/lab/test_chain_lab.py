@@ -17,7 +17,7 @@ from lab import incidents
 from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
 from lab.prefect import LabPrefect
-from tests.helpers import StartExporter, wait_for
+from tests.helpers import StartExporter, eventually, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -93,6 +93,19 @@ async def test_a_waiting_pool_names_the_backend_that_holds_it(
             **labels) == 4 and s.find("pgbouncer_pools_server_backend_connections",
                                       pg_state="idle_in_transaction", **labels) == 1,
             "the pool's server connections by their backend's state", timeout=30)
+
+        # its incident records the chain as evidence
+        async def incident_names_the_holder() -> bool:
+            async with httpx.AsyncClient() as client:
+                body = (await client.get(f"http://127.0.0.1:{exporter.port}/incidents",
+                                         timeout=5)).json()
+            return any(i["kind"] == "pgbouncer_pool_waiting"
+                       and i["evidence"].get("cause_pid") == chain.holder_pid
+                       and i["evidence"].get("server_backends") ==
+                       "1 idle_in_transaction, 4 waiting_on_lock"
+                       for i in body["incidents"])
+
+        await eventually(incident_names_the_holder, 30, "the pool's incident names the holder")
 
 
 async def test_a_hanging_prefect_api_names_the_session_that_locks_its_table(
