@@ -12,6 +12,15 @@ from exporter.source import Snapshot
 from exporter.thresholds import thresholds
 
 
+def unreadable(failures: Sequence[SourceFailure], context: Context) -> Iterator[Finding]:
+    """Why a target cannot be read, when the other snapshots show it (its kind's
+    `unreadable`: a Prefect API hanging behind a lock on PostgreSQL)."""
+    for kind in KINDS:
+        for failure in failures:
+            if failure.kind == kind.name:
+                yield from kind.unreadable(failure.target, failure.error, context)
+
+
 def source_failures(failures: Sequence[SourceFailure]) -> Iterator[Finding]:
     for f in failures:
         yield Finding("source_down", "warning", f.target, f"cannot read {f.kind} {f.target}",
@@ -24,11 +33,9 @@ def diagnose(snapshots: Sequence[Snapshot], failures: Sequence[SourceFailure] = 
     """Every finding, the most severe first."""
     context = Context(thresholds(overrides), snapshots)
     found: list[Finding] = list(source_failures(failures))
+    found += unreadable(failures, context)
     for kind in KINDS:
         for snapshot in snapshots:
             if kind.owns(snapshot):
                 found += kind.diagnose(snapshot, context)
-        for failure in failures:  # why a target cannot be read, when the others show it
-            if failure.kind == kind.name:
-                found += kind.unreadable(failure.target, failure.error, context)
     return sorted(found, key=lambda f: SEVERITY_RANK[f.severity])
