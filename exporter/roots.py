@@ -13,8 +13,9 @@ from exporter.finding import SEVERITY_RANK, Cause, Finding
 
 # What a Prefect target shows while its database work waits behind a root: attached to that
 # root as "meanwhile" (the exporter sees them together; it does not prove each one).
-PREFECT_MEANWHILE = ("api_slow", "source_down", "late_runs", "scheduled_backlog",
-                     "work_pool_unserved", "late_runs_service_stalled", "scheduler_stalled")
+PREFECT_MEANWHILE = ("api_slow", "api_waits_on_database", "source_down", "late_runs",
+                     "scheduled_backlog", "work_pool_unserved", "late_runs_service_stalled",
+                     "scheduler_stalled")
 PREFECT_BLOCKED = "prefect_database_blocked"
 
 

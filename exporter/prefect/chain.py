@@ -103,11 +103,8 @@ def database_blocked(target: str, pf: PrefectSnapshot | None, ctx: Context,
 
 def _finding(target: str, pf: PrefectSnapshot | None, ctx: Context, c: Cause,
              lines: list[str], longest: float, app: str, failure: str) -> Finding:
+    # the API's own latency is its checks' (api_slow): this says what it waits behind
     symptom = [f"the API could not be read: {failure}"] if pf is None else []
-    if pf is not None and pf.services is not None and (
-            not pf.services.ready_ok
-            or pf.services.ready_seconds > ctx.thresholds["api_ready_warning_seconds"]):
-        symptom.append(f"GET /api/ready took {pf.services.ready_seconds:.1f}s")
     who = ([f"Prefect's sessions told by application_name {app!r}"] if app else
            ["Prefect's sessions told by their database (Prefect reports no application_name: "
             "set PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_APPLICATION_NAME to tell them "
