@@ -64,7 +64,9 @@ def pg_snapshot(*groups: ActivityGroup, **kw: Any) -> PostgresSnapshot:
         taken_at=1000.0, target="db", server_version="15.18", max_connections=100,
         superuser_reserved_connections=3, timeouts_seconds={"statement_timeout": 0.0},
         can_read_all_stats=True, activity=groups, oldest_transactions=(), blocked=(),
-        blockers=(), tables=())
+        blockers=(), tables=(),
+        # where pgbouncer_snapshot()'s database points: the two join
+        address=Address("db", "5432", "prefect"))
     base.update(kw)
     return PostgresSnapshot(**base)
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+# PostgreSQL's package first, whole: PgBouncer's checks join PostgreSQL's snapshots, and
+# PostgreSQL's checks (through Prefect's package, whose checks read PgBouncer's) lead back here;
+# initialised in this order every import finds what it needs, whichever package comes first.
+import exporter.postgres  # noqa: F401  # isort: skip
 from exporter.kind import SourceKind
 from exporter.pgbouncer.checks import pool_waiters
 from exporter.pgbouncer.incidents import pool_waiting
