@@ -13,6 +13,7 @@ from exporter.pgbouncer.incidents import pool_waiting
 from exporter.pgbouncer.metrics import pgbouncer_joined
 from exporter.pgbouncer.servers import postgres_of
 from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Server
+from exporter.pgbouncer.source import parse_servers
 from exporter.postgres.snapshot import (
     Address,
     BlockedSession,
@@ -270,3 +271,18 @@ def test_no_root_no_section() -> None:
     found = diagnose([pg_snapshot(), waiting_pgb(host="elsewhere")])
     assert roots(found) == []
     assert not render_text(found).startswith("Root causes")
+
+
+def test_show_servers_rows_as_pgbouncer_1_18_sends_them() -> None:
+    """A row recorded from the lab's PgBouncer 1.18.0; a version without remote_pid gives 0,
+    which joins nothing; the admin console's own pool is left out."""
+    row = {"type": "S", "user": "postgres", "database": "prefect", "state": "active",
+           "addr": "127.0.0.1", "port": 56057, "local_addr": "127.0.0.1", "local_port": 48338,
+           "connect_time": "2026-12-04 22:51:50 UTC", "request_time": "2026-12-04 22:51:50 UTC",
+           "wait": 0, "wait_us": 0, "close_needed": 0, "ptr": "0x56284da67270",
+           "link": "0x56284da5fb90", "remote_pid": 8532, "tls": "", "application_name": ""}
+    old = {k: v for k, v in row.items() if k != "remote_pid"}
+    admin = {**row, "database": "pgbouncer"}
+    assert parse_servers([row, old, admin]) == (
+        Server("prefect", "postgres", "active", 8532, "127.0.0.1", "56057"),
+        Server("prefect", "postgres", "active", 0, "127.0.0.1", "56057"))
