@@ -59,6 +59,7 @@ class ExporterCollector(Collector):
             for kind in KINDS:
                 if kind.owns(snapshot):
                     yield from kind.export(snapshot, self._options)
+                    yield from kind.export_joined(snapshot, self._snapshots, self._options)
 
 
 def _merge(families: Iterable[Metric]) -> Iterator[Metric]:

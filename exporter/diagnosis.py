@@ -12,6 +12,15 @@ from exporter.source import Snapshot
 from exporter.thresholds import thresholds
 
 
+def unreadable(failures: Sequence[SourceFailure], context: Context) -> Iterator[Finding]:
+    """Why a target cannot be read, when the other snapshots show it (its kind's
+    `unreadable`: a Prefect API hanging behind a lock on PostgreSQL)."""
+    for kind in KINDS:
+        for failure in failures:
+            if failure.kind == kind.name:
+                yield from kind.unreadable(failure.target, failure.error, context)
+
+
 def source_failures(failures: Sequence[SourceFailure]) -> Iterator[Finding]:
     for f in failures:
         yield Finding("source_down", "warning", f.target, f"cannot read {f.kind} {f.target}",
@@ -29,7 +38,7 @@ ROOT_CAUSES = frozenset({
 SYMPTOMS = frozenset({
     "late_runs", "scheduled_backlog", "work_pool_unserved", "work_queue_unpolled", "stuck_runs",
     "zombie_runs", "api_slow", "api_waits_on_database", "pgbouncer_pool_waiting",
-    "failed_runs", "crashed_runs"})
+    "failed_runs", "crashed_runs", "prefect_database_blocked"})
 
 
 def rank(finding: Finding) -> tuple[int, int, int]:
@@ -45,6 +54,7 @@ def diagnose(snapshots: Sequence[Snapshot], failures: Sequence[SourceFailure] = 
     """Every finding, in the order of rank()."""
     context = Context(thresholds(overrides), snapshots)
     found: list[Finding] = list(source_failures(failures))
+    found += unreadable(failures, context)
     for kind in KINDS:
         for snapshot in snapshots:
             if kind.owns(snapshot):

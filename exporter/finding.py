@@ -16,6 +16,32 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Cause:
+    """The session at the root of what a finding reports: a backend of a PostgreSQL target
+    that holds what others wait for. Findings on every layer (the lock chain on PostgreSQL, a
+    PgBouncer pool whose clients wait, a Prefect API whose requests hang) carry the same Cause
+    when one session explains them, so the diagnosis names it once with all it causes."""
+
+    target: str  # the PostgreSQL target the session is on
+    pid: int
+    application_name: str
+    state: str  # pg_stat_activity.state: idle in transaction, active, ...
+    transaction_seconds: float | None  # its transaction's age; None: unknown or none
+    relation: str = ""  # the table its victims wait on, when known
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.target, self.pid
+
+    def __str__(self) -> str:
+        parts = [self.application_name or "no application_name", self.state]
+        if self.transaction_seconds is not None:
+            parts.append(f"transaction {age(self.transaction_seconds)}")
+        return (f"pid {self.pid} ({', '.join(parts)})"
+                + (f" on {self.relation}" if self.relation else ""))
+
+
+@dataclass(frozen=True)
 class Finding:
     check: str  # a stable identifier, also the metric label
     severity: str  # critical | warning | info
@@ -23,6 +49,7 @@ class Finding:
     title: str
     evidence: tuple[str, ...]
     action: str
+    cause: Cause | None = None  # the session that causes it, when the exporter can tell
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,9 +96,16 @@ def exit_code(findings: Sequence[Finding]) -> int:
 def render_text(findings: Sequence[Finding]) -> str:
     if not findings:
         return "No findings: nothing wrong seen in the configured targets.\n"
-    lines = []
+    from exporter.roots import render_roots, roots  # roots builds on Finding
+
+    found = roots(findings)
+    numbers = {root.cause.key: i for i, root in enumerate(found, start=1)}
+    lines = render_roots(found)
     for i, f in enumerate(findings, start=1):
         lines.append(f"{i}. [{f.severity.upper()}] {f.title}  ({f.check}, {f.target})")
+        if f.cause is not None:
+            lines.append(f"     root: R{numbers[f.cause.key]} (pid {f.cause.pid} on "
+                         f"{f.cause.target})")
         lines += [f"     evidence: {e}" for e in f.evidence]
         lines.append(f"     do: {f.action}")
         lines.append("")

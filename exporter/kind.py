@@ -29,6 +29,15 @@ def no_incidents(snapshot: Snapshot, context: Context) -> Iterable[Observation]:
     return ()
 
 
+def no_explanation(target: str, error: str, context: Context) -> Iterable[Finding]:
+    return ()
+
+
+def no_joined(snapshot: Snapshot, others: Sequence[Snapshot],
+              options: MetricOptions) -> Iterable[Metric]:
+    return ()
+
+
 @dataclass(frozen=True)
 class SourceKind(Generic[SnapshotT]):
     name: str  # postgres | pgbouncer | prefect: the `source` label, Source.kind
@@ -44,6 +53,15 @@ class SourceKind(Generic[SnapshotT]):
     # so that an incident begins and ends exactly when its finding appears and goes.
     incidents: Callable[[SnapshotT, Context], Iterable[Observation]] = field(
         default=no_incidents)
+    # Families that join its snapshot to the other fresh snapshots (PgBouncer's server
+    # connections by what their backends do on PostgreSQL); pure, like `families`.
+    joined: Callable[[SnapshotT, Sequence[Snapshot], MetricOptions], Iterable[Metric]] = field(
+        default=no_joined)
+    # Findings that explain why one of its targets could not be read from what the other
+    # fresh snapshots show (a Prefect API hanging behind a lock on PostgreSQL): (target,
+    # error, context) in.
+    unreadable: Callable[[str, str, Context], Iterable[Finding]] = field(
+        default=no_explanation)
 
     def owns(self, snapshot: Snapshot) -> bool:
         return isinstance(snapshot, self.snapshot_type)
@@ -52,6 +70,12 @@ class SourceKind(Generic[SnapshotT]):
         if not isinstance(snapshot, self.snapshot_type):
             raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
         return self.families(snapshot, options)
+
+    def export_joined(self, snapshot: Snapshot, others: Sequence[Snapshot],
+                      options: MetricOptions) -> Iterable[Metric]:
+        if not isinstance(snapshot, self.snapshot_type):
+            raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
+        return self.joined(snapshot, others, options)
 
     def observe(self, snapshot: Snapshot, context: Context) -> Iterable[Observation]:
         if not isinstance(snapshot, self.snapshot_type):

@@ -18,6 +18,7 @@ from exporter.collector import Exposition
 from exporter.finding import Finding
 from exporter.incidents.render import incidents_html
 from exporter.poller import SourceState
+from exporter.roots import roots
 from exporter.webaccess import install
 from exporter.webconfig import WebConfig
 
@@ -111,6 +112,22 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return weights.get("gzip", weights.get("*", 0.0)) > 0
 
 
+def _roots_html(findings: Sequence[Finding]) -> str:
+    """The root causes first, each once, with what each causes across the layers."""
+    found = roots(findings)
+    if not found:
+        return ""
+    items = []
+    for root in found:
+        causes = "".join(f"<li>{html.escape(f.title)} <small>({html.escape(f.check)}, "
+                         f"{html.escape(f.target)})</small></li>"
+                         for f in (*root.symptoms, *root.meanwhile))
+        items.append(f"<li><b class={root.severity}>{root.severity.upper()}</b> "
+                     f"{html.escape(str(root.cause))} on PostgreSQL "
+                     f"{html.escape(root.cause.target)}<ul>{causes}</ul></li>")
+    return f"<h2>Root causes</h2><ol>{''.join(items)}</ol>"
+
+
 def _findings_html(findings: Sequence[Finding]) -> str:
     if not findings:
         return "<p>No findings: nothing wrong seen.</p>"
@@ -155,6 +172,7 @@ what it read before failing (Prefect: /api/health and /api/ready); the rest is a
 <th>last error</th></tr>
 {"".join(rows)}
 </table>
+{_roots_html(findings)}
 <h2>Findings</h2>
 {_findings_html(findings)}
 {"" if incidents is None else "<h2>Recent incidents</h2>" + incidents_html(incidents)}

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import psycopg
+from psycopg.rows import dict_row
 
 from lab.pgbouncer import LabPgBouncer
-from lab.postgres import LabPostgres
+from lab.postgres import DATABASE, LabPostgres
 
 SERVICES_CHANNEL = "prefect_automation_changes"
 
@@ -243,3 +245,89 @@ async def password_chain(pg: LabPostgres, *, role: str = "incident_victim",
     finally:
         holder.terminate()
         waiter.terminate()
+
+
+async def pool_waiting(bouncer: LabPgBouncer) -> int:
+    """SHOW POOLS cl_waiting of the lab database's pool, through the stats console (simple
+    query protocol: psycopg, not asyncpg)."""
+    async with await psycopg.AsyncConnection.connect(
+            bouncer.stats_dsn(), autocommit=True, prepare_threshold=None,
+            row_factory=dict_row) as conn:
+        rows = await (await conn.execute("SHOW POOLS")).fetchall()
+    return sum(int(r["cl_waiting"]) for r in rows if r["database"] == DATABASE)
+
+
+@dataclass
+class PooledLockChain:
+    holder_pid: int  # the holder's server connection's backend pid on PostgreSQL
+    holder_app: str
+    writers: int
+    waiting: int
+    table: str
+
+
+@contextlib.asynccontextmanager
+async def pooled_lock_chain(pg: LabPostgres, bouncer: LabPgBouncer, *, writers: int = 4,
+                            waiting: int = 3, table: str = "scratch.pooled",
+                            app: str = "pooled") -> AsyncIterator[PooledLockChain]:
+    """Incidents 1 and 3 as one chain, through PgBouncer in transaction pooling: a client idles
+    in its transaction holding a row lock (its server connection pinned to it), `writers`
+    clients' UPDATEs of the row block behind it, each holding a server connection, and
+    `waiting` more clients wait in PgBouncer for one. With pool_size = 1 + writers, the pool is
+    exhausted by one session. Yields once every writer waits on the lock and every extra
+    client waits in PgBouncer."""
+    ensure_table(pg, table)
+    dsn = bouncer.dsn()
+    holder = await connect(dsn, f"{app}-holder", statement_cache_size=0)
+    conns = [await connect(dsn, f"{app}-writer", statement_cache_size=0)
+             for _ in range(writers)]
+    extra = [await connect(dsn, f"{app}-waiting", statement_cache_size=0)
+             for _ in range(waiting)]
+    tasks: list[asyncio.Task[object]] = []
+    try:
+        await holder.execute("BEGIN")
+        # inside the transaction the server connection is the holder's: its backend's pid
+        holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+        await holder.execute(f"UPDATE {table} SET state = 'HELD' WHERE id = 1")
+        tasks += [background(c.execute(f"UPDATE {table} SET state = 'WRITTEN' WHERE id = 1"))
+                  for c in conns]
+        await wait_until(pg, "SELECT count(*) = $1 FROM pg_stat_activity "
+                         "WHERE application_name = $2 AND wait_event_type = 'Lock'",
+                         writers, f"{app}-writer")
+        tasks += [background(c.execute("SELECT 1")) for c in extra]
+        deadline = asyncio.get_running_loop().time() + 15.0
+        while await pool_waiting(bouncer) < waiting:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("the extra clients did not wait in PgBouncer within 15s")
+            await asyncio.sleep(0.05)
+        yield PooledLockChain(holder_pid, f"{app}-holder", writers, waiting, table)
+        await holder.execute("ROLLBACK")
+        await asyncio.wait(tasks, timeout=10)
+    finally:
+        for conn in (holder, *conns, *extra):
+            conn.terminate()
+        # a backend whose client left mid-statement ends only when its statement does
+        pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE application_name LIKE '{app}-%' AND pid <> pg_backend_pid()")
+
+
+@dataclass
+class TableLock:
+    pid: int
+    application_name: str
+    table: str
+
+
+@contextlib.asynccontextmanager
+async def table_lock(pg: LabPostgres, *, table: str = "public.flow_run",
+                     app: str = "incident-locker") -> AsyncIterator[TableLock]:
+    """A session that took ACCESS EXCLUSIVE on one of Prefect's tables (a migration, a manual
+    ALTER or LOCK left open) and idles in its transaction: every statement on the table queues
+    behind it."""
+    conn = await connect(pg.dsn(), app)
+    try:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        await conn.execute(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        yield TableLock(pid, app, table)
+    finally:
+        conn.terminate()

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Stats
+from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Server, Stats
 from exporter.postgres.snapshot import (
     ActivityGroup,
+    Address,
     BlockedSession,
     DatabaseSize,
     Involved,
@@ -68,7 +69,9 @@ def pg_snapshot(*groups: ActivityGroup, **kw: Any) -> PostgresSnapshot:
         taken_at=1000.0, target="db", server_version="15.18", max_connections=100,
         superuser_reserved_connections=3, timeouts_seconds={"statement_timeout": 0.0},
         can_read_all_stats=True, activity=groups, oldest_transactions=(), blocked=(),
-        blockers=(), tables=())
+        blockers=(), tables=(),
+        # where pgbouncer_snapshot()'s database points: the two join
+        address=Address("db", "5432", "prefect"))
     base.update(kw)
     return PostgresSnapshot(**base)
 
@@ -224,7 +227,11 @@ def rich_postgres(taken_at: float, target: str = "db") -> PostgresSnapshot:
                       deleted=4000),
                 table("log", 20_000, 9_000, 900.0, None, total_bytes=52_428_800,
                       inserted=90_000, deleted=61_000)),
-        databases=(DatabaseSize("postgres", 7_500_000), DatabaseSize("prefect", 95_000_000)))
+        databases=(DatabaseSize("postgres", 7_500_000), DatabaseSize("prefect", 95_000_000)),
+        # the first groups' backends, the idle ones unlisted (as the activity read lists them):
+        # PgBouncer's server connections are among them
+        group_pids=((), (4790,), (4711,)),
+        address=Address("10.0.0.5", "5432", "prefect"))
 
 
 def rich_pgbouncer(taken_at: float, target: str = "pgb") -> PgBouncerSnapshot:
@@ -249,7 +256,9 @@ def rich_pgbouncer(taken_at: float, target: str = "pgb") -> PgBouncerSnapshot:
                 "max_db_connections": "0", "query_timeout": "0"},
         lists={"databases": 2, "users": 3, "pools": 2, "free_clients": 40, "used_clients": 10,
                "login_clients": 0, "free_servers": 45, "used_servers": 5, "dns_names": 0,
-               "dns_zones": 0, "dns_queries": 0})
+               "dns_zones": 0, "dns_queries": 0},
+        servers=tuple(Server("prefect", "prefect", "active", pid, "10.0.0.5", "5432")
+                      for pid in (4711, 4790, 5001, 5002, 5003)))
 
 
 def rich_prefect(taken_at: float, target: str = "prefect") -> PrefectSnapshot:

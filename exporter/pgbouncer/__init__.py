@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+# PostgreSQL's package first, whole: PgBouncer's checks join PostgreSQL's snapshots, and
+# PostgreSQL's checks (through Prefect's package, whose checks read PgBouncer's) lead back here;
+# initialised in this order every import finds what it needs, whichever package comes first.
+import exporter.postgres  # noqa: F401  # isort: skip
 from exporter.kind import SourceKind
 from exporter.pgbouncer.checks import pool_waiters
 from exporter.pgbouncer.incidents import pool_waiting
-from exporter.pgbouncer.metrics import SPECS, UP, pgbouncer_families
+from exporter.pgbouncer.metrics import SPECS, UP, pgbouncer_families, pgbouncer_joined
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
 
 if TYPE_CHECKING:
@@ -27,4 +31,4 @@ def _sources(config: Config) -> Sequence[Source]:
 
 KIND = SourceKind(name="pgbouncer", snapshot_type=PgBouncerSnapshot, up=UP, specs=SPECS,
                   families=pgbouncer_families, checks=pool_waiters, sources=_sources,
-                  incidents=pool_waiting)
+                  incidents=pool_waiting, joined=pgbouncer_joined)

@@ -4,13 +4,17 @@ here, beside the builder that emits it; the names are prometheus-community/pgbou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, clean, keep_top
 from exporter.metricspec import MetricOptions, MetricSpec, spec
+from exporter.pgbouncer.servers import pool_backends
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot, Pool
+from exporter.postgres.snapshot import PostgresSnapshot
+from exporter.source import Snapshot
 
 MICROSECONDS = 1e-6
 
@@ -137,8 +141,16 @@ CONFIG_POOL_MODE = _pgb("pgbouncer_config_pool_mode_info", "target pool_mode",
 LIST_METRICS = tuple((item, _pgb(f"pgbouncer_{name}", "target", f"SHOW LISTS {item}: {meaning}"))
                      for item, name, meaning in LIST_ITEMS)
 
+SERVER_BACKENDS = _pgb(
+    "pgbouncer_pools_server_backend_connections", POOL_LABELS + " pg_state",
+    "SHOW SERVERS joined to pg_stat_activity by remote_pid: the pool's server connections by "
+    "what their backend does on the PostgreSQL target behind it (idle_in_transaction, "
+    "waiting_on_lock, active, other; idle: none of these when PostgreSQL was read). Only for "
+    "pools whose server is a "
+    "configured PostgreSQL target.")
+
 SPECS: tuple[MetricSpec, ...] = (
-    UP, VERSION_INFO, *(s for _, s in POOL_METRICS), POOL_MAXWAIT, POOL_MODE,
+    UP, VERSION_INFO, *(s for _, s in POOL_METRICS), POOL_MAXWAIT, POOL_MODE, SERVER_BACKENDS,
     *(s for _, s in DATABASE_METRICS), *(s for _, s in STATS_TOTALS_METRICS),
     *(s for _, s in CONFIG_METRICS), CONFIG_POOL_MODE, *(s for _, s in LIST_METRICS))
 
@@ -230,3 +242,26 @@ def _lists(snap: PgBouncerSnapshot, target: str) -> Iterator[Metric]:
             metric = metric_spec.family()
             metric.add_metric([target], snap.lists[item])
             yield metric
+
+
+def pgbouncer_joined(snap: PgBouncerSnapshot, others: Sequence[Snapshot],
+                     options: MetricOptions) -> Iterator[Metric]:
+    """The pools' server connections by their backend's state on PostgreSQL; pools beyond
+    label_top_n fold into 'other' as bounded_pools folds them."""
+    postgres = [s for s in others if isinstance(s, PostgresSnapshot)]
+    if not postgres or not snap.servers:
+        return
+    kept = keep_top({(p.database, p.user): sum(p.counts.values()) for p in snap.pools},
+                    options.label_top_n)
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for pool in pool_backends(snap, postgres):
+        key = ((pool.database, pool.user) if (pool.database, pool.user) in kept
+               else (OTHER, OTHER))
+        for b in pool.backends:
+            counts[(clean(key[0]), clean(key[1]), b.pg_state)] += 1
+    if not counts:
+        return
+    metric = SERVER_BACKENDS.family()
+    for (database, user, pg_state), n in sorted(counts.items()):
+        metric.add_metric([snap.target, database, user, pg_state], n)
+    yield metric

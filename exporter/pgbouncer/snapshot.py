@@ -32,6 +32,19 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Server:
+    """One server connection (SHOW SERVERS): which pool it serves and its backend's pid on
+    PostgreSQL, the key that joins a pool to pg_stat_activity."""
+
+    database: str  # the pool's database (PgBouncer's name for it) and user
+    user: str
+    state: str  # PgBouncer's: active (linked to a client), idle, used, tested, new
+    remote_pid: int  # the PostgreSQL backend's pid; 0 before login
+    addr: str  # the PostgreSQL server's address and port
+    port: str
+
+
+@dataclass(frozen=True)
 class PgBouncerSnapshot:
     taken_at: float
     target: str
@@ -41,6 +54,7 @@ class PgBouncerSnapshot:
     stats: tuple[Stats, ...]
     config: dict[str, str]
     lists: dict[str, int]
+    servers: tuple[Server, ...] = ()
 
     @property
     def tracks_prepared_statements(self) -> bool:

@@ -1,5 +1,5 @@
-"""PgBouncer source: the admin console's SHOW POOLS, STATS_TOTALS, DATABASES, CONFIG, LISTS and
-VERSION.
+"""PgBouncer source: the admin console's SHOW POOLS, SERVERS, STATS_TOTALS, DATABASES, CONFIG,
+LISTS and VERSION.
 
 The admin console speaks only the simple query protocol, so this source uses psycopg 3 (asyncpg
 cannot read it) with autocommit and no prepared statements. It works for a user listed in
@@ -18,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from exporter.dsn import Target
-from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Stats
+from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Server, Stats
 from exporter.source import ErrorMap, SourceError, translated
 
 APPLICATION_NAME = "prefect-pg-exporter"
@@ -49,6 +49,19 @@ def parse_pools(rows: Sequence[Row]) -> tuple[Pool, ...]:
         pools.append(Pool(_text(row.get("database")), _text(row.get("user")),
                           _text(row.get("pool_mode")), counts, maxwait))
     return tuple(pools)
+
+
+def parse_servers(rows: Sequence[Row]) -> tuple[Server, ...]:
+    """SHOW SERVERS (1.18: type, user, database, state, addr, port, local_addr, local_port,
+    connect_time, request_time, wait, wait_us, close_needed, ptr, link, remote_pid, tls,
+    application_name): only what joins a server connection to its backend on PostgreSQL. One
+    row per server connection, at most the sum of the pool sizes."""
+    return tuple(
+        Server(_text(row.get("database")), _text(row.get("user")), _text(row.get("state")),
+               _int(row.get("remote_pid")), _text(row.get("addr")), _text(row.get("port")))
+        for row in rows
+        if row.get("database") != ADMIN_DATABASE
+    )
 
 
 DATABASE_VALUES = ("pool_size", "min_pool_size", "reserve_pool", "reserve_pool_size",
@@ -126,6 +139,7 @@ class PgBouncerSource:
                     stats=parse_stats(await self._show(conn, "STATS_TOTALS")),
                     config=parse_config(await self._show(conn, "CONFIG")),
                     lists=parse_lists(await self._show(conn, "LISTS")),
+                    servers=parse_servers(await self._show(conn, "SERVERS")),
                 )
         except SourceError:
             await self.close()

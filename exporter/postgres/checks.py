@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from exporter.finding import Context, Finding, age
+from exporter.postgres.causes import cause
+from exporter.postgres.locks import lock_roots
 from exporter.postgres.snapshot import PostgresSnapshot, Session
 from exporter.prefect.snapshot import PrefectSnapshot
 
@@ -19,26 +21,6 @@ def _who(s: Session) -> str:
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------------
-
-def lock_roots(pg: PostgresSnapshot) -> list[tuple[int, set[int]]]:
-    """Each root blocker (a holder that is not waiting itself; every holder when they all wait,
-    a deadlock in the making) with every session that waits behind it, directly or not. The
-    doctor's lock_chain finding and the lock_chain incident are both made of these."""
-    waiting = {b.pid for b in pg.blocked}
-    blocked_by: dict[int, set[int]] = {}
-    for b in pg.blocked:
-        for pid in b.blocked_by:
-            blocked_by.setdefault(pid, set()).add(b.pid)
-    roots = sorted(pid for pid in blocked_by if pid not in waiting)
-
-    def victims(pid: int, seen: set[int]) -> set[int]:
-        for child in blocked_by.get(pid, set()) - seen:
-            seen.add(child)
-            victims(child, seen)
-        return seen
-
-    return [(root, victims(root, set())) for root in roots or sorted(blocked_by)]
-
 
 def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """Who blocks whom, down to the root blockers: holders that are not waiting themselves."""
@@ -69,7 +51,7 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
             tuple(evidence),
             f"SELECT pg_terminate_backend({root}); ends it (its transaction rolls back). For "
             "good: idle_in_transaction_session_timeout, lock_timeout for Prefect's role, short "
-            "transactions in the client that took the lock.")
+            "transactions in the client that took the lock.", cause(pg, root, behind))
 
 
 def stalled_clients(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
@@ -128,7 +110,7 @@ def long_transactions(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
                  "ORDER BY xact_start LIMIT 5; then pg_terminate_backend(pid) if it must not "
                  "live on. ")
                 + "Long transactions hold locks and keep vacuum from cleaning Prefect's hot "
-                  "tables.")
+                  "tables.", cause(pg, holder.pid) if holder else None)
 
 
 def connection_budget(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:

@@ -15,7 +15,8 @@ from typing import Any
 
 from exporter.finding import Context, age
 from exporter.incidents.model import MAX_ITEMS, Evidence, Observation, distinct, evidence_of
-from exporter.postgres.checks import TRANSACTION_CHECKS, lock_roots
+from exporter.postgres.checks import TRANSACTION_CHECKS
+from exporter.postgres.locks import lock_roots
 from exporter.postgres.snapshot import Involved, PostgresSnapshot, Session
 
 IDLE_STATES = next(states for check, states, *_ in TRANSACTION_CHECKS

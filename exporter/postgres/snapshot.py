@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 
@@ -91,6 +92,18 @@ class DatabaseSize(NamedTuple):
     bytes: int
 
 
+class Address(NamedTuple):
+    """Where a target's DSN points: a PgBouncer whose SHOW DATABASES names the same host and
+    port sits in front of it."""
+
+    host: str  # as the DSN says it ('' = libpq's default, the local socket); may list several
+    port: str
+    dbname: str
+
+
+NOWHERE = Address("", "", "")  # not said (snapshots made by hand)
+
+
 @dataclass(frozen=True)
 class PostgresSnapshot:
     taken_at: float
@@ -110,3 +123,16 @@ class PostgresSnapshot:
     # enough): what the doctor needs to say how soon a database reaches its size limit
     growth_bytes_per_second: dict[str, float] = field(default_factory=dict)
     involved: Involved = field(default_factory=Involved)
+    # each activity group's backends, in the order of `activity` (empty when not read)
+    group_pids: tuple[tuple[int, ...], ...] = ()
+    address: Address = NOWHERE
+
+    def group_of(self, pid: int) -> ActivityGroup | None:
+        """The activity group a backend is in: its database, role, application, state and
+        wait event (the group's ages are its oldest member's)."""
+        return self._groups_by_pid.get(pid)
+
+    @cached_property
+    def _groups_by_pid(self) -> dict[int, ActivityGroup]:
+        return {pid: group for group, pids in zip(self.activity, self.group_pids, strict=False)
+                for pid in pids}

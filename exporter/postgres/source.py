@@ -26,6 +26,7 @@ from exporter.postgres.involved import (
 )
 from exporter.postgres.snapshot import (
     ActivityGroup,
+    Address,
     BlockedSession,
     DatabaseSize,
     Involved,
@@ -79,13 +80,18 @@ _SESSION_COLUMNS = f"""
 # - 'blocked': every backend waiting on a lock, with the pids blocking it. pg_blocking_pids()
 #   takes the lock manager's partition locks, so it is called for these sessions only. The
 #   wait is measured from the waiting statement's start (state_change).
+#   A group row also lists its backends' pids (the last column, pids) unless they are idle:
+#   what a PgBouncer pool's server connections are doing is looked up by pid in them
+#   (exporter/pgbouncer/servers.py), with no read of its own; a pid in no group is idle. Idle
+#   backends, most of them on a busy server, are left out: their arrays were most of the
+#   cost (measured in benchmarks/chain.py).
 # The ages are computed per group (from min(xact_start)), not per backend, and with date_part,
 # which returns float8: EXTRACT returns numeric since PostgreSQL 14, several times dearer.
 # The LISTEN regular expression runs only on text that starts with "listen".
 _TAIL = """datname, usename, application_name, state, wait_event_type, wait_event, NULL, NULL,
         NULL, date_part('epoch', now() - xact_start), date_part('epoch', now() - state_change),
         pid, """ + _CLIENT_ADDR + """,
-        {blocked_by}, {kind}"""
+        {blocked_by}, {kind}, NULL"""
 ACTIVITY_SQL = rf"""
 WITH backend AS (
     SELECT pid,
@@ -109,7 +115,7 @@ SELECT datname, usename, application_name, state, wait_event_type, wait_event,
        date_part('epoch', now() - min(xact_start)) AS max_transaction_age,
        date_part('epoch', now() - min(state_change)) AS max_state_age,
        NULL::int AS pid, NULL::text AS client_addr, NULL::int[] AS blocked_by,
-       'group' AS row_kind
+       'group' AS row_kind, array_agg(pid) FILTER (WHERE state <> 'idle') AS pids
 FROM backend
 WHERE client
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
@@ -132,6 +138,7 @@ class ActivityRead(NamedTuple):
     groups: tuple[ActivityGroup, ...]
     oldest: tuple[Session, ...]  # oldest transaction first
     blocked: tuple[BlockedSession, ...]  # only those another session blocks
+    group_pids: tuple[tuple[int, ...], ...] = ()  # each group's backends, in groups' order
 
 
 def _session(r: asyncpg.Record) -> Session:
@@ -142,12 +149,14 @@ def _session(r: asyncpg.Record) -> Session:
 
 def _activity(rows: Sequence[asyncpg.Record]) -> ActivityRead:
     groups: list[ActivityGroup] = []
+    group_pids: list[tuple[int, ...]] = []
     oldest: list[Session] = []
     blocked: list[BlockedSession] = []
     for r in rows:
         kind = r[_ROW_KIND]
         if kind == "group":
             groups.append(ActivityGroup._make(r[:_GROUP_WIDTH]))
+            group_pids.append(tuple(r[_ROW_KIND + 1] or ()))
         elif kind == "oldest":
             oldest.append(_session(r))
         elif r["blocked_by"]:  # a lock wait whose blocker already went is no longer blocked
@@ -155,7 +164,7 @@ def _activity(rows: Sequence[asyncpg.Record]) -> ActivityRead:
                                           wait_seconds=r["max_state_age"] or 0.0))
     # UNION ALL keeps no order across its branches: the oldest are ordered here
     oldest.sort(key=lambda s: (-(s.transaction_age or 0.0), s.pid))
-    return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked))
+    return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked), tuple(group_pids))
 
 
 # The sessions incidents are about, in one read: the lock chain's sessions by pid ($1), active
@@ -234,12 +243,25 @@ def _settings(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[s
 
 # pg_total_relation_size() reads file sizes: cheap for the few hot tables, and it needs no
 # privilege on the table (pg_monitor reads it for Prefect's tables without their grants).
+# It opens the table with ACCESS SHARE, though, and so waits behind an ACCESS EXCLUSIVE lock
+# held or queued (a migration, a LOCK TABLE left open): the poll would time out and the
+# exporter go blind exactly while Prefect hangs on that table. Such a table is sized from
+# pg_class.relpages (its heap as of the last VACUUM or ANALYZE) for as long as the lock lasts.
+# pg_locks is read once per poll for this (it takes the lock manager's partition locks briefly,
+# like pg_blocking_pids(); a few hot tables cannot be checked more cheaply).
 _TABLES = """
 SELECT schemaname AS "schema", relname AS "table", n_live_tup AS live_tuples,
        n_dead_tup AS dead_tuples,
        extract(epoch FROM last_vacuum)::float8 AS last_vacuum,
        extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum,
-       coalesce(pg_total_relation_size(relid), 0) AS total_bytes,
+       coalesce(CASE WHEN relid <> ALL (ARRAY(  -- uncorrelated: an InitPlan, run once
+                    SELECT relation FROM pg_locks
+                    WHERE locktype = 'relation' AND mode = 'AccessExclusiveLock'
+                      AND relation IS NOT NULL))
+                THEN pg_total_relation_size(relid) END,
+                (SELECT c.relpages::int8 * current_setting('block_size')::int8
+                 FROM pg_class c WHERE c.oid = relid),
+                0) AS total_bytes,
        n_tup_ins AS inserted_rows,
        n_tup_del AS deleted_rows
 FROM pg_stat_user_tables
@@ -318,6 +340,13 @@ CONNECT_ERRORS: ErrorMap = (((TimeoutError, OSError, asyncpg.PostgresError,
                               asyncpg.InterfaceError, ValueError), "connect"),)
 
 
+def address_of(target: Target) -> Address:
+    """Where the target's DSN points (libpq's defaults where it says nothing), for the join of
+    a PgBouncer's server connections to this target."""
+    p = target.params
+    return Address(p.get("host", ""), p.get("port", "5432"), p.get("dbname", p.get("user", "")))
+
+
 class PostgresSource:
     kind = "postgres"
 
@@ -381,8 +410,8 @@ class PostgresSource:
 
     async def _read(self, conn: asyncpg.Connection) -> PostgresSnapshot:
         context = _context((await conn.fetch(CONTEXT_SQL, SETTING_NAMES, self._hot_tables))[0])
-        activity, oldest, blocked = _activity(await conn.fetch(ACTIVITY_SQL,
-                                                               self._top_transactions))
+        activity, oldest, blocked, group_pids = _activity(await conn.fetch(
+            ACTIVITY_SQL, self._top_transactions))
         involved = await self._involved(conn, activity, blocked)
         blocker_pids = {pid for b in blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
@@ -406,6 +435,8 @@ class PostgresSource:
             growth_bytes_per_second=self._growth.update(
                 taken_at, {d.datname: d.bytes for d in context.databases}),
             involved=involved,
+            group_pids=group_pids,
+            address=address_of(self._target),
         )
 
     async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],

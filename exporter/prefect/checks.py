@@ -10,6 +10,7 @@ from exporter.pgbouncer.checks import waiting_pools
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
 from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.prefect import compat
+from exporter.prefect.chain import prefect_blocked
 from exporter.prefect.metrics import ended_rows, events_lag, holders_running, pool_rows, runs_lag
 from exporter.prefect.snapshot import PoolCounts, PrefectProbeSnapshot, PrefectSnapshot, WorkPool
 
@@ -410,3 +411,4 @@ def polled_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     yield from queues_unpolled(pf, ctx)
     yield from outcome_ratios(pf, ctx)
     yield from compat.blind_spots(pf, ctx)
+    yield from prefect_blocked(pf, ctx)

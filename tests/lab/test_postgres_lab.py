@@ -215,7 +215,7 @@ async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: Lab
     finally:
         await conn.close()
     assert columns == [*pgsnap.ActivityGroup._fields, "pid", "client_addr", "blocked_by",
-                       "row_kind"]
+                       "row_kind", "pids"]
 
 
 @pytest.mark.parametrize(("sql", "row_type"), [
