@@ -30,8 +30,17 @@ def no_incidents(snapshot: Snapshot, context: Context) -> Iterable[Observation]:
 
 
 @dataclass(frozen=True)
+class Down:
+    """What the diagnosis says of a target of this kind it cannot read, beyond the error: its
+    severity and what stops with it (source_down is a warning with no more by default)."""
+
+    severity: str
+    meaning: str
+
+
+@dataclass(frozen=True)
 class SourceKind(Generic[SnapshotT]):
-    name: str  # postgres | pgbouncer | prefect: the `source` label, Source.kind
+    name: str  # postgres | pgbouncer | prefect | redis: the `source` label, Source.kind
     snapshot_type: type[SnapshotT]
     up: MetricSpec  # the plain `<kind>_up` users of other exporters look for
     specs: Sequence[MetricSpec]  # every metric the families builder may emit, `up` included
@@ -44,6 +53,7 @@ class SourceKind(Generic[SnapshotT]):
     # so that an incident begins and ends exactly when its finding appears and goes.
     incidents: Callable[[SnapshotT, Context], Iterable[Observation]] = field(
         default=no_incidents)
+    down: Down | None = None
 
     def owns(self, snapshot: Snapshot) -> bool:
         return isinstance(snapshot, self.snapshot_type)

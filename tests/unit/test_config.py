@@ -123,6 +123,9 @@ BAD = [
     ({"web_config_file": "/nonexistent/web.yml"}, "web config"),
     ({"no_statements": "perhaps"}, "true or false"),
     ({"recent_incidents": "many"}, "whole number"),
+    ({"redis_url": "redis://:s3cret-pw@r:6379/db1"}, "database must be a number"),
+    ({"redis_url": "memcached://r:11211"}, "must be redis://"),
+    ({"redis_consumer_idle_seconds": "0"}, "positive"),
 ]
 
 

@@ -18,7 +18,7 @@ from exporter.finding import render_text
 from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState, failures, fresh_snapshots
 from exporter.source import Reason, Snapshot
-from tests.factories import NamedSource, rich_pgbouncer, rich_postgres, rich_prefect
+from tests.factories import NamedSource, rich_pgbouncer, rich_postgres, rich_prefect, rich_redis
 
 GOLDEN = Path(__file__).parent / "golden" / "exposition.prom"
 GOLDEN_DOCTOR = Path(__file__).parent / "golden" / "doctor.txt"
@@ -44,6 +44,7 @@ def recorded_states() -> list[SourceState]:
         _state("pgbouncer", "pgb", rich_pgbouncer(NOW - 1.0, "pgb"), errors={"timeout": 1}),
         _state("prefect", "prefect", rich_prefect(NOW - 1.0, "prefect")),
         _state("prefect", "stale", rich_prefect(NOW - 1000.0, "stale")),
+        _state("redis", "messaging", rich_redis(NOW - 1.0, "messaging")),
     ]
 
 

@@ -1,0 +1,94 @@
+"""A throwaway Redis 7 (Debian's redis-server) on 127.0.0.1, in a directory of its own, run
+unprivileged, with a password for the default user and a read-only ACL user for the exporter."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from lab.common import (
+    RunAs,
+    dies_with_parent,
+    find_binary,
+    free_port,
+    make_dir,
+    run_as,
+    stop_process,
+    wait_for_port,
+)
+
+PASSWORD = "lab-redis-secret"  # the default user's: what Prefect uses
+MONITOR_USER, MONITOR_PASSWORD = "prefect-exporter", "lab-redis-monitor-secret"
+# What the exporter needs and nothing more (docs/deploy.md recommends the same ACL): a write
+# it ever sent would fail with NOPERM, and the lab tests would see it.
+MONITOR_ACL = ("on >{password} ~* resetchannels -@all +info +ping +scan +type +xinfo|stream "
+               "+xinfo|groups +xinfo|consumers +select +hello +auth +client|setname")
+
+
+class LabRedis:
+    def __init__(self, root: Path, *, maxmemory: str = "0") -> None:
+        self.who: RunAs = run_as()
+        self.root = make_dir(root, self.who)
+        self.port = free_port()
+        self.log = self.root / "redis.log"
+        self.conf = self.root / "redis.conf"
+        self.maxmemory = maxmemory
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._write_config()
+
+    def _write_config(self) -> None:
+        acl = MONITOR_ACL.format(password=MONITOR_PASSWORD)
+        self.conf.write_text(f"""bind 127.0.0.1
+port {self.port}
+protected-mode yes
+daemonize no
+dir {self.root}
+logfile {self.log}
+save ""
+appendonly no
+databases 16
+maxmemory {self.maxmemory}
+requirepass {PASSWORD}
+user {MONITOR_USER} {acl}
+""")
+        self.conf.chmod(0o600)
+        self.who.own(self.conf)
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._proc = subprocess.Popen(
+            [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=dies_with_parent(), **self.who.popen_kwargs())
+        wait_for_port(self.port, 20, "redis-server", self._proc, self.log)
+
+    def stop(self) -> None:
+        stop_process(self._proc)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait()
+
+    def url(self, db: int = 0, *, monitor: bool = True) -> str:
+        """The exporter's URL (the read-only ACL user) or Prefect's (the default user)."""
+        if monitor:
+            return f"redis://{MONITOR_USER}:{MONITOR_PASSWORD}@127.0.0.1:{self.port}/{db}"
+        return f"redis://:{PASSWORD}@127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> Any:
+        """A synchronous admin client (the default user) for the tests and the demo."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, password=PASSWORD,
+                           socket_timeout=10)
+
+
+def start_redis(root: Path, **kwargs: Any) -> LabRedis:
+    server = LabRedis(root, **kwargs)
+    server.start()
+    return server
