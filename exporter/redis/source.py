@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -34,7 +35,9 @@ SCAN_CALLS = 10  # SCAN calls per poll at most: 10,000 keys looked at
 MAX_STREAMS = 50  # streams read per poll, Prefect's first
 MAX_GROUPS = 50  # consumer groups read per stream
 
-QUERY_ERRORS: ErrorMap = ((RedisTimeoutError, "timeout"), ((RedisError, OSError), "query"))
+# A connection lost mid-poll (Redis stopped, failed over) is a connect failure, as PostgreSQL's
+QUERY_ERRORS: ErrorMap = ((RedisTimeoutError, "timeout"),
+                          ((RedisConnectionError, OSError), "connect"), (RedisError, "query"))
 CONNECT_ERRORS: ErrorMap = (((RedisError, OSError, TimeoutError, ValueError), "connect"),)
 
 

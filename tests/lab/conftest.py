@@ -22,6 +22,7 @@ from lab.prefect import (
     start_installs,
     start_prefect,
 )
+from lab.redis import LabRedis, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,14 @@ def pgbouncer(lab_dir: Path, postgres: LabPostgres) -> Iterator[LabPgBouncer]:
     bouncer = start_pgbouncer(lab_dir / "pgbouncer", postgres)
     yield bouncer
     bouncer.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory, lab_dir: Path) -> Iterator[LabRedis]:
+    """A Redis 7 of the test's own (tests fill it, stop it, set maxmemory)."""
+    server = start_redis(lab_dir / tmp_path_factory.mktemp("redis").name)
+    yield server
+    server.stop()
 
 
 LATE_AFTER_SECONDS = 5
