@@ -78,6 +78,10 @@ RECORDING_RULES: tuple[tuple[str, str], ...] = (
 # the Late and backlog alerts of the same pool stay quiet (one page, the root cause).
 UNSERVED = "(prefect_work_pool_online_workers == 0 or prefect_work_pool_paused == 1)"
 
+# Docket's workers group: a dead worker stays listed; a Docket nobody works for has none
+DOCKET_ACTIVE = f'redis_stream_group_consumers_active{{{{group="{DOCKET_GROUP}"}}}}'
+DOCKET_CONSUMERS = f'redis_stream_group_consumers{{{{group="{DOCKET_GROUP}"}}}}'
+DOCKET_UNDELIVERED = f'redis_stream_group_undelivered_messages{{{{group="{DOCKET_GROUP}"}}}}'
 # The event persister's backlog on Prefect's events stream (prefect-redis).
 PERSISTER = ("redis_stream_group_undelivered_messages"
              f'{{{{stream="{EVENTS_STREAM}",group="{PERSISTER_GROUP}"}}}}')
@@ -352,7 +356,9 @@ ALERTS: tuple[Alert, ...] = (
           check="crashed_runs"),
     # Prefect in HA (prefect-redis, Docket): what the services leave in Redis
     Alert("PrefectServicesDown", "critical",
-          f'redis_stream_group_consumers_active{{{{group="{DOCKET_GROUP}"}}}} == 0', 120,
+          f"{DOCKET_ACTIVE} == 0 and on (target, db, stream, group) "
+          f"({DOCKET_CONSUMERS} > 0 or {DOCKET_UNDELIVERED} > 0) "
+          f"unless on (target) (max by (target) ({DOCKET_ACTIVE}) > 0)", 120,
           "Prefect's background services are not running (no active Docket worker)",
           "{{ $labels.target }}: no consumer of Docket's {{ $labels.group }} group on "
           "{{ $labels.stream }} has read for longer than the consumer idle limit: the "

@@ -88,6 +88,21 @@ user {MONITOR_USER} {acl}
                            socket_timeout=10)
 
 
+def prefect_like_streams(redis: LabRedis) -> None:
+    """What Prefect in HA leaves in Redis, made by hand: on db0 `events` (15 entries) with the
+    event persister 5 entries in (delivered, not acknowledged) and reactive-triggers created at
+    the end; on db1 Docket's `prefect:stream` with a docket-workers consumer that read all."""
+    messaging, docket = redis.client(0), redis.client(1)
+    for i in range(15):
+        messaging.xadd("events", {"event": f"e{i}"})
+    messaging.xgroup_create("events", "event-persister", id="0")
+    messaging.xreadgroup("event-persister", "services-host-4242", {"events": ">"}, count=5)
+    messaging.xgroup_create("events", "reactive-triggers", id="$")
+    docket.xadd("prefect:stream", {"task": "schedule"})
+    docket.xgroup_create("prefect:stream", "docket-workers", id="0")
+    docket.xreadgroup("docket-workers", "worker-host-4242", {"prefect:stream": ">"})
+
+
 def start_redis(root: Path, **kwargs: Any) -> LabRedis:
     server = LabRedis(root, **kwargs)
     server.start()

@@ -53,9 +53,16 @@ def group_states(redis: RedisSnapshot) -> Iterator[GroupState]:
 
 
 def services_down(redis: RedisSnapshot) -> GroupState | None:
-    """Docket's workers group with no active consumer: no background service runs."""
-    return next((g for g in group_states(redis)
-                 if g.group.name == DOCKET_GROUP and g.active == 0), None)
+    """Docket's workers group with no active consumer: no background service runs. A worker
+    that died stays listed as a consumer (Docket never removes its consumers), so a group
+    with consumers and none active is a dead worker; a group that never had one is a Docket
+    nobody runs workers for (the API replicas' own, `prefect-server:stream`, with
+    --no-services), unless tasks wait in it. Another Docket of the same Redis with an active
+    worker means the services run there."""
+    dockets = [g for g in group_states(redis) if g.group.name == DOCKET_GROUP]
+    if any(g.active > 0 for g in dockets):
+        return None
+    return next((g for g in dockets if g.group.consumers > 0 or g.undelivered > 0), None)
 
 
 def persister(redis: RedisSnapshot, t: Mapping[str, float]) -> tuple[GroupState, str] | None:

@@ -247,17 +247,26 @@ CASES += [
 ]
 # Prefect in HA: Docket's workers group, the event persister, other groups, Redis itself
 DOCKET = 'target="docket",db="db1",stream="prefect:stream",group="docket-workers"'
+API_DOCKET = 'target="docket",db="db1",stream="prefect-server:stream",group="docket-workers"'
 EVENTS = 'target="messaging",db="db0",stream="events"'
 PERSISTER = f'{EVENTS},group="event-persister"'
 TRIGGERS = f'{EVENTS},group="reactive-triggers"'
 GHOST = f'{EVENTS},group="ephemeral-old"'
 MEM = 'target="messaging"'
 CASES += [
-    ("PrefectServicesDown", {f"redis_stream_group_consumers_active{{{DOCKET}}}": "1 1 0x10"},
+    ("PrefectServicesDown", {f"redis_stream_group_consumers_active{{{DOCKET}}}": "1 1 0x10",
+                             f"redis_stream_group_consumers{{{DOCKET}}}": "1x12"},
      "8m", [{"target": "docket", "db": "db1", "stream": "prefect:stream",
              "group": "docket-workers"}]),
     ("PrefectServicesDown",  # a worker restarting within a minute: quiet
-     {f"redis_stream_group_consumers_active{{{DOCKET}}}": "1 0 1 1 1 1 1 1 1 1"}, "8m", []),
+     {f"redis_stream_group_consumers_active{{{DOCKET}}}": "1 0 1 1 1 1 1 1 1 1",
+      f"redis_stream_group_consumers{{{DOCKET}}}": "1x10"}, "8m", []),
+    ("PrefectServicesDown",  # the API replicas' own Docket, never worked for, beside a live one
+     {f"redis_stream_group_consumers_active{{{API_DOCKET}}}": "0x10",
+      f"redis_stream_group_consumers{{{API_DOCKET}}}": "0x10",
+      f"redis_stream_group_undelivered_messages{{{API_DOCKET}}}": "0x10",
+      f"redis_stream_group_consumers_active{{{DOCKET}}}": "1x10",
+      f"redis_stream_group_consumers{{{DOCKET}}}": "1x10"}, "8m", []),
     ("PrefectServicesDown",  # another group without consumers is not Docket's
      {f"redis_stream_group_consumers_active{{{TRIGGERS}}}": "0x10"}, "8m", []),
     ("PrefectEventsNotPersisted",

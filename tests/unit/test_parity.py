@@ -112,12 +112,12 @@ def with_runs(pools: Mapping[str, PoolCounts], *work_pools: WorkPool) -> Snapsho
 
 
 def rds(*streams: Stream, **kw: Any) -> Snapshot:
-    target = "docket" if any(s.key == "prefect:stream" for s in streams) else "messaging"
+    target = "docket" if any(s.key.endswith(":stream") for s in streams) else "messaging"
     return redis_snapshot(*streams, taken_at=NOW, target=target, **kw)
 
 
-def docket_stream(idle: tuple[float, ...]) -> Stream:
-    return redis_stream("prefect:stream", redis_group("docket-workers", "1000-9", idle),
+def docket_stream(idle: tuple[float, ...], key: str = "prefect-server:stream") -> Stream:
+    return redis_stream(key, redis_group("docket-workers", "1000-9", idle),
                         last_generated_id="1000-9")
 
 
@@ -266,6 +266,8 @@ SCENARIOS = [
                                          rds(events_stream(persister=(0.5,), lag=10)))),
     Scenario("no active Docket worker", "prefect_services_down",
              (rds(docket_stream((75.0,))), pf())),
+    Scenario("the API replicas' Docket has no worker, the services' one has", "",
+             (rds(docket_stream(()), docket_stream((1.0,), "prefect:stream")),)),
     Scenario("event persister stalled", "prefect_events_not_persisted",
              (rds(events_stream(persister=(), delivered="1000-2", lag=7)),)),
     Scenario("event persister behind", "prefect_events_not_persisted",

@@ -58,6 +58,21 @@ def test_no_active_docket_worker_while_the_api_answers_is_critical_and_names_bot
     assert "prefect_services_down" not in checks(docket(75.0, 80.0, 59.0))
 
 
+def test_a_docket_nobody_works_for_is_not_a_dead_worker() -> None:
+    # seen on 3.8.8: the API replicas (--no-services) create `prefect-server:stream` with an
+    # empty docket-workers group; the services process works on `prefect:stream`
+    unused = redis_stream("prefect-server:stream", redis_group("docket-workers", LAST, ()),
+                          last_generated_id=LAST)
+    working = redis_stream("prefect:stream", redis_group("docket-workers", LAST, (0.1,)),
+                           last_generated_id=LAST)
+    assert checks(redis_snapshot(unused, working)) == {}
+    assert checks(redis_snapshot(unused)) == {}
+    # tasks wait in a group that never had a worker: down
+    waiting = redis_stream("prefect:stream", redis_group("docket-workers", "1000-1", (), lag=3),
+                           last_generated_id=LAST)
+    assert checks(redis_snapshot(waiting))["prefect_services_down"][0] == "critical"
+
+
 def test_event_persister_stalled_is_critical_behind_is_a_warning() -> None:
     stalled = redis_stream("events", redis_group("event-persister", "1000-2", (), lag=7),
                            last_generated_id=LAST, length=20)
