@@ -88,6 +88,46 @@ user {MONITOR_USER} {acl}
                            socket_timeout=10)
 
 
+class LabSentinel:
+    """A Redis Sentinel (redis-server --sentinel) watching a lab Redis as service `lab`."""
+
+    SERVICE = "lab"
+
+    def __init__(self, root: Path, master: LabRedis) -> None:
+        self.who: RunAs = run_as()
+        self.root = make_dir(root, self.who)
+        self.port = free_port()
+        self.log = self.root / "sentinel.log"
+        self.conf = self.root / "sentinel.conf"  # Sentinel rewrites it: its user owns it
+        self.conf.write_text(f"""bind 127.0.0.1
+port {self.port}
+daemonize no
+dir {self.root}
+logfile {self.log}
+sentinel monitor {self.SERVICE} 127.0.0.1 {master.port} 1
+sentinel auth-pass {self.SERVICE} {PASSWORD}
+""")
+        self.conf.chmod(0o600)
+        self.who.own(self.conf)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf),
+             "--sentinel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=dies_with_parent(), **self.who.popen_kwargs())
+        wait_for_port(self.port, 20, "redis sentinel", self._proc, self.log)
+
+    def stop(self) -> None:
+        stop_process(self._proc)
+
+    def url(self, db: int = 0) -> str:
+        """The exporter's URL through the Sentinel (the master's read-only ACL user)."""
+        return (f"redis+sentinel://{MONITOR_USER}:{MONITOR_PASSWORD}@127.0.0.1:{self.port}/"
+                f"{self.SERVICE}/{db}")
+
+
 def prefect_like_streams(redis: LabRedis) -> None:
     """What Prefect in HA leaves in Redis, made by hand: on db0 `events` (15 entries) with the
     event persister 5 entries in (delivered, not acknowledged) and reactive-triggers created at

@@ -169,18 +169,38 @@ class RedisSource:
             return self._client
         with translated(CONNECT_ERRORS, self._target.secrets,
                         f"cannot connect to {self._target.redacted()}: "):
-            client = aioredis.Redis.from_url(
-                self._target.url, single_connection_client=True, decode_responses=False,
-                socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
-                # the poller retries with backoff: no retries of the client's own
-                retry=Retry(NoBackoff(), 0), client_name=CLIENT_NAME, protocol=2)
+            client = self._sentinel_client() if self._target.sentinels else \
+                aioredis.Redis.from_url(self._target.url, single_connection_client=True,
+                                        **self._options())
             try:
-                await client.initialize()  # connects (and authenticates) now
+                # connects (and authenticates, and asks the Sentinels for the master) now
+                await (client.initialize() if not self._target.sentinels else client.ping())
             except BaseException:
                 await client.aclose()
                 raise
         self._client = client
         return client
+
+    def _options(self) -> dict[str, Any]:
+        return dict(decode_responses=False, socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout, client_name=CLIENT_NAME, protocol=2,
+                    # the poller retries with backoff: no retries of the client's own
+                    retry=Retry(NoBackoff(), 0))
+
+    def _sentinel_client(self) -> aioredis.Redis:
+        """The master of the service, through the Sentinels (followed on failover); one data
+        connection at most (the commands are sent one after the other)."""
+        from redis.asyncio.sentinel import Sentinel
+
+        t = self._target
+        daemons = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout,
+                   "username": t.sentinel_username, "password": t.sentinel_password,
+                   "ssl": t.tls}
+        sentinel = Sentinel(list(t.sentinels), sentinel_kwargs=daemons, username=t.username,
+                            password=t.password, db=t.db, ssl=t.tls, max_connections=1,
+                            **self._options())
+        master: aioredis.Redis = sentinel.master_for(t.service)
+        return master
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from lab.redis import LabRedis, prefect_like_streams
+from lab.redis import LabRedis, LabSentinel, prefect_like_streams
 from tests.helpers import StartExporter, wait_for, wait_for_value
 
 pytestmark = pytest.mark.lab
@@ -155,3 +155,24 @@ async def test_100000_unrelated_keys_the_scan_stays_within_its_budget(
     s = await wait_for(exporter.port, lambda s: s.find("redis_stream_length",
                                                        stream="app:stream") == 1,
                        "the other stream found by the scan", timeout=90)
+
+
+async def test_through_a_sentinel_as_prefect_redis_accepts_it(
+        redis_server: LabRedis, start_exporter: StartExporter) -> None:
+    sentinel = LabSentinel(redis_server.root / "sentinel", redis_server)
+    sentinel.start()
+    try:
+        prefect_like_streams(redis_server)
+        exporter = await start_exporter(
+            redis_url=f"ha={sentinel.url(0)};wrong=redis+sentinel://x:lab-redis-monitor-secret@"
+                      f"127.0.0.1:{sentinel.port}/no-such-service/0")
+        s = await wait_for(exporter.port, lambda s: s.find(
+            "redis_stream_length", target="ha", stream="events") == 15, "events via Sentinel")
+        assert s.value("redis_stream_group_messages_pending", target="ha",
+                       group="event-persister") == 5
+        s = await wait_for_value(exporter.port, "redis_up", {"target": "wrong"}, 0)
+        assert s.value("prefect_pg_exporter_source_errors_total", source="redis",
+                       target="wrong", reason="connect") >= 1
+        assert "lab-redis-monitor-secret" not in s.text
+    finally:
+        sentinel.stop()

@@ -50,3 +50,25 @@ def test_bad_urls_are_refused_in_one_line_without_the_password(url: str, message
         load({}, {ENV: url})
     assert message in str(err.value) and "hunter2" not in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_the_sentinel_form_prefect_redis_accepts() -> None:
+    (target,) = load({}, {ENV: "ha=redis+sentinel://exporter:s3cret@s-a:26380,s-b/mymaster/1"
+                               "?sentinel_password=d43mon"}).redis_targets
+    assert target.sentinels == (("s-a", 26380), ("s-b", 26379))
+    assert (target.service, target.db, target.username, target.password) == (
+        "mymaster", 1, "exporter", "s3cret")
+    assert target.sentinel_password == "d43mon" and not target.tls
+    assert target.redacted() == "sentinel s-a:26380,s-b:26379 service mymaster/1 user=exporter"
+    assert {"s3cret", "d43mon"} <= set(target.secrets)
+    (unnamed,) = load({}, {ENV: "rediss+sentinel://:pw@s1/prefect"}).redis_targets
+    assert (unnamed.name, unnamed.tls) == ("prefect/0", True)
+
+
+@pytest.mark.parametrize("url", ["redis+sentinel://:hunter2@s1/",
+                                 "redis+sentinel://:hunter2@s1:port/m",
+                                 "redis+sentinel://:hunter2@s1/m/one"])
+def test_bad_sentinel_urls_are_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="a Sentinel URL is") as err:
+        load({}, {ENV: url})
+    assert "hunter2" not in str(err.value)
