@@ -281,7 +281,8 @@ DOCKET = 'group="docket-workers"'
 PERSISTER = 'stream="events",group="event-persister"'
 # Prefect's own /api/metrics (PREFECT_SERVER_METRICS_ENABLED), scraped by Prometheus from each
 # replica as job "prefect-api" (deploy/compose): its names, not the exporter's
-PREFECT_OWN_METRICS = ("prefect_events_emitted_total", "prefect_events_observed_total")
+PREFECT_OWN_METRICS = ("prefect_worker_channel_connections_total",
+                       "prefect_worker_channel_heartbeat_failures_total")
 PREFECT_JOB = 'job="prefect-api"'
 
 
@@ -332,14 +333,15 @@ HA = (
     series("Redis clients and commands per poll",
            q(f"redis_connected_clients{{{T}}}", "{{target}} clients"),
            q(f"redis_poll_commands{{{T}}}", "{{target}} exporter commands per poll")),
-    Panel("Prefect's own metrics: events emitted and observed per replica", "timeseries",
-          (q(f"sum by (instance) (rate(prefect_events_emitted_total{{{PREFECT_JOB}}}"
-             "[$__rate_interval]))", "{{instance}} emitted/s"),
-           q(f"sum by (instance) (rate(prefect_events_observed_total{{{PREFECT_JOB}}}"
-             "[$__rate_interval]))", "{{instance}} observed/s")),
+    Panel("Prefect's own metrics: worker channel per replica", "timeseries",
+          (q(f"sum by (instance, event) (rate(prefect_worker_channel_connections_total"
+             f"{{{PREFECT_JOB}}}[$__rate_interval]))", "{{instance}} {{event}}/s"),
+           q(f"rate(prefect_worker_channel_heartbeat_failures_total{{{PREFECT_JOB}}}"
+             "[$__rate_interval])", "{{instance}} heartbeat failures/s")),
           width=12, height=8, optional=True,
           description="From each replica's /api/metrics (PREFECT_SERVER_METRICS_ENABLED=true), "
-                      "scraped by Prometheus as job prefect-api; empty when not scraped."),
+                      "scraped by Prometheus as job prefect-api; empty when not scraped. "
+                      "Prefect 3.8.8 serves these counters and its process metrics."),
     Panel("Prefect's own metrics: replica memory and CPU", "timeseries",
           (q(f"process_resident_memory_bytes{{{PREFECT_JOB}}}", "{{instance}} RSS"),
            q(f"rate(process_cpu_seconds_total{{{PREFECT_JOB}}}[$__rate_interval]) * 1e9",

@@ -80,6 +80,10 @@ class LabServices:
                 preexec_fn=dies_with_parent(), cwd=self.root)
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

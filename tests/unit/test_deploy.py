@@ -344,8 +344,14 @@ def test_compose_exporter_environment_is_a_valid_configuration() -> None:
     assert not unknown, f"unknown exporter settings: {unknown}"
     assert {n for n in env if not n.startswith(ENV_PREFIX)} <= ALLOWED_OTHER_ENV
     config = load({}, environ=env)
-    assert config.sources == ("postgres", "pgbouncer", "prefect")
+    assert config.sources == ("postgres", "pgbouncer", "prefect", "redis")
     services = _compose()["services"]
+    # Prefect's messaging and Docket, as the Prefect services are configured
+    prefect_env = services["prefect-services"]["environment"]
+    assert [(t.host, t.db) for t in config.redis_targets] == [
+        (prefect_env["PREFECT_REDIS_MESSAGING_HOST"],
+         int(prefect_env["PREFECT_REDIS_MESSAGING_DB"])),
+        ("redis", int(prefect_env["PREFECT_SERVER_DOCKET_URL"].rsplit("/", 1)[1]))]
     (postgres,) = config.postgres_targets
     assert postgres.params["host"] in services and postgres.params["port"] == "5432"
     assert postgres.params["user"] == "prefect_exporter"
