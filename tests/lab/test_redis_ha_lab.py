@@ -12,6 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
 
 from lab.ha import LabPrefectHA
@@ -56,6 +57,10 @@ async def test_services_killed_replicas_serving_then_back_then_a_replica_killed(
                        timeout=120)
     assert s.value("prefect_api_up", target="api-0") == 1
     assert s.value("prefect_api_up", target="api-1") == 1
+    # Prefect's own metrics (PREFECT_SERVER_METRICS_ENABLED), for Prometheus to scrape beside
+    for replica in ha.replicas:
+        own = httpx.get(f"{replica.api_url}/metrics", timeout=10)
+        assert own.status_code == 200 and "process_resident_memory_bytes" in own.text
 
     # the services process dies; both replicas keep serving, and runs are created through each
     ha.services.kill()
@@ -99,7 +104,6 @@ async def test_services_killed_replicas_serving_then_back_then_a_replica_killed(
     s = await wait_for_value(port, "prefect_api_up", {"target": "api-1"}, 0, timeout=60)
     assert s.value("prefect_api_up", target="api-0") == 1
     code, findings = await asyncio.to_thread(doctor, ha)
-    replica = findings["source_down api-1"]
-    assert replica["title"] == "cannot read prefect api-1"
+    assert findings["source_down api-1"]["title"] == "cannot read prefect api-1"
     assert "source_down api-0" not in findings
     assert "prefect_services_down docket" not in findings
