@@ -8,7 +8,8 @@ the previous poll stopped at, so 100,000 unrelated keys are walked over several 
 in one. The streams found are remembered; Prefect's own (events, actions, Docket's
 prefect:stream) are looked for by name at startup and after each full pass, so they show on
 the first poll whatever the keyspace's size. Commands per poll are bounded by
-1 + SCAN_CALLS + MAX_STREAMS x (2 + MAX_GROUPS).
+1 + 3 + SCAN_CALLS + MAX_STREAMS x (2 + MAX_GROUPS): INFO, the TYPE look-ups (when a pass
+ended), the scan, XINFO STREAM and GROUPS per stream, XINFO CONSUMERS per group.
 """
 
 from __future__ import annotations
