@@ -389,9 +389,10 @@ ALERTS: tuple[Alert, ...] = (
           "(redis_stream_group_consumers_active) > 0)", 1800,
           "Consumer group {{ $labels.group }} on {{ $labels.stream }} is no longer read",
           "{{ $labels.target }}: group {{ $labels.group }} has no active consumer while another "
-          "group of {{ $labels.stream }} reads on: the stream cannot be trimmed past it and "
-          "grows (redis_stream_oldest_entry_age_seconds). XGROUP DESTROY it if nothing is meant "
-          "to read it (prefect #18606).",
+          "group of {{ $labels.stream }} reads on: its entries are not processed, and where "
+          "prefect-redis trims to what every group has read the stream grows "
+          "(redis_stream_oldest_entry_age_seconds). XGROUP DESTROY it if nothing is meant to "
+          "read it (prefect #18606).",
           check="redis_stream_group_abandoned"),
     Alert("RedisMemoryNearMax", "warning",
           "redis_memory_used_bytes / redis_memory_max_bytes > {redis_memory_warning_ratio} "

@@ -311,8 +311,8 @@ HA = (
     stat("Abandoned groups", f"count(redis_stream_group_consumers_active{{{T}}} == 0 and on "
          f"(target, db, stream, group) redis_stream_group_undelivered_messages{{{T}}} > 0) or "
          "vector(0)", "short", 1, None,
-         "Groups with entries to read and no active consumer: they hold the stream's "
-         "trimming."),
+         "Groups with entries to read and no active consumer: their entries are not "
+         "processed, and they may hold the stream's trimming."),
     table("API replicas", Query(f"prefect_api_up{{{T}}}", instant=True), width=8,
           description="1 = answering. Name each replica as its own target to see which one "
                       "is down."),

@@ -78,8 +78,9 @@ def persister(redis: RedisSnapshot, t: Mapping[str, float]) -> tuple[GroupState,
 
 
 def abandoned(redis: RedisSnapshot) -> Iterator[GroupState]:
-    """Groups no consumer reads while another group of the same stream is read: the stream
-    cannot be trimmed past what they have read (prefect #18606)."""
+    """Groups no consumer reads while another group of the same stream is read: their entries
+    are not processed, and where prefect-redis trims to what every group has read, the
+    stream cannot be trimmed past them (prefect #18606)."""
     states = list(group_states(redis))
     read = {g.stream.key for g in states if g.active > 0}
     for g in states:
@@ -143,12 +144,13 @@ def redis_checks(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
     for g in abandoned(redis):
         yield Finding(
             "redis_stream_group_abandoned", "warning", redis.target,
-            f"Consumer group {g.name} is no longer read while the stream moves on: the stream "
-            "cannot be trimmed past it",
+            f"Consumer group {g.name} is no longer read while the stream moves on",
             (g.describe(), _oldest(g.stream, redis.taken_at)),
             f"If nothing is meant to read it any more, remove it (XGROUP DESTROY {g.stream.key} "
-            f"{g.group.name}); otherwise restart its consumer. Until then the stream and "
-            "Redis's memory grow (prefect #18606).")
+            f"{g.group.name}); otherwise restart its consumer: its entries are not processed. "
+            "prefect-redis releases that trim to what every group has read let it hold the "
+            "stream, which grows with Redis's memory (prefect #18606; 0.3.0 leaves groups idle "
+            "over 5 minutes out of the trimming): see the oldest entry's age.")
     memory = memory_ratio(redis, t)
     if memory is not None:
         ratio, severity = memory

@@ -45,7 +45,7 @@ STREAM_GROUPS = _redis("redis_stream_groups", STREAM_LABELS,
 STREAM_OLDEST_AGE = _redis(
     "redis_stream_oldest_entry_age_seconds", STREAM_LABELS,
     "Age of the stream's first entry, from its id. Growing without bound: the stream is not "
-    "trimmed (prefect-redis trims to what every group has read: an abandoned group holds it).")
+    "trimmed (prefect-redis trims to what the groups have read: an abandoned group may hold it).")
 GROUP_CONSUMERS = _redis("redis_stream_group_consumers", GROUP_LABELS,
                          "XINFO GROUPS consumers: consumers the group knows, live or not.")
 GROUP_CONSUMERS_ACTIVE = _redis(
