@@ -40,6 +40,19 @@ def doctor(ha: LabPrefectHA) -> tuple[int, dict[str, dict[str, Any]]]:
     return done.returncode, findings
 
 
+async def keep_publishing(ha: LabPrefectHA) -> None:
+    """A flow run every second through the first replica: events keep coming, and the
+    services' groups keep reading them (their consumers stay active)."""
+    api = PrefectAPI(ha.replicas[0].api_url)
+    try:
+        flow = await api.flow("ha-flow")
+        for n in range(1000):
+            await api.create_flow_run(flow, f"ha-steady-{n}")
+            await asyncio.sleep(1)
+    finally:
+        await api.close()
+
+
 def events_added(ha: LabPrefectHA) -> int:
     return int(ha.redis.client(0).xinfo_stream("events")["entries-added"])
 
@@ -98,6 +111,24 @@ async def test_services_killed_replicas_serving_then_back_then_a_replica_killed(
     await wait_for_value(port, "redis_stream_group_consumers_active", DOCKET, 1, timeout=120)
     await wait_for_value(port, "redis_stream_group_undelivered_messages", PERSISTER, 0,
                          timeout=120)
+
+    # a consumer group nobody reads any more (a replica's subscription that went away) while
+    # the services read on: named, the services' own groups not
+    messaging = ha.redis.client(0)
+    messaging.xgroup_create("events", "ephemeral-gone", id="$")
+    messaging.xreadgroup("ephemeral-gone", "gone-host-1", {"events": ">"}, count=1)
+    publishing = asyncio.create_task(keep_publishing(ha))
+    try:
+        s = await wait_for(port, lambda s: s.find(
+            "prefect_pg_exporter_finding", check="redis_stream_group_abandoned",
+            severity="warning") == 1, "the abandoned group found", timeout=90)
+    finally:
+        publishing.cancel()
+    assert s.value("redis_stream_group_consumers_active", **{**PERSISTER,
+                                                             "group": "ephemeral-gone"}) == 0
+    assert s.value("redis_stream_group_undelivered_messages",
+                   **{**PERSISTER, "group": "ephemeral-gone"}) > 0
+    messaging.xgroup_destroy("events", "ephemeral-gone")
 
     # a replica dies: the exporter and the doctor name it, the other keeps answering
     ha.replicas[1].stop()
