@@ -668,6 +668,10 @@ def _dsn_example(setting: str) -> str:
     }.get(setting, "user:password")
 
 
+SECRET_EXAMPLES = {"redis-url": "messaging=redis://prefect-exporter:pw@redis:6379/0;"
+                                "docket=redis://prefect-exporter:pw@redis:6379/1"}
+
+
 def _container_environment(deployment: dict[str, Any], container: dict[str, Any],
                            tmp_path: Path) -> dict[str, str]:
     """The container's environment as the kubelet would make it, with placeholders for
@@ -680,7 +684,8 @@ def _container_environment(deployment: dict[str, Any], container: dict[str, Any]
         if "value" in item:
             value = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], str(item["value"]))
         elif "secretKeyRef" in item["valueFrom"]:
-            value = "user:password"
+            value = SECRET_EXAMPLES.get(item["valueFrom"]["secretKeyRef"]["key"],
+                                        "user:password")
         else:
             assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             value = "pgbouncer-5d8f7c9b4-x2x7q"
@@ -726,7 +731,7 @@ def test_kubernetes_exporter_environment_is_a_valid_configuration(tmp_path: Path
             assert {p["containerPort"] for p in bouncer["ports"]} == {
                 int(ini["pgbouncer"]["listen_port"])}
         else:
-            assert config.sources == ("postgres", "prefect")
+            assert config.sources == ("postgres", "prefect", "redis")
 
 
 def test_kubernetes_secrets_are_referenced_never_inlined() -> None:
