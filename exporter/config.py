@@ -308,8 +308,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prefect_api_tls_insecure_skip_verify", _boolean, "do not verify the Prefect API's "
             "TLS certificate (default: PREFECT_API_TLS_INSECURE_SKIP_VERIFY)", "BOOL"),
     Setting("redis_url", str, "Redis to watch (Prefect's messaging, Docket): redis://[user:"
-            "password@]host:port/db or rediss://...; several separated by ';', each optionally "
-            "named as name=redis://...", "URL", secret=True),
+            "password@]host:port/db, rediss://... or redis+sentinel://host:26379/service/db; "
+            "several separated by ';', each optionally named as name=redis://...", "URL",
+            secret=True),
     Setting("redis_consumer_idle_seconds", _positive_float, "a stream consumer idle longer "
             "than this no longer counts as active", "SECONDS"),
     Setting("prefect_upcoming_horizon_seconds", _positive_float,
