@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.prefect.snapshot import SHARED_DOCKET_SCHEMES
+from exporter.redis.checks import DOCKET_GROUP, EVENTS_STREAM, PERSISTER_GROUP
 from exporter.thresholds import THRESHOLDS, parse_overrides, thresholds
 
 RUNBOOK_BASE_URL = (
@@ -76,6 +77,14 @@ RECORDING_RULES: tuple[tuple[str, str], ...] = (
 # A work pool with nobody to take its runs: PrefectWorkPoolWithoutWorkers names that cause, so
 # the Late and backlog alerts of the same pool stay quiet (one page, the root cause).
 UNSERVED = "(prefect_work_pool_online_workers == 0 or prefect_work_pool_paused == 1)"
+
+# Docket's workers group: a dead worker stays listed; a Docket nobody works for has none
+DOCKET_ACTIVE = f'redis_stream_group_consumers_active{{{{group="{DOCKET_GROUP}"}}}}'
+DOCKET_CONSUMERS = f'redis_stream_group_consumers{{{{group="{DOCKET_GROUP}"}}}}'
+DOCKET_UNDELIVERED = f'redis_stream_group_undelivered_messages{{{{group="{DOCKET_GROUP}"}}}}'
+# The event persister's backlog on Prefect's events stream (prefect-redis).
+PERSISTER = ("redis_stream_group_undelivered_messages"
+             f'{{{{stream="{EVENTS_STREAM}",group="{PERSISTER_GROUP}"}}}}')
 
 # Opt-in (alerts/compat/): the names of prometheus-community/pgbouncer_exporter up to 0.10
 # (SHOW STATS), which the pgbouncer-mixin's dashboards and older dashboards still query. 0.11
@@ -363,6 +372,67 @@ ALERTS: tuple[Alert, ...] = (
           "of the runs that ended in work pool {{ $labels.work_pool }} CRASHED: their "
           "infrastructure failed (process killed, pod evicted, image pull), not their code.",
           check="crashed_runs"),
+    # Prefect in HA (prefect-redis, Docket): what the services leave in Redis
+    Alert("PrefectServicesDown", "critical",
+          f"{DOCKET_ACTIVE} == 0 and on (target, db, stream, group) "
+          f"({DOCKET_CONSUMERS} > 0 or {DOCKET_UNDELIVERED} > 0) "
+          f"unless on (target) (max by (target) ({DOCKET_ACTIVE}) > 0)", 120,
+          "Prefect's background services are not running (no active Docket worker)",
+          "{{ $labels.target }}: no consumer of Docket's {{ $labels.group }} group on "
+          "{{ $labels.stream }} has read for longer than the consumer idle limit: the "
+          "`prefect server services start` process is dead, stuck or cut off from Redis, while "
+          "the API replicas keep answering their health checks. Nothing is scheduled, no run "
+          "is marked Late, automations and event persistence stop.",
+          check="prefect_services_down"),
+    Alert("PrefectEventsNotPersisted", "critical",
+          f"{PERSISTER} > 0 and on (target, db, stream, group) "
+          "redis_stream_group_consumers_active == 0", 120,
+          "{{ $value }} Prefect events wait and no event persister reads them",
+          "{{ $labels.target }}: {{ $value }} events on stream {{ $labels.stream }} are not yet "
+          "delivered to the event-persister group, which has no active consumer: events are "
+          "missing from the UI and the event feed until the background services read them.",
+          check="prefect_events_not_persisted"),
+    Alert("PrefectEventPersisterBehind", "warning",
+          f"{PERSISTER} > {{redis_undelivered_warning}} or ({PERSISTER} > 0 and on (target, db, "
+          "stream, group) redis_stream_group_consumers_active == 0)", 600,
+          "Prefect's event persister is {{ $value }} events behind",
+          "{{ $labels.target }}: {{ $value }} events on {{ $labels.stream }} are not yet "
+          "delivered to the event-persister group: it reads slower than the API publishes "
+          "(database slow, services overloaded) or not at all.",
+          check="prefect_events_not_persisted"),
+    Alert("RedisStreamGroupAbandoned", "warning",
+          f'redis_stream_group_consumers_active{{{{group!~"{DOCKET_GROUP}|{PERSISTER_GROUP}"}}}}'
+          " == 0 and on (target, db, stream, group) redis_stream_group_undelivered_messages > 0 "
+          "and on (target, db, stream) (max by (target, db, stream) "
+          "(redis_stream_group_consumers_active) > 0)", 1800,
+          "Consumer group {{ $labels.group }} on {{ $labels.stream }} is no longer read",
+          "{{ $labels.target }}: group {{ $labels.group }} has no active consumer while another "
+          "group of {{ $labels.stream }} reads on: its entries are not processed, and where "
+          "prefect-redis trims to what every group has read the stream grows "
+          "(redis_stream_oldest_entry_age_seconds). XGROUP DESTROY it if nothing is meant to "
+          "read it (prefect #18606).",
+          check="redis_stream_group_abandoned"),
+    Alert("RedisMemoryNearMax", "warning",
+          "redis_memory_used_bytes / redis_memory_max_bytes > {redis_memory_warning_ratio} "
+          "and on (target) redis_memory_max_bytes > 0", 300,
+          "Redis uses {{ $value | humanizePercentage }} of its maxmemory",
+          "{{ $labels.target }}: at maxmemory, with noeviction, Prefect's writes (events, "
+          "Docket's tasks, leases) fail; with an eviction policy its streams may be evicted. "
+          "Look for an untrimmed stream or an abandoned group first.",
+          check="redis_memory_near_max"),
+    Alert("RedisMemoryExhausted", "critical",
+          "redis_memory_used_bytes / redis_memory_max_bytes > {redis_memory_critical_ratio} "
+          "and on (target) redis_memory_max_bytes > 0", 120,
+          "Redis uses {{ $value | humanizePercentage }} of its maxmemory",
+          "{{ $labels.target }}: Redis is about to refuse writes (OOM command not allowed) or "
+          "evict Prefect's keys.",
+          check="redis_memory_near_max"),
+    Alert("RedisDown", "critical", "redis_up == 0", 60,
+          "Redis {{ $labels.target }} is unreachable",
+          "The exporter cannot read Redis {{ $labels.target }}. With Prefect on Redis, events "
+          "are neither published nor persisted, automations and Docket's background services "
+          "(scheduling, Late marking) stop, while the API replicas may still pass their health "
+          "checks. Bring Redis back, then restart the services process (prefect #22436)."),
     Alert("PostgresDatabaseFilling", "warning",
           "predict_linear(postgres_database_size_bytes[6h], {database_full_warning_days} * 86400)"
           " > {database_size_limit_bytes} and on () (vector({database_size_limit_bytes}) > 0)",

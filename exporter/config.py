@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from exporter.dsn import DSNError, Target, parse_targets
+from exporter.redis.target import RedisTarget, RedisURLError, parse_redis_targets
 from exporter.thresholds import parse_overrides, split_items
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
@@ -79,6 +80,8 @@ class Config:
     postgres_targets: tuple[Target, ...] = ()
     pgbouncer_targets: tuple[Target, ...] = ()
     prefect_targets: tuple[PrefectTarget, ...] = ()
+    redis_targets: tuple[RedisTarget, ...] = ()
+    redis_consumer_idle_seconds: float = 60.0
     prefect_upcoming_horizon_seconds: float = 3600.0
     prefect_max_concurrent_requests: int = 4
     stuck_run_seconds: float = 3600.0
@@ -105,7 +108,7 @@ class Config:
     def sources(self) -> tuple[str, ...]:
         """The kinds of target configured."""
         configured = (("postgres", self.postgres_targets), ("pgbouncer", self.pgbouncer_targets),
-                      ("prefect", self.prefect_targets))
+                      ("prefect", self.prefect_targets), ("redis", self.redis_targets))
         return tuple(kind for kind, targets in configured if targets)
 
     @property
@@ -379,6 +382,12 @@ SETTINGS: tuple[Setting, ...] = (
             "certificate (default: PREFECT_API_SSL_CERT_FILE)", "PATH"),
     Setting("prefect_api_tls_insecure_skip_verify", _boolean, "do not verify the Prefect API's "
             "TLS certificate (default: PREFECT_API_TLS_INSECURE_SKIP_VERIFY)", "BOOL"),
+    Setting("redis_url", str, "Redis to watch (Prefect's messaging, Docket): redis://[user:"
+            "password@]host:port/db, rediss://... or redis+sentinel://host:26379/service/db; "
+            "several separated by ';', each optionally named as name=redis://...", "URL",
+            secret=True),
+    Setting("redis_consumer_idle_seconds", _positive_float, "a stream consumer idle longer "
+            "than this no longer counts as active", "SECONDS"),
     Setting("prefect_upcoming_horizon_seconds", _positive_float,
             "how far ahead a SCHEDULED run counts as upcoming", "SECONDS"),
     Setting("prefect_max_concurrent_requests", _positive_int,
@@ -638,7 +647,7 @@ def _build(raw: dict[str, str], overrides: Mapping[str, float] | None = None,
         values["web"] = values.pop("web_config_file")
     prefect = _prefect_targets(raw, values, origins or {}, prefect_headers)
     config = Config(postgres_targets=targets["postgres"], pgbouncer_targets=targets["pgbouncer"],
-                    prefect_targets=prefect, **values)
+                    prefect_targets=prefect, redis_targets=_redis_targets(raw), **values)
     _check(config)
     return config
 
@@ -730,10 +739,19 @@ def _check_driver(kind: str, target: Target, what: str) -> None:
                        "answer the check the others make)")
 
 
+def _redis_targets(raw: dict[str, str]) -> tuple[RedisTarget, ...]:
+    value = raw.get("redis_url", "")
+    try:
+        return parse_redis_targets(value, f"{ENV_PREFIX}REDIS_URL") if value.strip() else ()
+    except RedisURLError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _check(config: Config) -> None:
     if not config.sources:
         raise ConfigError(f"nothing to watch: set {ENV_PREFIX}POSTGRES_DSN, "
-                          f"{ENV_PREFIX}PGBOUNCER_DSN and/or {ENV_PREFIX}PREFECT_API_URL")
+                          f"{ENV_PREFIX}PGBOUNCER_DSN, {ENV_PREFIX}PREFECT_API_URL and/or "
+                          f"{ENV_PREFIX}REDIS_URL")
     if config.poll_timeout_seconds > config.poll_interval_seconds:  # both set by the user
         raise ConfigError(
             f"{ENV_PREFIX}POLL_TIMEOUT_SECONDS ({config.poll_timeout_seconds:g}) must not exceed "
@@ -746,6 +764,7 @@ def describe(config: Config) -> dict[str, Any]:
         "postgres_targets": [t.name for t in config.postgres_targets],
         "pgbouncer_targets": [t.name for t in config.pgbouncer_targets],
         "prefect_targets": [t.name for t in config.prefect_targets],
+        "redis_targets": [t.name for t in config.redis_targets],
         "listen_address": str(config.listen),
         "telemetry_path": config.telemetry_path,
         "poll_interval_seconds": config.poll_interval_seconds,

@@ -50,6 +50,9 @@ class Panel:
     height: int = 8
     description: str = ""
     mappings: tuple[dict[str, Any], ...] = field(default=())
+    # data only where the setup has it (Prefect's own /api/metrics scraped): the live test
+    # runs its queries but does not require data
+    optional: bool = False
 
 
 def stat(title: str, expr: str, unit: str = "short", warn: float | None = None,
@@ -274,12 +277,89 @@ PREFECT = (
     table("Server version", Query(f"prefect_server_info{{{T}}}", instant=True), width=12),
 )
 
+# Prefect in HA: the replicas, Redis, and what the services leave there (exporter/redis/)
+DOCKET = 'group="docket-workers"'
+PERSISTER = 'stream="events",group="event-persister"'
+# Prefect's own /api/metrics (PREFECT_SERVER_METRICS_ENABLED), scraped by Prometheus from each
+# replica as job "prefect-api" (deploy/compose): its names, not the exporter's
+PREFECT_OWN_METRICS = ("prefect_worker_channel_connections_total",
+                       "prefect_worker_channel_heartbeat_failures_total")
+PREFECT_JOB = 'job="prefect-api"'
+
+
+def alive_stat(title: str, expr: str, description: str = "") -> Panel:
+    """Red at 0, green from 1: something that must be running."""
+    return Panel(title, "stat", (Query(expr, instant=True),), "short",
+                 ((None, RED), (1, GREEN)), 4, 5, description)
+
+
+HA = (
+    up_stat("Redis", f"min(redis_up{{{T}}})"),
+    alive_stat("Active Docket workers", f"sum(redis_stream_group_consumers_active{{{DOCKET},"
+               f"{T}}}) or vector(0)",
+               "Consumers of Docket's docket-workers group that read within the idle limit: "
+               "0 = Prefect's background services are not running."),
+    stat("Events waiting for the persister", f"sum(redis_stream_group_undelivered_messages"
+         f"{{{PERSISTER},{T}}}) or vector(0)", "short", above("redis_undelivered_warning"),
+         None, "Events on the stream not yet delivered to the event-persister group (judged "
+               "from the ids)."),
+    stat("Redis memory / maxmemory", f"max(redis_memory_used_bytes{{{T}}} / "
+         f"(redis_memory_max_bytes{{{T}}} > 0)) or vector(0)", "percentunit",
+         TH["redis_memory_warning_ratio"], TH["redis_memory_critical_ratio"],
+         "0 when no maxmemory is set."),
+    alive_stat("API replicas up", f"sum(prefect_api_up{{{T}}}) or vector(0)",
+               "Prefect API targets answering; the table below names the one down."),
+    stat("Abandoned groups", f"count(redis_stream_group_consumers_active{{{T}}} == 0 and on "
+         f"(target, db, stream, group) redis_stream_group_undelivered_messages{{{T}}} > 0) or "
+         "vector(0)", "short", 1, None,
+         "Groups with entries to read and no active consumer: their entries are not "
+         "processed, and they may hold the stream's trimming."),
+    table("API replicas", Query(f"prefect_api_up{{{T}}}", instant=True), width=8,
+          description="1 = answering. Name each replica as its own target to see which one "
+                      "is down."),
+    series("Consumer groups: active consumers",
+           q(f"redis_stream_group_consumers_active{{{T}}}", "{{stream}} {{group}}"), width=8),
+    series("Consumer groups: undelivered and pending",
+           q(f"redis_stream_group_undelivered_messages{{{T}}}",
+             "{{stream}} {{group}} undelivered"),
+           q(f"redis_stream_group_messages_pending{{{T}}}", "{{stream}} {{group}} pending"),
+           width=8),
+    series("Streams: length", q(f"redis_stream_length{{{T}}}", "{{target}} {{stream}}")),
+    series("Streams: oldest entry age", q(f"redis_stream_oldest_entry_age_seconds{{{T}}}",
+                                          "{{target}} {{stream}}"), unit="s",
+           description="Growing without bound: the stream is not trimmed (an abandoned "
+                       "group)."),
+    series("Redis memory", q(f"redis_memory_used_bytes{{{T}}}", "{{target}} used"),
+           q(f"redis_memory_max_bytes{{{T}}}", "{{target}} maxmemory (0: none)"), unit="bytes"),
+    series("Redis clients and commands per poll",
+           q(f"redis_connected_clients{{{T}}}", "{{target}} clients"),
+           q(f"redis_poll_commands{{{T}}}", "{{target}} exporter commands per poll")),
+    Panel("Prefect's own metrics: worker channel per replica", "timeseries",
+          (q(f"sum by (instance, event) (rate(prefect_worker_channel_connections_total"
+             f"{{{PREFECT_JOB}}}[$__rate_interval]))", "{{instance}} {{event}}/s"),
+           q(f"rate(prefect_worker_channel_heartbeat_failures_total{{{PREFECT_JOB}}}"
+             "[$__rate_interval])", "{{instance}} heartbeat failures/s")),
+          width=12, height=8, optional=True,
+          description="From each replica's /api/metrics (PREFECT_SERVER_METRICS_ENABLED=true), "
+                      "scraped by Prometheus as job prefect-api; empty when not scraped. "
+                      "Prefect 3.8.8 serves these counters and its process metrics."),
+    Panel("Prefect's own metrics: replica memory and CPU", "timeseries",
+          (q(f"process_resident_memory_bytes{{{PREFECT_JOB}}}", "{{instance}} RSS"),
+           q(f"rate(process_cpu_seconds_total{{{PREFECT_JOB}}}[$__rate_interval]) * 1e9",
+             "{{instance}} CPU (ns/s)")),
+          "bytes", width=12, height=8, optional=True,
+          description="The replicas' own process metrics, from /api/metrics."),
+)
+
 DASHBOARDS: dict[str, tuple[str, tuple[Panel, ...]]] = {
     "overview": ("Prefect database: on-call overview", OVERVIEW),
     "postgres": ("Prefect database: PostgreSQL activity and locks", POSTGRES),
     "pgbouncer": ("Prefect database: PgBouncer pools", PGBOUNCER),
     "prefect": ("Prefect database: scheduling and work pools", PREFECT),
+    "ha": ("Prefect HA: API replicas, Redis and Docket", HA),
 }
+OPTIONAL_TITLES = frozenset(p.title for _, panels in DASHBOARDS.values() for p in panels
+                            if p.optional)
 
 
 def _layout(panels: Sequence[Panel]) -> Iterator[tuple[Panel, dict[str, int]]]:

@@ -22,9 +22,13 @@ def unreadable(failures: Sequence[SourceFailure], context: Context) -> Iterator[
 
 
 def source_failures(failures: Sequence[SourceFailure]) -> Iterator[Finding]:
+    downs = {kind.name: kind.down for kind in KINDS}
     for f in failures:
-        yield Finding("source_down", "warning", f.target, f"cannot read {f.kind} {f.target}",
-                      (f.error,), "Is it up and reachable with these credentials? The exporter "
+        down = downs.get(f.kind)
+        yield Finding("source_down", down.severity if down else "warning", f.target,
+                      f"cannot read {f.kind} {f.target}",
+                      (f.error, down.meaning) if down else (f.error,),
+                      "Is it up and reachable with these credentials? The exporter "
                       "keeps retrying; its other sources are not affected.")
 
 

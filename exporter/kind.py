@@ -39,8 +39,17 @@ def no_joined(snapshot: Snapshot, others: Sequence[Snapshot],
 
 
 @dataclass(frozen=True)
+class Down:
+    """What the diagnosis says of a target of this kind it cannot read, beyond the error: its
+    severity and what stops with it (source_down is a warning with no more by default)."""
+
+    severity: str
+    meaning: str
+
+
+@dataclass(frozen=True)
 class SourceKind(Generic[SnapshotT]):
-    name: str  # postgres | pgbouncer | prefect: the `source` label, Source.kind
+    name: str  # postgres | pgbouncer | prefect | redis: the `source` label, Source.kind
     snapshot_type: type[SnapshotT]
     up: MetricSpec  # the plain `<kind>_up` users of other exporters look for
     specs: Sequence[MetricSpec]  # every metric the families builder may emit, `up` included
@@ -62,6 +71,7 @@ class SourceKind(Generic[SnapshotT]):
     # error, context) in.
     unreadable: Callable[[str, str, Context], Iterable[Finding]] = field(
         default=no_explanation)
+    down: Down | None = None
 
     def owns(self, snapshot: Snapshot) -> bool:
         return isinstance(snapshot, self.snapshot_type)

@@ -72,6 +72,10 @@ THRESHOLDS: dict[str, Threshold] = {
         0, "a database's size budget, e.g. its volume's size (0 = none: no growth alert)"),
     "database_full_warning_days": Threshold(
         7, "warn when, at the last 6 h's growth, a database reaches its budget within"),
+    "redis_memory_warning_ratio": Threshold(0.8, "Redis used_memory / maxmemory: warning above"),
+    "redis_memory_critical_ratio": Threshold(0.95, "the same ratio: page above"),
+    "redis_undelivered_warning": Threshold(
+        1000, "events not yet delivered to Prefect's event persister (it reads): more than"),
 }
 
 

@@ -4,6 +4,8 @@
                                  # with the shipped rules, and a few incidents
     scripts/demo --no-incidents  # a quiet lab
     scripts/demo --no-prefect    # without the Prefect server (quicker on a first run)
+    scripts/demo --ha            # Prefect in HA instead: two API replicas (--no-services),
+                                 # one services process, Redis for messaging and Docket
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from exporter.config import load
 from exporter.logs import configure
 from lab import incidents
 from lab.common import lab_root
+from lab.ha import LabPrefectHA
 from lab.pgbouncer import LabPgBouncer, start_pgbouncer
 from lab.postgres import LabPostgres, start_postgres
 from lab.prefect import LabPrefect, start_prefect
 from lab.prefect_api import PrefectAPI
 from lab.prometheus import LabPrometheus
+from lab.redis import start_redis
 
 DEFAULT_PORT = 10816
 INCIDENTS = ("  incidents  an idle-in-transaction blocker with a writer behind it, two LISTEN "
@@ -67,30 +71,50 @@ async def _incidents(stack: contextlib.AsyncExitStack, pg: LabPostgres,
         pg, bouncer, clients=bouncer.pool_size + 3, seconds=3600))
 
 
-async def demo(with_incidents: bool, port: int, with_prefect: bool, with_prometheus: bool) -> None:
+def _scrape_configs(exporter_port: int, ha: LabPrefectHA) -> str:
+    """The exporter, and each replica's own /api/metrics as job prefect-api (the HA
+    dashboard's optional panels): beside the exporter, never through it."""
+    replicas = ", ".join(f"'127.0.0.1:{r.port}'" for r in ha.replicas)
+    return (f"scrape_configs:\n  - job_name: prefect-pg-exporter\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n"
+            f"  - job_name: prefect-api\n    metrics_path: /api/metrics\n"
+            f"    static_configs:\n      - targets: [{replicas}]\n")
+
+
+async def demo(with_incidents: bool, port: int, with_prefect: bool, with_prometheus: bool,
+               with_ha: bool = False) -> None:
     root = lab_root("prefect-pg-demo-")
     pg = start_postgres(root / "postgres")
     bouncer = start_pgbouncer(root / "pgbouncer", pg)
-    prefect = start_prefect(root / "prefect", bouncer) if with_prefect else None
+    redis = start_redis(root / "redis") if with_ha else None
+    ha = LabPrefectHA(root / "ha", bouncer, redis) if redis is not None else None
+    if ha is not None:
+        ha.start()
+    prefect = start_prefect(root / "prefect", bouncer) if with_prefect and not ha else None
     stack = contextlib.AsyncExitStack()
     settings = {"postgres_dsn": pg.monitor_dsn(), "pgbouncer_dsn": bouncer.stats_dsn(),
                 "listen_address": f"127.0.0.1:{_port(port)}", "poll_interval_seconds": "5",
                 "poll_timeout_seconds": "4", "log_format": "console"}
     if prefect is not None:
         settings["prefect_api_url"] = prefect.api_url
+    if ha is not None:
+        settings["prefect_api_url"] = ha.named_api_urls()
+        settings["redis_url"] = ha.exporter_redis_urls()
     exporter = Exporter(load(settings, environ={}))
     prometheus: LabPrometheus | None = None
     try:
         if with_incidents:
             await _incidents(stack, pg, bouncer)
-            if prefect is not None:
-                await _late_runs(prefect)
+            late_runs_on = prefect or (ha.replicas[0] if ha is not None else None)
+            if late_runs_on is not None:
+                await _late_runs(late_runs_on)
         await exporter.start()
         if with_prometheus:
             # the shipped rules, generated here: the demo needs no checkout's alerts/ folder
             rules = root / "prefect-pg-exporter.rules.yml"
             rules.write_text(render_yaml(rule_groups()))
-            prometheus = LabPrometheus(root / "prometheus", exporter.port, rules, 5.0)
+            prometheus = LabPrometheus(root / "prometheus", exporter.port, rules, 5.0,
+                                       _scrape_configs(exporter.port, ha) if ha else None)
             prometheus.start()
         url = f"http://127.0.0.1:{exporter.port}/"
         print(f"\nprefect-pg-exporter demo is running\n"
@@ -100,6 +124,14 @@ async def demo(with_incidents: bool, port: int, with_prefect: bool, with_prometh
                  f"their `for:`, minutes)\n" if prometheus else "")
               + (f"  prefect    {prefect.api_url}   (3.8.8, its database through PgBouncer)\n"
                  if prefect else "")
+              + (f"  prefect HA {', '.join(r.api_url for r in ha.replicas)}   (3.8.8 replicas "
+                 f"with --no-services; services log: {ha.services.log})\n"
+                 f"  redis      redis-cli -u {ha.redis.url(0, monitor=False)}"
+                 f"   (messaging db 0, Docket db 1)\n"
+                 f"  try        kill {ha.services.pid}   (the services process): within a "
+                 f"minute the page and the doctor\n             say the services are down "
+                 f"while both replicas answer\n"
+                 if ha else "")
               + f"  postgres   psql '{pg.dsn()}'\n"
               f"  monitoring role (pg_monitor only): {pg.monitor_dsn()}\n"
               f"  pgbouncer  psql '{bouncer.dsn()}'   (transaction pooling, "
@@ -118,6 +150,10 @@ async def demo(with_incidents: bool, port: int, with_prefect: bool, with_prometh
         await stack.aclose()
         if prefect is not None:
             prefect.stop()
+        if ha is not None:
+            ha.stop()
+        if redis is not None:
+            redis.stop()
         bouncer.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -129,13 +165,15 @@ def main() -> None:
     parser.add_argument("--no-incidents", action="store_true", help="a quiet lab")
     parser.add_argument("--no-prefect", action="store_true", help="no Prefect server")
     parser.add_argument("--no-prometheus", action="store_true", help="no Prometheus")
+    parser.add_argument("--ha", action="store_true",
+                        help="Prefect in HA: two API replicas, a services process, Redis")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="exporter port (a free one if taken)")
     args = parser.parse_args()
     configure("info", "console")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(demo(not args.no_incidents, args.port, not args.no_prefect,
-                         not args.no_prometheus))
+                         not args.no_prometheus, args.ha))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from exporter.prefect.snapshot import (
     WorkPool,
     WorkQueue,
 )
+from exporter.redis.snapshot import Group, RedisSnapshot, Stream
 
 
 class NamedSource:
@@ -276,3 +277,45 @@ def rich_prefect(taken_at: float, target: str = "prefect") -> PrefectSnapshot:
                                                                      None)),
         requests={"/flow_runs/count": RequestStats(40, 1, 0.5),
                   "/work_pools/filter": RequestStats(2, 0, 0.01)})
+
+
+# ---- Redis (Prefect in HA: messaging on db0, Docket on db1) --------------------------------
+
+def redis_group(name: str, last_delivered_id: str = "1000-0", consumers_idle: tuple[float, ...]
+                = (0.5,), pending: int = 0, lag: int | None = 0,
+                entries_read: int | None = 10) -> Group:
+    return Group(name, len(consumers_idle), pending, last_delivered_id, entries_read, lag,
+                 consumers_idle)
+
+
+def redis_stream(key: str = "events", *groups: Group, length: int = 10,
+                 last_generated_id: str = "1000-0", first_entry_id: str | None = "900000-0"
+                 ) -> Stream:
+    return Stream(key, length, last_generated_id, first_entry_id, groups)
+
+
+def redis_snapshot(*streams: Stream, **kw: Any) -> RedisSnapshot:
+    base: dict[str, Any] = dict(
+        taken_at=1000.0, target="messaging", version="7.0.15", mode="standalone", db=0,
+        used_memory=1_000_000, maxmemory=0, maxmemory_policy="noeviction",
+        connected_clients=5, db_keys={"db0": len(streams)}, streams=streams,
+        consumer_idle_limit_seconds=60.0, commands=9, scan_complete=True)
+    base.update(kw)
+    return RedisSnapshot(**base)
+
+
+def rich_redis(taken_at: float, target: str = "messaging") -> RedisSnapshot:
+    """Messaging with every group healthy but one abandoned, memory at 50%."""
+    last = f"{int(taken_at * 1000)}-0"
+    events = redis_stream(
+        "events",
+        redis_group("event-persister", last, (0.2, 3.0)),
+        redis_group("reactive-triggers", last, (1.5,)),
+        redis_group("task-run-recorder", last, (2.0,), pending=1),
+        redis_group("ephemeral-old", f"{int(taken_at * 1000) - 3_600_000}-0", (7200.0,),
+                    lag=420, entries_read=3),
+        length=500, last_generated_id=last, first_entry_id=f"{int(taken_at - 3600) * 1000}-0")
+    actions = redis_stream("actions", length=0, last_generated_id="0-0", first_entry_id=None)
+    return redis_snapshot(events, actions, taken_at=taken_at, target=target,
+                          used_memory=50_000_000, maxmemory=100_000_000,
+                          db_keys={"db0": 2, "db1": 3})

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.common import lab_root
+from lab.ha import LabPrefectHA
 from lab.pgbouncer import LabPgBouncer, start_pgbouncer
 from lab.postgres import LabPostgres, start_postgres
 from lab.prefect import (
@@ -22,6 +23,7 @@ from lab.prefect import (
     start_installs,
     start_prefect,
 )
+from lab.redis import LabRedis, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +54,28 @@ def pgbouncer(lab_dir: Path, postgres: LabPostgres) -> Iterator[LabPgBouncer]:
     bouncer = start_pgbouncer(lab_dir / "pgbouncer", postgres)
     yield bouncer
     bouncer.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory, lab_dir: Path) -> Iterator[LabRedis]:
+    """A Redis 7 of the test's own (tests fill it, stop it, set maxmemory)."""
+    server = start_redis(lab_dir / tmp_path_factory.mktemp("redis").name)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefect_ha(tmp_path_factory: pytest.TempPathFactory, lab_dir: Path,
+               own_postgres: LabPostgres, redis_server: LabRedis) -> Iterator[LabPrefectHA]:
+    """Prefect 3.8.8 in HA: two API replicas (--no-services), one services process, Redis for
+    messaging (db 0) and Docket (db 1), on a PostgreSQL of its own."""
+    stack = LabPrefectHA(lab_dir / tmp_path_factory.mktemp("ha").name, own_postgres,
+                         redis_server)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
 
 
 LATE_AFTER_SECONDS = 5

@@ -21,6 +21,7 @@ from lab.postgres import LabPostgres
 from lab.prefect import LabPrefect
 from lab.prefect_api import PrefectAPI
 from lab.prometheus import LabPrometheus
+from lab.redis import LabRedis, prefect_like_streams
 from tests.helpers import PREFECT_POLL, StartExporter, eventually
 
 pytestmark = pytest.mark.lab
@@ -70,8 +71,10 @@ def _runnable(expr: str) -> str:
 
 async def test_alerts_fire_dashboards_have_data_and_alerts_resolve(
         postgres: LabPostgres, own_postgres: LabPostgres, pgbouncer: LabPgBouncer,
-        prefect: LabPrefect, start_exporter: StartExporter, tmp_path: Path) -> None:
+        prefect: LabPrefect, redis_server: LabRedis, start_exporter: StartExporter,
+        tmp_path: Path) -> None:
     api = PrefectAPI(prefect.api_url)
+    prefect_like_streams(redis_server)  # Prefect in HA's streams and groups, for the HA panels
     await api.work_pool(POOL)
     deployment = await api.deployment(POOL, "live")
     late = [await api.scheduled_run(deployment, timedelta(minutes=-m)) for m in (5, 6)]
@@ -89,7 +92,9 @@ async def test_alerts_fire_dashboards_have_data_and_alerts_resolve(
     exporter = await start_exporter(postgres_dsn=f"lab={postgres.monitor_dsn()};"
                                                  f"quiet={own_postgres.monitor_dsn()}",
                                     pgbouncer_dsn=pgbouncer.stats_dsn(),
-                                    prefect_api_url=prefect.api_url, **PREFECT_POLL)
+                                    prefect_api_url=prefect.api_url,
+                                    redis_url=f"messaging={redis_server.url(0)};"
+                                              f"docket={redis_server.url(1)}", **PREFECT_POLL)
     rules = tmp_path / "rules.yml"
     rules.write_text(alerting.render_yaml(alerting.rule_groups(SHORT, for_scale=1 / 60)))
     rules_by_name = {r["alert"]: r["expr"] for g in yaml.safe_load(rules.read_text())["groups"]
@@ -120,7 +125,7 @@ async def test_alerts_fire_dashboards_have_data_and_alerts_resolve(
             empty = []
             for board, title, expr in dashboards.panel_queries():
                 data = await prom.query(_runnable(expr))  # raises if it does not parse
-                if not data["result"]:
+                if not data["result"] and title not in dashboards.OPTIONAL_TITLES:
                     empty.append(f"{board}: {title}: {expr}")
             assert not empty, "panels without data:\n" + "\n".join(empty)
 

@@ -267,6 +267,77 @@ CASES += [
     ("PrefectFlowRunsCrashing",
      {ENDED % "COMPLETED": "19x20", ENDED % "CRASHED": "1x20"}, "15m", []),
 ]
+# Prefect in HA: Docket's workers group, the event persister, other groups, Redis itself
+DOCKET = 'target="docket",db="db1",stream="prefect:stream",group="docket-workers"'
+API_DOCKET = 'target="docket",db="db1",stream="prefect-server:stream",group="docket-workers"'
+EVENTS = 'target="messaging",db="db0",stream="events"'
+PERSISTER = f'{EVENTS},group="event-persister"'
+TRIGGERS = f'{EVENTS},group="reactive-triggers"'
+GHOST = f'{EVENTS},group="ephemeral-old"'
+MEM = 'target="messaging"'
+CASES += [
+    ("PrefectServicesDown", {f"redis_stream_group_consumers_active{{{DOCKET}}}": "1 1 0x10",
+                             f"redis_stream_group_consumers{{{DOCKET}}}": "1x12"},
+     "8m", [{"target": "docket", "db": "db1", "stream": "prefect:stream",
+             "group": "docket-workers"}]),
+    ("PrefectServicesDown",  # a worker restarting within a minute: quiet
+     {f"redis_stream_group_consumers_active{{{DOCKET}}}": "1 0 1 1 1 1 1 1 1 1",
+      f"redis_stream_group_consumers{{{DOCKET}}}": "1x10"}, "8m", []),
+    ("PrefectServicesDown",  # the API replicas' own Docket, never worked for, beside a live one
+     {f"redis_stream_group_consumers_active{{{API_DOCKET}}}": "0x10",
+      f"redis_stream_group_consumers{{{API_DOCKET}}}": "0x10",
+      f"redis_stream_group_undelivered_messages{{{API_DOCKET}}}": "0x10",
+      f"redis_stream_group_consumers_active{{{DOCKET}}}": "1x10",
+      f"redis_stream_group_consumers{{{DOCKET}}}": "1x10"}, "8m", []),
+    ("PrefectServicesDown",  # another group without consumers is not Docket's
+     {f"redis_stream_group_consumers_active{{{TRIGGERS}}}": "0x10"}, "8m", []),
+    ("PrefectEventsNotPersisted",
+     {f"redis_stream_group_undelivered_messages{{{PERSISTER}}}": "5+5x10",
+      f"redis_stream_group_consumers_active{{{PERSISTER}}}": "0x10"},
+     "8m", [{"target": "messaging", "db": "db0", "stream": "events",
+             "group": "event-persister"}]),
+    ("PrefectEventsNotPersisted",  # a backlog being read: quiet
+     {f"redis_stream_group_undelivered_messages{{{PERSISTER}}}": "50x10",
+      f"redis_stream_group_consumers_active{{{PERSISTER}}}": "1x10"}, "8m", []),
+    ("PrefectEventsNotPersisted",  # nobody reads, nothing waits (no event published): quiet
+     {f"redis_stream_group_undelivered_messages{{{PERSISTER}}}": "0x10",
+      f"redis_stream_group_consumers_active{{{PERSISTER}}}": "0x10"}, "8m", []),
+    ("PrefectEventPersisterBehind",
+     {f"redis_stream_group_undelivered_messages{{{PERSISTER}}}": "1500+100x20",
+      f"redis_stream_group_consumers_active{{{PERSISTER}}}": "1x20"},
+     "15m", [{"target": "messaging", "db": "db0", "stream": "events",
+              "group": "event-persister"}]),
+    ("PrefectEventPersisterBehind",
+     {f"redis_stream_group_undelivered_messages{{{PERSISTER}}}": "200x20",
+      f"redis_stream_group_consumers_active{{{PERSISTER}}}": "1x20"}, "15m", []),
+    ("RedisStreamGroupAbandoned",
+     {f"redis_stream_group_consumers_active{{{GHOST}}}": "0x40",
+      f"redis_stream_group_undelivered_messages{{{GHOST}}}": "10+10x40",
+      f"redis_stream_group_consumers_active{{{TRIGGERS}}}": "1x40"},
+     "35m", [{"target": "messaging", "db": "db0", "stream": "events",
+              "group": "ephemeral-old"}]),
+    ("RedisStreamGroupAbandoned",  # every group stopped: the services are down, not this
+     {f"redis_stream_group_consumers_active{{{GHOST}}}": "0x40",
+      f"redis_stream_group_undelivered_messages{{{GHOST}}}": "10+10x40",
+      f"redis_stream_group_consumers_active{{{TRIGGERS}}}": "0x40"}, "35m", []),
+    ("RedisStreamGroupAbandoned",  # unread but caught up (nothing new on it): quiet
+     {f"redis_stream_group_consumers_active{{{GHOST}}}": "0x40",
+      f"redis_stream_group_undelivered_messages{{{GHOST}}}": "0x40",
+      f"redis_stream_group_consumers_active{{{TRIGGERS}}}": "1x40"}, "35m", []),
+    ("RedisMemoryNearMax", {f"redis_memory_used_bytes{{{MEM}}}": "85x10",
+                            f"redis_memory_max_bytes{{{MEM}}}": "100x10"},
+     "8m", [{"target": "messaging"}]),
+    ("RedisMemoryNearMax",  # no maxmemory (0): no ratio, quiet
+     {f"redis_memory_used_bytes{{{MEM}}}": "85e9x10",
+      f"redis_memory_max_bytes{{{MEM}}}": "0x10"}, "8m", []),
+    ("RedisMemoryExhausted", {f"redis_memory_used_bytes{{{MEM}}}": "97x10",
+                              f"redis_memory_max_bytes{{{MEM}}}": "100x10"},
+     "8m", [{"target": "messaging"}]),
+    ("RedisMemoryExhausted", {f"redis_memory_used_bytes{{{MEM}}}": "85x10",
+                              f"redis_memory_max_bytes{{{MEM}}}": "100x10"}, "8m", []),
+    ("RedisDown", {f"redis_up{{{MEM}}}": "1 1 0x10"}, "8m", [{"target": "messaging"}]),
+    ("RedisDown", {f"redis_up{{{MEM}}}": "1 0 1x10"}, "8m", []),
+]
 # Cases that need thresholds other than the defaults: (overrides, case)
 OVERRIDE_CASES: list[tuple[dict[str, float], Case]] = [
     ({"database_size_limit_bytes": 100e9},  # +1 GB a minute: 100 GB within the week
@@ -293,7 +364,8 @@ def test_rules_use_only_catalogued_metrics_and_have_runbooks() -> None:
         for rule in group["rules"]:
             names = set(re.findall(r"\b([a-z_][a-z0-9_]*:?[a-z0-9_:]*)\s*(?:\{|\[|\)|\s|$|>|<|=|/)",
                                    rule["expr"]))
-            metrics = {n for n in names if n.startswith(("postgres_", "pgbouncer_", "prefect_"))}
+            metrics = {n for n in names
+                       if n.startswith(("postgres_", "pgbouncer_", "prefect_", "redis_"))}
             unknown = metrics - set(CATALOGUE) - recorded
             assert not unknown, f"{rule.get('alert', rule.get('record'))} uses {unknown}"
             if "alert" in rule:

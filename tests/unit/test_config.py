@@ -155,6 +155,9 @@ BAD = [
     ({"prefect_api_url": "http://prefect:abc/api"}, "a port from 1 to 65535"),
     ({"prefect_api_url": "http://:4200/api"}, "must have a host"),
     ({"prefect_api_url": f"a={API};b=http://p2:4200/api?x=s3cret-pw"}, "part 2 of 2.*\\?query"),
+    ({"redis_url": "redis://:s3cret-pw@r:6379/db1"}, "database must be a number"),
+    ({"redis_url": "memcached://r:11211"}, "must be redis://"),
+    ({"redis_consumer_idle_seconds": "0"}, "positive"),
 ]
 
 

@@ -393,8 +393,14 @@ def test_compose_exporter_environment_is_a_valid_configuration() -> None:
     assert not unknown, f"unknown exporter settings: {unknown}"
     assert {n for n in env if not n.startswith(ENV_PREFIX)} <= ALLOWED_OTHER_ENV
     config = load({}, environ=env)
-    assert config.sources == ("postgres", "pgbouncer", "prefect")
+    assert config.sources == ("postgres", "pgbouncer", "prefect", "redis")
     services = _compose()["services"]
+    # Prefect's messaging and Docket, as the Prefect services are configured
+    prefect_env = services["prefect-services"]["environment"]
+    assert [(t.host, t.db) for t in config.redis_targets] == [
+        (prefect_env["PREFECT_REDIS_MESSAGING_HOST"],
+         int(prefect_env["PREFECT_REDIS_MESSAGING_DB"])),
+        ("redis", int(prefect_env["PREFECT_SERVER_DOCKET_URL"].rsplit("/", 1)[1]))]
     (postgres,) = config.postgres_targets
     assert postgres.params["host"] in services and postgres.params["port"] == "5432"
     assert postgres.params["user"] == "prefect_exporter"
@@ -743,6 +749,10 @@ def _dsn_example(setting: str) -> str:
     }.get(setting, "user:password")
 
 
+SECRET_EXAMPLES = {"redis-url": "messaging=redis://prefect-exporter:pw@redis:6379/0;"
+                                "docket=redis://prefect-exporter:pw@redis:6379/1"}
+
+
 def _container_environment(deployment: dict[str, Any], container: dict[str, Any],
                            tmp_path: Path) -> dict[str, str]:
     """The container's environment as the kubelet would make it, with placeholders for
@@ -755,7 +765,8 @@ def _container_environment(deployment: dict[str, Any], container: dict[str, Any]
         if "value" in item:
             value = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], str(item["value"]))
         elif "secretKeyRef" in item["valueFrom"]:
-            value = "user:password"
+            value = SECRET_EXAMPLES.get(item["valueFrom"]["secretKeyRef"]["key"],
+                                        "user:password")
         else:
             assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             value = "pgbouncer-5d8f7c9b4-x2x7q"
@@ -801,7 +812,7 @@ def test_kubernetes_exporter_environment_is_a_valid_configuration(tmp_path: Path
             assert {p["containerPort"] for p in bouncer["ports"]} == {
                 int(ini["pgbouncer"]["listen_port"])}
         else:
-            assert config.sources == ("postgres", "prefect")
+            assert config.sources == ("postgres", "prefect", "redis")
 
 
 def test_kubernetes_secrets_are_referenced_never_inlined() -> None:

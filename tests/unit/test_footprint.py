@@ -1,5 +1,5 @@
 """Each kind's driver is imported only when a target of that kind is configured: a sidecar that
-watches one PostgreSQL does not carry psycopg, httpx or bcrypt in its memory."""
+watches one PostgreSQL does not carry psycopg, httpx, redis-py or bcrypt in its memory."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVERS = ("asyncpg", "psycopg", "httpx", "bcrypt", "pglast")
+DRIVERS = ("asyncpg", "psycopg", "httpx", "bcrypt", "pglast", "redis")
 
 # starts the exporter on unreachable targets, lets it poll once, stops (a stop that hangs, as
 # it did when a cancel met a failing poll, times out here); prints the drivers loaded
@@ -37,6 +37,7 @@ asyncio.run(main())
     ({"postgres_dsn": "postgresql://x@127.0.0.1:1/db"}, ["asyncpg"]),
     ({"pgbouncer_dsn": "postgresql://x@127.0.0.1:1/pgbouncer"}, ["psycopg"]),
     ({"prefect_api_url": "http://127.0.0.1:1/api"}, ["httpx"]),
+    ({"redis_url": "redis://:pw@127.0.0.1:1/0"}, ["redis"]),
     ({"postgres_dsn": "postgresql://x@127.0.0.1:1/db",
       "prefect_api_url": "http://127.0.0.1:1/api"}, ["asyncpg", "httpx"]),
 ])

@@ -21,9 +21,18 @@ from exporter.postgres.snapshot import (
     Relation,
     Session,
 )
+from exporter.redis.snapshot import Group, RedisSnapshot
 from exporter.source import Snapshot
 from exporter.thresholds import thresholds
-from tests.factories import group, pg_snapshot, pgbouncer_snapshot, session
+from tests.factories import (
+    group,
+    pg_snapshot,
+    pgbouncer_snapshot,
+    redis_group,
+    redis_snapshot,
+    redis_stream,
+    session,
+)
 
 HOLDER_SQL = "UPDATE task_run SET state_type = $1 WHERE id = $2"
 WRITER_SQL = "UPDATE task_run SET end_time = $1 WHERE id = $2"
@@ -213,7 +222,9 @@ def test_the_log_is_rate_limited_with_a_summary() -> None:
 # ---- the doctor and the incidents agree -----------------------------------------------------
 
 INCIDENT_CHECKS = {"lock_chain", "client_read_stall", "idle_in_transaction",
-                   "pgbouncer_pool_waiting"}
+                   "pgbouncer_pool_waiting", "prefect_services_down",
+                   "prefect_events_not_persisted", "redis_stream_group_abandoned",
+                   "redis_memory_near_max"}
 
 
 def observed(snapshots: list[Snapshot]) -> set[tuple[str, str, str]]:
@@ -257,8 +268,22 @@ def random_pgbouncer(rng: random.Random) -> PgBouncerSnapshot:
     return pgbouncer_snapshot(pools)
 
 
+def random_redis(rng: random.Random) -> RedisSnapshot:
+    def group(name: str) -> Group:
+        idle = tuple(rng.choice([0.5, 59.0, 61.0, 3600.0]) for _ in range(rng.randint(0, 2)))
+        delivered = rng.choice(["1000-9", "1000-2"])
+        return redis_group(name, delivered, idle, pending=rng.choice([0, 3]),
+                           lag=rng.choice([None, 0, 7, 1500]))
+    names = ["event-persister", "reactive-triggers", "ephemeral-x", "docket-workers"]
+    streams = tuple(redis_stream(key, *(group(n) for n in rng.sample(names, rng.randint(0, 3))),
+                                 last_generated_id="1000-9")
+                    for key in rng.sample(["events", "prefect:stream", "app"], rng.randint(0, 3)))
+    return redis_snapshot(*streams, used_memory=rng.choice([50, 85, 97]),
+                          maxmemory=rng.choice([0, 100]))
+
+
 def test_an_incident_exists_exactly_when_the_doctor_reports_its_finding() -> None:
     rng = random.Random(11)
     for _ in range(500):
-        snapshots: list[Snapshot] = [random_pg(rng), random_pgbouncer(rng)]
+        snapshots: list[Snapshot] = [random_pg(rng), random_pgbouncer(rng), random_redis(rng)]
         assert observed(snapshots) == found(snapshots), snapshots

@@ -37,6 +37,7 @@ from exporter.prefect.snapshot import (
     WorkPool,
     WorkQueue,
 )
+from exporter.redis.snapshot import Stream
 from exporter.source import Snapshot
 from tests.factories import (
     NamedSource,
@@ -49,6 +50,9 @@ from tests.factories import (
     prefect_probe,
     prefect_snapshot,
     probe,
+    redis_group,
+    redis_snapshot,
+    redis_stream,
     retention,
     runs,
     services,
@@ -107,6 +111,25 @@ def with_runs(pools: Mapping[str, PoolCounts], *work_pools: WorkPool) -> Snapsho
                                   if c.oldest_backlog_start), default=None))
     listed = {name: c for name, c in pools.items() if name != "other"}
     return pf(totals=total, pool_counts=listed, pools=work_pools)
+
+
+def rds(*streams: Stream, **kw: Any) -> Snapshot:
+    target = "docket" if any(s.key.endswith(":stream") for s in streams) else "messaging"
+    return redis_snapshot(*streams, taken_at=NOW, target=target, **kw)
+
+
+def docket_stream(idle: tuple[float, ...], key: str = "prefect-server:stream") -> Stream:
+    return redis_stream(key, redis_group("docket-workers", "1000-9", idle),
+                        last_generated_id="1000-9")
+
+
+def events_stream(persister: tuple[float, ...], delivered: str = "1000-9", lag: int = 0,
+                  ghost: bool = False) -> Stream:
+    groups = [redis_group("event-persister", delivered, persister, lag=lag),
+              redis_group("reactive-triggers", "1000-9", (1.0,))]
+    if ghost:
+        groups.append(redis_group("ephemeral-old", "1000-1", (7200.0,), lag=8))
+    return redis_stream("events", *groups, last_generated_id="1000-9")
 
 
 IDLE = "idle in transaction"
@@ -258,6 +281,25 @@ SCENARIOS = [
              (pf(outcomes=outcomes({"COMPLETED": 8, "FAILED": 0, "CRASHED": 2, "CANCELLED": 0})),)),
     Scenario("two failures out of three: too few to judge", "",
              (pf(outcomes=outcomes({"COMPLETED": 1, "FAILED": 2, "CRASHED": 0, "CANCELLED": 0})),)),
+    Scenario("Prefect HA healthy", "", (rds(docket_stream((1.0,))),
+                                         rds(events_stream(persister=(0.5,), lag=10)))),
+    Scenario("no active Docket worker", "prefect_services_down",
+             (rds(docket_stream((75.0,))), pf())),
+    Scenario("the API replicas' Docket has no worker, the services' one has", "",
+             (rds(docket_stream(()), docket_stream((1.0,), "prefect:stream")),)),
+    Scenario("event persister stalled", "prefect_events_not_persisted",
+             (rds(events_stream(persister=(), delivered="1000-2", lag=7)),)),
+    Scenario("event persister behind", "prefect_events_not_persisted",
+             (rds(events_stream(persister=(0.5,), delivered="1000-2", lag=1500)),)),
+    Scenario("event persister reading a small backlog", "",
+             (rds(events_stream(persister=(0.5,), delivered="1000-2", lag=500)),)),
+    Scenario("a group abandoned while the stream moves on", "redis_stream_group_abandoned",
+             (rds(events_stream(persister=(0.5,), ghost=True)),)),
+    Scenario("Redis at 85% of maxmemory", "redis_memory_near_max",
+             (rds(used_memory=85, maxmemory=100),)),
+    Scenario("Redis at 97% of maxmemory", "redis_memory_near_max",
+             (rds(used_memory=97, maxmemory=100),)),
+    Scenario("Redis without maxmemory", "", (rds(used_memory=97, maxmemory=0),)),
     Scenario("thresholds overridden: idle in transaction 200s pages", "idle_in_transaction",
              (with_groups(group(app="holder", state=IDLE, max_transaction_age=200.0)),),
         overrides={"idle_in_transaction_warning_seconds": 100,

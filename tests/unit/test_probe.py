@@ -13,7 +13,7 @@ from exporter.server import probe_problem
 from tests.helpers import StartExporter, parse
 from tests.unit.test_recorded_exposition import NOW, recorded_states
 
-TARGETS = ("db", "db2", "pgb", "prefect", "stale", "timedout")
+TARGETS = ("db", "db2", "pgb", "prefect", "stale", "timedout", "messaging")
 
 
 def _exposition() -> Exposition:

@@ -24,6 +24,7 @@ from tests.factories import (
     rich_pgbouncer,
     rich_postgres,
     rich_prefect,
+    rich_redis,
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "exposition.prom"
@@ -54,6 +55,7 @@ def recorded_states() -> list[SourceState]:
         _state("prefect", "timedout", prefect_probe(NOW - 3.0, "timedout", ready_seconds=1.4,
                                                     health_seconds=0.006, ready_failures=2),
                up=False, errors={"timeout": 2}, error="poll took longer than 5s"),
+        _state("redis", "messaging", rich_redis(NOW - 1.0, "messaging")),
     ]
 
 

@@ -1,0 +1,165 @@
+"""The Redis checks of the diagnosis, in Prefect's terms: pure, snapshot and context in,
+findings out. Prefect in HA (prefect-redis) publishes events to the stream `events`, read by
+the groups event-persister, reactive-triggers and task-run-recorder of the background-services
+process; Docket, which runs those services, reads `prefect:stream` as group docket-workers.
+A group's consumers stay listed after their process died: only their idle time tells."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from exporter.finding import Context, Finding, age
+from exporter.redis.snapshot import Group, RedisSnapshot, Stream, id_ms
+
+DOCKET_GROUP = "docket-workers"
+EVENTS_STREAM = "events"
+PERSISTER_GROUP = "event-persister"
+OWN_FINDINGS = frozenset({DOCKET_GROUP, PERSISTER_GROUP})  # groups with findings of their own
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """A consumer group as the doctor and the incidents (incidents.py) both judge it."""
+
+    stream: Stream
+    group: Group
+    active: int
+    undelivered: int
+    idle_limit: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.group.name} on {self.stream.key}"
+
+    @property
+    def least_idle(self) -> float | None:
+        return min(self.group.consumer_idle_seconds, default=None)
+
+    def describe(self) -> str:
+        idle = (f", the least idle for {age(self.least_idle)}"
+                if self.least_idle is not None else "")
+        return (f"{self.name}: {self.group.consumers} consumer(s) known, {self.active} active "
+                f"(idle < {self.idle_limit:g}s){idle}; {self.undelivered} undelivered, "
+                f"{self.group.pending} pending (delivered, not acknowledged)")
+
+
+def group_states(redis: RedisSnapshot) -> Iterator[GroupState]:
+    for stream in redis.streams:
+        for group in stream.groups:
+            yield GroupState(stream, group,
+                             group.active_consumers(redis.consumer_idle_limit_seconds),
+                             stream.undelivered(group), redis.consumer_idle_limit_seconds)
+
+
+def services_down(redis: RedisSnapshot) -> GroupState | None:
+    """Docket's workers group with no active consumer: no background service runs. A worker
+    that died stays listed as a consumer (Docket never removes its consumers), so a group
+    with consumers and none active is a dead worker; a group that never had one is a Docket
+    nobody runs workers for (the API replicas' own, `prefect-server:stream`, with
+    --no-services), unless tasks wait in it. Another Docket of the same Redis with an active
+    worker means the services run there."""
+    dockets = [g for g in group_states(redis) if g.group.name == DOCKET_GROUP]
+    if any(g.active > 0 for g in dockets):
+        return None
+    return next((g for g in dockets if g.group.consumers > 0 or g.undelivered > 0), None)
+
+
+def persister(redis: RedisSnapshot, t: Mapping[str, float]) -> tuple[GroupState, str] | None:
+    """The event persister stalled (critical) or falling behind (warning)."""
+    for g in group_states(redis):
+        if g.stream.key != EVENTS_STREAM or g.group.name != PERSISTER_GROUP:
+            continue
+        if g.active == 0 and g.undelivered > 0:
+            return g, "critical"
+        if g.undelivered > t["redis_undelivered_warning"]:
+            return g, "warning"
+    return None
+
+
+def abandoned(redis: RedisSnapshot) -> Iterator[GroupState]:
+    """Groups no consumer reads while another group of the same stream is read: their entries
+    are not processed, and where prefect-redis trims to what every group has read, the
+    stream cannot be trimmed past them (prefect #18606)."""
+    states = list(group_states(redis))
+    read = {g.stream.key for g in states if g.active > 0}
+    for g in states:
+        if (g.stream.key in read and g.active == 0 and g.undelivered > 0
+                and g.group.name not in OWN_FINDINGS):
+            yield g
+
+
+def memory_ratio(redis: RedisSnapshot, t: Mapping[str, float]) -> tuple[float, str] | None:
+    if redis.maxmemory <= 0:
+        return None
+    ratio = redis.used_memory / redis.maxmemory
+    if ratio > t["redis_memory_critical_ratio"]:
+        return ratio, "critical"
+    if ratio > t["redis_memory_warning_ratio"]:
+        return ratio, "warning"
+    return None
+
+
+def _api_evidence(ctx: Context) -> str:
+    from exporter.prefect.snapshot import PrefectSnapshot
+
+    apis = [p.target for p in ctx.of(PrefectSnapshot)]
+    return (f"meanwhile the Prefect API answers: {', '.join(apis)}" if apis
+            else "no Prefect API configured or answering beside it")
+
+
+def _oldest(stream: Stream, now: float) -> str:
+    ms = id_ms(stream.first_entry_id)
+    return f"{stream.key} holds {stream.length} entries" + (
+        f", the oldest {age(now - ms / 1000)} old" if ms is not None else "")
+
+
+def redis_checks(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
+    t = ctx.thresholds
+    down = services_down(redis)
+    if down is not None:
+        lagging = [g.describe() for g in group_states(redis)
+                   if g.stream.key == EVENTS_STREAM and g.active == 0 and g.undelivered > 0]
+        yield Finding(
+            "prefect_services_down", "critical", redis.target,
+            "Prefect's background services are not running: no active consumer in Docket's "
+            f"{DOCKET_GROUP} group on {down.stream.key}",
+            (down.describe(), *lagging, _api_evidence(ctx)),
+            "Start (or restart) `prefect server services start`, or the pod that runs it, and "
+            "read its log for Redis errors. The API keeps answering without it: no scheduling, "
+            "no Late marking, no automations, no event persistence. After a Redis failover it "
+            "may stop for good (prefect #22436): restart it.")
+    stalled = persister(redis, t)
+    if stalled is not None:
+        g, severity = stalled
+        yield Finding(
+            "prefect_events_not_persisted", severity, redis.target,
+            f"Prefect's events are not being persisted: {g.undelivered} event(s) not yet "
+            f"delivered to the {PERSISTER_GROUP} group" if severity == "critical" else
+            f"Prefect's event persister is behind: {g.undelivered} event(s) not yet delivered",
+            (g.describe(), _oldest(g.stream, redis.taken_at)),
+            "The event persister runs in the background-services process: is it running (see "
+            "prefect_services_down) and can it write to the database? Until it reads them, "
+            "events are missing from the UI, the event feed and the retention counts.")
+    for g in abandoned(redis):
+        yield Finding(
+            "redis_stream_group_abandoned", "warning", redis.target,
+            f"Consumer group {g.name} is no longer read while the stream moves on",
+            (g.describe(), _oldest(g.stream, redis.taken_at)),
+            f"If nothing is meant to read it any more, remove it (XGROUP DESTROY {g.stream.key} "
+            f"{g.group.name}); otherwise restart its consumer: its entries are not processed. "
+            "prefect-redis releases that trim to what every group has read let it hold the "
+            "stream, which grows with Redis's memory (prefect #18606; 0.3.0 leaves groups idle "
+            "over 5 minutes out of the trimming): see the oldest entry's age.")
+    memory = memory_ratio(redis, t)
+    if memory is not None:
+        ratio, severity = memory
+        yield Finding(
+            "redis_memory_near_max", severity, redis.target,
+            f"Redis uses {ratio:.0%} of its maxmemory",
+            (f"used_memory {redis.used_memory} bytes of maxmemory {redis.maxmemory}; "
+             f"maxmemory-policy {redis.maxmemory_policy}",
+             *(_oldest(s, redis.taken_at) for s in redis.streams[:3])),
+            "With noeviction, Prefect's writes (events, Docket's tasks, leases) fail at the "
+            "limit; with an eviction policy, its streams and leases may be evicted. Find what "
+            "grows (an untrimmed stream, an abandoned group) before raising maxmemory.")
