@@ -65,10 +65,12 @@ def _checkpw(password: bytes, hashed: bytes) -> bool:
 
 
 def _credentials(header: str) -> tuple[str, str] | None:
-    if not header.startswith("Basic "):
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":  # auth schemes are case-insensitive (RFC 9110, 11.1)
         return None
     try:
-        user, sep, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+        user, sep, password = decoded.partition(":")
     except (ValueError, UnicodeDecodeError):
         return None
     return (user, password) if sep else None
