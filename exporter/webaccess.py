@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.webconfig import OPEN_PATHS, WebConfig, normalise_san
+from exporter.webguard import WARNINGS
 
 BCRYPT_THREADS = 2  # bcrypt releases the GIL: checks run side by side, never on the event loop
 MAX_CHECKS = 16  # distinct credentials being checked (waiting or running), all clients together
@@ -154,6 +155,7 @@ def access_middleware(current: Callable[[], WebConfig]) -> Middleware:
                 good = await auth.check(config.users, request.headers.get("Authorization", ""),
                                         request.remote or "")
             except Busy:
+                WARNINGS.warn("login refused", "too many credentials being checked")
                 return web.Response(status=429, text="Too Many Requests: credentials from this "
                                     "client are being checked\n", headers={"Retry-After": "1"})
             if not good:

@@ -1,0 +1,214 @@
+"""What the HTTP server does against clients that hold connections or send garbage.
+
+aiohttp keeps an idle connection for an hour, gives a client all the time it wants to send its
+headers, accepts connections until the process runs out of file descriptors, and logs each
+malformed request as an 11-line traceback. Here, instead:
+
+- A connection that has not sent a whole request within HEADER_TIMEOUT seconds of opening is
+  closed (slowloris), and one idle for IDLE_TIMEOUT seconds after a response (aiohttp's
+  keep-alive timeout, which also ends a slow second request).
+- At most max_connections() connections are open, well below the file descriptor limit so that
+  accept() and the poller's own sockets always find one. A new connection beyond it closes the
+  oldest connection that has no request in progress (so /healthz answers under a flood of idle
+  sockets); when every connection is busy, the new one is closed.
+- A malformed request, accept() out of file descriptors and a login refused for load are one
+  structured warning per kind a minute, with the count of those suppressed since.
+
+RequestHandler and TCPSite are aiohttp's; GuardedHandler reads two of RequestHandler's private
+fields (`_request_count`, `_request_in_progress`): tests/unit/test_web_abuse.py fails if a new
+aiohttp changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+
+log = structlog.get_logger("exporter.web")
+
+HEADER_TIMEOUT = 5.0  # seconds from connecting to a whole request (the TLS handshake included)
+IDLE_TIMEOUT = 5.0  # seconds a kept-alive connection may sit idle (aiohttp's default: 3630)
+MAX_CONNECTIONS = 256
+RESERVED_FDS = 32  # left for the sources' connections, the log, /proc reads, accept()
+MIN_CONNECTIONS = 8
+WARN_EVERY = 60.0  # seconds between two warnings of one kind
+
+
+def max_connections(fd_limit: int | None = None) -> int:
+    """Open connections allowed: MAX_CONNECTIONS, less under a low file descriptor limit
+    (`ulimit -n 64` gives 32)."""
+    if fd_limit is None:
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if fd_limit == resource.RLIM_INFINITY:
+            return MAX_CONNECTIONS
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, fd_limit - RESERVED_FDS))
+
+
+class RateLimitedWarnings:
+    """One warning per kind every WARN_EVERY seconds, the next one saying how many were
+    suppressed in between; flush() reports what is left (at shutdown)."""
+
+    def __init__(self, every: float = WARN_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = every
+        self._clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def warn(self, event: str, kind: str, **fields: Any) -> None:
+        key = (event, kind)
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        log.warning(event, kind=kind, suppressed=self._suppressed.pop(key, 0), **fields)
+
+    def flush(self) -> None:
+        for (event, kind), count in sorted(self._suppressed.items()):
+            log.warning(event, kind=kind, suppressed=count)
+        self._suppressed.clear()
+
+
+WARNINGS = RateLimitedWarnings()
+
+
+class BadRequestFilter(logging.Filter):
+    """aiohttp logs a malformed request ("Error handling request from ...") with its traceback
+    through the standard library: that becomes one rate-limited structured warning naming the
+    kind (BadHttpMethod, LineTooLong, InvalidHeader, ...), never the request's bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True  # a bug in a handler keeps its traceback
+        WARNINGS.warn("bad HTTP request", type(exc).__name__, status=exc.code)
+        return False
+
+
+_FILTER = BadRequestFilter()
+
+
+def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """accept() out of file descriptors is logged by asyncio with a traceback for each of up to
+    128 attempts per retry (tens of thousands a minute): one warning instead."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+        WARNINGS.warn("cannot accept a connection", exc.strerror or type(exc).__name__,
+                      errno=exc.errno)
+        return
+    loop.default_exception_handler(context)
+
+
+def install_logging() -> Callable[[], None]:
+    """The filter on aiohttp's log and the loop's handler for accept errors; returns the undo."""
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(_FILTER)
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(loop_exception_handler)
+
+    def undo() -> None:
+        server_log.removeFilter(_FILTER)
+        loop.set_exception_handler(previous)
+        WARNINGS.flush()
+
+    return undo
+
+
+class Connections:
+    """The open connections, oldest first, and the limit on their number."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[GuardedHandler, None] = {}  # insertion-ordered: oldest first
+
+    def admit(self, handler: GuardedHandler) -> bool:
+        """Whether the new connection may stay; closes the oldest idle one to make room."""
+        if len(self.open) >= self.limit:
+            idle = next((h for h in self.open if not h.busy()), None)
+            if idle is None:
+                WARNINGS.warn("connection refused", "every connection busy",
+                              limit=self.limit)
+                return False
+            WARNINGS.warn("connection closed to make room", "connection limit",
+                          limit=self.limit)
+            self.open.pop(idle)
+            idle.force_close()
+        self.open[handler] = None
+        return True
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline for the first request and a place in
+    Connections."""
+
+    __slots__ = ("_connections", "_deadline")
+
+    def __init__(self, connections: Connections, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._connections = connections
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def busy(self) -> bool:
+        """A request being handled or read and queued (not: idle, or headers still coming)."""
+        return bool(self._request_in_progress or self._messages)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._connections.admit(self):
+            self.force_close()
+            return
+        self._deadline = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._request_count and self._deadline is not None:
+            self._deadline.cancel()  # a whole request came: keep-alive takes over from here
+            self._deadline = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._connections.open.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self._request_count:
+            self.force_close()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose connections are GuardedHandlers sharing one Connections."""
+
+    def __init__(self, runner: web.BaseRunner, host: str | None, port: int,
+                 ssl_context: Any = None, limit: int | None = None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        self.connections = Connections(max_connections() if limit is None else limit)
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # TCPSite.start would listen with aiohttp's handler
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        kwargs: dict[str, Any] = dict(server._kwargs)
+
+        def handler() -> GuardedHandler:
+            return GuardedHandler(self.connections, server, loop=loop, **kwargs)
+
+        self._server = await loop.create_server(
+            handler, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=HEADER_TIMEOUT if self._ssl_context else None)
+        self._bound_port = self._server.sockets[0].getsockname()[1]
