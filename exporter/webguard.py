@@ -63,6 +63,7 @@ class RateLimitedWarnings:
         self._clock = clock
         self._last: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
+        self._fields: dict[tuple[str, str], dict[str, Any]] = {}
 
     def warn(self, event: str, kind: str, **fields: Any) -> None:
         key = (event, kind)
@@ -70,13 +71,14 @@ class RateLimitedWarnings:
         last = self._last.get(key)
         if last is not None and now - last < self._every:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            self._fields[key] = fields
             return
         self._last[key] = now
         log.warning(event, kind=kind, suppressed=self._suppressed.pop(key, 0), **fields)
 
     def flush(self) -> None:
         for (event, kind), count in sorted(self._suppressed.items()):
-            log.warning(event, kind=kind, suppressed=count)
+            log.warning(event, kind=kind, suppressed=count, **self._fields.pop((event, kind)))
         self._suppressed.clear()
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -16,8 +18,9 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
+import structlog
 
-from exporter import webaccess
+from exporter import webaccess, webguard
 from exporter.config import ConfigError, load
 from tests.exporter_process import exporter_process
 from tests.helpers import StartExporter, eventually
@@ -212,3 +215,129 @@ async def test_one_check_at_a_time_per_client_address() -> None:
     assert not await first
     # done: the address may try again
     assert not await auth.check(users, basic("prometheus", b"b")["Authorization"], "10.0.0.1")
+
+
+MALFORMED = [
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n",
+    b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nBad Header: x\r\nAuthorization: Basic c2VjcmV0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+]
+
+
+def _send(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        return sock.recv(100)
+
+
+def test_malformed_requests_are_a_warning_per_kind_not_tracebacks(tmp_path: Path) -> None:
+    """Each used to write an 11-line traceback in plain text into the JSON log, with the
+    request's bytes (an Authorization header among them)."""
+    rounds = 9
+    with exporter_process(tmp_path, {"PREFECT_PG_EXPORTER_POSTGRES_DSN": UNREACHABLE_DSN,
+                                     "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "600"}) \
+            as exporter:
+        for _ in range(rounds):
+            for request in MALFORMED:
+                assert _send(exporter.port, request).startswith(b"HTTP/1.0 400")
+        assert httpx.get(f"{exporter.url}/healthz").status_code == 200
+        exporter.proc.terminate()
+        exporter.proc.wait(timeout=15)
+    lines = exporter.log().splitlines()
+    assert not any("Traceback" in line for line in lines), lines[:20]
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    bad = [r for r in records if r["event"] == "bad HTTP request"]
+    assert all(r["level"] == "warning" and r["status"] == 400 for r in bad)
+    # once when first seen, once at shutdown with the count of those suppressed since
+    kinds = {r["kind"] for r in bad}
+    assert len(kinds) >= 3 and len(bad) == 2 * len(kinds), bad
+    assert sum(1 + r["suppressed"] for r in bad if r["suppressed"]) == rounds * len(MALFORMED)
+    assert "c2VjcmV0" not in exporter.log() and "aaaa" not in exporter.log()
+
+
+def test_warnings_are_rate_limited_with_a_count() -> None:
+    now = [0.0]
+    warnings = webguard.RateLimitedWarnings(every=60, clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        for second in range(5):
+            now[0] = second
+            warnings.warn("bad HTTP request", "LineTooLong")
+        warnings.warn("bad HTTP request", "BadStatusLine")
+        now[0] = 61
+        warnings.warn("bad HTTP request", "LineTooLong")
+        warnings.warn("bad HTTP request", "LineTooLong")
+        warnings.flush()
+        warnings.flush()
+    assert [(e["kind"], e["suppressed"]) for e in logs] == [
+        ("LineTooLong", 0), ("BadStatusLine", 0), ("LineTooLong", 4), ("LineTooLong", 1)]
+
+
+def _closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> bool:
+    """Whether the server closes the socket within `seconds` (dripping a byte every 0.5 s
+    when given, as slowloris does)."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            if drip:
+                sock.sendall(drip)
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+async def test_idle_and_slow_connections_are_closed(start_exporter: StartExporter) -> None:
+    exporter = await start_exporter(postgres_dsn=UNREACHABLE_DSN)
+
+    def check() -> list[str]:
+        address = ("127.0.0.1", exporter.port)
+        idle = socket.create_connection(address)  # never sends anything
+        slow = socket.create_connection(address)  # headers one byte at a time, forever
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        kept = socket.create_connection(address)  # one request, then idle on keep-alive
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(100).startswith(b"HTTP/1.1 200")
+        bound = webguard.HEADER_TIMEOUT + 5  # the old keep-alive was an hour, headers forever
+        open_still = [name for name, sock, drip in (("slow", slow, b"X"), ("idle", idle, b""),
+                                                    ("kept-alive", kept, b""))
+                      if not _closed_within(sock, bound, drip)]
+        for sock in (idle, slow, kept):
+            sock.close()
+        return open_still
+
+    assert await asyncio.to_thread(check) == []
+
+
+def test_the_connection_limit_follows_the_descriptor_limit() -> None:
+    assert webguard.max_connections(64) == 32
+    assert webguard.max_connections(1024) == webguard.MAX_CONNECTIONS
+    assert webguard.max_connections(20) == webguard.MIN_CONNECTIONS
+
+
+def test_idle_sockets_beyond_the_descriptor_limit_leave_healthz_answering(
+        tmp_path: Path) -> None:
+    """70 idle sockets against an exporter limited to 64 descriptors: /healthz timed out and
+    asyncio logged accept()'s EMFILE with a traceback thousands of times a second."""
+    env = {"PREFECT_PG_EXPORTER_POSTGRES_DSN": UNREACHABLE_DSN}
+    with exporter_process(tmp_path, env, nofile=64) as exporter:
+        idle = [socket.create_connection(("127.0.0.1", exporter.port)) for _ in range(70)]
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                response = httpx.get(f"{exporter.url}/healthz", timeout=10)
+                assert response.status_code == 200
+                assert time.monotonic() - started < 2.0
+        finally:
+            for sock in idle:
+                sock.close()
+        exporter.proc.terminate()
+        exporter.proc.wait(timeout=15)
+    log = exporter.log()
+    assert "Traceback" not in log and len(log.splitlines()) < 20, log[:3000]
