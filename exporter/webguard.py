@@ -35,7 +35,8 @@ from aiohttp.web_protocol import RequestHandler
 
 log = structlog.get_logger("exporter.web")
 
-HEADER_TIMEOUT = 5.0  # seconds from connecting to a whole request (the TLS handshake included)
+HEADER_TIMEOUT = 5.0  # seconds from connecting (after TLS's handshake, which has as long) to a
+# whole request
 IDLE_TIMEOUT = 5.0  # seconds a kept-alive connection may sit idle (aiohttp's default: 3630)
 MAX_CONNECTIONS = 256
 RESERVED_FDS = 32  # left for the sources' connections, the log, /proc reads, accept()
