@@ -113,17 +113,27 @@ def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, A
     loop.default_exception_handler(context)
 
 
+_installed: list[object] = []  # one entry per running server (several in tests)
+
+
 def install_logging() -> Callable[[], None]:
-    """The filter on aiohttp's log and the loop's handler for accept errors; returns the undo."""
+    """The filter on aiohttp's log and the loop's handler for accept errors; returns the undo
+    (the filter stays while any server installed it runs)."""
     server_log = logging.getLogger("aiohttp.server")
     server_log.addFilter(_FILTER)
+    token = object()
+    _installed.append(token)
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(loop_exception_handler)
 
     def undo() -> None:
-        server_log.removeFilter(_FILTER)
-        loop.set_exception_handler(previous)
+        _installed.remove(token)
+        if not _installed:
+            server_log.removeFilter(_FILTER)
+            if loop.get_exception_handler() is loop_exception_handler:
+                loop.set_exception_handler(None if previous is loop_exception_handler
+                                           else previous)
         WARNINGS.flush()
 
     return undo

@@ -359,3 +359,45 @@ def test_idle_sockets_beyond_the_descriptor_limit_leave_healthz_answering(
         exporter.proc.wait(timeout=15)
     log = exporter.log()
     assert "Traceback" not in log and len(log.splitlines()) < 20, log[:3000]
+
+
+async def test_a_new_connection_closes_the_oldest_idle_one(
+        start_exporter: StartExporter, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webguard, "max_connections", lambda: 4)
+    exporter = await start_exporter(postgres_dsn=UNREACHABLE_DSN)
+
+    def check() -> tuple[bool, list[bool]]:
+        idle = [socket.create_connection(("127.0.0.1", exporter.port)) for _ in range(4)]
+        try:
+            time.sleep(0.3)  # all four accepted, in order
+            healthz = _send(exporter.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            return healthz.startswith(b"HTTP/1.1 200"), [_closed_within(s, 1) for s in idle]
+        finally:
+            for sock in idle:
+                sock.close()
+
+    answered, closed = await asyncio.to_thread(check)
+    assert answered and closed == [True, False, False, False]
+
+
+class _Busy:
+    """A connection with a request in progress: the state the limit must never break into
+    (a stand-in, as holding four requests in progress on a real server needs slow handlers the
+    exporter does not have)."""
+
+    closed = False
+
+    def busy(self) -> bool:
+        return True
+
+    def force_close(self) -> None:
+        self.closed = True
+
+
+def test_when_every_connection_is_busy_the_new_one_is_refused() -> None:
+    connections = webguard.Connections(2)
+    busy = [_Busy(), _Busy()]
+    for handler in busy:
+        assert connections.admit(handler)  # type: ignore[arg-type]
+    assert not connections.admit(_Busy())  # type: ignore[arg-type]
+    assert not any(handler.closed for handler in busy)
