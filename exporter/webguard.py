@@ -5,8 +5,10 @@ headers, accepts connections until the process runs out of file descriptors, and
 malformed request as an 11-line traceback. Here, instead:
 
 - A connection that has not sent a whole request within HEADER_TIMEOUT seconds of opening is
-  closed (slowloris), and one idle for IDLE_TIMEOUT seconds after a response (aiohttp's
-  keep-alive timeout, which also ends a slow second request).
+  closed (slowloris), one idle for IDLE_TIMEOUT seconds after a response (aiohttp's keep-alive
+  timeout, which also ends a slow second request), and one with a request in progress that
+  finished no response for STUCK_TIMEOUT seconds (a client that does not read: slow read, or
+  requests pipelined without reading the answers).
 - At most max_connections() connections are open, well below the file descriptor limit so that
   accept() and the poller's own sockets always find one. A new connection beyond it closes the
   oldest connection that has no request in progress (so /healthz answers under a flood of idle
@@ -15,8 +17,8 @@ malformed request as an 11-line traceback. Here, instead:
   structured warning per kind a minute, with the count of those suppressed since.
 
 RequestHandler and TCPSite are aiohttp's; GuardedHandler reads two of RequestHandler's private
-fields (`_request_count`, `_request_in_progress`): tests/unit/test_web_abuse.py fails if a new
-aiohttp changes them.
+fields (`_request_count`, `_request_in_progress`, `_messages`) and counts responses in
+`log_access()`: tests/unit/test_web_abuse.py fails if a new aiohttp changes them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import resource
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -38,6 +40,8 @@ log = structlog.get_logger("exporter.web")
 HEADER_TIMEOUT = 5.0  # seconds from connecting (after TLS's handshake, which has as long) to a
 # whole request
 IDLE_TIMEOUT = 5.0  # seconds a kept-alive connection may sit idle (aiohttp's default: 3630)
+STUCK_TIMEOUT = 15.0  # seconds a request in progress may go without a response finished (a
+# client that does not read what it asked for; Prometheus' own scrape timeout is 10 s)
 MAX_CONNECTIONS = 256
 RESERVED_FDS = 32  # left for the sources' connections, the log, /proc reads, accept()
 MIN_CONNECTIONS = 8
@@ -157,50 +161,92 @@ class Connections:
             WARNINGS.warn("connection closed to make room", "connection limit",
                           limit=self.limit)
             self.open.pop(idle)
-            idle.force_close()
+            idle.drop()
         self.open[handler] = None
         return True
 
 
 class GuardedHandler(RequestHandler):
-    """aiohttp's connection handler with a deadline for the first request and a place in
-    Connections."""
+    """aiohttp's connection handler with a deadline for the first request, a watchdog for
+    requests that finish no response, and a place in Connections."""
 
-    __slots__ = ("_connections", "_deadline")
+    __slots__ = ("_connections", "_deadline", "_progress_at", "_raw", "_watchdog")
 
     def __init__(self, connections: Connections, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._connections = connections
         self._deadline: asyncio.TimerHandle | None = None
+        self._progress_at = 0.0  # loop time of the last response, or of a request on an idle one
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._raw: asyncio.Transport | None = None  # kept: force_close() forgets it
 
     def busy(self) -> bool:
         """A request being handled or read and queued (not: idle, or headers still coming)."""
         return bool(self._request_in_progress or self._messages)
 
+    def drop(self) -> None:
+        """Closed now, unsent data discarded: aiohttp's force_close() closes the transport,
+        which waits to send what is buffered, for ever to a client that does not read."""
+        self.force_close()
+        if self._raw is not None:
+            self._raw.abort()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._raw = cast(asyncio.Transport, transport)
         if not self._connections.admit(self):
-            self.force_close()
+            self.drop()
             return
-        self._deadline = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._too_slow)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(HEADER_TIMEOUT, self._too_slow)
+        self._progress_at = loop.time()
+        self._watchdog = loop.call_later(STUCK_TIMEOUT, self._watch)
 
     def data_received(self, data: bytes) -> None:
+        was_busy = self.busy()
         super().data_received(data)
+        if not was_busy and self.busy():
+            self._progress_at = asyncio.get_running_loop().time()
         if self._request_count and self._deadline is not None:
             self._deadline.cancel()  # a whole request came: keep-alive takes over from here
             self._deadline = None
 
+    def log_access(self, request: web.BaseRequest, response: web.StreamResponse,
+                   time: float | None) -> None:
+        # called once a response is written, whether logged or not
+        self._progress_at = asyncio.get_running_loop().time()
+        super().log_access(request, response, time)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._connections.open.pop(self, None)
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        for timer in (self._deadline, self._watchdog):
+            if timer is not None:
+                timer.cancel()
+        self._deadline = self._watchdog = None
+        self._raw = None
         super().connection_lost(exc)
 
     def _too_slow(self) -> None:
         self._deadline = None
         if not self._request_count:
-            self.force_close()
+            self.drop()
+
+    def _pending(self) -> bool:
+        """A request in progress, or a response not yet sent (the client does not read)."""
+        return self.busy() or (self._raw is not None and self._raw.get_write_buffer_size() > 0)
+
+    def _watch(self) -> None:
+        """Drops the connection when something has been pending for STUCK_TIMEOUT seconds with
+        no response finished; otherwise looks again when that could first be true."""
+        loop = asyncio.get_running_loop()
+        stalled = loop.time() - self._progress_at
+        if self._pending() and stalled >= STUCK_TIMEOUT:
+            self._watchdog = None
+            WARNINGS.warn("connection closed", "no response finished", seconds=STUCK_TIMEOUT)
+            self.drop()
+            return
+        wait = STUCK_TIMEOUT - stalled if self._pending() else STUCK_TIMEOUT
+        self._watchdog = loop.call_later(max(wait, 0.1), self._watch)
 
 
 class GuardedSite(web.TCPSite):

@@ -390,7 +390,7 @@ class _Busy:
     def busy(self) -> bool:
         return True
 
-    def force_close(self) -> None:
+    def drop(self) -> None:
         self.closed = True
 
 
@@ -401,3 +401,34 @@ def test_when_every_connection_is_busy_the_new_one_is_refused() -> None:
         assert connections.admit(handler)  # type: ignore[arg-type]
     assert not connections.admit(_Busy())  # type: ignore[arg-type]
     assert not any(handler.closed for handler in busy)
+
+
+def _reset_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server drops the socket within `seconds`, seen by sending without reading
+    (reading would let the server's response through: the client must stay a non-reader)."""
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:  # as fast as it goes: the answers pile up until the server cannot write
+            sock.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 10)
+        except TimeoutError:
+            pass
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+async def test_a_client_that_does_not_read_is_dropped(
+        start_exporter: StartExporter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests pipelined and their answers never read: the server is stuck writing (a slow
+    read). The connection goes once no response finished for STUCK_TIMEOUT (1 s here)."""
+    monkeypatch.setattr(webguard, "STUCK_TIMEOUT", 1.0)
+    exporter = await start_exporter(postgres_dsn=UNREACHABLE_DSN)
+
+    def check() -> bool:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", exporter.port))
+            return _reset_within(sock, 20)
+
+    assert await asyncio.to_thread(check)
