@@ -52,7 +52,6 @@ class BasicAuth:
         self._failed: set[bytes] = set()
         self._checking: dict[bytes, asyncio.Future[bool]] = {}
         self._per_client: dict[str, int] = {}
-        self._pool: ThreadPoolExecutor | None = None
 
     async def check(self, users: dict[str, bytes], header: str, client: str = "") -> bool:
         """Whether the header carries a user's password; Busy when it cannot be checked now."""
@@ -89,11 +88,9 @@ class BasicAuth:
 
     async def _bcrypt(self, digest: bytes, password: bytes, against: bytes, known: bool,
                       client: str) -> bool:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
         try:
             loop = asyncio.get_running_loop()
-            matched = await loop.run_in_executor(self._pool, _checkpw, password, against)
+            matched = await loop.run_in_executor(_pool(), _checkpw, password, against)
         finally:
             del self._checking[digest]
             self._per_client[client] -= 1
@@ -105,6 +102,17 @@ class BasicAuth:
             remembered.clear()
         remembered.add(digest)
         return good
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The bcrypt threads, started on the first check (not the default executor, which DNS
+    lookups and other blocking calls share)."""
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt"))
+    return _POOL[0]
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
