@@ -16,9 +16,10 @@ malformed request as an 11-line traceback. Here, instead:
 - A malformed request, accept() out of file descriptors and a login refused for load are one
   structured warning per kind a minute, with the count of those suppressed since.
 
-RequestHandler and TCPSite are aiohttp's; GuardedHandler reads two of RequestHandler's private
-fields (`_request_count`, `_request_in_progress`, `_messages`) and counts responses in
-`log_access()`: tests/unit/test_web_abuse.py fails if a new aiohttp changes them.
+RequestHandler and TCPSite are aiohttp's; GuardedHandler reads three of RequestHandler's private
+fields (`_request_count`, `_request_in_progress`, `_messages`), GuardedSite the Server's
+`_kwargs`, and a response finished is seen in `log_access()`: tests/unit/test_web_abuse.py fails
+if a new aiohttp changes them.
 """
 
 from __future__ import annotations
