@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,7 @@ from exporter.metricspec import MetricOptions
 from exporter.poller import Poller, failures, fresh_snapshots
 from exporter.server import make_app
 from exporter.source import Source
+from exporter.webguard import IDLE_TIMEOUT, GuardedSite, install_logging
 from exporter.webreload import LiveWebConfig
 
 log = structlog.get_logger("exporter")
@@ -53,6 +55,7 @@ class Exporter:
                                           state_dir=config.state_dir)
         self.exposition.render()
         self._runner: web.AppRunner | None = None
+        self._undo_logging: Callable[[], None] | None = None
         self.port: int = config.listen.port
 
     def _render(self) -> None:
@@ -71,9 +74,10 @@ class Exporter:
         app = make_app(self.exposition, self.poller.states, lambda: self.findings,
                        web_config.current if self.config.web.path else None,
                        self.config.telemetry_path, self.incidents.as_json)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.listen.host, self.config.listen.port,
+        self._undo_logging = install_logging()
+        site = GuardedSite(self._runner, self.config.listen.host, self.config.listen.port,
                            ssl_context=web_config.ssl_context())
         await site.start()
         # the bound address tells the port when 0 was asked for
@@ -89,6 +93,9 @@ class Exporter:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._undo_logging is not None:
+            self._undo_logging()
+            self._undo_logging = None
 
 
 async def serve(config: Config) -> None:

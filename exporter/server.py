@@ -59,8 +59,7 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
     async def readyz(_: web.Request) -> web.Response:
         waiting = [f"{s.kind}/{s.target}" for s in states if not s.last_success]
         if waiting:
-            return web.Response(status=503, text="not ready, never polled successfully: "
-                                + ", ".join(waiting) + "\n")
+            return web.Response(status=503, text=not_ready(waiting, len(states), web_config))
         return web.Response(text="ready\n")
 
     async def index(_: web.Request) -> web.Response:
@@ -79,6 +78,16 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
                     web.get("/healthz", healthz), web.get("/readyz", readyz),
                     web.get("/", index), web.get("/incidents", incidents_json)])
     return app
+
+
+def not_ready(waiting: Sequence[str], total: int,
+              web_config: Callable[[], WebConfig] | None) -> str:
+    """/readyz's 503 body. It stays open to probes, so behind basic auth or client certificates
+    it says how many targets wait, not their names (those are on /, behind the same checks)."""
+    config = web_config() if web_config is not None else None
+    if config is not None and (config.users or config.allowed_sans):
+        return f"not ready: {len(waiting)} of {total} targets never polled successfully\n"
+    return "not ready, never polled successfully: " + ", ".join(waiting) + "\n"
 
 
 def probe_problem(target: str, configured: Sequence[str]) -> str:

@@ -15,26 +15,46 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.webconfig import OPEN_PATHS, WebConfig, normalise_san
+from exporter.webguard import WARNINGS
+
+BCRYPT_THREADS = 2  # bcrypt releases the GIL: checks run side by side, never on the event loop
+MAX_CHECKS = 16  # distinct credentials being checked (waiting or running), all clients together
+MAX_CHECKS_PER_CLIENT = 1  # ... from one client address
+REMEMBERED = 1000  # verified and failed digests kept (each set cleared when full)
+
+
+class Busy(Exception):
+    """Too many credentials are being checked (for this client or for all): answer 429 at once
+    instead of queueing bcrypt work behind an attacker's."""
 
 
 class BasicAuth:
     """Checks credentials with bcrypt once, then remembers the good ones by a keyed digest of
     user, hash and password, as the exporter toolkit does: bcrypt is slow on purpose, scrapes
-    must not be; and a hash changed in the file no longer matches what was remembered."""
+    must not be; and a hash changed in the file no longer matches what was remembered.
+
+    What an unauthenticated client can cost is bounded: failed digests are remembered too (a
+    scraper with an old password, or a replayed guess, costs one bcrypt); the same credentials
+    sent at once share one check; a client address has one check in progress at a time and all
+    clients MAX_CHECKS, beyond which the answer is 429 without bcrypt. The toolkit checks one at
+    a time: 150 wrong passwords at once made a new valid login wait behind all of them."""
 
     def __init__(self) -> None:
         self._key = os.urandom(32)
         self._verified: set[bytes] = set()
-        # one bcrypt at a time, as the toolkit: a flood of wrong passwords takes one core
-        self._bcrypt = asyncio.Semaphore(1)
+        self._failed: set[bytes] = set()
+        self._checking: dict[bytes, asyncio.Future[bool]] = {}
+        self._per_client: dict[str, int] = {}
 
-    async def check(self, users: dict[str, bytes], header: str) -> bool:
+    async def check(self, users: dict[str, bytes], header: str, client: str = "") -> bool:
+        """Whether the header carries a user's password; Busy when it cannot be checked now."""
         credentials = _credentials(header)
         if credentials is None:
             return False
@@ -42,20 +62,57 @@ class BasicAuth:
         hashed = users.get(user)
         digest = hmac.new(self._key, b"\0".join((user.encode(), hashed or b"",
                                                  password.encode())), hashlib.sha256).digest()
-        if hashed is not None and digest in self._verified:
+        if digest in self._verified:
             return True
-        # An unknown user is checked against another user's hash (and refused whatever the
-        # result): it costs what a wrong password costs, so names cannot be found by timing.
-        against = hashed if hashed is not None else next(iter(users.values()))
-        async with self._bcrypt:
-            # in a thread: ~0.2 s of bcrypt must not stall scrapes on the event loop
-            good = await asyncio.to_thread(_checkpw, password.encode(), against)
-        if not good or hashed is None:
+        if digest in self._failed:
             return False
-        if len(self._verified) > 1000:
-            self._verified.clear()
-        self._verified.add(digest)
-        return True
+        checking = self._checking.get(digest)
+        if checking is None:
+            # An unknown user is checked against another user's hash (and refused whatever the
+            # result): it costs what a wrong password costs, so names cannot be found by timing.
+            against = hashed if hashed is not None else next(iter(users.values()))
+            checking = self._start(digest, password.encode(), against, hashed is not None,
+                                   client)
+        # shielded: a client that hangs up does not cancel a check others may be waiting on
+        return await asyncio.shield(checking)
+
+    def _start(self, digest: bytes, password: bytes, against: bytes, known: bool,
+               client: str) -> asyncio.Future[bool]:
+        if (len(self._checking) >= MAX_CHECKS
+                or self._per_client.get(client, 0) >= MAX_CHECKS_PER_CLIENT):
+            raise Busy
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        task = asyncio.ensure_future(self._bcrypt(digest, password, against, known, client))
+        self._checking[digest] = task
+        return task
+
+    async def _bcrypt(self, digest: bytes, password: bytes, against: bytes, known: bool,
+                      client: str) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+            matched = await loop.run_in_executor(_pool(), _checkpw, password, against)
+        finally:
+            del self._checking[digest]
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
+        good = matched and known
+        remembered = self._verified if good else self._failed
+        if len(remembered) >= REMEMBERED:
+            remembered.clear()
+        remembered.add(digest)
+        return good
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The bcrypt threads, started on the first check (not the default executor, which DNS
+    lookups and other blocking calls share)."""
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt"))
+    return _POOL[0]
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
@@ -65,10 +122,12 @@ def _checkpw(password: bytes, hashed: bytes) -> bool:
 
 
 def _credentials(header: str) -> tuple[str, str] | None:
-    if not header.startswith("Basic "):
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":  # auth schemes are case-insensitive (RFC 9110, 11.1)
         return None
     try:
-        user, sep, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+        user, sep, password = decoded.partition(":")
     except (ValueError, UnicodeDecodeError):
         return None
     return (user, password) if sep else None
@@ -99,10 +158,17 @@ def access_middleware(current: Callable[[], WebConfig]) -> Middleware:
             # the toolkit ends the handshake; after it, a clear status is all that is left
             return web.Response(status=403, text="Forbidden: no allowed SAN in the client "
                                 "certificate\n")
-        if config.users and not await auth.check(config.users,
-                                                 request.headers.get("Authorization", "")):
-            return web.Response(status=401, text="Unauthorized\n",
-                                headers={"WWW-Authenticate": 'Basic realm="prefect-pg-exporter"'})
+        if config.users:
+            try:
+                good = await auth.check(config.users, request.headers.get("Authorization", ""),
+                                        request.remote or "")
+            except Busy:
+                WARNINGS.warn("login refused", "too many credentials being checked")
+                return web.Response(status=429, text="Too Many Requests: credentials from this "
+                                    "client are being checked\n", headers={"Retry-After": "1"})
+            if not good:
+                return web.Response(status=401, text="Unauthorized\n", headers={
+                    "WWW-Authenticate": 'Basic realm="prefect-pg-exporter"'})
         return await handler(request)
 
     return middleware

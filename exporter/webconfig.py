@@ -130,16 +130,47 @@ def _read(path: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise WebConfigError("not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise WebConfigError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise WebConfigError(f"not valid YAML{_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise WebConfigError("expected a mapping")
     if "rate_limit" in data:
         raise WebConfigError("rate_limit is not supported: limit scrapes in front of the "
                              "exporter (it serves /metrics from memory, a scrape costs little)")
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise WebConfigError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    _refuse_unknown(data, _TOP_KEYS, "")
     return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """Where and what, never the text: PyYAML quotes what it could not read (an alias, a tag)
+    and shows the line, and a file named by mistake may hold hashes or keys."""
+    import yaml
+
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f" at character {exc.position + 1}: a character YAML does not allow"
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return ""
+    mark = exc.problem_mark
+    problem = re.sub(r"'[^']*'|\"[^\"]*\"", _token_or_ellipsis, exc.problem or "").rstrip()
+    return f" at line {mark.line + 1}, column {mark.column + 1}" + (
+        f": {problem}" if problem else "")
+
+
+def _token_or_ellipsis(quoted: re.Match[str]) -> str:
+    """PyYAML's token names ('<block end>') and punctuation (',') kept, anything else hidden."""
+    text = quoted.group(0)
+    return text if re.fullmatch(r"'(<[a-z ]+>|[^\w\s'\\])'", text) else "…"
+
+
+def _refuse_unknown(section: Mapping[Any, Any], known: frozenset[str], where: str) -> None:
+    """Unknown keys named when they look like a setting (a typo); anything else (a file named by
+    mistake, whose keys may be secrets) only counted."""
+    unknown = sorted(map(str, set(section) - known))
+    if not unknown:
+        return
+    names = [key for key in unknown if re.fullmatch(r"[a-z][a-z_]{0,39}", key)]
+    others = len(unknown) - len(names)
+    listed = ", ".join(names + ([f"{others} other(s) not shown"] if others else []))
+    raise WebConfigError(f"{where}unknown key(s) {listed}")
 
 
 # ---- tls_server_config ------------------------------------------------------------------------
@@ -156,10 +187,7 @@ def _tls(raw: Any, base: Path) -> _Tls | None:
     if {"cert", "key"} & set(section):
         raise WebConfigError("tls_server_config: inline cert and key are not supported (Python's "
                              "ssl loads them only from files): use cert_file and key_file")
-    unknown = set(section) - _TLS_KEYS
-    if unknown:
-        raise WebConfigError(f"tls_server_config: unknown key(s) "
-                             f"{', '.join(sorted(map(str, unknown)))}")
+    _refuse_unknown(section, _TLS_KEYS, "tls_server_config: ")
     if not section:
         return None
     if not _text(section, "cert_file") or not _text(section, "key_file"):
@@ -300,10 +328,7 @@ def normalise_san(value: str) -> str:
 
 def _http_server_config(raw: Any) -> dict[str, str]:
     section = _mapping(raw, "http_server_config")
-    unknown = set(section) - {"headers", "http2"}
-    if unknown:
-        raise WebConfigError(f"http_server_config: unknown key(s) "
-                             f"{', '.join(sorted(map(str, unknown)))}")
+    _refuse_unknown(section, frozenset({"headers", "http2"}), "http_server_config: ")
     http2 = section.get("http2", False)
     if not isinstance(http2, bool):
         raise WebConfigError("http_server_config: http2 must be true or false")

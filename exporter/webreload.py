@@ -6,7 +6,10 @@ Here a check is a few stat() calls per new connection and per request; the file 
 only when one of them changed. A file rewritten within the filesystem's timestamp granularity
 of the last read keeps its stat, so while a file is that fresh its content is compared instead
 (git's "racy" entries). A config that became invalid is logged and the last good one stays in
-force. Whether TLS is on cannot change without a restart: the listening socket decides it.
+force. Whether TLS is on cannot change without a restart: the listening socket decides it. A
+reload never removes protection: a file that would turn off TLS, basic auth or client
+certificate checks (an empty file, a comment, `basic_auth_users:` with no entries, a file caught
+half-written) is refused with a warning, and removing them takes a restart.
 """
 
 from __future__ import annotations
@@ -79,13 +82,39 @@ class LiveWebConfig:
             return
         if new.files != watch:
             self._stats = ()  # named other files than read above: look again next time
-        if (new.ssl_context is None) != (self._good.ssl_context is None):
-            log.warning("web config: TLS cannot be turned on or off without a restart; "
-                        "the rest is applied", tls=self._good.ssl_context is not None)
-            new = replace(new, ssl_context=self._good.ssl_context,
-                          allowed_sans=self._good.allowed_sans)
+        removed = removed_protections(self._good, new)
+        if removed:
+            # an empty or half-written file (truncate, then write) must not open the endpoints
+            # for a moment, nor a mistake for good: removing protection takes a restart
+            log.warning("web config not reloaded: it would remove " + ", ".join(removed)
+                        + "; the last good one stays in force (restart the exporter to "
+                        "remove authentication or TLS)", path=path)
+            return
+        if new.ssl_context is not None and self._good.ssl_context is None:
+            log.warning("web config: TLS cannot be turned on without a restart; "
+                        "the rest is applied", tls=False)
+            new = replace(new, ssl_context=None, allowed_sans=self._good.allowed_sans)
         self._good = new
         log.info("web config reloaded", path=path)
+
+
+def removed_protections(old: WebConfig, new: WebConfig) -> list[str]:
+    """What a reload from old to new would switch off (lowered counts as removed)."""
+    removed = []
+    if old.ssl_context is not None and new.ssl_context is None:
+        removed.append("TLS")
+    if old.users and not new.users:
+        removed.append("basic auth")
+    if _verify_mode(old) > _verify_mode(new):
+        removed.append("client certificate verification")
+    if old.allowed_sans and not new.allowed_sans:
+        removed.append("client_allowed_sans")
+    return removed
+
+
+def _verify_mode(config: WebConfig) -> int:
+    """CERT_NONE < CERT_OPTIONAL < CERT_REQUIRED."""
+    return int(config.ssl_context.verify_mode) if config.ssl_context is not None else 0
 
 
 class ReloadingContext(ssl.SSLContext):

@@ -1,18 +1,25 @@
 """Hostile data from a real database: odd application names, bytes that are not UTF-8 in
 another database's query text, many distinct names. The exposition stays valid (the real
-parser and `promtool check metrics` accept it), bounded, and free of query text."""
+parser and `promtool check metrics` accept it), bounded, and free of query text. And hostile
+clients: idle and slow sockets against an exporter with few file descriptors."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import subprocess
+import time
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
 from lab.postgres import LabPostgres
-from tests.helpers import StartExporter, scrape, wait_for
+from tests.exporter_process import exporter_process
+from tests.helpers import StartExporter, parse, scrape, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -58,3 +65,71 @@ async def test_hostile_sessions_give_valid_bounded_exposition_without_query_text
             await conn.close()
         pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 f"WHERE query LIKE '%{MARKER}%' AND pid <> pg_backend_pid()")
+
+
+def _poll_state(url: str) -> tuple[float, float, float]:
+    """postgres_up, its last success and its error count, from a real scrape."""
+    s = parse(httpx.get(f"{url}/metrics", timeout=10).text)
+    last = s.value("prefect_pg_exporter_source_last_success_timestamp_seconds",
+                   source="postgres")
+    errors = sum(s.values("prefect_pg_exporter_source_errors_total", source="postgres"))
+    return s.value("postgres_up"), last, errors
+
+
+def test_idle_and_slow_sockets_under_a_low_descriptor_limit(postgres: LabPostgres,
+                                                            tmp_path: Path) -> None:
+    """The exporter limited to 64 file descriptors (`ulimit -n 64`), 70 sockets that never send
+    a request and 10 that send their headers a byte at a time: /healthz answers, polls of the
+    real PostgreSQL keep succeeding with no error, the sockets are closed by the server within
+    seconds, and the log holds no traceback. Before: /healthz timed out, the poller failed with
+    EMFILE and asyncio logged thousands of tracebacks a second."""
+    env = {"PREFECT_PG_EXPORTER_POSTGRES_DSN": postgres.monitor_dsn(),
+           "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "1",
+           "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "1"}
+    with exporter_process(tmp_path, env, nofile=64) as exporter:
+        deadline = time.monotonic() + 30
+        while _poll_state(exporter.url)[0] != 1:
+            assert time.monotonic() < deadline, "PostgreSQL never polled"
+            time.sleep(0.2)
+        _, first_success, first_errors = _poll_state(exporter.url)
+        address = ("127.0.0.1", exporter.port)
+        idle = [socket.create_connection(address) for _ in range(70)]
+        slow = [socket.create_connection(address) for _ in range(10)]
+        try:
+            for sock in slow:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            started = time.monotonic()
+            assert httpx.get(f"{exporter.url}/healthz", timeout=10).status_code == 200
+            assert time.monotonic() - started < 3.0
+            for sock in slow:  # still dripping: closed anyway once HEADER_TIMEOUT is past
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X")
+            deadline = time.monotonic() + 30
+            while True:  # two more polls at least, each a success
+                up, last, errors = _poll_state(exporter.url)
+                if last >= first_success + 2:
+                    break
+                assert time.monotonic() < deadline, "no successful poll under the flood"
+                time.sleep(0.3)
+            assert up == 1 and errors == first_errors
+            closed = sum(_closed(sock, 15) for sock in idle + slow)
+            assert closed == len(idle) + len(slow)
+        finally:
+            for sock in idle + slow:
+                sock.close()
+        exporter.proc.terminate()
+        exporter.proc.wait(timeout=15)
+    log = exporter.log()
+    assert "Traceback" not in log and "Too many open files" not in log.replace(
+        '"kind": "Too many open files"', ""), log[:3000]
+
+
+def _closed(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server has closed the socket (within `seconds`)."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False

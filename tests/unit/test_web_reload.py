@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -107,12 +110,98 @@ async def test_tls_cannot_be_turned_off_by_the_file(
         write_web_config(tmp_path, FRAME.format("deny"))
         assert await presented_serial(exporter, client_context(ca)) == serial(first)
     assert [(e["log_level"], e["event"]) for e in logs if e["event"].startswith("web")] == [
-        ("warning", "web config: TLS cannot be turned on or off without a restart; "
-                    "the rest is applied"),
-        ("info", "web config reloaded")]
+        ("warning", "web config not reloaded: it would remove TLS; the last good one stays in "
+                    "force (restart the exporter to remove authentication or TLS)")]
     async with httpx.AsyncClient(verify=client_context(ca)) as client:
         response = await client.get(f"https://127.0.0.1:{exporter.port}/healthz")
-    assert response.headers["X-Frame-Options"] == "deny"
+    assert "X-Frame-Options" not in response.headers  # the old config, whole
+
+
+USERS = "basic_auth_users:\n  prometheus: '{}'\n"
+
+
+@pytest.mark.parametrize(("text", "removed"), [
+    ("", "basic auth"),
+    ("# basic auth off for now\n", "basic auth"),
+    ("basic_auth_users:\n", "basic auth"),
+    ("basic_auth_users: {}\n", "basic auth"),
+    (FRAME.format("deny"), "basic auth"),
+])
+def test_a_reload_never_drops_basic_auth(tmp_path: Path, text: str, removed: str) -> None:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    path = write_web_config(tmp_path, USERS.format(hashed))
+    live = LiveWebConfig(load_web_config(path))
+    users = live.current().users
+    write_web_config(tmp_path, text)
+    os.utime(path, ns=(10**18, 10**18))  # seen as changed whatever the clock's granularity
+    with structlog.testing.capture_logs() as logs:
+        assert live.current().users == users
+        assert live.current().users == users
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("warning", f"web config not reloaded: it would remove {removed}; the last good one "
+                    "stays in force (restart the exporter to remove authentication or TLS)")]
+    # another password is a change, not a removal: applied
+    write_web_config(tmp_path, USERS.format(bcrypt.hashpw(b"pw2", bcrypt.gensalt(4)).decode()))
+    os.utime(path, ns=(2 * 10**18, 2 * 10**18))
+    assert live.current().users != users and live.current().users
+
+
+def test_a_reload_never_drops_client_certificate_checks(tmp_path: Path, ca: trustme.CA) -> None:
+    write_server_cert(tmp_path, ca)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+    mtls = TLS + "  client_ca_file: ca.crt\n  client_auth_type: {}\n"
+    path = write_web_config(tmp_path, mtls.format("RequireAndVerifyClientCert")
+                            + "  client_allowed_sans: [prometheus]\n")
+    live = LiveWebConfig(load_web_config(path))
+    first = live.current()
+    write_web_config(tmp_path, mtls.format("VerifyClientCertIfGiven"))
+    os.utime(path, ns=(10**18, 10**18))
+    with structlog.testing.capture_logs() as logs:
+        assert live.current() is first
+    assert "client certificate verification, client_allowed_sans" in logs[0]["event"]
+
+
+async def test_a_truncate_then_write_rewrite_never_serves_unauthenticated(
+        tmp_path: Path, start_exporter: StartExporter) -> None:
+    """The rewrite editors and some secret mounts do: the file is empty for a moment, then
+    holds the same users again. A scraper without credentials hammers the real server all the
+    while: not one 200 (before the fix, about a fifth of them)."""
+    import bcrypt
+
+    text = USERS.format(bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode())
+    path = write_web_config(tmp_path, text)
+    exporter = await start_exporter(web_config_file=path, postgres_dsn=UNREACHABLE_DSN)
+    done = threading.Event()
+
+    def rewrite() -> None:
+        for _ in range(400):  # bounded: at most ~2 s of rewrites
+            if done.is_set():
+                return
+            with open(path, "w") as file:  # truncated here
+                file.flush()
+                time.sleep(0.002)
+                file.write(text)
+            time.sleep(0.002)
+
+    statuses: Counter[int] = Counter()
+    with structlog.testing.capture_logs() as logs:
+        writer = threading.Thread(target=rewrite)
+        writer.start()
+        try:
+            async with httpx.AsyncClient() as client:
+                deadline = time.monotonic() + 10
+                while writer.is_alive() and time.monotonic() < deadline:
+                    response = await client.get(f"http://127.0.0.1:{exporter.port}/metrics")
+                    statuses[response.status_code] += 1
+        finally:
+            done.set()
+            writer.join()
+    refused = [e for e in logs if e["event"].startswith("web config not reloaded")]
+    assert statuses[200] == 0, statuses
+    assert statuses[401] >= 50, statuses
+    assert refused, "the scrapes never saw the file empty: the race was not exercised"
 
 
 def _frozen_stats(monkeypatch: pytest.MonkeyPatch) -> None:
