@@ -362,6 +362,30 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: autovacuum is not keeping up with {{ $labels.table }}; "
           "check its last (auto)vacuum time and long transactions holding back the horizon.",
           check="hot_table_bloat"),
+    Alert("PostgresHotTableStaleStatistics", "warning",
+          "postgres_table_modified_since_analyze_rows > {stale_statistics_warning_rows} and "
+          "postgres_table_modified_since_analyze_rows / (postgres_table_live_tuples + 1) > "
+          "{stale_statistics_warning_ratio}", 3600,
+          "{{ $labels.schema }}.{{ $labels.table }}: {{ $value }} rows changed since its last "
+          "ANALYZE",
+          "{{ $labels.target }}: the planner's statistics for {{ $labels.table }} are far "
+          "behind its rows; Prefect's /flow_runs/filter, /count and /history pick slow plans. "
+          "ANALYZE it, and check its autovacuum settings and long transactions.",
+          check="stale_statistics"),
+    Alert("PostgresInvalidIndex", "warning",
+          "postgres_invalid_indexes > {invalid_indexes_warning}", 900,
+          "{{ $value }} invalid index(es) in the watched database",
+          "{{ $labels.target }}: a CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY failed "
+          "(Prefect 3.9 migrations build indexes so) and left an INVALID index: the planner "
+          "ignores it, writes still maintain it. `prefect-pg-exporter doctor` names each and "
+          "its repair.",
+          check="invalid_index"),
+    Alert("PostgresDeadlocks", "warning",
+          "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning}", 0,
+          "{{ $value | humanize }} deadlock(s) in {{ $labels.datname }} within 15 minutes",
+          "{{ $labels.target }}: PostgreSQL detected deadlocks in {{ $labels.datname }} and "
+          "cancelled a transaction of each. In Prefect: background services run more than once "
+          "(the task-run recorder in HA, mark_deployments_ready), see the runbook."),
 )
 
 

@@ -179,6 +179,28 @@ POSTGRES = (
            q(f"time() - ((postgres_table_last_autovacuum_timestamp_seconds{{{T}}} > "
              f"postgres_table_last_vacuum_timestamp_seconds{{{T}}}) or (postgres_table_last_"
              f"vacuum_timestamp_seconds{{{T}}} > 0))", "{{schema}}.{{table}}"), unit="s"),
+    series("Hot tables: rows changed since the last ANALYZE, share of live rows",
+           q(f"postgres_table_modified_since_analyze_rows{{{T}}} / "
+             f"(postgres_table_live_tuples{{{T}}} + 1)", "{{schema}}.{{table}}"),
+           unit="percentunit",
+           description="Stale planner statistics: PostgresHotTableStaleStatistics warns above "
+                       f"{TH['stale_statistics_warning_ratio']:g} (and "
+                       f"{TH['stale_statistics_warning_rows']:g} rows)."),
+    series("Hot tables: time since last ANALYZE (manual or auto)",
+           q(f"time() - (postgres_table_last_analyze_timestamp_seconds{{{T}}} > 0)",
+             "{{schema}}.{{table}}"), unit="s"),
+    stat("Invalid indexes", f"sum(postgres_invalid_indexes{{{T}}})",
+         warn=above("invalid_indexes_warning"),
+         description="Left by a failed CREATE INDEX CONCURRENTLY: `prefect-pg-exporter doctor` "
+                     "names each and its repair."),
+    stat("Deadlocks (1h)", f"sum(increase(postgres_deadlocks_total{{{T}}}[1h]))",
+         warn=above("deadlocks_warning")),
+    series("Deadlocks per database (15 min)",
+           q(f"increase(postgres_deadlocks_total{{{T}}}[15m])", "{{target}} {{datname}}"),
+           width=8),
+    table("Index builds running (share of the phase done)",
+          Query(f"postgres_index_build_done_ratio{{{T}}}", instant=True), unit="percentunit",
+          width=8),
 )
 
 PGBOUNCER = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from exporter.finding import Context, Finding, age
-from exporter.postgres.snapshot import PostgresSnapshot, Session
+from exporter.postgres.snapshot import InvalidIndex, PostgresSnapshot, Session
 from exporter.prefect.snapshot import PrefectSnapshot
 
 SERVICES_CHANNEL = "prefect_automation_changes"
@@ -217,6 +217,95 @@ def hot_tables(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
                 "hold back the horizon; tune autovacuum for this table.")
 
 
+def stale_statistics(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """A hot table that changed a lot since its last ANALYZE: the planner still plans for the
+    table it was, and Prefect's /flow_runs/filter, /count and /history turn to slow plans."""
+    t = ctx.thresholds
+    for table in pg.tables:
+        changed, live = table.modified_since_analyze, table.live_tuples
+        ratio = changed / (live + 1)  # as PostgresHotTableStaleStatistics
+        if changed <= t["stale_statistics_warning_rows"] or \
+                ratio <= t["stale_statistics_warning_ratio"]:
+            continue
+        name = f"{table.schema}.{table.table}"
+        last = table.last_analyze
+        evidence = [f"{changed} rows changed since its last ANALYZE, {ratio:.0%} of its "
+                    f"{live} live rows; last analyzed "
+                    + (f"{age(pg.taken_at - last)} ago" if last else "never")]
+        off = "autovacuum_enabled=false" in table.autovacuum_options
+        if table.autovacuum_options:
+            evidence.append(f"its own autovacuum settings: {', '.join(table.autovacuum_options)}")
+        yield Finding(
+            "stale_statistics", "warning", pg.target,
+            f"{name}: {changed} rows changed since its last ANALYZE (stale planner statistics)",
+            tuple(evidence),
+            f"Now: ANALYZE {name}; (it reads a sample and blocks none of Prefect's reads or "
+            "writes). "
+            + (f"Autovacuum is off for this table: ALTER TABLE {name} RESET "
+               "(autovacuum_enabled); " if off else
+               f"So that autovacuum keeps up: ALTER TABLE {name} SET "
+               "(autovacuum_analyze_scale_factor = 0.02); ")
+            + "and end long transactions that hold autovacuum back.")
+
+
+def _rebuild(ix: InvalidIndex) -> str:
+    """How to repair an invalid index without blocking Prefect's writes."""
+    name = f"{ix.schema}.{ix.name}"
+    if "_ccnew" in ix.name or "_ccold" in ix.name:
+        return (f"DROP INDEX CONCURRENTLY {name}; (a leftover of a failed REINDEX CONCURRENTLY: "
+                "the original index is still there and valid)")
+    again = ix.definition.replace(" INDEX ", " INDEX CONCURRENTLY ", 1)
+    return (f"REINDEX INDEX CONCURRENTLY {name}; or DROP INDEX CONCURRENTLY {name}; then "
+            f"re-run {again};"
+            + (" It is UNIQUE: remove the duplicate rows that failed it first, or it fails "
+               "again." if ix.unique else "")
+            + " A Prefect migration's index is not rebuilt by `prefect server database "
+              "upgrade` (CREATE INDEX CONCURRENTLY IF NOT EXISTS skips the invalid one).")
+
+
+def invalid_indexes(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Each invalid index of the watched database, by name, with its repair."""
+    if pg.invalid_index_count <= ctx.thresholds["invalid_indexes_warning"]:
+        return
+    unnamed = pg.invalid_index_count - len(pg.invalid_indexes)
+    for ix in pg.invalid_indexes:
+        yield Finding(
+            "invalid_index", "warning", pg.target,
+            f"index {ix.schema}.{ix.name} on {ix.table} is INVALID",
+            (f"pg_index.indisvalid is false and no build of it is running in {pg.database}: "
+             "a CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY failed or was cancelled "
+             "(a statement or lock timeout, a restart, a duplicate key)",
+             "the planner never uses it, every write still maintains it"
+             + (f"; {unnamed} more invalid indexes are not listed" if unnamed > 0 else "")),
+            _rebuild(ix))
+
+
+def index_builds(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    for b in pg.index_builds:
+        done = "" if b.done_ratio is None else f", {b.done_ratio:.0%} of this phase done"
+        yield Finding(
+            "index_build", "info", pg.target,
+            f"{b.command} {b.name or '(not named yet)'} on {b.schema}.{b.table} is running",
+            (f"pid {b.pid}, phase {b.phase}{done}",),
+            "Let it finish: cancelling a CONCURRENTLY build leaves an INVALID index behind. A "
+            "Prefect migration building it holds `prefect server database upgrade` until then.")
+
+
+def deadlocks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Deadlocks counted in the watched database. The doctor sees one count since the statistics
+    were reset, so this is information; the alert (PostgresDeadlocks) judges their rate."""
+    count = next((d.deadlocks for d in pg.databases if d.datname == pg.database), 0)
+    if count:
+        yield Finding(
+            "deadlocks", "info", pg.target,
+            f"{count} deadlock(s) in {pg.database} since its statistics were reset",
+            ("PostgreSQL cancelled one transaction of each (ERROR: deadlock detected); "
+             "postgres_deadlocks_total's rate says whether they still happen",),
+            "The server log (log_lock_waits = on) names the statements. Prefect's known cases: "
+            "several background-services copies (task-run recorder, mark_deployments_ready) "
+            "updating the same rows; see the runbook PostgresDeadlocks.")
+
+
 def database_growing(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """A database over its size budget, or on course to pass it within the warning window at
     the growth the exporter has seen (the alert: predict_linear over 6 h). Growth needs a
@@ -265,7 +354,8 @@ def blind_spots(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 
 
 CHECKS = (blocking_tree, stalled_clients, long_transactions, duplicated_services, safety_nets,
-          hot_tables, database_growing, blind_spots, connection_budget)
+          hot_tables, stale_statistics, invalid_indexes, index_builds, deadlocks,
+          database_growing, blind_spots, connection_budget)
 
 
 def postgres_checks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:

@@ -28,6 +28,8 @@ from exporter.postgres.snapshot import (
     ActivityGroup,
     BlockedSession,
     DatabaseSize,
+    IndexBuild,
+    InvalidIndex,
     Involved,
     PostgresSnapshot,
     Session,
@@ -234,29 +236,76 @@ def _settings(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[s
 
 # pg_total_relation_size() reads file sizes: cheap for the few hot tables, and it needs no
 # privilege on the table (pg_monitor reads it for Prefect's tables without their grants).
+# n_mod_since_analyze and the last ANALYZE (manual or auto, the later; greatest() skips NULLs):
+# how stale the planner's statistics are, the usual cause of /flow_runs/filter timing out at
+# millions of rows. The table's autovacuum_* storage parameters say what keeps autovacuum off it.
 _TABLES = """
-SELECT schemaname AS "schema", relname AS "table", n_live_tup AS live_tuples,
-       n_dead_tup AS dead_tuples,
-       extract(epoch FROM last_vacuum)::float8 AS last_vacuum,
-       extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum,
-       coalesce(pg_total_relation_size(relid), 0) AS total_bytes,
-       n_tup_ins AS inserted_rows,
-       n_tup_del AS deleted_rows
-FROM pg_stat_user_tables
-WHERE relname = ANY(${hot_tables}::text[])
+SELECT s.schemaname AS "schema", s.relname AS "table", s.n_live_tup AS live_tuples,
+       s.n_dead_tup AS dead_tuples,
+       extract(epoch FROM s.last_vacuum)::float8 AS last_vacuum,
+       extract(epoch FROM s.last_autovacuum)::float8 AS last_autovacuum,
+       coalesce(pg_total_relation_size(s.relid), 0) AS total_bytes,
+       s.n_tup_ins AS inserted_rows,
+       s.n_tup_del AS deleted_rows,
+       s.n_mod_since_analyze AS modified_since_analyze,
+       date_part('epoch', greatest(s.last_analyze, s.last_autoanalyze)) AS last_analyze,
+       ARRAY(SELECT o FROM unnest(c.reloptions) o WHERE o LIKE 'autovacuum%' ORDER BY o)
+           AS autovacuum_options
+FROM pg_stat_user_tables s
+JOIN pg_class c ON c.oid = s.relid
+WHERE s.relname = ANY(${hot_tables}::text[])
 ORDER BY 1, 2
 """
 TABLES_SQL = _TABLES.format(hot_tables=1)
 
 # Every database the role may size (pg_monitor may size them all; a database it cannot
-# connect to is left out rather than failing the poll).
+# connect to is left out rather than failing the poll), with its deadlocks: pg_stat_database
+# counts them per database since the statistics were reset.
 DATABASES_SQL = """
-SELECT datname, pg_database_size(oid) AS bytes
-FROM pg_database
-WHERE datallowconn AND NOT datistemplate
-  AND (has_database_privilege(oid, 'CONNECT')
+SELECT d.datname, pg_database_size(d.oid) AS bytes, coalesce(s.deadlocks, 0) AS deadlocks
+FROM pg_database d
+LEFT JOIN pg_stat_database s ON s.datid = d.oid
+WHERE d.datallowconn AND NOT d.datistemplate
+  AND (has_database_privilege(d.oid, 'CONNECT')
        OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'))
 ORDER BY 1
+"""
+
+# Invalid indexes of this database: what a failed CREATE INDEX CONCURRENTLY (Prefect 3.9's
+# migrations build indexes so) or REINDEX CONCURRENTLY leaves behind. A concurrent build in
+# progress is invalid too until it ends: the indexes being built (pg_stat_progress_create_index,
+# visible to pg_monitor for every role) are left out. The catalogs need no privilege. Names are
+# listed for the first MAX_INVALID_INDEXES, all are counted.
+MAX_INVALID_INDEXES = 20
+_INVALID_INDEXES = """
+SELECT n.nspname AS "schema", c.relname AS name, t.relname AS "table",
+       i.indisunique AS "unique", pg_get_indexdef(i.indexrelid) AS definition
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid
+  AND i.indexrelid NOT IN (SELECT index_relid FROM pg_stat_progress_create_index
+                           WHERE datid = (SELECT oid FROM pg_database
+                                          WHERE datname = current_database()))
+ORDER BY 1, 2
+"""
+INVALID_INDEXES_SQL = _INVALID_INDEXES + f"LIMIT {MAX_INVALID_INDEXES}"
+
+# Index builds running in this database: the share done is the current phase's blocks (the
+# table scan) or tuples (sorting, loading, validating) done over its total, where it has one.
+INDEX_BUILDS_SQL = """
+SELECT p.pid, coalesce(n.nspname, '') AS "schema", coalesce(t.relname, '') AS "table",
+       coalesce(c.relname, '') AS name, p.command, p.phase,
+       CASE WHEN p.blocks_total > 0 THEN p.blocks_done::float8 / p.blocks_total
+            WHEN p.tuples_total > 0 THEN p.tuples_done::float8 / p.tuples_total
+       END AS done_ratio
+FROM pg_stat_progress_create_index p
+LEFT JOIN pg_class t ON t.oid = p.relid
+LEFT JOIN pg_namespace n ON n.oid = t.relnamespace
+LEFT JOIN pg_class c ON c.oid = p.index_relid
+WHERE p.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY p.pid
 """
 
 
@@ -271,7 +320,12 @@ CONTEXT_SQL = f"""
 SELECT (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text AS settings,
        (SELECT coalesce(json_agg(t), '[]') FROM ({_TABLES.format(hot_tables=2)}) t)::text AS tables,
        (SELECT coalesce(json_agg(d), '[]') FROM ({DATABASES_SQL}) d)::text AS databases,
-       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read_all_stats
+       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read_all_stats,
+       current_database() AS database,
+       (SELECT coalesce(json_agg(i), '[]') FROM ({INVALID_INDEXES_SQL}) i)::text
+           AS invalid_indexes,
+       (SELECT count(*) FROM ({_INVALID_INDEXES}) i) AS invalid_index_count,
+       (SELECT coalesce(json_agg(b), '[]') FROM ({INDEX_BUILDS_SQL}) b)::text AS index_builds
 """
 
 
@@ -281,14 +335,26 @@ class Context(NamedTuple):
     tables: tuple[TableStats, ...]
     databases: tuple[DatabaseSize, ...]
     can_read_all_stats: bool
+    database: str
+    invalid_indexes: tuple[InvalidIndex, ...]
+    invalid_index_count: int
+    index_builds: tuple[IndexBuild, ...]
+
+
+def _table(row: dict[str, Any]) -> TableStats:
+    return TableStats(**{**row, "autovacuum_options": tuple(row["autovacuum_options"])})
 
 
 def _context(row: asyncpg.Record) -> Context:
     raw, timeouts = _settings(json.loads(row["settings"]))
     return Context(raw, timeouts,
-                   tuple(TableStats(**t) for t in json.loads(row["tables"])),
+                   tuple(map(_table, json.loads(row["tables"]))),
                    tuple(DatabaseSize(**d) for d in json.loads(row["databases"])),
-                   bool(row["can_read_all_stats"]))
+                   bool(row["can_read_all_stats"]),
+                   row["database"],
+                   tuple(InvalidIndex(**i) for i in json.loads(row["invalid_indexes"])),
+                   row["invalid_index_count"],
+                   tuple(IndexBuild(**b) for b in json.loads(row["index_builds"])))
 
 
 # ----------------------------------------------------------------------------------------
@@ -402,6 +468,10 @@ class PostgresSource:
             growth_bytes_per_second=self._growth.update(
                 taken_at, {d.datname: d.bytes for d in context.databases}),
             involved=involved,
+            database=context.database,
+            invalid_indexes=context.invalid_indexes,
+            invalid_index_count=context.invalid_index_count,
+            index_builds=context.index_builds,
         )
 
     async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],

@@ -169,6 +169,31 @@ CASES: list[Case] = [
      {f'postgres_table_dead_tuples{{{DB},schema="public",table="log"}}': "200000x150",
       f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "10000000x150"},
      "2h", []),
+    ("PostgresHotTableStaleStatistics",
+     {f'postgres_table_modified_since_analyze_rows{{{DB},schema="public",table="log"}}':
+      "30000x150",
+      f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "30000x150"},
+     "2h", [{"target": "db", "schema": "public", "table": "log"}]),
+    ("PostgresHotTableStaleStatistics",  # 50,000 of 10 million changed: autovacuum's to do
+     {f'postgres_table_modified_since_analyze_rows{{{DB},schema="public",table="log"}}':
+      "50000x150",
+      f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "10000000x150"},
+     "2h", []),
+    ("PostgresHotTableStaleStatistics",  # analyzed within the hour: quiet
+     {f'postgres_table_modified_since_analyze_rows{{{DB},schema="public",table="log"}}':
+      "30000x40 0x110",
+      f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "30000x150"},
+     "2h", []),
+    ("PostgresInvalidIndex", {f"postgres_invalid_indexes{{{DB}}}": "1x30"},
+     "20m", [{"target": "db"}]),
+    ("PostgresInvalidIndex", {f"postgres_invalid_indexes{{{DB}}}": "0x30"}, "20m", []),
+    ("PostgresDeadlocks",
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "0x10 1x20"},
+     "15m", [{"target": "db", "datname": "prefect"}]),
+    ("PostgresDeadlocks",  # old deadlocks, none for the last 15 minutes: quiet
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "7x40"}, "30m", []),
+    ("PostgresDeadlocks",  # the statistics reset (or a restart): not a deadlock
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "7x10 0x20"}, "15m", []),
 ]
 
 
