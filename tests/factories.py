@@ -17,7 +17,9 @@ from exporter.postgres.snapshot import (
     PostgresSnapshot,
     Relation,
     Session,
+    StatementStats,
     TableStats,
+    TopStatements,
 )
 from exporter.prefect.snapshot import (
     ConcurrencyLimit,
@@ -224,7 +226,12 @@ def rich_postgres(taken_at: float, target: str = "db") -> PostgresSnapshot:
         invalid_index_count=1,
         index_builds=(IndexBuild(4800, "public", "task_run", "ix_task_run__state_type_start_time",
                                  "CREATE INDEX CONCURRENTLY", "building index: scanning table",
-                                 0.25),))
+                                 0.25),),
+        top_statements=TopStatements(taken_at - 30, "read", (
+            StatementStats(-4011, 120, 95.5, 120, "SELECT count(*) FROM flow_run WHERE "
+                           "flow_run.state_type = ANY ($1::state_type[])"),
+            StatementStats(8102, 4000, 3.25, 4000, "INSERT INTO log (id, name) VALUES ($1, $2)"),
+        )))
 
 
 def rich_pgbouncer(taken_at: float, target: str = "pgb") -> PgBouncerSnapshot:

@@ -306,6 +306,28 @@ def deadlocks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
             "updating the same rows; see the runbook PostgresDeadlocks.")
 
 
+def statements_unavailable(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """The slowest statements need pg_stat_statements in the watched database."""
+    top = pg.top_statements
+    if top is None or top.status == "read":
+        return
+    steps = {
+        "not installed": "shared_preload_libraries = 'pg_stat_statements' in postgresql.conf "
+                         "(a restart), then, in the Prefect database, CREATE EXTENSION "
+                         "pg_stat_statements; (pg_monitor can read it).",
+        "not loaded": "The extension exists but the library is not loaded: add "
+                      "pg_stat_statements to shared_preload_libraries and restart PostgreSQL.",
+    }
+    yield Finding(
+        "pg_stat_statements_unavailable", "info", pg.target,
+        f"the slowest statements of {pg.database} cannot be shown: pg_stat_statements is "
+        f"{top.status}",
+        ("without it, slow Prefect API calls (asyncpg TimeoutError, /flow_runs/filter) cannot "
+         "be traced to the statements behind them",),
+        steps.get(top.status, "Give the exporter's role pg_monitor and a statement_timeout "
+                              "the read fits in, or turn it off with --top-statements 0."))
+
+
 def database_growing(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """A database over its size budget, or on course to pass it within the warning window at
     the growth the exporter has seen (the alert: predict_linear over 6 h). Growth needs a
@@ -355,7 +377,7 @@ def blind_spots(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 
 CHECKS = (blocking_tree, stalled_clients, long_transactions, duplicated_services, safety_nets,
           hot_tables, stale_statistics, invalid_indexes, index_builds, deadlocks,
-          database_growing, blind_spots, connection_budget)
+          statements_unavailable, database_growing, blind_spots, connection_budget)
 
 
 def postgres_checks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:

@@ -12,7 +12,12 @@ from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean, keep_top
 from exporter.metricspec import MetricOptions, MetricSpec, spec
-from exporter.postgres.snapshot import ActivityGroup, PostgresSnapshot, TableStats
+from exporter.postgres.snapshot import (
+    ActivityGroup,
+    PostgresSnapshot,
+    StatementStats,
+    TableStats,
+)
 
 TRANSACTION_STATES = ("active", "idle in transaction", "idle in transaction (aborted)")
 
@@ -117,6 +122,15 @@ INDEX_BUILDS = _pg(
 DEADLOCKS = spec("postgres_deadlocks_total", "counter", "postgres", "target datname",
                  "Deadlocks detected in each database (pg_stat_database.deadlocks) since the "
                  "statistics were reset. Databases beyond the top N by size fold into 'other'.")
+_STATEMENT = ("of one of the top N statements of the watched database by total execution time "
+              "(pg_stat_statements, summed over roles; read at most once a minute; "
+              "--top-statements). The statement itself is on /statements, masked, never a label.")
+STATEMENT_SECONDS = spec("postgres_statement_seconds_total", "counter", "postgres",
+                         "target queryid", "Total execution time " + _STATEMENT)
+STATEMENT_CALLS = spec("postgres_statement_calls_total", "counter", "postgres",
+                       "target queryid", "Calls " + _STATEMENT)
+STATEMENT_ROWS = spec("postgres_statement_rows_total", "counter", "postgres", "target queryid",
+                      "Rows returned or affected " + _STATEMENT)
 DATABASE_SIZE = _pg("postgres_database_size_bytes", "target datname",
                     "Size of each database on disk (pg_database_size). Databases beyond the "
                     "top N by size fold into 'other'.")
@@ -128,7 +142,7 @@ SPECS: tuple[MetricSpec, ...] = (
     LISTEN_SESSIONS, SETTING_SECONDS,
     TABLE_LIVE, TABLE_DEAD, TABLE_LAST_VACUUM, TABLE_LAST_AUTOVACUUM, TABLE_SIZE, TABLE_INSERTED,
     TABLE_DELETED, TABLE_MODIFIED_SINCE_ANALYZE, TABLE_LAST_ANALYZE, DATABASE_SIZE, DEADLOCKS,
-    INVALID_INDEXES, INDEX_BUILDS)
+    INVALID_INDEXES, INDEX_BUILDS, STATEMENT_SECONDS, STATEMENT_CALLS, STATEMENT_ROWS)
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,7 @@ def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterato
     yield from _tables(snap, target)
     yield from _databases(snap, target, top_n)
     yield from _indexes(snap, target)
+    yield from _statements(snap, target)
 
 
 def _server_info(snap: PostgresSnapshot, target: str) -> Metric:
@@ -337,3 +352,19 @@ def _indexes(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
         builds.add_metric([target, clean(b.schema), clean(b.table), clean(b.name), b.command,
                            b.phase], -1.0 if b.done_ratio is None else b.done_ratio)
     yield builds
+
+
+STATEMENT_COLUMNS: tuple[tuple[MetricSpec, Callable[[StatementStats], float]], ...] = (
+    (STATEMENT_SECONDS, lambda s: s.seconds),
+    (STATEMENT_CALLS, lambda s: s.calls),
+    (STATEMENT_ROWS, lambda s: s.rows),
+)
+
+
+def _statements(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
+    top = snap.top_statements.statements if snap.top_statements else ()
+    for metric_spec, value_of in STATEMENT_COLUMNS:
+        metric = metric_spec.family()
+        for statement in top:  # at most --top-statements
+            metric.add_metric([target, str(statement.queryid)], value_of(statement))
+        yield metric

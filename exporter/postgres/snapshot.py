@@ -123,6 +123,27 @@ class IndexBuild(NamedTuple):
     done_ratio: float | None  # the phase's blocks or tuples done / total, None when unknown
 
 
+class StatementStats(NamedTuple):
+    """One statement of pg_stat_statements in the watched database, summed over the roles that
+    ran it (its rows are per role, database, queryid and nesting level)."""
+
+    queryid: int
+    calls: int
+    seconds: float  # total execution time
+    rows: int
+    fingerprint: str  # every literal masked (exporter/incidents/fingerprint.py); '' if unknown
+
+
+@dataclass(frozen=True)
+class TopStatements:
+    """The statements with the most execution time, read at most once a minute
+    (exporter/postgres/statements.py)."""
+
+    checked_at: float  # unix time of the read
+    status: str  # "read", or why not: "not installed", "not loaded", "unreadable (SQLSTATE)"
+    statements: tuple[StatementStats, ...] = ()  # most total time first
+
+
 @dataclass(frozen=True)
 class PostgresSnapshot:
     taken_at: float
@@ -146,3 +167,4 @@ class PostgresSnapshot:
     invalid_indexes: tuple[InvalidIndex, ...] = ()  # the first MAX_INVALID_INDEXES by name
     invalid_index_count: int = 0  # all of them
     index_builds: tuple[IndexBuild, ...] = ()
+    top_statements: TopStatements | None = None  # None: not asked for (--no-statements)

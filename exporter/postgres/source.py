@@ -35,6 +35,7 @@ from exporter.postgres.snapshot import (
     Session,
     TableStats,
 )
+from exporter.postgres.statements import EXTENSION_SQL, StatementsReader
 from exporter.source import ErrorMap, SourceError, translated
 from exporter.thresholds import thresholds as all_thresholds
 
@@ -325,7 +326,8 @@ SELECT (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text AS set
        (SELECT coalesce(json_agg(i), '[]') FROM ({INVALID_INDEXES_SQL}) i)::text
            AS invalid_indexes,
        (SELECT count(*) FROM ({_INVALID_INDEXES}) i) AS invalid_index_count,
-       (SELECT coalesce(json_agg(b), '[]') FROM ({INDEX_BUILDS_SQL}) b)::text AS index_builds
+       (SELECT coalesce(json_agg(b), '[]') FROM ({INDEX_BUILDS_SQL}) b)::text AS index_builds,
+       ({EXTENSION_SQL})::text AS statements_extension
 """
 
 
@@ -339,6 +341,7 @@ class Context(NamedTuple):
     invalid_indexes: tuple[InvalidIndex, ...]
     invalid_index_count: int
     index_builds: tuple[IndexBuild, ...]
+    statements_extension: dict[str, str] | None  # pg_stat_statements' version and schema
 
 
 def _table(row: dict[str, Any]) -> TableStats:
@@ -354,7 +357,8 @@ def _context(row: asyncpg.Record) -> Context:
                    row["database"],
                    tuple(InvalidIndex(**i) for i in json.loads(row["invalid_indexes"])),
                    row["invalid_index_count"],
-                   tuple(IndexBuild(**b) for b in json.loads(row["index_builds"])))
+                   tuple(IndexBuild(**b) for b in json.loads(row["index_builds"])),
+                   json.loads(row["statements_extension"] or "null"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -389,7 +393,7 @@ class PostgresSource:
 
     def __init__(self, target: Target, *, statement_timeout_ms: int, connect_timeout: float,
                  top_transactions: int, hot_tables: Sequence[str], statements: bool = True,
-                 thresholds: Mapping[str, float] | None = None) -> None:
+                 thresholds: Mapping[str, float] | None = None, top_statements: int = 0) -> None:
         self.target = target.name
         self._target = target
         self._statement_timeout_ms = statement_timeout_ms
@@ -400,6 +404,9 @@ class PostgresSource:
         self._lenient = False
         self._growth = GrowthTracker()
         self._statements = statements  # False: no query text is read (--no-statements)
+        # pg_stat_statements' top N, read at most once a minute (none with --no-statements)
+        self._top_statements = (StatementsReader(top_statements)
+                                if statements and top_statements > 0 else None)
         self._thresholds = all_thresholds(thresholds)
 
     async def poll(self) -> PostgresSnapshot:
@@ -446,6 +453,9 @@ class PostgresSource:
         activity, oldest, blocked = _activity(await conn.fetch(ACTIVITY_SQL,
                                                                self._top_transactions))
         involved = await self._involved(conn, activity, blocked)
+        top_statements = (await self._top_statements.read(conn, context.statements_extension,
+                                                          time.time())
+                          if self._top_statements else None)
         blocker_pids = {pid for b in blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
         taken_at = time.time()
@@ -472,6 +482,7 @@ class PostgresSource:
             invalid_indexes=context.invalid_indexes,
             invalid_index_count=context.invalid_index_count,
             index_builds=context.index_builds,
+            top_statements=top_statements,
         )
 
     async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],

@@ -12,11 +12,15 @@ import sys
 from collections.abc import AsyncIterator
 
 import asyncpg
+import httpx
 import pytest
+from structlog.testing import capture_logs
 
+from exporter.dsn import parse_target
+from exporter.postgres.source import PostgresSource
 from lab.common import LabError
-from lab.postgres import LabPostgres
-from tests.helpers import StartExporter, wait_for, wait_for_value
+from lab.postgres import MONITOR_ROLE, LabPostgres
+from tests.helpers import StartExporter, scrape, wait_for, wait_for_value
 
 pytestmark = pytest.mark.lab
 
@@ -150,3 +154,121 @@ async def test_a_deadlock_between_two_sessions_is_counted(
     assert found["severity"] == "info"
     assert found["title"] == f"{int(before) + 1} deadlock(s) in prefect since its statistics " \
                              "were reset"
+
+
+async def get(port: int, path: str) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+    response.raise_for_status()
+    return response
+
+
+SECRET = "lab-statement-secret-4711"
+
+
+async def test_a_repeated_scan_is_first_at_statements_and_a_password_nowhere(
+        own_postgres: LabPostgres, app: asyncpg.Connection, start_exporter: StartExporter,
+        ) -> None:
+    pg = own_postgres
+    await app.execute("CREATE TABLE scratch.events (id int, payload text);"
+                      "INSERT INTO scratch.events SELECT i, md5(i::text) "
+                      "FROM generate_series(1, 200000) i;"
+                      "CREATE ROLE statement_victim LOGIN")
+    for _ in range(20):  # a sequential scan, again and again: the slowest statement by far
+        await app.fetchval("SELECT count(*) FROM scratch.events WHERE payload LIKE $1", "%ab%")
+    # a utility statement: pg_stat_statements keeps its literal as it was sent
+    await app.execute(f"ALTER ROLE statement_victim PASSWORD '{SECRET}'")
+    assert await app.fetchval("SELECT count(*) FROM pg_stat_statements WHERE query LIKE $1",
+                              f"%{SECRET}%") == 1
+    with capture_logs() as logs:
+        exporter = await start_exporter(postgres_dsn=pg.monitor_dsn(), top_statements="500")
+        port = exporter.port
+        s = await wait_for(port, lambda s: bool(s.labelsets("postgres_statement_seconds_total")),
+                           "statements exported", timeout=30)
+        body = (await get(port, "/statements")).json()
+        [target] = body["targets"]
+        assert (target["database"], target["status"]) == ("prefect", "read")
+        first = target["statements"][0]
+        assert first["fingerprint"] == "SELECT count(*) FROM scratch.events WHERE payload LIKE $1"
+        assert first["calls"] == 20 and first["rows"] == 20
+        assert first["mean_seconds"] == pytest.approx(first["total_seconds"] / 20, rel=1e-3)
+        assert s.value("postgres_statement_seconds_total", queryid=first["queryid"]) == \
+            pytest.approx(first["total_seconds"], rel=1e-3)
+        assert s.value("postgres_statement_calls_total", queryid=first["queryid"]) == 20
+        # ranked by total time: the scan's first, every other statement after it
+        totals = [st["total_seconds"] for st in target["statements"]]
+        assert totals == sorted(totals, reverse=True)
+        masked = [st["fingerprint"] for st in target["statements"]
+                  if st["fingerprint"].startswith("ALTER ROLE")]
+        assert masked == ["ALTER ROLE statement_victim PASSWORD ?"]
+        landing = (await get(port, "/")).text
+        assert 'href="/statements"' in landing
+        seen = [(await scrape(port)).text, landing, json.dumps(body)]
+    report = await asyncio.to_thread(doctor, pg, "--verbose")
+    assert report["statements"]["targets"][0]["statements"][0]["queryid"] == first["queryid"]
+    text = await asyncio.to_thread(doctor_text, pg, "--verbose")
+    assert "SELECT count(*) FROM scratch.events WHERE payload LIKE $1" in text
+    assert "ALTER ROLE statement_victim PASSWORD ?" in text
+    seen += [json.dumps(logs, default=str), json.dumps(report), text]
+    for where in seen:
+        assert SECRET not in where
+
+
+def doctor_text(pg: LabPostgres, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "doctor", *args], capture_output=True, text=True,
+        timeout=60,
+        env={"PATH": os.environ["PATH"], "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "10",
+             "PREFECT_PG_EXPORTER_POSTGRES_DSN": pg.monitor_dsn(),
+             "PREFECT_PG_EXPORTER_TOP_STATEMENTS": "500"})
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+async def test_without_pg_stat_statements_an_info_finding_says_how(
+        own_postgres: LabPostgres, app: asyncpg.Connection) -> None:
+    await app.execute("DROP EXTENSION pg_stat_statements")
+    report = await asyncio.to_thread(doctor, own_postgres)
+    [found] = findings(report, "pg_stat_statements_unavailable")
+    assert found["severity"] == "info"
+    assert "pg_stat_statements is not installed" in found["title"]
+    assert "CREATE EXTENSION pg_stat_statements" in found["action"]
+    # --no-statements: not read, nothing to say
+    report = await asyncio.to_thread(doctor, own_postgres, "--no-statements")
+    assert findings(report, "pg_stat_statements_unavailable") == []
+
+
+async def test_statements_are_read_once_a_minute_and_a_poll_stays_two_statements(
+        own_postgres: LabPostgres, app: asyncpg.Connection) -> None:
+    """pg_stat_statements counts what the exporter's role runs: per poll, the context and the
+    activity statements; the ranking and the texts once, on the first poll."""
+    source = PostgresSource(parse_target(own_postgres.monitor_dsn(), "test"),
+                            statement_timeout_ms=5000, connect_timeout=5, top_transactions=5,
+                            hot_tables=["log"], top_statements=10)
+    try:
+        first = await source.poll()
+        assert first.top_statements is not None and first.top_statements.status == "read"
+        for _ in range(4):
+            again = await source.poll()
+            assert again.top_statements is first.top_statements  # not read again
+    finally:
+        await source.close()
+    calls = await app.fetch(
+        "SELECT query, sum(calls)::int AS calls FROM pg_stat_statements s "
+        "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1 AND query NOT ILIKE 'SET %' "
+        "GROUP BY query", MONITOR_ROLE)
+    by_kind = {"context": 0, "activity": 0, "top": 0, "texts": 0}
+    others = {}
+    for row in calls:
+        query = row["query"]
+        kind = ("context" if "AS can_read_all_stats" in query else
+                "activity" if "row_kind" in query else
+                "top" if "GROUP BY queryid" in query else
+                "texts" if "DISTINCT ON (queryid)" in query else "")
+        if kind:
+            by_kind[kind] += row["calls"]
+        else:
+            others[query] = row["calls"]
+    assert by_kind == {"context": 5, "activity": 5, "top": 1, "texts": 1}
+    # asyncpg's own, once per connection (type introspection, its settings): not per poll
+    assert max(others.values(), default=0) <= 2, others

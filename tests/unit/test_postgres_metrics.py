@@ -20,6 +20,8 @@ from exporter.postgres.snapshot import (
     IndexBuild,
     PostgresSnapshot,
     Session,
+    StatementStats,
+    TopStatements,
 )
 from tests.factories import NamedSource, group, table
 from tests.factories import pg_snapshot as snapshot
@@ -129,7 +131,8 @@ def test_every_emitted_family_is_catalogued_with_its_labels() -> None:
                     tables=(table("log", 1, 1, 1.0, 1.0),),
                     databases=(DatabaseSize("prefect", 1),),
                     index_builds=(IndexBuild(3, "public", "log", "ix", "CREATE INDEX",
-                                             "initializing", None),))
+                                             "initializing", None),),
+                    top_statements=TopStatements(1.0, "read", (StatementStats(1, 1, 1.0, 1, ""),)))
     state = SourceState(NamedSource("postgres", "t"))
     collector = ExporterCollector([state], MetricOptions(20))
     collector.update([snap], [])
@@ -250,3 +253,19 @@ def test_statistics_indexes_and_deadlocks() -> None:
     quiet = rendered(snapshot())
     assert quiet.value("postgres_invalid_indexes") == 0
     assert quiet.labelsets("postgres_index_build_done_ratio") == []
+
+
+def test_top_statements_by_queryid_only_never_their_text() -> None:
+    top = TopStatements(990.0, "read", (
+        StatementStats(-17, 3, 12.5, 30, "ALTER ROLE x PASSWORD ?"),
+        StatementStats(42, 9, 0.5, 9, "SELECT $1")))
+    s = rendered(snapshot(top_statements=top))
+    assert s.value("postgres_statement_seconds_total", queryid="-17") == 12.5
+    assert s.value("postgres_statement_calls_total", queryid="-17") == 3
+    assert s.value("postgres_statement_rows_total", queryid="42") == 9
+    assert {lab["queryid"] for lab in s.labelsets("postgres_statement_seconds_total")} == \
+        {"-17", "42"}
+    assert "ALTER ROLE" not in s.text and "SELECT $1" not in s.text
+    for off in (None, TopStatements(990.0, "not installed")):
+        assert rendered(snapshot(top_statements=off)).labelsets(
+            "postgres_statement_calls_total") == []
