@@ -198,6 +198,15 @@ POSTGRES = (
     series("Deadlocks per database (15 min)",
            q(f"increase(postgres_deadlocks_total{{{T}}}[15m])", "{{target}} {{datname}}"),
            width=8),
+    series("Slowest statements: execution seconds per second, by queryid",
+           q(f"topk(10, rate(postgres_statement_seconds_total{{{T}}}[5m]))",
+             "{{target}} {{queryid}}"), unit="s",
+           description="pg_stat_statements' top N by total time (read once a minute); the "
+                       "statement of each queryid, masked, is on the exporter's /statements."),
+    series("Slowest statements: mean seconds per call (5 min)",
+           q(f"rate(postgres_statement_seconds_total{{{T}}}[5m]) / "
+             f"rate(postgres_statement_calls_total{{{T}}}[5m])", "{{target}} {{queryid}}"),
+           unit="s"),
     table("Index builds running (share of the phase done)",
           Query(f"postgres_index_build_done_ratio{{{T}}}", instant=True), unit="percentunit",
           width=8),
