@@ -300,6 +300,16 @@ PREFECT = (
            q(f"prefect_events_newest_age_seconds{{{T}}}", "{{target}} newest event age"),
            q(f"prefect_retention_lag_seconds{{{T}}}", "{{target}} {{kind}} cleanup lag"),
            unit="s"),
+    series("Big tables: how far back each goes, and its retention",
+           q(f"prefect_table_oldest_row_age_seconds{{{T}}}", "{{table}} oldest ({{column}})"),
+           q(f"prefect_table_retention_seconds{{{T}}}", "{{table}} retention"),
+           unit="s",
+           description="The oldest row per table (where the exporter's role may read that one "
+                       "column, see the doctor) against the retention Prefect applies to it; "
+                       "a table without a retention line is never cleaned by this release."),
+    series("Big tables: retention backlog",
+           q(f"prefect_pg:prefect_table_retention_lag_seconds{{{T}}}", "{{table}}"), unit="s",
+           description="Past their retention by more than an hour: PrefectTableRetentionBacklog."),
     table("Server settings", Query(f"prefect_server_setting{{{T}}}", instant=True)),
     table("Server version", Query(f"prefect_server_info{{{T}}}", instant=True), width=12),
 )

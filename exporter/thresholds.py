@@ -53,6 +53,9 @@ THRESHOLDS: dict[str, Threshold] = {
            "more than"),
     "retention_lag_warning_seconds": Threshold(
         3600, "the oldest event (or flow run) past its retention period, by more than"),
+    "unretained_rows_warning_seconds": Threshold(
+        30 * 86400, "rows of a big Prefect table no retention deletes (log, flow_run, ... "
+                    "without db_vacuum's flow_runs): older than"),
     "event_pipeline_stall_seconds": Threshold(
         600, "no new event for this long while flow runs keep starting"),
     "api_ready_warning_seconds": Threshold(

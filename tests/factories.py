@@ -14,6 +14,7 @@ from exporter.postgres.snapshot import (
     IndexBuild,
     InvalidIndex,
     Involved,
+    OldestRow,
     PostgresSnapshot,
     Relation,
     Session,
@@ -80,6 +81,11 @@ def table(name: str, live: int, dead: int, last_vacuum: float | None = None,
     return TableStats(schema, name, live, dead, last_vacuum, last_autovacuum, total_bytes,
                       inserted, deleted, modified_since_analyze, last_analyze,
                       autovacuum_options)
+
+
+def oldest(table_name: str, column: str, age: float | None) -> OldestRow:
+    """A table's oldest row, `age` seconds old; None: the column is not readable."""
+    return OldestRow("public", table_name, column, age is not None, age)
 
 
 def invalid_index(name: str, table_name: str = "log", unique: bool = False) -> InvalidIndex:
@@ -171,7 +177,8 @@ def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
         scheduling=Scheduling(**scheduling), services=services(), events=events(taken_at),
         retention=retention(taken_at), runs=runs(), outcomes=outcomes(),
         limits=limits(ConcurrencyLimit("etl", 5, 1, True, None, None)),
-        readiness=Readiness(deployments=4, in_a_queue=3, in_unpolled_queues=0))
+        readiness=Readiness(deployments=4, in_a_queue=3, in_unpolled_queues=0),
+        vacuum_kinds=frozenset({"events"}))  # 3.8.8's default db_vacuum
     base.update(kw)
     return PrefectSnapshot(**base)
 
@@ -231,7 +238,10 @@ def rich_postgres(taken_at: float, target: str = "db") -> PostgresSnapshot:
             StatementStats(-4011, 120, 95.5, 120, "SELECT count(*) FROM flow_run WHERE "
                            "flow_run.state_type = ANY ($1::state_type[])"),
             StatementStats(8102, 4000, 3.25, 4000, "INSERT INTO log (id, name) VALUES ($1, $2)"),
-        )))
+        )),
+        role="prefect_exporter",
+        oldest_rows=(oldest("events", "occurred", 8 * 86400),
+                     oldest("log", "timestamp", 40 * 86400), oldest("artifact", "updated", None)))
 
 
 def rich_pgbouncer(taken_at: float, target: str = "pgb") -> PgBouncerSnapshot:

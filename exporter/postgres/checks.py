@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from exporter.finding import Context, Finding, age
 from exporter.postgres.snapshot import InvalidIndex, PostgresSnapshot, Session
+from exporter.prefect.retention import how_to_clean, retention_of
 from exporter.prefect.snapshot import PrefectSnapshot
 
 SERVICES_CHANNEL = "prefect_automation_changes"
@@ -328,6 +329,54 @@ def statements_unavailable(pg: PostgresSnapshot, ctx: Context) -> Iterator[Findi
                               "the read fits in, or turn it off with --top-statements 0."))
 
 
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:.1f} days" if seconds >= 2 * 86400 else age(seconds)
+
+
+def retention_backlog(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Big Prefect tables holding rows older than the retention that should have deleted them,
+    or old rows that no retention of this Prefect release deletes at all. The retention comes
+    from the Prefect target's settings and release (exporter/prefect/retention.py)."""
+    t = ctx.thresholds
+    prefect = next(iter(ctx.of(PrefectSnapshot)), None)
+    kept = retention_of(prefect) if prefect else {}
+    release = f"Prefect {prefect.version}" if prefect and prefect.version else "this Prefect"
+    for r in pg.oldest_rows:
+        if r.age_seconds is None:
+            continue
+        name, keep = f"{r.schema}.{r.table}", kept.get(r.table)
+        evidence = f"min({r.column}) is {_days(r.age_seconds)} ago"
+        if keep is not None and r.age_seconds - keep.seconds > t["retention_lag_warning_seconds"]:
+            yield Finding(
+                "table_retention_backlog", "warning", pg.target,
+                f"{name} holds rows {_days(r.age_seconds)} old, "
+                f"{_days(r.age_seconds - keep.seconds)} past their retention",
+                (evidence, f"{keep.by} should delete them after {_days(keep.seconds)}"),
+                how_to_clean(r.table, prefect, r.column))
+        elif keep is None and r.age_seconds > t["unretained_rows_warning_seconds"]:
+            why = (f"no retention of {release} deletes {r.table} rows" if prefect else
+                   "no Prefect API target is configured: its retention settings are unknown")
+            yield Finding(
+                "table_unretained_rows", "warning", pg.target,
+                f"{name} holds rows {_days(r.age_seconds)} old that nothing deletes",
+                (evidence, why),
+                how_to_clean(r.table, prefect, r.column))
+
+
+def oldest_rows_unreadable(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    hidden = [r for r in pg.oldest_rows if not r.readable]
+    if not hidden:
+        return
+    yield Finding(
+        "oldest_rows_unreadable", "info", pg.target,
+        f"the retention backlog of {len(hidden)} Prefect table(s) is not read",
+        ("pg_monitor cannot read Prefect's rows: how far back "
+         + ", ".join(r.table for r in hidden) + " go is unknown",),
+        "Opt in, one timestamp column per table and nothing else (min() over an index, once a "
+        "minute): " + " ".join(f'GRANT SELECT ("{r.column}") ON {r.schema}.{r.table} TO '
+                               f"{pg.role or '<the exporter role>'};" for r in hidden))
+
+
 def database_growing(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """A database over its size budget, or on course to pass it within the warning window at
     the growth the exporter has seen (the alert: predict_linear over 6 h). Growth needs a
@@ -377,7 +426,8 @@ def blind_spots(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 
 CHECKS = (blocking_tree, stalled_clients, long_transactions, duplicated_services, safety_nets,
           hot_tables, stale_statistics, invalid_indexes, index_builds, deadlocks,
-          statements_unavailable, database_growing, blind_spots, connection_budget)
+          statements_unavailable, retention_backlog, oldest_rows_unreadable, database_growing,
+          blind_spots, connection_budget)
 
 
 def postgres_checks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:

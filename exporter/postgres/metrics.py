@@ -131,6 +131,13 @@ STATEMENT_CALLS = spec("postgres_statement_calls_total", "counter", "postgres",
                        "target queryid", "Calls " + _STATEMENT)
 STATEMENT_ROWS = spec("postgres_statement_rows_total", "counter", "postgres", "target queryid",
                       "Rows returned or affected " + _STATEMENT)
+OLDEST_ROW_AGE = _pg(
+    "prefect_table_oldest_row_age_seconds", "target schema table column",
+    "How far back a big Prefect table goes: now - min(column) over an indexed timestamp "
+    "(flow_run, task_run: end_time; log: timestamp; artifact, event_resources: updated; "
+    "events: occurred). Only where the exporter's role was granted SELECT on that column "
+    "(pg_monitor cannot read Prefect's rows); read at most once a minute. Against "
+    "prefect_table_retention_seconds: the retention backlog.")
 DATABASE_SIZE = _pg("postgres_database_size_bytes", "target datname",
                     "Size of each database on disk (pg_database_size). Databases beyond the "
                     "top N by size fold into 'other'.")
@@ -142,7 +149,8 @@ SPECS: tuple[MetricSpec, ...] = (
     LISTEN_SESSIONS, SETTING_SECONDS,
     TABLE_LIVE, TABLE_DEAD, TABLE_LAST_VACUUM, TABLE_LAST_AUTOVACUUM, TABLE_SIZE, TABLE_INSERTED,
     TABLE_DELETED, TABLE_MODIFIED_SINCE_ANALYZE, TABLE_LAST_ANALYZE, DATABASE_SIZE, DEADLOCKS,
-    INVALID_INDEXES, INDEX_BUILDS, STATEMENT_SECONDS, STATEMENT_CALLS, STATEMENT_ROWS)
+    INVALID_INDEXES, INDEX_BUILDS, STATEMENT_SECONDS, STATEMENT_CALLS, STATEMENT_ROWS,
+    OLDEST_ROW_AGE)
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,7 @@ def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterato
     yield from _databases(snap, target, top_n)
     yield from _indexes(snap, target)
     yield from _statements(snap, target)
+    yield _oldest_rows(snap, target)
 
 
 def _server_info(snap: PostgresSnapshot, target: str) -> Metric:
@@ -368,3 +377,11 @@ def _statements(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
         for statement in top:  # at most --top-statements
             metric.add_metric([target, str(statement.queryid)], value_of(statement))
         yield metric
+
+
+def _oldest_rows(snap: PostgresSnapshot, target: str) -> Metric:
+    metric = OLDEST_ROW_AGE.family()
+    for r in snap.oldest_rows:  # six tables at most
+        if r.age_seconds is not None:
+            metric.add_metric([target, clean(r.schema), r.table, r.column], r.age_seconds)
+    return metric

@@ -123,6 +123,18 @@ class IndexBuild(NamedTuple):
     done_ratio: float | None  # the phase's blocks or tuples done / total, None when unknown
 
 
+class OldestRow(NamedTuple):
+    """How far back a Prefect table goes: min() of one indexed timestamp column
+    (exporter/postgres/oldest.py). Prefect's tables are not pg_monitor's to read: only where
+    the exporter's role was granted SELECT on that one column."""
+
+    schema: str
+    table: str
+    column: str
+    readable: bool  # the exporter's role may SELECT the column
+    age_seconds: float | None = None  # now - min(column); None: not readable, or empty
+
+
 class StatementStats(NamedTuple):
     """One statement of pg_stat_statements in the watched database, summed over the roles that
     ran it (its rows are per role, database, queryid and nesting level)."""
@@ -168,3 +180,5 @@ class PostgresSnapshot:
     invalid_index_count: int = 0  # all of them
     index_builds: tuple[IndexBuild, ...] = ()
     top_statements: TopStatements | None = None  # None: not asked for (--no-statements)
+    role: str = ""  # the exporter's own role (current_user): whom a GRANT names
+    oldest_rows: tuple[OldestRow, ...] = ()  # the Prefect tables present, read once a minute

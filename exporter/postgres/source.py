@@ -24,6 +24,8 @@ from exporter.postgres.involved import (
     stalls_past_thresholds,
     waited_on,
 )
+from exporter.postgres.oldest import COLUMNS_SQL as OLDEST_COLUMNS_SQL
+from exporter.postgres.oldest import OldestRowsReader
 from exporter.postgres.snapshot import (
     ActivityGroup,
     BlockedSession,
@@ -31,6 +33,7 @@ from exporter.postgres.snapshot import (
     IndexBuild,
     InvalidIndex,
     Involved,
+    OldestRow,
     PostgresSnapshot,
     Session,
     TableStats,
@@ -327,7 +330,9 @@ SELECT (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text AS set
            AS invalid_indexes,
        (SELECT count(*) FROM ({_INVALID_INDEXES}) i) AS invalid_index_count,
        (SELECT coalesce(json_agg(b), '[]') FROM ({INDEX_BUILDS_SQL}) b)::text AS index_builds,
-       ({EXTENSION_SQL})::text AS statements_extension
+       ({EXTENSION_SQL})::text AS statements_extension,
+       current_user AS role,
+       (SELECT coalesce(json_agg(o), '[]') FROM ({OLDEST_COLUMNS_SQL}) o)::text AS oldest_columns
 """
 
 
@@ -342,6 +347,8 @@ class Context(NamedTuple):
     invalid_index_count: int
     index_builds: tuple[IndexBuild, ...]
     statements_extension: dict[str, str] | None  # pg_stat_statements' version and schema
+    role: str
+    oldest_columns: tuple[OldestRow, ...]  # without their ages
 
 
 def _table(row: dict[str, Any]) -> TableStats:
@@ -358,7 +365,9 @@ def _context(row: asyncpg.Record) -> Context:
                    tuple(InvalidIndex(**i) for i in json.loads(row["invalid_indexes"])),
                    row["invalid_index_count"],
                    tuple(IndexBuild(**b) for b in json.loads(row["index_builds"])),
-                   json.loads(row["statements_extension"] or "null"))
+                   json.loads(row["statements_extension"] or "null"),
+                   row["role"],
+                   tuple(OldestRow(**o) for o in json.loads(row["oldest_columns"])))
 
 
 # ----------------------------------------------------------------------------------------
@@ -407,6 +416,7 @@ class PostgresSource:
         # pg_stat_statements' top N, read at most once a minute (none with --no-statements)
         self._top_statements = (StatementsReader(top_statements)
                                 if statements and top_statements > 0 else None)
+        self._oldest = OldestRowsReader()
         self._thresholds = all_thresholds(thresholds)
 
     async def poll(self) -> PostgresSnapshot:
@@ -456,6 +466,7 @@ class PostgresSource:
         top_statements = (await self._top_statements.read(conn, context.statements_extension,
                                                           time.time())
                           if self._top_statements else None)
+        oldest_rows = await self._oldest.read(conn, context.oldest_columns, time.time())
         blocker_pids = {pid for b in blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
         taken_at = time.time()
@@ -483,6 +494,8 @@ class PostgresSource:
             invalid_index_count=context.invalid_index_count,
             index_builds=context.index_builds,
             top_statements=top_statements,
+            role=context.role,
+            oldest_rows=oldest_rows,
         )
 
     async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -17,26 +18,28 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.dsn import parse_target
+from exporter.postgres.oldest import OLDEST_COLUMNS, ages_sql
 from exporter.postgres.source import PostgresSource
 from lab.common import LabError
 from lab.postgres import MONITOR_ROLE, LabPostgres
+from lab.prefect import LabPrefect
 from tests.helpers import StartExporter, scrape, wait_for, wait_for_value
 
 pytestmark = pytest.mark.lab
 
 
-def doctor(pg: LabPostgres, *args: str) -> dict[str, object]:
+def doctor(pg: LabPostgres, *args: str, **env: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "exporter", "doctor", "--format", "json", *args],
         capture_output=True, text=True, timeout=60,
         env={"PATH": os.environ["PATH"], "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "10",
-             "PREFECT_PG_EXPORTER_POSTGRES_DSN": pg.monitor_dsn()})
+             "PREFECT_PG_EXPORTER_POSTGRES_DSN": pg.monitor_dsn(), **env})
     assert done.returncode in (0, 1), done.stdout + done.stderr
-    report: dict[str, object] = json.loads(done.stdout)
+    report: dict[str, Any] = json.loads(done.stdout)
     return report
 
 
-def findings(report: dict[str, object], check: str) -> list[dict[str, str]]:
+def findings(report: dict[str, Any], check: str) -> list[dict[str, Any]]:
     found = report["findings"]
     assert isinstance(found, list)
     return [f for f in found if f["check"] == check]
@@ -89,37 +92,81 @@ async def test_a_failed_unique_index_build_is_counted_and_named_a_running_one_is
     assert "duplicate rows" in found["action"]
 
 
-async def test_rows_inserted_with_autovacuum_off_make_stale_statistics(
+LOG_TABLE = (  # Prefect's log table as its migrations create it (the columns that matter here)
+    'CREATE TABLE public.log (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), '
+    'created timestamptz NOT NULL DEFAULT now(), updated timestamptz NOT NULL DEFAULT now(), '
+    'name varchar NOT NULL, level smallint NOT NULL, flow_run_id uuid, task_run_id uuid, '
+    'message text NOT NULL, "timestamp" timestamptz NOT NULL) '
+    "WITH (autovacuum_enabled = false);"
+    'CREATE INDEX ix_log__timestamp ON public.log ("timestamp");'
+    "CREATE INDEX ix_log__updated ON public.log (updated)")
+
+
+async def insert_old_logs(app: asyncpg.Connection, rows: int = 30_000, days: int = 40) -> None:
+    await app.execute(
+        'INSERT INTO public.log (name, level, message, "timestamp", created, updated) '
+        f"SELECT 'prefect.flow_runs', 20, 'line ' || i, now() - interval '{days} days' "
+        f"+ i * interval '1 ms', now() - interval '{days} days', now() - interval '{days} days' "
+        f"FROM generate_series(1, {rows}) i")
+
+
+async def test_old_log_rows_with_autovacuum_off_stale_statistics_and_their_age(
         own_postgres: LabPostgres, app: asyncpg.Connection,
         start_exporter: StartExporter) -> None:
     """30,000 log rows 40 days old, inserted into a log table autovacuum may not touch."""
     pg = own_postgres
-    await app.execute(
-        'CREATE TABLE scratch.log (id bigserial PRIMARY KEY, "timestamp" timestamptz NOT NULL,'
-        " message text) WITH (autovacuum_enabled = false);"
-        'INSERT INTO scratch.log ("timestamp", message) '
-        "SELECT now() - interval '40 days' + i * interval '1 ms', 'line ' || i "
-        "FROM generate_series(1, 30000) i")
+    await app.execute(LOG_TABLE)
+    await insert_old_logs(app)
     exporter = await start_exporter(postgres_dsn=pg.monitor_dsn())
     s = await wait_for(exporter.port, lambda s: (s.find(
-        "postgres_table_modified_since_analyze_rows", schema="scratch", table="log") or 0)
+        "postgres_table_modified_since_analyze_rows", schema="public", table="log") or 0)
         >= 30_000, "30,000 rows modified since analyze", timeout=30)
-    assert s.value("postgres_table_last_analyze_timestamp_seconds", schema="scratch",
+    assert s.value("postgres_table_last_analyze_timestamp_seconds", schema="public",
                    table="log") == 0
+    # pg_monitor cannot read Prefect's rows: no age, and the doctor says what to grant
+    assert s.labelsets("prefect_table_oldest_row_age_seconds") == []
     report = await asyncio.to_thread(doctor, pg)
     [found] = findings(report, "stale_statistics")
-    assert found["title"].startswith("scratch.log: 30000 rows changed since its last ANALYZE")
-    assert "ANALYZE scratch.log;" in found["action"]
-    assert "ALTER TABLE scratch.log RESET (autovacuum_enabled)" in found["action"]
+    assert found["title"].startswith("public.log: 30000 rows changed since its last ANALYZE")
+    assert "ANALYZE public.log;" in found["action"]
+    assert "ALTER TABLE public.log RESET (autovacuum_enabled)" in found["action"]
     assert "autovacuum_enabled=false" in " ".join(found["evidence"])
-    # analyzed: the counter drops to 0 and the time of the analyze shows
-    await app.execute("ANALYZE scratch.log")
+    [grant] = findings(report, "oldest_rows_unreadable")
+    assert grant["action"].endswith(f'GRANT SELECT ("timestamp") ON public.log TO {MONITOR_ROLE};')
+    # opted in, one column: the oldest log row's age shows, and the doctor says it is old
+    await app.execute(f'GRANT SELECT ("timestamp") ON public.log TO {MONITOR_ROLE}')
     s = await wait_for(exporter.port, lambda s: s.find(
-        "postgres_table_modified_since_analyze_rows", schema="scratch", table="log") == 0,
+        "prefect_table_oldest_row_age_seconds", table="log", column="timestamp") is not None,
+        "the oldest log row's age", timeout=90)  # read once a minute: the next read
+    age = s.value("prefect_table_oldest_row_age_seconds", table="log")
+    assert 40 * 86400 - 60 < age < 40 * 86400 + 120
+    report = await asyncio.to_thread(doctor, pg)
+    [old] = findings(report, "table_unretained_rows")
+    assert old["title"] == "public.log holds rows 40.0 days old that nothing deletes"
+    assert findings(report, "oldest_rows_unreadable") == []
+    # analyzed: the counter drops to 0 and the time of the analyze shows
+    await app.execute("ANALYZE public.log")
+    s = await wait_for(exporter.port, lambda s: s.find(
+        "postgres_table_modified_since_analyze_rows", schema="public", table="log") == 0,
         "statistics fresh after ANALYZE", timeout=30)
-    assert s.value("postgres_table_last_analyze_timestamp_seconds", schema="scratch",
+    assert s.value("postgres_table_last_analyze_timestamp_seconds", schema="public",
                    table="log") > 0
     assert findings(await asyncio.to_thread(doctor, pg), "stale_statistics") == []
+
+
+async def test_the_doctor_says_how_to_clean_old_logs_for_the_prefect_release(
+        own_postgres: LabPostgres, app: asyncpg.Connection, prefect: LabPrefect) -> None:
+    """The real Prefect 3.8.8 of the lab: db_vacuum deletes events only by default, so old log
+    rows stay; the doctor reads that from the server's settings and says what to turn on."""
+    await app.execute(LOG_TABLE)
+    await insert_old_logs(app, rows=1000)
+    await app.execute(f'GRANT SELECT ("timestamp") ON public.log TO {MONITOR_ROLE}')
+    report = await asyncio.to_thread(doctor, own_postgres,
+                                     PREFECT_PG_EXPORTER_PREFECT_API_URL=prefect.api_url)
+    [old] = findings(report, "table_unretained_rows")
+    assert old["title"] == "public.log holds rows 40.0 days old that nothing deletes"
+    assert "no retention of Prefect 3.8.8 deletes log rows" in old["evidence"]
+    assert "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED" in old["action"]
 
 
 async def test_a_deadlock_between_two_sessions_is_counted(
@@ -272,3 +319,70 @@ async def test_statements_are_read_once_a_minute_and_a_poll_stays_two_statements
     assert by_kind == {"context": 5, "activity": 5, "top": 1, "texts": 1}
     # asyncpg's own, once per connection (type introspection, its settings): not per poll
     assert max(others.values(), default=0) <= 2, others
+
+
+# The index of a real Prefect database whose first key is that column: valid, not partial.
+INDEX_ON_COLUMN = """
+SELECT pg_get_indexdef(i.indexrelid)
+FROM pg_index i
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]
+WHERE n.nspname = 'public' AND t.relname = $1 AND a.attname = $2 AND i.indisvalid
+  AND i.indpred IS NULL
+ORDER BY i.indnatts
+LIMIT 1
+"""
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node.get("Plans", []) for n in plan_nodes(child))]
+
+
+async def test_the_oldest_row_reads_stay_index_reads_at_a_million_rows(
+        own_postgres: LabPostgres, app: asyncpg.Connection, postgres: LabPostgres,
+        prefect: LabPrefect) -> None:
+    """Each column the exporter reads min() of is indexed in the database the lab's Prefect
+    3.8.8 migrated; with that very index over a million rows per table, the read is one index
+    endpoint per table (EXPLAIN ANALYZE), as the exporter's role runs it."""
+    real = await asyncpg.connect(postgres.dsn())
+    try:
+        indexes = {t: await real.fetchval(INDEX_ON_COLUMN, t, c) for t, c in OLDEST_COLUMNS}
+    finally:
+        await real.close()
+    assert all(indexes.values()), indexes  # Prefect indexes every one of them
+    for table, column in OLDEST_COLUMNS:
+        await app.execute(
+            f'CREATE TABLE public.{table} (id bigint, "{column}" timestamptz);'
+            f'INSERT INTO public.{table} SELECT i, now() - i * interval \'1 second\' '
+            "FROM generate_series(1, 1000000) i;"
+            f"{indexes[table]};"
+            f"ANALYZE public.{table};"
+            f'GRANT SELECT ("{column}") ON public.{table} TO {MONITOR_ROLE}')
+    source = PostgresSource(parse_target(own_postgres.monitor_dsn(), "test"),
+                            statement_timeout_ms=5000, connect_timeout=5, top_transactions=5,
+                            hot_tables=[t for t, _ in OLDEST_COLUMNS])
+    try:
+        snap = await source.poll()
+    finally:
+        await source.close()
+    ages = {r.table: r.age_seconds for r in snap.oldest_rows}
+    assert set(ages) == {t for t, _ in OLDEST_COLUMNS}
+    for table, seconds in ages.items():
+        assert seconds is not None and 1_000_000 - 1 < seconds < 1_000_000 + 300, table
+    monitor = await asyncpg.connect(own_postgres.monitor_dsn())
+    try:
+        [plan] = json.loads(await monitor.fetchval(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + ages_sql(snap.oldest_rows)))
+    finally:
+        await monitor.close()
+    nodes = plan_nodes(plan["Plan"])
+    kinds = [n["Node Type"] for n in nodes]
+    assert "Seq Scan" not in kinds and "Bitmap Heap Scan" not in kinds, kinds
+    scans = [n for n in nodes if n["Node Type"] in ("Index Only Scan", "Index Scan")]
+    assert sorted(n["Index Name"] for n in scans) == sorted(
+        indexes[t].split()[2] if "UNIQUE" not in indexes[t] else indexes[t].split()[3]
+        for t, _ in OLDEST_COLUMNS)
+    # one index endpoint each: a handful of pages, not a million rows
+    assert all(n["Actual Rows"] <= 1 for n in scans), scans
+    assert plan["Plan"]["Shared Hit Blocks"] + plan["Plan"].get("Shared Read Blocks", 0) < 200

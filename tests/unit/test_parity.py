@@ -29,6 +29,7 @@ from exporter.metricspec import MetricOptions
 from exporter.pgbouncer.snapshot import Pool
 from exporter.poller import SourceState, failures
 from exporter.postgres.snapshot import BlockedSession, DatabaseSize
+from exporter.prefect.settings import RUNS_RETENTION
 from exporter.prefect.snapshot import (
     ConcurrencyLimit,
     PoolCounts,
@@ -45,6 +46,7 @@ from tests.factories import (
     healthy_pg,
     invalid_index,
     limits,
+    oldest,
     outcomes,
     pgbouncer_snapshot,
     prefect_snapshot,
@@ -176,6 +178,20 @@ SCENARIOS = [
     Scenario("an invalid index", "invalid_index",
              (pg(invalid_indexes=(invalid_index("ix_log__flow_run_id"),),
                  invalid_index_count=1),)),
+    Scenario("log rows 40 days old, no db_vacuum for flow runs", "table_unretained_rows",
+             (pg(oldest_rows=(oldest("log", "timestamp", 40 * 86400),)), pf())),
+    Scenario("log rows 20 days old, no db_vacuum for flow runs", "",
+             (pg(oldest_rows=(oldest("log", "timestamp", 20 * 86400),)), pf())),
+    Scenario("log rows 40 days old, db_vacuum keeps 60", "",
+             (pg(oldest_rows=(oldest("log", "timestamp", 40 * 86400),)),
+              pf(vacuum_kinds=frozenset({"events", "flow_runs"}),
+                 settings={RUNS_RETENTION: 60 * 86400.0}))),
+    Scenario("events a day past retention", "table_retention_backlog",
+             (pg(oldest_rows=(oldest("events", "occurred", 8 * 86400),)), pf())),
+    Scenario("event_resources 38 days old on 2.x: nothing deletes them",
+             "table_unretained_rows prefect_version_blind_spot",
+             (pg(oldest_rows=(oldest("event_resources", "updated", 38 * 86400),)),
+              pf(version="2.20.27", vacuum_kinds=None))),
     Scenario("the late_runs service left overdue runs", "late_runs_service_stalled",
              (pf(services=services(unmarked_overdue=2, unmarked_overdue_by_pool={"a": 2}),
                  pools=(served(),)),)),
