@@ -23,7 +23,7 @@ from exporter.postgres.snapshot import (
     StatementStats,
     TopStatements,
 )
-from tests.factories import NamedSource, group, table
+from tests.factories import NamedSource, group, oldest, table
 from tests.factories import pg_snapshot as snapshot
 from tests.helpers import Scrape, exposition, parse, render
 
@@ -132,7 +132,8 @@ def test_every_emitted_family_is_catalogued_with_its_labels() -> None:
                     databases=(DatabaseSize("prefect", 1),),
                     index_builds=(IndexBuild(3, "public", "log", "ix", "CREATE INDEX",
                                              "initializing", None),),
-                    top_statements=TopStatements(1.0, "read", (StatementStats(1, 1, 1.0, 1, ""),)))
+                    top_statements=TopStatements(1.0, "read", (StatementStats(1, 1, 1.0, 1, ""),)),
+                    oldest_rows=(oldest("log", "timestamp", 3600.0),))
     state = SourceState(NamedSource("postgres", "t"))
     collector = ExporterCollector([state], MetricOptions(20))
     collector.update([snap], [])
@@ -269,3 +270,11 @@ def test_top_statements_by_queryid_only_never_their_text() -> None:
     for off in (None, TopStatements(990.0, "not installed")):
         assert rendered(snapshot(top_statements=off)).labelsets(
             "postgres_statement_calls_total") == []
+
+
+def test_oldest_rows_only_where_read() -> None:
+    s = rendered(snapshot(oldest_rows=(oldest("log", "timestamp", 3456000.0),
+                                       oldest("artifact", "updated", None))))
+    assert s.labelsets("prefect_table_oldest_row_age_seconds") == [
+        {"target": "db", "schema": "public", "table": "log", "column": "timestamp"}]
+    assert s.value("prefect_table_oldest_row_age_seconds", table="log") == 3456000.0
