@@ -306,10 +306,8 @@ PREFECT = (
            unit="s",
            description="The oldest row per table (where the exporter's role may read that one "
                        "column, see the doctor) against the retention Prefect applies to it; "
-                       "a table without a retention line is never cleaned by this release."),
-    series("Big tables: retention backlog",
-           q(f"prefect_pg:prefect_table_retention_lag_seconds{{{T}}}", "{{table}}"), unit="s",
-           description="Past their retention by more than an hour: PrefectTableRetentionBacklog."),
+                       "a table without a retention line is never cleaned by this release. "
+                       "PrefectTableRetentionBacklog: an hour past its line."),
     table("Server settings", Query(f"prefect_server_setting{{{T}}}", instant=True)),
     table("Server version", Query(f"prefect_server_info{{{T}}}", instant=True), width=12),
 )
