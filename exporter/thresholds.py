@@ -56,6 +56,9 @@ THRESHOLDS: dict[str, Threshold] = {
     "unretained_rows_warning_seconds": Threshold(
         30 * 86400, "rows of a big Prefect table no retention deletes (log, flow_run, ... "
                     "without db_vacuum's flow_runs): older than"),
+    "unread_table_warning_bytes": Threshold(
+        1024 ** 3, "a big Prefect table whose oldest row the exporter's role may not read: the "
+                   "doctor says what to grant (info) above this size"),
     "event_pipeline_stall_seconds": Threshold(
         600, "no new event for this long while flow runs keep starting"),
     "api_ready_warning_seconds": Threshold(

@@ -364,14 +364,20 @@ def retention_backlog(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 
 
 def oldest_rows_unreadable(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
-    hidden = [r for r in pg.oldest_rows if not r.readable]
+    """Big tables whose retention backlog cannot be read: pg_monitor's default. Said only for
+    tables past a size (hot-table sizes need no grant), so a small database stays quiet."""
+    sizes = {(t.schema, t.table): t.total_bytes for t in pg.tables}
+    limit = ctx.thresholds["unread_table_warning_bytes"]
+    hidden = [r for r in pg.oldest_rows
+              if not r.readable and sizes.get((r.schema, r.table), 0) >= limit]
     if not hidden:
         return
     yield Finding(
         "oldest_rows_unreadable", "info", pg.target,
-        f"the retention backlog of {len(hidden)} Prefect table(s) is not read",
-        ("pg_monitor cannot read Prefect's rows: how far back "
-         + ", ".join(r.table for r in hidden) + " go is unknown",),
+        f"how far back {len(hidden)} big Prefect table(s) go is not read",
+        ("pg_monitor cannot read Prefect's rows: the retention backlog of "
+         + ", ".join(f"{r.table} ({_bytes(sizes[(r.schema, r.table)])})" for r in hidden)
+         + " is unknown",),
         "Opt in, one timestamp column per table and nothing else (min() over an index, once a "
         "minute): " + " ".join(f'GRANT SELECT ("{r.column}") ON {r.schema}.{r.table} TO '
                                f"{pg.role or '<the exporter role>'};" for r in hidden))

@@ -7,7 +7,7 @@ from exporter.diagnosis import diagnose
 from exporter.postgres.oldest import ages_sql
 from exporter.prefect.retention import table_retention
 from exporter.prefect.settings import EVENTS_RETENTION, RUNS_RETENTION
-from tests.factories import healthy_pg, oldest, prefect_snapshot
+from tests.factories import healthy_pg, oldest, prefect_snapshot, table
 
 DAY = 86400.0
 SETTINGS = {EVENTS_RETENTION: 3 * DAY, RUNS_RETENTION: 30 * DAY}
@@ -33,7 +33,8 @@ def test_each_release_keeps_the_tables_its_services_delete() -> None:
 
 
 def test_the_doctor_names_the_table_its_age_and_how_to_clean_it_for_that_release() -> None:
-    pg = healthy_pg(role="prefect_exporter", oldest_rows=(
+    pg = healthy_pg(role="prefect_exporter", tables=(
+        table("artifact", 10, 0, total_bytes=3 * 1024 ** 3),), oldest_rows=(
         oldest("log", "timestamp", 40 * DAY), oldest("events", "occurred", 2 * DAY),
         oldest("flow_run", "end_time", 10 * DAY), oldest("artifact", "updated", None)))
     by_check: dict[str, list[str]] = {}
@@ -46,6 +47,7 @@ def test_the_doctor_names_the_table_its_age_and_how_to_clean_it_for_that_release
                           "deletes log rows | Turn on db_vacuum for flow runs")
     assert "table_retention_backlog" not in by_check  # events within their 7 days
     [grant] = by_check["oldest_rows_unreadable"]
+    assert "artifact (3.0 GiB) is unknown" in grant
     assert grant.endswith('GRANT SELECT ("updated") ON public.artifact TO prefect_exporter;')
     # before db_vacuum: by hand, in batches
     [old] = [f for f in diagnose([pg, prefect_snapshot(version="3.4.25", vacuum_kinds=None)])
@@ -65,3 +67,9 @@ def test_the_ages_are_one_statement_of_min_per_readable_column() -> None:
                    'FROM "public"."log"\nUNION ALL\n'
                    "SELECT 1 AS i, date_part('epoch', now() - min(\"occurred\")) AS age "
                    'FROM "we""ird"."events"')
+
+
+def test_small_unread_tables_are_not_worth_a_word() -> None:
+    pg = healthy_pg(tables=(table("artifact", 10, 0, total_bytes=50_000_000),),
+                    oldest_rows=(oldest("artifact", "updated", None),))
+    assert [f for f in diagnose([pg]) if f.check == "oldest_rows_unreadable"] == []
