@@ -81,8 +81,11 @@ class OldestRowsReader:
             self._checked_at = now
             try:
                 rows = await conn.fetch(ages_sql(readable))
-            except asyncpg.InsufficientPrivilegeError:
-                rows = []  # a grant revoked since the context was read: the next poll knows
+            except asyncpg.PostgresError:
+                # a migration's ACCESS EXCLUSIVE lock past the exporter's lock_timeout, a grant
+                # revoked since the context was read: no ages until the next read, and the
+                # rest of the poll goes on
+                rows = []
             self._ages = {(readable[r["i"]].schema, readable[r["i"]].table): r["age"]
                           for r in rows}
         return tuple(r._replace(age_seconds=self._ages.get((r.schema, r.table)))

@@ -388,3 +388,32 @@ async def test_the_oldest_row_reads_stay_index_reads_at_a_million_rows(
     # one index endpoint each: a handful of pages, not a million rows
     assert all(n["Actual Rows"] <= 1 for n in scans), scans
     assert plan["Plan"]["Shared Hit Blocks"] + plan["Plan"].get("Shared Read Blocks", 0) < 200
+
+
+async def test_a_locked_table_costs_its_age_not_the_poll(
+        own_postgres: LabPostgres, app: asyncpg.Connection,
+        start_exporter: StartExporter) -> None:
+    """A migration holding ACCESS EXCLUSIVE on log: the exporter's min() waits until its own
+    lock_timeout (80% of the poll timeout, here 1.6 s), then the poll goes on without that age,
+    and the next try is a minute later: PostgreSQL stays up, nothing else is lost."""
+    pg = own_postgres
+    await app.execute(LOG_TABLE)
+    await insert_old_logs(app, rows=100)
+    await app.execute(f'GRANT SELECT ("timestamp") ON public.log TO {MONITOR_ROLE}')
+    migration = await asyncpg.connect(pg.dsn())
+    try:
+        await migration.execute("BEGIN; LOCK TABLE public.log IN ACCESS EXCLUSIVE MODE")
+        # log's size is not asked for here: pg_total_relation_size() waits on the lock too
+        exporter = await start_exporter(postgres_dsn=pg.monitor_dsn(), hot_tables="flow_run",
+                                         poll_interval_seconds="2", poll_timeout_seconds="2")
+        s = await wait_for(exporter.port, lambda s: s.find("postgres_up") is not None
+                           and bool(s.values("postgres_connections")), "a first poll",
+                           timeout=30)
+        assert s.value("postgres_up") == 1
+        assert s.labelsets("prefect_table_oldest_row_age_seconds") == []
+        await asyncio.sleep(4.5)  # more polls: the age is not tried again within the minute
+        s = await scrape(exporter.port)
+        assert s.value("postgres_up") == 1
+        assert sum(s.values("prefect_pg_exporter_source_errors_total", source="postgres")) == 0
+    finally:
+        await migration.close()
