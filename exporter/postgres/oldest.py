@@ -16,8 +16,11 @@ at any table size (tests/lab/test_bigdb_lab.py proves the plan at a million rows
 (event_resources.occurred is what db_vacuum deletes by, but it has an index of its own only
 from 3.8; `updated`, the row's insertion time, is indexed everywhere.)
 
-pg_monitor cannot SELECT Prefect's tables. Reading them is opt-in, one column per table and
-nothing else: `GRANT SELECT (end_time) ON flow_run TO <role>` and so on (the doctor prints the
+pg_monitor cannot SELECT Prefect's tables, and the Prefect API cannot answer this: it sorts
+flow runs and task runs by end_time descending only, artifacts by created or updated descending
+only, and has no endpoint for event_resources (3.9's schemas/sorting.py); the oldest event is
+read through it already (prefect_events_oldest_age_seconds), near the retention cut-off only.
+So reading them is opt-in, one column per table and nothing else: `GRANT SELECT (end_time) ON flow_run TO <role>` and so on (the doctor prints the
 statements). The context statement says which columns the role may read; the ages are read
 at most every OLDEST_EVERY_SECONDS, in one statement, and only for those.
 """
