@@ -278,8 +278,9 @@ ORDER BY 1
 # Invalid indexes of this database: what a failed CREATE INDEX CONCURRENTLY (Prefect 3.9's
 # migrations build indexes so) or REINDEX CONCURRENTLY leaves behind. A concurrent build in
 # progress is invalid too until it ends: the indexes being built (pg_stat_progress_create_index,
-# visible to pg_monitor for every role) are left out. The catalogs need no privilege. Names are
-# listed for the first MAX_INVALID_INDEXES, all are counted.
+# visible to pg_monitor for every role) are left out, asked per invalid index only (every backend's
+# progress is read for it). The catalogs need no privilege. Names are listed for the first
+# MAX_INVALID_INDEXES, all are counted.
 MAX_INVALID_INDEXES = 20
 _INVALID_INDEXES = """
 SELECT n.nspname AS "schema", c.relname AS name, t.relname AS "table",
@@ -289,9 +290,10 @@ JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_class t ON t.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT i.indisvalid
-  AND i.indexrelid NOT IN (SELECT index_relid FROM pg_stat_progress_create_index
-                           WHERE datid = (SELECT oid FROM pg_database
-                                          WHERE datname = current_database()))
+  AND NOT EXISTS (SELECT FROM pg_stat_progress_create_index p
+                  WHERE p.index_relid = i.indexrelid
+                    AND p.datid = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database()))
 ORDER BY 1, 2
 """
 INVALID_INDEXES_SQL = _INVALID_INDEXES + f"LIMIT {MAX_INVALID_INDEXES}"
