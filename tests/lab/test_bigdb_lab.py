@@ -1,6 +1,8 @@
 """A big Prefect database's failures, reproduced on a real PostgreSQL 15 (#25): a failed
 CREATE UNIQUE INDEX CONCURRENTLY, a build in progress, a table far ahead of its statistics,
-a deadlock between two sessions. Each counted by the exporter and named by the doctor."""
+a deadlock between two sessions, a repeated scan and a password literal in pg_stat_statements,
+old rows past any retention (and the EXPLAIN of their read at a million rows). Each counted by
+the exporter and named by the doctor; each test on a PostgreSQL of its own."""
 
 from __future__ import annotations
 
