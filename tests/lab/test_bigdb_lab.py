@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from exporter.dsn import parse_target
 from exporter.postgres.oldest import OLDEST_COLUMNS, ages_sql
 from exporter.postgres.source import PostgresSource
+from exporter.postgres.statements import StatementsReader
 from lab.common import LabError
 from lab.postgres import MONITOR_ROLE, LabPostgres
 from lab.prefect import LabPrefect
@@ -323,6 +324,33 @@ async def test_statements_are_read_once_a_minute_and_a_poll_stays_two_statements
     assert by_kind == {"context": 5, "activity": 5, "top": 1, "texts": 1}
     # asyncpg's own, once per connection (type introspection, its settings): not per poll
     assert max(others.values(), default=0) <= 2, others
+
+
+async def test_statement_texts_are_read_only_for_queryids_new_to_the_top(
+        own_postgres: LabPostgres, app: asyncpg.Connection) -> None:
+    """Three reads a minute apart, the top N holding every entry: the first reads every text,
+    the second only those of the statements that appeared since (its own two, asyncpg's type
+    introspection), the third none, its fingerprints all from the cache."""
+    row = await app.fetchrow(
+        "SELECT extversion AS version, extnamespace::regnamespace::text AS schema "
+        "FROM pg_extension WHERE extname = 'pg_stat_statements'")
+    assert row is not None
+    extension = dict(row)
+    reader = StatementsReader(1000)
+    conn = await asyncpg.connect(own_postgres.monitor_dsn())
+    try:
+        reads = [await reader.read(conn, extension, 1000.0 + 61 * i) for i in range(3)]
+    finally:
+        await conn.close()
+    calls = {row["kind"]: row["calls"] for row in await app.fetch(
+        "SELECT CASE WHEN query LIKE '%GROUP BY queryid%' THEN 'top' ELSE 'texts' END AS kind,"
+        " sum(calls)::int AS calls FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
+        " WHERE r.rolname = $1 AND (query LIKE '%GROUP BY queryid%' OR query LIKE "
+        "'%DISTINCT ON (queryid)%') GROUP BY 1", MONITOR_ROLE)}
+    assert calls == {"top": 3, "texts": 2}
+    last = reads[2].statements
+    assert any(s.fingerprint.startswith("SELECT queryid, sum(calls)") for s in last)  # 2nd read
+    assert all(s.fingerprint for s in last)
 
 
 # The index of a real Prefect database whose first key is that column: valid, not partial.
