@@ -20,8 +20,9 @@ pg_monitor cannot SELECT Prefect's tables, and the Prefect API cannot answer thi
 flow runs and task runs by end_time descending only, artifacts by created or updated descending
 only, and has no endpoint for event_resources (3.9's schemas/sorting.py); the oldest event is
 read through it already (prefect_events_oldest_age_seconds), near the retention cut-off only.
-So reading them is opt-in, one column per table and nothing else: `GRANT SELECT (end_time) ON flow_run TO <role>` and so on (the doctor prints the
-statements). The context statement says which columns the role may read; the ages are read
+So reading them is opt-in, one column per table and nothing else:
+`GRANT SELECT (end_time) ON flow_run TO <role>` and so on (the doctor prints the statements).
+The context statement says which columns the role may read; the ages are read
 at most every OLDEST_EVERY_SECONDS, in one statement, and only for those.
 """
 
