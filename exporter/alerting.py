@@ -72,6 +72,11 @@ RECORDING_RULES: tuple[tuple[str, str], ...] = (
     # growth against cleanup, per hot table: > 0 means rows pile up faster than they go
     ("prefect_pg:postgres_table_net_growth_rows:rate1h",
      "rate(postgres_table_inserted_rows_total[1h]) - rate(postgres_table_deleted_rows_total[1h])"),
+    # the retention backlog per table: how far its oldest row is past the retention that
+    # should have deleted it (the longest, where several Prefect targets say)
+    ("prefect_pg:prefect_table_retention_lag_seconds",
+     "prefect_table_oldest_row_age_seconds - on (table) group_left () "
+     "max by (table) (prefect_table_retention_seconds)"),
 )
 
 # A work pool with nobody to take its runs: PrefectWorkPoolWithoutWorkers names that cause, so
@@ -450,6 +455,50 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: autovacuum is not keeping up with {{ $labels.table }}; "
           "check its last (auto)vacuum time and long transactions holding back the horizon.",
           check="hot_table_bloat"),
+    Alert("PrefectTableRetentionBacklog", "warning",
+          "prefect_pg:prefect_table_retention_lag_seconds > {retention_lag_warning_seconds}",
+          1800,
+          "{{ $labels.table }} holds rows {{ $value | humanizeDuration }} past their retention",
+          "{{ $labels.target }}: the oldest row of {{ $labels.schema }}.{{ $labels.table }} "
+          "(by {{ $labels.column }}) is older than the retention Prefect applies to it "
+          "(prefect_table_retention_seconds) by {{ $value | humanizeDuration }}: the service "
+          "that deletes them (event persister, db_vacuum) is not running or not keeping up.",
+          check="table_retention_backlog"),
+    Alert("PrefectTableUnretainedRows", "warning",
+          "prefect_table_oldest_row_age_seconds > {unretained_rows_warning_seconds} unless on "
+          "(table) prefect_table_retention_seconds", 3600,
+          "{{ $labels.table }} holds rows {{ $value | humanizeDuration }} old that nothing "
+          "deletes",
+          "{{ $labels.target }}: no retention of this Prefect release deletes "
+          "{{ $labels.schema }}.{{ $labels.table }} (flow runs, logs, artifacts without "
+          "db_vacuum's flow_runs; event_resources on 2.x), and its rows go back "
+          "{{ $value | humanizeDuration }}. `prefect-pg-exporter doctor` says how to clean it "
+          "for this release.",
+          check="table_unretained_rows"),
+    Alert("PostgresHotTableStaleStatistics", "warning",
+          "postgres_table_modified_since_analyze_rows > {stale_statistics_warning_rows} and "
+          "postgres_table_modified_since_analyze_rows / (postgres_table_live_tuples + 1) > "
+          "{stale_statistics_warning_ratio}", 3600,
+          "{{ $labels.schema }}.{{ $labels.table }}: {{ $value }} rows changed since its last "
+          "ANALYZE",
+          "{{ $labels.target }}: the planner's statistics for {{ $labels.table }} are far "
+          "behind its rows; Prefect's /flow_runs/filter, /count and /history pick slow plans. "
+          "ANALYZE it, and check its autovacuum settings and long transactions.",
+          check="stale_statistics"),
+    Alert("PostgresInvalidIndex", "warning",
+          "postgres_invalid_indexes > {invalid_indexes_warning}", 900,
+          "{{ $value }} invalid index(es) in the watched database",
+          "{{ $labels.target }}: a CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY failed "
+          "(Prefect 3.9 migrations build indexes so) and left an INVALID index: the planner "
+          "ignores it, writes still maintain it. `prefect-pg-exporter doctor` names each and "
+          "its repair.",
+          check="invalid_index"),
+    Alert("PostgresDeadlocks", "warning",
+          "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning}", 0,
+          "{{ $value | humanize }} deadlock(s) in {{ $labels.datname }} within 15 minutes",
+          "{{ $labels.target }}: PostgreSQL detected deadlocks in {{ $labels.datname }} and "
+          "cancelled a transaction of each. In Prefect: background services run more than once "
+          "(the task-run recorder in HA, mark_deployments_ready), see the runbook."),
 )
 
 

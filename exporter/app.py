@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -19,6 +20,7 @@ from exporter.incidents.recorder import IncidentRecorder
 from exporter.kinds import KINDS
 from exporter.metricspec import MetricOptions
 from exporter.poller import Poller, failures, fresh_snapshots
+from exporter.postgres.statements import statements_report
 from exporter.server import make_app
 from exporter.source import Source
 from exporter.webguard import IDLE_TIMEOUT, GuardedSite, install_logging
@@ -69,11 +71,17 @@ class Exporter:
         self.exposition.render()
         release_free_memory()  # what the poll and the render freed, back to the OS
 
+    def statements(self) -> dict[str, Any]:
+        """/statements: the slowest statements of the fresh PostgreSQL snapshots."""
+        return statements_report(fresh_snapshots(self.poller.states, time.time(),
+                                                 self.stale_after_seconds))
+
     async def start(self) -> None:
         web_config = LiveWebConfig(self.config.web)
         app = make_app(self.exposition, self.poller.states, lambda: self.findings,
                        web_config.current if self.config.web.path else None,
-                       self.config.telemetry_path, self.incidents.as_json)
+                       self.config.telemetry_path, self.incidents.as_json,
+                       self.statements)
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT)
         await self._runner.setup()
         self._undo_logging = install_logging()

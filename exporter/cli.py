@@ -59,6 +59,8 @@ def _doctor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", metavar="DURATION",
                         help="doctor: also list the incidents the running exporter recorded "
                              "within DURATION (30m, 1h, 2d), asked at its /incidents")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="doctor: also list the slowest statements (pg_stat_statements)")
 
 
 def _command_parser(command: str) -> argparse.ArgumentParser:
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         configure("error" if config.log_level == "info" else config.log_level,
                   config.log_format)
-        return asyncio.run(_doctor(config, args.format, since))
+        return asyncio.run(_doctor(config, args.format, since, args.verbose))
     configure(config.log_level, config.log_format)
     try:
         asyncio.run(_run(config))
@@ -143,7 +145,8 @@ def _since(text: str | None) -> float | None:
     return parse_since(text)
 
 
-async def _doctor(config: Config, fmt: str, since: float | None = None) -> int:
+async def _doctor(config: Config, fmt: str, since: float | None = None,
+                  verbose: bool = False) -> int:
     from exporter.app import build_sources
     from exporter.diagnosis import diagnose
     from exporter.finding import exit_code, render_text
@@ -159,6 +162,12 @@ async def _doctor(config: Config, fmt: str, since: float | None = None) -> int:
     report: dict[str, object] = {"findings": [f.as_dict() for f in findings],
                                  "exit_code": exit_code(findings)}
     text = render_text(findings)
+    if verbose:  # what was read for the diagnosis anyway: the slowest statements
+        from exporter.postgres.statements import statements_report, statements_text
+
+        statements = statements_report(fresh_snapshots(states, time.time(), float("inf")))
+        report["statements"] = statements
+        text += "\n" + statements_text(statements)
     if since is not None:  # the recent past beside the present; the exit code is the present's
         from exporter.incidents.remote import recent_report
 

@@ -95,6 +95,7 @@ class Config:
     log_format: str = "auto"
     label_top_n: int = 20
     top_transactions: int = 5
+    top_statements: int = 10  # pg_stat_statements' slowest, by total time (0 = not read)
     hot_tables: tuple[str, ...] = DEFAULT_HOT_TABLES
     no_statements: bool = False  # incidents without the sessions' (masked) statements
     recent_incidents: int = 50  # ended incidents kept in memory for /incidents and /
@@ -179,10 +180,10 @@ def _telemetry_path(raw: str) -> str:
     path = raw.strip()
     if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", path):
         raise ValueError("must be a URL path starting with /, e.g. /metrics")
-    if path in ("/", "/healthz", "/readyz", "/probe", "/incidents"):
-        raise ValueError("must not be /, /healthz, /readyz, /probe or /incidents: those serve "
-                         "the landing page, the health checks, the per-target metrics and the "
-                         "recent incidents")
+    if path in ("/", "/healthz", "/readyz", "/probe", "/incidents", "/statements"):
+        raise ValueError("must not be /, /healthz, /readyz, /probe, /incidents or /statements: "
+                         "those serve the landing page, the health checks, the per-target "
+                         "metrics, the recent incidents and the slowest statements")
     return path
 
 
@@ -421,10 +422,13 @@ SETTINGS: tuple[Setting, ...] = (
             "(application_name, usename, datname, ...); the rest fold into 'other'", "N"),
     Setting("top_transactions", _non_negative_int,
             "oldest transactions exported with pid and holder as labels (0 = off)", "N"),
+    Setting("top_statements", _non_negative_int, "pg_stat_statements' statements with the "
+            "most execution time, exported by queryid and on /statements (0 = off)", "N"),
     Setting("hot_tables", _name_list, "comma-separated tables whose vacuum state is exported",
             "T1,T2"),
     Setting("no_statements", _boolean, "incidents without the statements of the sessions "
-            "involved: no query text is read at all (the flag takes no value)", "BOOL",
+            "involved, and no pg_stat_statements: no query text is read at all (the flag "
+            "takes no value)", "BOOL",
             flag_value="true"),
     Setting("recent_incidents", _non_negative_int, "ended incidents kept in memory and listed "
             "on /incidents and / (0 = none)", "N"),
@@ -771,6 +775,7 @@ def describe(config: Config) -> dict[str, Any]:
         "poll_timeout_seconds": config.poll_timeout_seconds,
         "label_top_n": config.label_top_n,
         "top_transactions": config.top_transactions,
+        "top_statements": 0 if config.no_statements else config.top_statements,
         "hot_tables": list(config.hot_tables),
         "statements": not config.no_statements,
         "recent_incidents": config.recent_incidents,

@@ -182,6 +182,37 @@ POSTGRES = (
            q(f"time() - ((postgres_table_last_autovacuum_timestamp_seconds{{{T}}} > "
              f"postgres_table_last_vacuum_timestamp_seconds{{{T}}}) or (postgres_table_last_"
              f"vacuum_timestamp_seconds{{{T}}} > 0))", "{{schema}}.{{table}}"), unit="s"),
+    series("Hot tables: rows changed since the last ANALYZE, share of live rows",
+           q(f"postgres_table_modified_since_analyze_rows{{{T}}} / "
+             f"(postgres_table_live_tuples{{{T}}} + 1)", "{{schema}}.{{table}}"),
+           unit="percentunit",
+           description="Stale planner statistics: PostgresHotTableStaleStatistics warns above "
+                       f"{TH['stale_statistics_warning_ratio']:g} (and "
+                       f"{TH['stale_statistics_warning_rows']:g} rows)."),
+    series("Hot tables: time since last ANALYZE (manual or auto)",
+           q(f"time() - (postgres_table_last_analyze_timestamp_seconds{{{T}}} > 0)",
+             "{{schema}}.{{table}}"), unit="s"),
+    stat("Invalid indexes", f"sum(postgres_invalid_indexes{{{T}}})",
+         warn=above("invalid_indexes_warning"),
+         description="Left by a failed CREATE INDEX CONCURRENTLY: `prefect-pg-exporter doctor` "
+                     "names each and its repair."),
+    stat("Deadlocks (1h)", f"sum(increase(postgres_deadlocks_total{{{T}}}[1h]))",
+         warn=above("deadlocks_warning")),
+    series("Deadlocks per database (15 min)",
+           q(f"increase(postgres_deadlocks_total{{{T}}}[15m])", "{{target}} {{datname}}"),
+           width=8),
+    series("Slowest statements: execution seconds per second, by queryid",
+           q(f"topk(10, rate(postgres_statement_seconds_total{{{T}}}[5m]))",
+             "{{target}} {{queryid}}"), unit="s",
+           description="pg_stat_statements' top N by total time (read once a minute); the "
+                       "statement of each queryid, masked, is on the exporter's /statements."),
+    series("Slowest statements: mean seconds per call (5 min)",
+           q(f"rate(postgres_statement_seconds_total{{{T}}}[5m]) / "
+             f"rate(postgres_statement_calls_total{{{T}}}[5m])", "{{target}} {{queryid}}"),
+           unit="s"),
+    table("Index builds running (share of the phase done)",
+          Query(f"postgres_index_build_done_ratio{{{T}}}", instant=True), unit="percentunit",
+          width=8),
 )
 
 PGBOUNCER = (
@@ -273,6 +304,14 @@ PREFECT = (
            q(f"prefect_events_newest_age_seconds{{{T}}}", "{{target}} newest event age"),
            q(f"prefect_retention_lag_seconds{{{T}}}", "{{target}} {{kind}} cleanup lag"),
            unit="s"),
+    series("Big tables: how far back each goes, and its retention",
+           q(f"prefect_table_oldest_row_age_seconds{{{T}}}", "{{table}} oldest ({{column}})"),
+           q(f"prefect_table_retention_seconds{{{T}}}", "{{table}} retention"),
+           unit="s",
+           description="The oldest row per table (where the exporter's role may read that one "
+                       "column, see the doctor) against the retention Prefect applies to it; "
+                       "a table without a retention line is never cleaned by this release. "
+                       "PrefectTableRetentionBacklog: an hour past its line."),
     table("Server settings", Query(f"prefect_server_setting{{{T}}}", instant=True)),
     table("Server version", Query(f"prefect_server_info{{{T}}}", instant=True), width=12),
 )

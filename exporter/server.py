@@ -27,7 +27,8 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
              findings: Callable[[], Sequence[Finding]] = list,
              web_config: Callable[[], WebConfig] | None = None,
              telemetry_path: str = "/metrics",
-             incidents: Callable[[], Mapping[str, Any]] | None = None) -> web.Application:
+             incidents: Callable[[], Mapping[str, Any]] | None = None,
+             statements: Callable[[], Mapping[str, Any]] | None = None) -> web.Application:
     """web_config: the web config of the moment, when a web config file is used (its users,
     headers and client certificate SANs may change while the server runs). incidents: the body
     of /incidents (behind the same access checks as the metrics)."""
@@ -77,6 +78,7 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
     app.add_routes([web.get(telemetry_path, metrics), web.get("/probe", probe),
                     web.get("/healthz", healthz), web.get("/readyz", readyz),
                     web.get("/", index), web.get("/incidents", incidents_json)])
+    app.add_routes([statements_route(statements or (lambda: {"targets": []}))])
     return app
 
 
@@ -88,6 +90,15 @@ def not_ready(waiting: Sequence[str], total: int,
     if config is not None and (config.users or config.allowed_sans):
         return f"not ready: {len(waiting)} of {total} targets never polled successfully\n"
     return "not ready, never polled successfully: " + ", ".join(waiting) + "\n"
+
+
+def statements_route(report: Callable[[], Mapping[str, Any]]) -> web.RouteDef:
+    """/statements: the slowest statements of each PostgreSQL target, as last read (fingerprints
+    only, never raw text), behind the same access checks as the metrics."""
+    async def statements_json(_: web.Request) -> web.Response:
+        return web.json_response(report())
+
+    return web.get("/statements", statements_json)
 
 
 def probe_problem(target: str, configured: Sequence[str]) -> str:
@@ -173,7 +184,8 @@ def landing_page(states: Sequence[SourceState], findings: Sequence[Finding] = ()
 <a href="/probe?target={html.escape(quote(first_target))}">/probe?target=NAME</a> ·
 <a href="/healthz">/healthz</a> ·
 <a href="/readyz">/readyz</a> ·
-<a href="/incidents">/incidents</a></p>
+<a href="/incidents">/incidents</a> ·
+<a href="/statements">/statements</a></p>
 <h2>Sources</h2>
 <p>Shown (on /metrics and below): what each source's last poll read. After a failed poll, only
 what it read before failing (Prefect: /api/health and /api/ready); the rest is absent, not old.</p>

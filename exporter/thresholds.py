@@ -38,6 +38,14 @@ THRESHOLDS: dict[str, Threshold] = {
     "source_stale_seconds": Threshold(120, "seconds since a source's last successful poll"),
     "dead_tuples_warning": Threshold(100000, "dead tuples in a hot Prefect table: more than"),
     "dead_tuples_warning_ratio": Threshold(0.2, "and dead / live tuples above"),
+    "stale_statistics_warning_rows": Threshold(
+        10000, "rows changed in a hot Prefect table since its last ANALYZE: more than"),
+    "stale_statistics_warning_ratio": Threshold(
+        0.2, "and changed / live rows above (autovacuum analyzes at 0.1 by default)"),
+    "invalid_indexes_warning": Threshold(
+        0, "invalid indexes (a failed CREATE INDEX CONCURRENTLY) in the watched database: "
+           "more than"),
+    "deadlocks_warning": Threshold(0, "deadlocks in a database within 15 minutes: more than"),
     "overdue_unmarked_runs_warning": Threshold(
         0, "runs overdue past late_runs.after_seconds + 2 loops, not marked Late: more than"),
     "deployments_without_future_runs_warning": Threshold(
@@ -45,6 +53,12 @@ THRESHOLDS: dict[str, Threshold] = {
            "more than"),
     "retention_lag_warning_seconds": Threshold(
         3600, "the oldest event (or flow run) past its retention period, by more than"),
+    "unretained_rows_warning_seconds": Threshold(
+        30 * 86400, "rows of a big Prefect table no retention deletes (log, flow_run, ... "
+                    "without db_vacuum's flow_runs): older than"),
+    "unread_table_warning_bytes": Threshold(
+        1024 ** 3, "a big Prefect table whose oldest row the exporter's role may not read: the "
+                   "doctor says what to grant (info) above this size"),
     "event_pipeline_stall_seconds": Threshold(
         600, "no new event for this long while flow runs keep starting"),
     "api_ready_warning_seconds": Threshold(

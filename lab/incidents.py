@@ -331,3 +331,34 @@ async def table_lock(pg: LabPostgres, *, table: str = "public.flow_run",
         yield TableLock(pid, app, table)
     finally:
         conn.terminate()
+
+
+@contextlib.asynccontextmanager
+async def index_build(pg: LabPostgres, *, table: str = "scratch.index_build",
+                      index: str = "ix_index_build__state",
+                      app: str = "incident-index") -> AsyncIterator[int]:
+    """An index build in progress (#25): a CREATE INDEX CONCURRENTLY, as Prefect 3.9's
+    migrations run them, waiting for a writer's transaction to end. Yields the builder's pid
+    while it waits; on the way out the writer rolls back, the build finishes and the index is
+    dropped: the INVALID index a build cancelled midway leaves too (CREATE INDEX CONCURRENTLY
+    also waits for every older snapshot, so it may still wait when the incident ends)."""
+    ensure_table(pg, table)
+    writer = await connect(pg.dsn(), f"{app}-writer")
+    builder = await connect(pg.dsn(), f"{app}-builder")
+    try:
+        pid = await builder.fetchval("SELECT pg_backend_pid()")
+        await writer.execute(f"BEGIN; UPDATE {table} SET state = state WHERE id = 1")
+        build = background(builder.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} (state)"))
+        await wait_until(pg, "SELECT EXISTS (SELECT FROM pg_stat_progress_create_index "
+                         "WHERE pid = $1)", pid)
+        yield pid
+        await writer.execute("ROLLBACK")
+        done, _ = await asyncio.wait([build], timeout=5)
+        if not done:
+            await writer.execute("SELECT pg_cancel_backend($1)", pid)
+            await asyncio.wait([build], timeout=15)
+        await builder.execute(f"DROP INDEX IF EXISTS {table.split('.')[0]}.{index}")
+    finally:
+        writer.terminate()
+        builder.terminate()

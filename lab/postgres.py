@@ -68,6 +68,8 @@ class LabPostgres:
             "full_page_writes": "off",
             "shared_buffers": "64MB",
             "log_min_messages": "warning",
+            # the slowest statements (#25): loaded at start, created in the lab database
+            "shared_preload_libraries": "'pg_stat_statements'",
             **self.extra_settings,
         }
         with (self.data / "postgresql.conf").open("a") as conf:
@@ -113,6 +115,7 @@ class LabPostgres:
         self.psql(f"CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_PASSWORD}'", database="postgres")
         self.psql(f"CREATE DATABASE {DATABASE} OWNER {APP_ROLE}", database="postgres")
         self.psql(f"CREATE SCHEMA {SCRATCH_SCHEMA}")
+        self.psql("CREATE EXTENSION pg_stat_statements")
         self.psql(f"CREATE ROLE {MONITOR_ROLE} LOGIN PASSWORD '{MONITOR_PASSWORD}' "
                   f"IN ROLE pg_monitor", database="postgres")
 

@@ -12,11 +12,16 @@ from exporter.postgres.snapshot import (
     Address,
     BlockedSession,
     DatabaseSize,
+    IndexBuild,
+    InvalidIndex,
     Involved,
+    OldestRow,
     PostgresSnapshot,
     Relation,
     Session,
+    StatementStats,
     TableStats,
+    TopStatements,
 )
 from exporter.prefect.snapshot import (
     ConcurrencyLimit,
@@ -79,9 +84,23 @@ def pg_snapshot(*groups: ActivityGroup, **kw: Any) -> PostgresSnapshot:
 
 def table(name: str, live: int, dead: int, last_vacuum: float | None = None,
           last_autovacuum: float | None = None, *, schema: str = "public",
-          total_bytes: int = 8192, inserted: int = 0, deleted: int = 0) -> TableStats:
+          total_bytes: int = 8192, inserted: int = 0, deleted: int = 0,
+          modified_since_analyze: int = 0, last_analyze: float | None = None,
+          autovacuum_options: tuple[str, ...] = ()) -> TableStats:
     return TableStats(schema, name, live, dead, last_vacuum, last_autovacuum, total_bytes,
-                      inserted, deleted)
+                      inserted, deleted, modified_since_analyze, last_analyze,
+                      autovacuum_options)
+
+
+def oldest(table_name: str, column: str, age: float | None) -> OldestRow:
+    """A table's oldest row, `age` seconds old; None: the column is not readable."""
+    return OldestRow("public", table_name, column, age is not None, age)
+
+
+def invalid_index(name: str, table_name: str = "log", unique: bool = False) -> InvalidIndex:
+    kind = "UNIQUE INDEX" if unique else "INDEX"
+    return InvalidIndex("public", name, table_name, unique,
+                        f"CREATE {kind} {name} ON public.{table_name} USING btree (id)")
 
 
 def session(pid: int, state: str = "idle in transaction", age: float = 400.0,
@@ -182,7 +201,8 @@ def prefect_snapshot(**kw: Any) -> PrefectSnapshot:
         events=events(taken_at),
         retention=retention(taken_at), runs=runs(), outcomes=outcomes(),
         limits=limits(ConcurrencyLimit("etl", 5, 1, True, None, None)),
-        readiness=Readiness(deployments=4, in_a_queue=3, in_unpolled_queues=0))
+        readiness=Readiness(deployments=4, in_a_queue=3, in_unpolled_queues=0),
+        vacuum_kinds=frozenset({"events"}))  # 3.8.8's default db_vacuum
     base.update(kw)
     return PrefectSnapshot(**base)
 
@@ -225,10 +245,27 @@ def rich_postgres(taken_at: float, target: str = "db") -> PostgresSnapshot:
              4790: "UPDATE task_run SET end_time = $1 WHERE id = $2"},
             {4790: Relation("public", "task_run")}),
         tables=(table("flow_run", 1000, 50, None, 990.0, total_bytes=1_048_576, inserted=5000,
-                      deleted=4000),
+                      deleted=4000, modified_since_analyze=120, last_analyze=980.0),
                 table("log", 20_000, 9_000, 900.0, None, total_bytes=52_428_800,
-                      inserted=90_000, deleted=61_000)),
-        databases=(DatabaseSize("postgres", 7_500_000), DatabaseSize("prefect", 95_000_000)),
+                      inserted=90_000, deleted=61_000, modified_since_analyze=30_000,
+                      autovacuum_options=("autovacuum_enabled=false",))),
+        databases=(DatabaseSize("postgres", 7_500_000),
+                   DatabaseSize("prefect", 95_000_000, deadlocks=3)),
+        database="prefect",
+        invalid_indexes=(invalid_index("ix_flow_run__state_type_coalesce_start_time",
+                                       "flow_run"),),
+        invalid_index_count=1,
+        index_builds=(IndexBuild(4800, "public", "task_run", "ix_task_run__state_type_start_time",
+                                 "CREATE INDEX CONCURRENTLY", "building index: scanning table",
+                                 0.25),),
+        top_statements=TopStatements(taken_at - 30, "read", (
+            StatementStats(-4011, 120, 95.5, 120, "SELECT count(*) FROM flow_run WHERE "
+                           "flow_run.state_type = ANY ($1::state_type[])"),
+            StatementStats(8102, 4000, 3.25, 4000, "INSERT INTO log (id, name) VALUES ($1, $2)"),
+        )),
+        role="prefect_exporter",
+        oldest_rows=(oldest("events", "occurred", 8 * 86400),
+                     oldest("log", "timestamp", 40 * 86400), oldest("artifact", "updated", None)),
         # the first groups' backends, the idle ones unlisted (as the activity read lists them):
         # PgBouncer's server connections are among them
         group_pids=((), (4790,), (4711,)),

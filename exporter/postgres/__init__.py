@@ -26,6 +26,7 @@ def _sources(config: Config) -> Sequence[Source]:
                            top_transactions=config.top_transactions,
                            hot_tables=config.hot_tables,
                            statements=not config.no_statements,
+                           top_statements=config.top_statements,
                            thresholds=config.thresholds)
             for t in config.postgres_targets]
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from exporter.finding import Context, Finding, age
 from exporter.postgres.causes import cause
 from exporter.postgres.locks import lock_roots
-from exporter.postgres.snapshot import PostgresSnapshot, Session
+from exporter.postgres.snapshot import InvalidIndex, PostgresSnapshot, Session
+from exporter.prefect.retention import how_to_clean, retention_of
 from exporter.prefect.snapshot import PrefectSnapshot
 
 SERVICES_CHANNEL = "prefect_automation_changes"
@@ -199,6 +200,171 @@ def hot_tables(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
                 "hold back the horizon; tune autovacuum for this table.")
 
 
+def stale_statistics(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """A hot table that changed a lot since its last ANALYZE: the planner still plans for the
+    table it was, and Prefect's /flow_runs/filter, /count and /history turn to slow plans."""
+    t = ctx.thresholds
+    for table in pg.tables:
+        changed, live = table.modified_since_analyze, table.live_tuples
+        ratio = changed / (live + 1)  # as PostgresHotTableStaleStatistics
+        if changed <= t["stale_statistics_warning_rows"] or \
+                ratio <= t["stale_statistics_warning_ratio"]:
+            continue
+        name = f"{table.schema}.{table.table}"
+        last = table.last_analyze
+        evidence = [f"{changed} rows changed since its last ANALYZE, {ratio:.0%} of its "
+                    f"{live} live rows; last analyzed "
+                    + (f"{age(pg.taken_at - last)} ago" if last else "never")]
+        off = "autovacuum_enabled=false" in table.autovacuum_options
+        if table.autovacuum_options:
+            evidence.append(f"its own autovacuum settings: {', '.join(table.autovacuum_options)}")
+        yield Finding(
+            "stale_statistics", "warning", pg.target,
+            f"{name}: {changed} rows changed since its last ANALYZE (stale planner statistics)",
+            tuple(evidence),
+            f"Now: ANALYZE {name}; (it reads a sample and blocks none of Prefect's reads or "
+            "writes). "
+            + (f"Autovacuum is off for this table: ALTER TABLE {name} RESET "
+               "(autovacuum_enabled); " if off else
+               f"So that autovacuum keeps up: ALTER TABLE {name} SET "
+               "(autovacuum_analyze_scale_factor = 0.02); ")
+            + "and end long transactions that hold autovacuum back.")
+
+
+def _rebuild(ix: InvalidIndex) -> str:
+    """How to repair an invalid index without blocking Prefect's writes."""
+    name = f"{ix.schema}.{ix.name}"
+    if "_ccnew" in ix.name or "_ccold" in ix.name:
+        return (f"DROP INDEX CONCURRENTLY {name}; (a leftover of a failed REINDEX CONCURRENTLY: "
+                "the original index is still there and valid)")
+    again = ix.definition.replace(" INDEX ", " INDEX CONCURRENTLY ", 1)
+    return (f"REINDEX INDEX CONCURRENTLY {name}; or DROP INDEX CONCURRENTLY {name}; then "
+            f"re-run {again};"
+            + (" It is UNIQUE: remove the duplicate rows that failed it first, or it fails "
+               "again." if ix.unique else "")
+            + " A Prefect migration's index is not rebuilt by `prefect server database "
+              "upgrade` (CREATE INDEX CONCURRENTLY IF NOT EXISTS skips the invalid one).")
+
+
+def invalid_indexes(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Each invalid index of the watched database, by name, with its repair."""
+    if pg.invalid_index_count <= ctx.thresholds["invalid_indexes_warning"]:
+        return
+    unnamed = pg.invalid_index_count - len(pg.invalid_indexes)
+    for ix in pg.invalid_indexes:
+        yield Finding(
+            "invalid_index", "warning", pg.target,
+            f"index {ix.schema}.{ix.name} on {ix.table} is INVALID",
+            (f"pg_index.indisvalid is false and no build of it is running in {pg.database}: "
+             "a CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY failed or was cancelled "
+             "(a statement or lock timeout, a restart, a duplicate key)",
+             "the planner never uses it, every write still maintains it"
+             + (f"; {unnamed} more invalid indexes are not listed" if unnamed > 0 else "")),
+            _rebuild(ix))
+
+
+def index_builds(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    for b in pg.index_builds:
+        done = "" if b.done_ratio is None else f", {b.done_ratio:.0%} of this phase done"
+        yield Finding(
+            "index_build", "info", pg.target,
+            f"{b.command} {b.name or '(not named yet)'} on {b.schema}.{b.table} is running",
+            (f"pid {b.pid}, phase {b.phase}{done}",),
+            "Let it finish: cancelling a CONCURRENTLY build leaves an INVALID index behind. A "
+            "Prefect migration building it holds `prefect server database upgrade` until then.")
+
+
+def deadlocks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Deadlocks counted in the watched database. The doctor sees one count since the statistics
+    were reset, so this is information; the alert (PostgresDeadlocks) judges their rate."""
+    count = next((d.deadlocks for d in pg.databases if d.datname == pg.database), 0)
+    if count:
+        yield Finding(
+            "deadlocks", "info", pg.target,
+            f"{count} deadlock(s) in {pg.database} since its statistics were reset",
+            ("PostgreSQL cancelled one transaction of each (ERROR: deadlock detected); "
+             "postgres_deadlocks_total's rate says whether they still happen",),
+            "The server log (log_lock_waits = on) names the statements. Prefect's known cases: "
+            "several background-services copies (task-run recorder, mark_deployments_ready) "
+            "updating the same rows; see the runbook PostgresDeadlocks.")
+
+
+def statements_unavailable(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """The slowest statements need pg_stat_statements in the watched database."""
+    top = pg.top_statements
+    if top is None or top.status == "read":
+        return
+    steps = {
+        "not installed": "shared_preload_libraries = 'pg_stat_statements' in postgresql.conf "
+                         "(a restart), then, in the Prefect database, CREATE EXTENSION "
+                         "pg_stat_statements; (pg_monitor can read it).",
+        "not loaded": "The extension exists but the library is not loaded: add "
+                      "pg_stat_statements to shared_preload_libraries and restart PostgreSQL.",
+    }
+    yield Finding(
+        "pg_stat_statements_unavailable", "info", pg.target,
+        f"the slowest statements of {pg.database} cannot be shown: pg_stat_statements is "
+        f"{top.status}",
+        ("without it, slow Prefect API calls (asyncpg TimeoutError, /flow_runs/filter) cannot "
+         "be traced to the statements behind them",),
+        steps.get(top.status, "Give the exporter's role pg_monitor and a statement_timeout "
+                              "the read fits in, or turn it off with --top-statements 0."))
+
+
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:.1f} days" if seconds >= 2 * 86400 else age(seconds)
+
+
+def retention_backlog(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Big Prefect tables holding rows older than the retention that should have deleted them,
+    or old rows that no retention of this Prefect release deletes at all. The retention comes
+    from the Prefect target's settings and release (exporter/prefect/retention.py)."""
+    t = ctx.thresholds
+    prefect = next(iter(ctx.of(PrefectSnapshot)), None)
+    kept = retention_of(prefect) if prefect else {}
+    release = f"Prefect {prefect.version}" if prefect and prefect.version else "this Prefect"
+    for r in pg.oldest_rows:
+        if r.age_seconds is None:
+            continue
+        name, keep = f"{r.schema}.{r.table}", kept.get(r.table)
+        evidence = f"min({r.column}) is {_days(r.age_seconds)} ago"
+        if keep is not None and r.age_seconds - keep.seconds > t["retention_lag_warning_seconds"]:
+            yield Finding(
+                "table_retention_backlog", "warning", pg.target,
+                f"{name} holds rows {_days(r.age_seconds)} old, "
+                f"{_days(r.age_seconds - keep.seconds)} past their retention",
+                (evidence, f"{keep.by} should delete them after {_days(keep.seconds)}"),
+                how_to_clean(r.table, prefect, r.column))
+        elif keep is None and r.age_seconds > t["unretained_rows_warning_seconds"]:
+            why = (f"no retention of {release} deletes {r.table} rows" if prefect else
+                   "no Prefect API target is configured: its retention settings are unknown")
+            yield Finding(
+                "table_unretained_rows", "warning", pg.target,
+                f"{name} holds rows {_days(r.age_seconds)} old that nothing deletes",
+                (evidence, why),
+                how_to_clean(r.table, prefect, r.column))
+
+
+def oldest_rows_unreadable(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
+    """Big tables whose retention backlog cannot be read: pg_monitor's default. Said only for
+    tables past a size (hot-table sizes need no grant), so a small database stays quiet."""
+    sizes = {(t.schema, t.table): t.total_bytes for t in pg.tables}
+    limit = ctx.thresholds["unread_table_warning_bytes"]
+    hidden = [r for r in pg.oldest_rows
+              if not r.readable and sizes.get((r.schema, r.table), 0) >= limit]
+    if not hidden:
+        return
+    yield Finding(
+        "oldest_rows_unreadable", "info", pg.target,
+        f"how far back {len(hidden)} big Prefect table(s) go is not read",
+        ("pg_monitor cannot read Prefect's rows: the retention backlog of "
+         + ", ".join(f"{r.table} ({_bytes(sizes[(r.schema, r.table)])})" for r in hidden)
+         + " is unknown",),
+        "Opt in, one timestamp column per table and nothing else (min() over an index, once a "
+        "minute): " + " ".join(f'GRANT SELECT ("{r.column}") ON {r.schema}.{r.table} TO '
+                               f"{pg.role or '<the exporter role>'};" for r in hidden))
+
+
 def database_growing(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """A database over its size budget, or on course to pass it within the warning window at
     the growth the exporter has seen (the alert: predict_linear over 6 h). Growth needs a
@@ -247,7 +413,9 @@ def blind_spots(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 
 
 CHECKS = (blocking_tree, stalled_clients, long_transactions, duplicated_services, safety_nets,
-          hot_tables, database_growing, blind_spots, connection_budget)
+          hot_tables, stale_statistics, invalid_indexes, index_builds, deadlocks,
+          statements_unavailable, retention_backlog, oldest_rows_unreadable, database_growing,
+          blind_spots, connection_budget)
 
 
 def postgres_checks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:

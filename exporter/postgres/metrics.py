@@ -12,7 +12,12 @@ from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean, keep_top
 from exporter.metricspec import MetricOptions, MetricSpec, spec
-from exporter.postgres.snapshot import ActivityGroup, PostgresSnapshot, TableStats
+from exporter.postgres.snapshot import (
+    ActivityGroup,
+    PostgresSnapshot,
+    StatementStats,
+    TableStats,
+)
 
 TRANSACTION_STATES = ("active", "idle in transaction", "idle in transaction (aborted)")
 
@@ -96,6 +101,43 @@ TABLE_DELETED = spec("postgres_table_deleted_rows_total", "counter", "postgres",
                      "target schema table",
                      "Rows deleted from a hot table (n_tup_del): Prefect's retention and "
                      "db_vacuum at work.")
+TABLE_MODIFIED_SINCE_ANALYZE = _pg(
+    "postgres_table_modified_since_analyze_rows", "target schema table",
+    "Rows of a hot table inserted, updated or deleted since its last ANALYZE "
+    "(n_mod_since_analyze): how far the planner's statistics are behind.")
+TABLE_LAST_ANALYZE = _pg(
+    "postgres_table_last_analyze_timestamp_seconds", "target schema table",
+    "Unix time of the last ANALYZE of a hot table, manual or autovacuum's, the later "
+    "(0 = never).")
+INVALID_INDEXES = _pg(
+    "postgres_invalid_indexes", "target",
+    "Invalid indexes in the watched database (pg_index.indisvalid false), builds in progress "
+    "left out: left by a failed CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY. The planner "
+    "ignores them; writes still maintain them. The doctor names them.")
+INDEX_BUILDS = _pg(
+    "postgres_index_build_done_ratio", "target schema table index command phase",
+    "CREATE INDEX / REINDEX running in the watched database (pg_stat_progress_create_index): "
+    "share of the current phase done (-1 when the phase has no measure). No series when none "
+    "runs.")
+DEADLOCKS = spec("postgres_deadlocks_total", "counter", "postgres", "target datname",
+                 "Deadlocks detected in each database (pg_stat_database.deadlocks) since the "
+                 "statistics were reset. Databases beyond the top N by size fold into 'other'.")
+_STATEMENT = ("of one of the top N statements of the watched database by total execution time "
+              "(pg_stat_statements, summed over roles; read at most once a minute; "
+              "--top-statements). The statement itself is on /statements, masked, never a label.")
+STATEMENT_SECONDS = spec("postgres_statement_seconds_total", "counter", "postgres",
+                         "target queryid", "Total execution time " + _STATEMENT)
+STATEMENT_CALLS = spec("postgres_statement_calls_total", "counter", "postgres",
+                       "target queryid", "Calls " + _STATEMENT)
+STATEMENT_ROWS = spec("postgres_statement_rows_total", "counter", "postgres", "target queryid",
+                      "Rows returned or affected " + _STATEMENT)
+OLDEST_ROW_AGE = _pg(
+    "prefect_table_oldest_row_age_seconds", "target schema table column",
+    "How far back a big Prefect table goes: now - min(column) over an indexed timestamp "
+    "(flow_run, task_run: end_time; log: timestamp; artifact, event_resources: updated; "
+    "events: occurred). Only where the exporter's role was granted SELECT on that column "
+    "(pg_monitor cannot read Prefect's rows); read at most once a minute. Against "
+    "prefect_table_retention_seconds: the retention backlog.")
 DATABASE_SIZE = _pg("postgres_database_size_bytes", "target datname",
                     "Size of each database on disk (pg_database_size). Databases beyond the "
                     "top N by size fold into 'other'.")
@@ -106,7 +148,9 @@ SPECS: tuple[MetricSpec, ...] = (
     BLOCKED_MAX_WAIT, BLOCKED_BY_RELATION, BLOCKING_SESSIONS, OLDEST_TRANSACTIONS,
     LISTEN_SESSIONS, SETTING_SECONDS,
     TABLE_LIVE, TABLE_DEAD, TABLE_LAST_VACUUM, TABLE_LAST_AUTOVACUUM, TABLE_SIZE, TABLE_INSERTED,
-    TABLE_DELETED, DATABASE_SIZE)
+    TABLE_DELETED, TABLE_MODIFIED_SINCE_ANALYZE, TABLE_LAST_ANALYZE, DATABASE_SIZE, DEADLOCKS,
+    INVALID_INDEXES, INDEX_BUILDS, STATEMENT_SECONDS, STATEMENT_CALLS, STATEMENT_ROWS,
+    OLDEST_ROW_AGE)
 
 
 @dataclass(frozen=True)
@@ -152,7 +196,10 @@ def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterato
     yield _listen(snap, target, top_n)
     yield _settings(snap, target)
     yield from _tables(snap, target)
-    yield _database_sizes(snap, target, top_n)
+    yield from _databases(snap, target, top_n)
+    yield from _indexes(snap, target)
+    yield from _statements(snap, target)
+    yield _oldest_rows(snap, target)
 
 
 def _server_info(snap: PostgresSnapshot, target: str) -> Metric:
@@ -281,6 +328,8 @@ TABLE_COLUMNS: tuple[tuple[MetricSpec, Callable[[TableStats], float]], ...] = (
     (TABLE_SIZE, lambda t: t.total_bytes),
     (TABLE_INSERTED, lambda t: t.inserted_rows),
     (TABLE_DELETED, lambda t: t.deleted_rows),
+    (TABLE_MODIFIED_SINCE_ANALYZE, lambda t: t.modified_since_analyze),
+    (TABLE_LAST_ANALYZE, lambda t: t.last_analyze or 0.0),
 )
 
 
@@ -292,10 +341,47 @@ def _tables(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
         yield metric
 
 
-def _database_sizes(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
+def _databases(snap: PostgresSnapshot, target: str, top_n: int) -> Iterator[Metric]:
     name_of = Folder({d.datname: d.bytes for d in snap.databases}, top_n)
     sizes = bounded_sum((name_of(d.datname), d.bytes) for d in snap.databases)
-    metric = DATABASE_SIZE.family()
-    for datname, size in sorted(sizes.items()):
-        metric.add_metric([target, datname], size)
+    deadlocks = bounded_sum((name_of(d.datname), d.deadlocks) for d in snap.databases)
+    for metric_spec, values in ((DATABASE_SIZE, sizes), (DEADLOCKS, deadlocks)):
+        metric = metric_spec.family()
+        for datname, value in sorted(values.items()):
+            metric.add_metric([target, datname], value)
+        yield metric
+
+
+def _indexes(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
+    invalid = INVALID_INDEXES.family()
+    invalid.add_metric([target], snap.invalid_index_count)
+    yield invalid
+    builds = INDEX_BUILDS.family()
+    for b in snap.index_builds:  # a handful at most: one per backend building an index
+        builds.add_metric([target, clean(b.schema), clean(b.table), clean(b.name), b.command,
+                           b.phase], -1.0 if b.done_ratio is None else b.done_ratio)
+    yield builds
+
+
+STATEMENT_COLUMNS: tuple[tuple[MetricSpec, Callable[[StatementStats], float]], ...] = (
+    (STATEMENT_SECONDS, lambda s: s.seconds),
+    (STATEMENT_CALLS, lambda s: s.calls),
+    (STATEMENT_ROWS, lambda s: s.rows),
+)
+
+
+def _statements(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
+    top = snap.top_statements.statements if snap.top_statements else ()
+    for metric_spec, value_of in STATEMENT_COLUMNS:
+        metric = metric_spec.family()
+        for statement in top:  # at most --top-statements
+            metric.add_metric([target, str(statement.queryid)], value_of(statement))
+        yield metric
+
+
+def _oldest_rows(snap: PostgresSnapshot, target: str) -> Metric:
+    metric = OLDEST_ROW_AGE.family()
+    for r in snap.oldest_rows:  # six tables at most
+        if r.age_seconds is not None:
+            metric.add_metric([target, clean(r.schema), r.table, r.column], r.age_seconds)
     return metric

@@ -59,6 +59,13 @@ class TableStats(NamedTuple):
     total_bytes: int  # heap + indexes + TOAST (pg_total_relation_size)
     inserted_rows: int  # n_tup_ins since the statistics were reset: a counter
     deleted_rows: int  # n_tup_del, likewise
+    # rows changed since the last ANALYZE (n_mod_since_analyze): the planner's estimates for
+    # this table are that far behind
+    modified_since_analyze: int = 0
+    last_analyze: float | None = None  # unix time, the later of manual and auto ANALYZE
+    # the table's own autovacuum storage parameters (reloptions autovacuum_*=...), e.g.
+    # "autovacuum_enabled=false": what keeps autovacuum from analyzing it
+    autovacuum_options: tuple[str, ...] = ()
 
 
 class Relation(NamedTuple):
@@ -90,6 +97,64 @@ class Involved:
 class DatabaseSize(NamedTuple):
     datname: str
     bytes: int
+    deadlocks: int = 0  # pg_stat_database.deadlocks since the statistics were reset
+
+
+class InvalidIndex(NamedTuple):
+    """An index of the watched database that is not valid (pg_index.indisvalid false) and not
+    being built: what a failed CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY leaves. The
+    planner never uses it, and writes still maintain it."""
+
+    schema: str
+    name: str  # the index's
+    table: str
+    unique: bool
+    definition: str  # pg_get_indexdef: the CREATE statement to run again
+
+
+class IndexBuild(NamedTuple):
+    """A CREATE INDEX or REINDEX running in the watched database (pg_stat_progress_create_index)."""
+
+    pid: int
+    schema: str
+    table: str
+    name: str  # the index's; '' until a concurrent build has created its catalog entry
+    command: str  # CREATE INDEX CONCURRENTLY, REINDEX, ...
+    phase: str
+    done_ratio: float | None  # the phase's blocks or tuples done / total, None when unknown
+
+
+class OldestRow(NamedTuple):
+    """How far back a Prefect table goes: min() of one indexed timestamp column
+    (exporter/postgres/oldest.py). Prefect's tables are not pg_monitor's to read: only where
+    the exporter's role was granted SELECT on that one column."""
+
+    schema: str
+    table: str
+    column: str
+    readable: bool  # the exporter's role may SELECT the column
+    age_seconds: float | None = None  # now - min(column); None: not readable, or empty
+
+
+class StatementStats(NamedTuple):
+    """One statement of pg_stat_statements in the watched database, summed over the roles that
+    ran it (its rows are per role, database, queryid and nesting level)."""
+
+    queryid: int
+    calls: int
+    seconds: float  # total execution time
+    rows: int
+    fingerprint: str  # every literal masked (exporter/incidents/fingerprint.py); '' if unknown
+
+
+@dataclass(frozen=True)
+class TopStatements:
+    """The statements with the most execution time, read at most once a minute
+    (exporter/postgres/statements.py)."""
+
+    checked_at: float  # unix time of the read
+    status: str  # "read", or why not: "not installed", "not loaded", "unreadable (SQLSTATE)"
+    statements: tuple[StatementStats, ...] = ()  # most total time first
 
 
 class Address(NamedTuple):
@@ -123,6 +188,13 @@ class PostgresSnapshot:
     # enough): what the doctor needs to say how soon a database reaches its size limit
     growth_bytes_per_second: dict[str, float] = field(default_factory=dict)
     involved: Involved = field(default_factory=Involved)
+    database: str = ""  # the watched database (the DSN's): invalid indexes, builds
+    invalid_indexes: tuple[InvalidIndex, ...] = ()  # the first MAX_INVALID_INDEXES by name
+    invalid_index_count: int = 0  # all of them
+    index_builds: tuple[IndexBuild, ...] = ()
+    top_statements: TopStatements | None = None  # None: not asked for (--no-statements)
+    role: str = ""  # the exporter's own role (current_user): whom a GRANT names
+    oldest_rows: tuple[OldestRow, ...] = ()  # the Prefect tables present, read once a minute
     # each activity group's backends, in the order of `activity` (empty when not read)
     group_pids: tuple[tuple[int, ...], ...] = ()
     address: Address = NOWHERE

@@ -24,16 +24,22 @@ from exporter.postgres.involved import (
     stalls_past_thresholds,
     waited_on,
 )
+from exporter.postgres.oldest import COLUMNS_SQL as OLDEST_COLUMNS_SQL
+from exporter.postgres.oldest import OldestRowsReader
 from exporter.postgres.snapshot import (
     ActivityGroup,
     Address,
     BlockedSession,
     DatabaseSize,
+    IndexBuild,
+    InvalidIndex,
     Involved,
+    OldestRow,
     PostgresSnapshot,
     Session,
     TableStats,
 )
+from exporter.postgres.statements import EXTENSION_SQL, StatementsReader
 from exporter.source import ErrorMap, SourceError, translated
 from exporter.thresholds import thresholds as all_thresholds
 
@@ -249,36 +255,84 @@ def _settings(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[s
 # pg_class.relpages (its heap as of the last VACUUM or ANALYZE) for as long as the lock lasts.
 # pg_locks is read once per poll for this (it takes the lock manager's partition locks briefly,
 # like pg_blocking_pids(); a few hot tables cannot be checked more cheaply).
+# n_mod_since_analyze and the last ANALYZE (manual or auto, the later; greatest() skips NULLs):
+# how stale the planner's statistics are, the usual cause of /flow_runs/filter timing out at
+# millions of rows. The table's autovacuum_* storage parameters say what keeps autovacuum off it.
 _TABLES = """
-SELECT schemaname AS "schema", relname AS "table", n_live_tup AS live_tuples,
-       n_dead_tup AS dead_tuples,
-       extract(epoch FROM last_vacuum)::float8 AS last_vacuum,
-       extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum,
-       coalesce(CASE WHEN relid <> ALL (ARRAY(  -- uncorrelated: an InitPlan, run once
+SELECT s.schemaname AS "schema", s.relname AS "table", s.n_live_tup AS live_tuples,
+       s.n_dead_tup AS dead_tuples,
+       extract(epoch FROM s.last_vacuum)::float8 AS last_vacuum,
+       extract(epoch FROM s.last_autovacuum)::float8 AS last_autovacuum,
+       coalesce(CASE WHEN s.relid <> ALL (ARRAY(  -- uncorrelated: an InitPlan, run once
                     SELECT relation FROM pg_locks
                     WHERE locktype = 'relation' AND mode = 'AccessExclusiveLock'
                       AND relation IS NOT NULL))
-                THEN pg_total_relation_size(relid) END,
-                (SELECT c.relpages::int8 * current_setting('block_size')::int8
-                 FROM pg_class c WHERE c.oid = relid),
+                THEN pg_total_relation_size(s.relid) END,
+                c.relpages::int8 * current_setting('block_size')::int8,
                 0) AS total_bytes,
-       n_tup_ins AS inserted_rows,
-       n_tup_del AS deleted_rows
-FROM pg_stat_user_tables
-WHERE relname = ANY(${hot_tables}::text[])
+       s.n_tup_ins AS inserted_rows,
+       s.n_tup_del AS deleted_rows,
+       s.n_mod_since_analyze AS modified_since_analyze,
+       date_part('epoch', greatest(s.last_analyze, s.last_autoanalyze)) AS last_analyze,
+       ARRAY(SELECT o FROM unnest(c.reloptions) o WHERE o LIKE 'autovacuum%' ORDER BY o)
+           AS autovacuum_options
+FROM pg_stat_user_tables s
+JOIN pg_class c ON c.oid = s.relid
+WHERE s.relname = ANY(${hot_tables}::text[])
 ORDER BY 1, 2
 """
 TABLES_SQL = _TABLES.format(hot_tables=1)
 
 # Every database the role may size (pg_monitor may size them all; a database it cannot
-# connect to is left out rather than failing the poll).
+# connect to is left out rather than failing the poll), with its deadlocks: pg_stat_database
+# counts them per database since the statistics were reset.
 DATABASES_SQL = """
-SELECT datname, pg_database_size(oid) AS bytes
-FROM pg_database
-WHERE datallowconn AND NOT datistemplate
-  AND (has_database_privilege(oid, 'CONNECT')
+SELECT d.datname, pg_database_size(d.oid) AS bytes, coalesce(s.deadlocks, 0) AS deadlocks
+FROM pg_database d
+LEFT JOIN pg_stat_database s ON s.datid = d.oid
+WHERE d.datallowconn AND NOT d.datistemplate
+  AND (has_database_privilege(d.oid, 'CONNECT')
        OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'))
 ORDER BY 1
+"""
+
+# Invalid indexes of this database: what a failed CREATE INDEX CONCURRENTLY (Prefect 3.9's
+# migrations build indexes so) or REINDEX CONCURRENTLY leaves behind. A concurrent build in
+# progress is invalid too until it ends: the indexes being built (pg_stat_progress_create_index,
+# visible to pg_monitor for every role) are left out, asked per invalid index only (every backend's
+# progress is read for it). The catalogs need no privilege. Names are listed for the first
+# MAX_INVALID_INDEXES, all are counted.
+MAX_INVALID_INDEXES = 20
+_INVALID_INDEXES = """
+SELECT n.nspname AS "schema", c.relname AS name, t.relname AS "table",
+       i.indisunique AS "unique", pg_get_indexdef(i.indexrelid) AS definition
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid
+  AND NOT EXISTS (SELECT FROM pg_stat_progress_create_index p
+                  WHERE p.index_relid = i.indexrelid
+                    AND p.datid = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database()))
+ORDER BY 1, 2
+"""
+INVALID_INDEXES_SQL = _INVALID_INDEXES + f"LIMIT {MAX_INVALID_INDEXES}"
+
+# Index builds running in this database: the share done is the current phase's blocks (the
+# table scan) or tuples (sorting, loading, validating) done over its total, where it has one.
+INDEX_BUILDS_SQL = """
+SELECT p.pid, coalesce(n.nspname, '') AS "schema", coalesce(t.relname, '') AS "table",
+       coalesce(c.relname, '') AS name, p.command, p.phase,
+       CASE WHEN p.blocks_total > 0 THEN p.blocks_done::float8 / p.blocks_total
+            WHEN p.tuples_total > 0 THEN p.tuples_done::float8 / p.tuples_total
+       END AS done_ratio
+FROM pg_stat_progress_create_index p
+LEFT JOIN pg_class t ON t.oid = p.relid
+LEFT JOIN pg_namespace n ON n.oid = t.relnamespace
+LEFT JOIN pg_class c ON c.oid = p.index_relid
+WHERE p.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY p.pid
 """
 
 
@@ -293,7 +347,15 @@ CONTEXT_SQL = f"""
 SELECT (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text AS settings,
        (SELECT coalesce(json_agg(t), '[]') FROM ({_TABLES.format(hot_tables=2)}) t)::text AS tables,
        (SELECT coalesce(json_agg(d), '[]') FROM ({DATABASES_SQL}) d)::text AS databases,
-       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read_all_stats
+       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read_all_stats,
+       current_database() AS database,
+       (SELECT coalesce(json_agg(i), '[]') FROM ({INVALID_INDEXES_SQL}) i)::text
+           AS invalid_indexes,
+       (SELECT count(*) FROM ({_INVALID_INDEXES}) i) AS invalid_index_count,
+       (SELECT coalesce(json_agg(b), '[]') FROM ({INDEX_BUILDS_SQL}) b)::text AS index_builds,
+       ({EXTENSION_SQL})::text AS statements_extension,
+       current_user AS role,
+       (SELECT coalesce(json_agg(o), '[]') FROM ({OLDEST_COLUMNS_SQL}) o)::text AS oldest_columns
 """
 
 
@@ -303,14 +365,32 @@ class Context(NamedTuple):
     tables: tuple[TableStats, ...]
     databases: tuple[DatabaseSize, ...]
     can_read_all_stats: bool
+    database: str
+    invalid_indexes: tuple[InvalidIndex, ...]
+    invalid_index_count: int
+    index_builds: tuple[IndexBuild, ...]
+    statements_extension: dict[str, str] | None  # pg_stat_statements' version and schema
+    role: str
+    oldest_columns: tuple[OldestRow, ...]  # without their ages
+
+
+def _table(row: dict[str, Any]) -> TableStats:
+    return TableStats(**{**row, "autovacuum_options": tuple(row["autovacuum_options"])})
 
 
 def _context(row: asyncpg.Record) -> Context:
     raw, timeouts = _settings(json.loads(row["settings"]))
     return Context(raw, timeouts,
-                   tuple(TableStats(**t) for t in json.loads(row["tables"])),
+                   tuple(map(_table, json.loads(row["tables"]))),
                    tuple(DatabaseSize(**d) for d in json.loads(row["databases"])),
-                   bool(row["can_read_all_stats"]))
+                   bool(row["can_read_all_stats"]),
+                   row["database"],
+                   tuple(InvalidIndex(**i) for i in json.loads(row["invalid_indexes"])),
+                   row["invalid_index_count"],
+                   tuple(IndexBuild(**b) for b in json.loads(row["index_builds"])),
+                   json.loads(row["statements_extension"] or "null"),
+                   row["role"],
+                   tuple(OldestRow(**o) for o in json.loads(row["oldest_columns"])))
 
 
 # ----------------------------------------------------------------------------------------
@@ -352,7 +432,7 @@ class PostgresSource:
 
     def __init__(self, target: Target, *, statement_timeout_ms: int, connect_timeout: float,
                  top_transactions: int, hot_tables: Sequence[str], statements: bool = True,
-                 thresholds: Mapping[str, float] | None = None) -> None:
+                 thresholds: Mapping[str, float] | None = None, top_statements: int = 0) -> None:
         self.target = target.name
         self._target = target
         self._statement_timeout_ms = statement_timeout_ms
@@ -363,6 +443,10 @@ class PostgresSource:
         self._lenient = False
         self._growth = GrowthTracker()
         self._statements = statements  # False: no query text is read (--no-statements)
+        # pg_stat_statements' top N, read at most once a minute (none with --no-statements)
+        self._top_statements = (StatementsReader(top_statements)
+                                if statements and top_statements > 0 else None)
+        self._oldest = OldestRowsReader()
         self._thresholds = all_thresholds(thresholds)
 
     def partial(self) -> None:
@@ -413,6 +497,10 @@ class PostgresSource:
         activity, oldest, blocked, group_pids = _activity(await conn.fetch(
             ACTIVITY_SQL, self._top_transactions))
         involved = await self._involved(conn, activity, blocked)
+        top_statements = (await self._top_statements.read(conn, context.statements_extension,
+                                                          time.time())
+                          if self._top_statements else None)
+        oldest_rows = await self._oldest.read(conn, context.oldest_columns, time.time())
         blocker_pids = {pid for b in blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
         taken_at = time.time()
@@ -437,6 +525,13 @@ class PostgresSource:
             involved=involved,
             group_pids=group_pids,
             address=address_of(self._target),
+            database=context.database,
+            invalid_indexes=context.invalid_indexes,
+            invalid_index_count=context.invalid_index_count,
+            index_builds=context.index_builds,
+            top_statements=top_statements,
+            role=context.role,
+            oldest_rows=oldest_rows,
         )
 
     async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],

@@ -9,6 +9,7 @@ from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean
 from exporter.metricspec import Kind, MetricOptions, MetricSpec, spec
+from exporter.prefect.retention import retention_of
 from exporter.prefect.snapshot import (
     UNFINISHED_STATE_TYPES,
     ConcurrencyLimit,
@@ -132,6 +133,13 @@ RETENTION_LAG = _pf("prefect_retention_lag_seconds", "target kind",
                     "the retention (kind events: server.events.retention_period; flow_runs: "
                     "db_vacuum's retention_period, where it deletes flow runs); 0 when nothing "
                     "is overdue. > 0: cleanup is not keeping up. Read every 5 minutes.")
+TABLE_RETENTION = _pf(
+    "prefect_table_retention_seconds", "target table",
+    "The retention that keeps each of Prefect's big tables bounded on this server, by release "
+    "and settings (events, event_resources: server.events.retention_period; flow_run, "
+    "task_run, log, artifact: db_vacuum's retention_period where it deletes flow runs). No "
+    "series for a table nothing deletes from (2.x's event_resources; flow runs before 3.6.19 "
+    "or without db_vacuum's flow_runs).")
 
 STUCK_RUNS = _pf("prefect_flow_runs_stuck", "target work_pool state_type",
                  "Flow runs in PENDING, RUNNING, CANCELLING or PAUSED for longer than "
@@ -190,7 +198,8 @@ SPECS: tuple[MetricSpec, ...] = (
     READY_SECONDS, READY_FAILURES, HEALTH_SECONDS, HEALTH_FAILURES, UNMARKED_OVERDUE,
     DEPLOYMENTS_RECENTLY_SCHEDULED, DEPLOYMENTS_WITHOUT_FUTURE, EVENTS_NEWEST_AGE,
     RUN_LAST_START_AGE, EVENTS_OLDEST_AGE,
-    RETENTION_LAG, STUCK_RUNS, OLDEST_STATE_AGE, STUCK_SAMPLE_COMPLETE, HEARTBEATS_SEEN,
+    RETENTION_LAG, TABLE_RETENTION, STUCK_RUNS, OLDEST_STATE_AGE, STUCK_SAMPLE_COMPLETE,
+    HEARTBEATS_SEEN,
     WITHOUT_HEARTBEAT, RUNS_ENDED, TASK_RUNS_RUNNING, LIMIT_SLOTS, LIMIT_ACTIVE,
     LIMIT_SATURATED, LIMIT_HOLDERS, QUEUE_STATUS, QUEUE_POLLED_AGE, QUEUE_DEPLOYMENTS, DEPLOYMENTS)
 
@@ -334,6 +343,10 @@ def _settings(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     for name, value in sorted(snap.settings.items()):
         metric.add_metric([target, name], value)
     yield metric
+    kept = TABLE_RETENTION.family()
+    for table, keep in sorted(retention_of(snap).items()):
+        kept.add_metric([target, table], keep.seconds)
+    yield kept
 
 
 def _requests(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:

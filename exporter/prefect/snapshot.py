@@ -197,6 +197,9 @@ class PrefectSnapshot(PrefectProbeSnapshot):
     outcomes: Outcomes | None = None  # None: the server cannot filter on end_time (< 3.0.4)
     limits: Limits | None = None
     readiness: Readiness | None = None
+    # what server.services.db_vacuum.enabled deletes ("events", "flow_runs", "orphans"); None
+    # where the server has no db_vacuum (before 3.6.19)
+    vacuum_kinds: frozenset[str] | None = None
 
     @property
     def services_may_be_replicated(self) -> bool:

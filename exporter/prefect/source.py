@@ -127,6 +127,7 @@ class PrefectSource:
             requests=api.request_stats(),
             services=services, events=events, retention=self._retention, runs=runs,
             outcomes=outcomes, limits=limits, readiness=readiness,
+            vacuum_kinds=vacuum_kinds(settings),
         )
 
     async def close(self) -> None:

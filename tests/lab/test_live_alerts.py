@@ -51,6 +51,7 @@ async def every_incident(pg: LabPostgres, bouncer: LabPgBouncer,
                          quiet: LabPostgres) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         for incident in (
+                incidents.index_build(pg, app="live-index"),  # ends last: it waits for them
                 incidents.lock_chain(pg, table="scratch.live", app="live"),
                 incidents.copy_stall(pg, table="scratch.live", app="live-copier"),
                 incidents.listeners(quiet, apps=("live-services-a", "live-services-b")),
@@ -83,8 +84,14 @@ async def test_alerts_fire_dashboards_have_data_and_alerts_resolve(
     # a heartbeat seen, so the zombie panel has its (zero) count; the real worker's heartbeats
     # and zombies are proven in test_prefect_runs_lab.py
     await api.flow_run_heartbeat(late[0])
+    await api.logs(late[0], ["a log line, for the retention backlog panels"])  # (#25)
     await api.global_concurrency_limit("live-limit", 2)  # for the concurrency panel
-    postgres.psql("VACUUM public.flow_run")  # a vacuum time for the hot-table panel
+    postgres.psql("VACUUM (ANALYZE) public.flow_run")  # vacuum, analyze times for their panels
+    # the opt-in column grants, for the retention backlog panels (#25)
+    postgres.psql("GRANT SELECT (end_time) ON flow_run, task_run TO prefect_exporter;"
+                  'GRANT SELECT ("timestamp") ON log TO prefect_exporter;'
+                  "GRANT SELECT (updated) ON artifact, event_resources TO prefect_exporter;"
+                  "GRANT SELECT (occurred) ON events TO prefect_exporter")
 
     # The lab's Prefect services LISTEN too, through PgBouncer, so that session's last query
     # shows on one server connection or another, now and then: the duplicated services are

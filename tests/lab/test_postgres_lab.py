@@ -221,6 +221,9 @@ async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: Lab
 @pytest.mark.parametrize(("sql", "row_type"), [
     (pgsrc.LOCKS_SQL, LockRow),
     (pgsrc.TABLES_SQL, pgsnap.TableStats),
+    (pgsrc.DATABASES_SQL, pgsnap.DatabaseSize),
+    (pgsrc.INVALID_INDEXES_SQL, pgsnap.InvalidIndex),
+    (pgsrc.INDEX_BUILDS_SQL, pgsnap.IndexBuild),
 ])
 async def test_query_columns_are_the_row_fields_in_order(postgres: LabPostgres, sql: str,
                                                          row_type: type[tuple[Any, ...]]

@@ -26,6 +26,7 @@ WP = 'target="prefect",work_pool="a"'
 CACHE = 'name="server.database.sqlalchemy.connect_args.statement_cache_size"'
 PREPARED = 'name="server.database.sqlalchemy.connect_args.prepared_statement_cache_size"'
 
+OLDEST = f'prefect_table_oldest_row_age_seconds{{{DB},schema="public"'
 # (alert, input series {series: values}, eval time, expected labels or [] for quiet)
 Case = tuple[str, dict[str, str], str, list[dict[str, str]]]
 CASES: list[Case] = [
@@ -169,6 +170,51 @@ CASES: list[Case] = [
      {f'postgres_table_dead_tuples{{{DB},schema="public",table="log"}}': "200000x150",
       f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "10000000x150"},
      "2h", []),
+    ("PostgresHotTableStaleStatistics",
+     {f'postgres_table_modified_since_analyze_rows{{{DB},schema="public",table="log"}}':
+      "30000x150",
+      f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "30000x150"},
+     "2h", [{"target": "db", "schema": "public", "table": "log"}]),
+    ("PostgresHotTableStaleStatistics",  # 50,000 of 10 million changed: autovacuum's to do
+     {f'postgres_table_modified_since_analyze_rows{{{DB},schema="public",table="log"}}':
+      "50000x150",
+      f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "10000000x150"},
+     "2h", []),
+    ("PostgresHotTableStaleStatistics",  # analyzed within the hour: quiet
+     {f'postgres_table_modified_since_analyze_rows{{{DB},schema="public",table="log"}}':
+      "30000x40 0x110",
+      f'postgres_table_live_tuples{{{DB},schema="public",table="log"}}': "30000x150"},
+     "2h", []),
+    ("PrefectTableRetentionBacklog",  # events a day past the 7 days Prefect keeps
+     {f'{OLDEST},table="events",column="occurred"}}': "691200x60",
+      'prefect_table_retention_seconds{target="prefect",table="events"}': "604800x60"},
+     "45m", [{"target": "db", "schema": "public", "table": "events", "column": "occurred"}]),
+    ("PrefectTableRetentionBacklog",  # half an hour past: the next cleanup loop's, quiet
+     {f'{OLDEST},table="events",column="occurred"}}': "606600x60",
+      'prefect_table_retention_seconds{target="prefect",table="events"}': "604800x60"},
+     "45m", []),
+    ("PrefectTableRetentionBacklog",  # no retention for log: the other alert's case, quiet
+     {f'{OLDEST},table="log",column="timestamp"}}': "3456000x60",
+      'prefect_table_retention_seconds{target="prefect",table="events"}': "604800x60"},
+     "45m", []),
+    ("PrefectTableUnretainedRows",  # log rows 40 days old, nothing deletes them
+     {f'{OLDEST},table="log",column="timestamp"}}': "3456000x90",
+      'prefect_table_retention_seconds{target="prefect",table="events"}': "604800x90"},
+     "80m", [{"target": "db", "schema": "public", "table": "log", "column": "timestamp"}]),
+    ("PrefectTableUnretainedRows",  # db_vacuum keeps log rows 60 days: quiet
+     {f'{OLDEST},table="log",column="timestamp"}}': "3456000x90",
+      'prefect_table_retention_seconds{target="prefect",table="log"}': "5184000x90"},
+     "80m", []),
+    ("PostgresInvalidIndex", {f"postgres_invalid_indexes{{{DB}}}": "1x30"},
+     "20m", [{"target": "db"}]),
+    ("PostgresInvalidIndex", {f"postgres_invalid_indexes{{{DB}}}": "0x30"}, "20m", []),
+    ("PostgresDeadlocks",
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "0x10 1x20"},
+     "15m", [{"target": "db", "datname": "prefect"}]),
+    ("PostgresDeadlocks",  # old deadlocks, none for the last 15 minutes: quiet
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "7x40"}, "30m", []),
+    ("PostgresDeadlocks",  # the statistics reset (or a restart): not a deadlock
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "7x10 0x20"}, "15m", []),
 ]
 
 

@@ -96,6 +96,7 @@ BAD = [
     ({"label_top_n": "0"}, ">= 1"),
     ({"label_top_n": "ten"}, "whole number"),
     ({"top_transactions": "-3"}, "whole number"),
+    ({"top_statements": "ten"}, "whole number"),
     ({"hot_tables": "task_run,drop table"}, "not a table name"),
     ({"postgres_dsn": "host=db bogus"}, "invalid DSN"),
     ({"postgres_dsn": "nonsense=1"}, "invalid DSN"),

@@ -8,12 +8,13 @@ from dataclasses import replace
 from exporter.diagnosis import diagnose
 from exporter.finding import Finding, SourceFailure, exit_code, render_text
 from exporter.pgbouncer.snapshot import Pool
-from exporter.postgres.snapshot import BlockedSession
+from exporter.postgres.snapshot import BlockedSession, DatabaseSize, IndexBuild
 from exporter.prefect.snapshot import PoolCounts, WorkPool
 from exporter.source import Snapshot
 from tests.factories import (
     group,
     healthy_pg,
+    invalid_index,
     pg_snapshot,
     pgbouncer_snapshot,
     prefect_snapshot,
@@ -166,3 +167,51 @@ def test_source_failures_rank_first_and_json_round_trips() -> None:
     assert result[0].check == "source_down" and result[0].severity == "warning"
     assert json.loads(json.dumps([f.as_dict() for f in result]))[0]["target"] == "pgb"
     assert "1. [WARNING] cannot read pgbouncer pgb" in render_text(result)
+
+
+def test_stale_statistics_name_the_analyze_and_the_table_setting_that_prevents_it() -> None:
+    off = table("log", 30_000, 0, modified_since_analyze=30_000,
+                autovacuum_options=("autovacuum_enabled=false",))
+    [f] = [f for f in diagnosed(healthy_pg(tables=(off,))) if f.check == "stale_statistics"]
+    assert f.severity == "warning"
+    assert "ANALYZE public.log;" in f.action
+    assert "ALTER TABLE public.log RESET (autovacuum_enabled)" in f.action
+    assert "30000 rows changed" in f.evidence[0] and "never" in f.evidence[0]
+    assert "autovacuum_enabled=false" in f.evidence[1]
+    on = table("flow_run", 100_000, 0, modified_since_analyze=40_000, last_analyze=400.0)
+    [g] = [f for f in diagnosed(healthy_pg(tables=(on,))) if f.check == "stale_statistics"]
+    assert "autovacuum_analyze_scale_factor" in g.action and "10min ago" in g.evidence[0]
+    # a large table with a small share changed, or few rows: autovacuum's business
+    quiet = (table("task_run", 1_000_000, 0, modified_since_analyze=60_000),
+             table("events", 100, 0, modified_since_analyze=5_000))
+    assert "stale_statistics" not in checks(healthy_pg(tables=quiet))
+
+
+def test_each_invalid_index_is_named_with_its_repair() -> None:
+    unique = invalid_index("uq_log_id", unique=True)
+    leftover = invalid_index("ix_flow_run__state_ccnew", "flow_run")
+    found = [f for f in diagnosed(healthy_pg(invalid_indexes=(unique, leftover),
+                                             invalid_index_count=3, database="prefect"))
+             if f.check == "invalid_index"]
+    assert [f.title for f in found] == ["index public.uq_log_id on log is INVALID",
+                                        "index public.ix_flow_run__state_ccnew on flow_run "
+                                        "is INVALID"]
+    assert "REINDEX INDEX CONCURRENTLY public.uq_log_id;" in found[0].action
+    assert "CREATE UNIQUE INDEX CONCURRENTLY uq_log_id ON public.log" in found[0].action
+    assert "duplicate rows" in found[0].action
+    assert found[1].action.startswith("DROP INDEX CONCURRENTLY public.ix_flow_run__state_ccnew;")
+    assert "1 more invalid indexes are not listed" in found[0].evidence[1]
+    assert "invalid_index" not in checks(healthy_pg())
+
+
+def test_index_builds_and_deadlocks_are_information() -> None:
+    snap = healthy_pg(database="prefect",
+                      databases=(DatabaseSize("prefect", 1, deadlocks=2),
+                                 DatabaseSize("other", 1, deadlocks=9)),
+                      index_builds=(IndexBuild(7, "public", "task_run", "ix_t", "CREATE INDEX "
+                                               "CONCURRENTLY", "building index: scanning table",
+                                               0.4),))
+    assert checks(snap) == {"index_build": ["info"], "deadlocks": ["info"]}
+    by_check = {f.check: f for f in diagnosed(snap)}
+    assert "40% of this phase done" in by_check["index_build"].evidence[0]
+    assert by_check["deadlocks"].title == "2 deadlock(s) in prefect since its statistics were reset"

@@ -14,8 +14,16 @@ from exporter.labels import OTHER, Folder, keep_top
 from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState, fresh_snapshots
 from exporter.postgres.metrics import postgres_families
-from exporter.postgres.snapshot import BlockedSession, DatabaseSize, PostgresSnapshot, Session
-from tests.factories import NamedSource, group, table
+from exporter.postgres.snapshot import (
+    BlockedSession,
+    DatabaseSize,
+    IndexBuild,
+    PostgresSnapshot,
+    Session,
+    StatementStats,
+    TopStatements,
+)
+from tests.factories import NamedSource, group, oldest, table
 from tests.factories import pg_snapshot as snapshot
 from tests.helpers import Scrape, exposition, parse, render
 
@@ -121,7 +129,11 @@ def test_every_emitted_family_is_catalogued_with_its_labels() -> None:
                     oldest_transactions=(Session(1, "d", "u", "a", "", "active", "", "", 1.0,
                                                  1.0),),
                     tables=(table("log", 1, 1, 1.0, 1.0),),
-                    databases=(DatabaseSize("prefect", 1),))
+                    databases=(DatabaseSize("prefect", 1),),
+                    index_builds=(IndexBuild(3, "public", "log", "ix", "CREATE INDEX",
+                                             "initializing", None),),
+                    top_statements=TopStatements(1.0, "read", (StatementStats(1, 1, 1.0, 1, ""),)),
+                    oldest_rows=(oldest("log", "timestamp", 3600.0),))
     state = SourceState(NamedSource("postgres", "t"))
     collector = ExporterCollector([state], MetricOptions(20))
     collector.update([snap], [])
@@ -215,3 +227,54 @@ def test_the_table_a_blocked_session_waits_on() -> None:
                                2: Relation("public", "task_run"),
                                3: Relation("public", "log"), 4: Relation("public", "events")}
     assert str(Relation("scratch", "task_run")) == "scratch.task_run"
+
+
+def test_statistics_indexes_and_deadlocks() -> None:
+    s = rendered(snapshot(
+        tables=(table("log", 30_000, 0, modified_since_analyze=30_000),
+                table("flow_run", 10, 0, modified_since_analyze=3, last_analyze=990.5)),
+        databases=(DatabaseSize("prefect", 90_000, deadlocks=2),
+                   DatabaseSize("postgres", 7_000, deadlocks=1),
+                   DatabaseSize("tiny", 10, deadlocks=4)),
+        invalid_index_count=3,
+        index_builds=(IndexBuild(7, "public", "task_run", "ix_t", "CREATE INDEX CONCURRENTLY",
+                                 "building index: scanning table", 0.25),
+                      IndexBuild(8, "public", "log", "", "CREATE INDEX CONCURRENTLY",
+                                 "initializing", None))), top_n=2)
+    assert s.value("postgres_table_modified_since_analyze_rows", table="log") == 30_000
+    assert s.value("postgres_table_last_analyze_timestamp_seconds", table="log") == 0
+    assert s.value("postgres_table_last_analyze_timestamp_seconds", table="flow_run") == 990.5
+    assert s.value("postgres_invalid_indexes") == 3
+    # deadlocks fold with the database sizes: the same databases keep their names
+    assert s.value("postgres_deadlocks_total", datname="prefect") == 2
+    assert s.value("postgres_deadlocks_total", datname=OTHER) == 4
+    assert s.value("postgres_index_build_done_ratio", index="ix_t",
+                   phase="building index: scanning table") == 0.25
+    assert s.value("postgres_index_build_done_ratio", table="log", index="") == -1
+    quiet = rendered(snapshot())
+    assert quiet.value("postgres_invalid_indexes") == 0
+    assert quiet.labelsets("postgres_index_build_done_ratio") == []
+
+
+def test_top_statements_by_queryid_only_never_their_text() -> None:
+    top = TopStatements(990.0, "read", (
+        StatementStats(-17, 3, 12.5, 30, "ALTER ROLE x PASSWORD ?"),
+        StatementStats(42, 9, 0.5, 9, "SELECT $1")))
+    s = rendered(snapshot(top_statements=top))
+    assert s.value("postgres_statement_seconds_total", queryid="-17") == 12.5
+    assert s.value("postgres_statement_calls_total", queryid="-17") == 3
+    assert s.value("postgres_statement_rows_total", queryid="42") == 9
+    assert {lab["queryid"] for lab in s.labelsets("postgres_statement_seconds_total")} == \
+        {"-17", "42"}
+    assert "ALTER ROLE" not in s.text and "SELECT $1" not in s.text
+    for off in (None, TopStatements(990.0, "not installed")):
+        assert rendered(snapshot(top_statements=off)).labelsets(
+            "postgres_statement_calls_total") == []
+
+
+def test_oldest_rows_only_where_read() -> None:
+    s = rendered(snapshot(oldest_rows=(oldest("log", "timestamp", 3456000.0),
+                                       oldest("artifact", "updated", None))))
+    assert s.labelsets("prefect_table_oldest_row_age_seconds") == [
+        {"target": "db", "schema": "public", "table": "log", "column": "timestamp"}]
+    assert s.value("prefect_table_oldest_row_age_seconds", table="log") == 3456000.0

@@ -67,3 +67,27 @@ async def test_incidents_on_their_endpoint_on_the_page_and_in_the_log(
     assert incident["ended_at"] == "1970-01-01T00:01:41Z" and body["statements"] is True
     assert "Recent incidents" in page and "t&lt;b&gt;" in page and "t<b>" not in page
     assert HOLDER_SQL in page and "public.task_run" in page
+
+
+async def test_statements_endpoint_serves_the_fresh_snapshots(start_exporter: StartExporter
+                                                              ) -> None:
+    import time
+    from dataclasses import replace
+
+    from exporter.postgres.snapshot import StatementStats, TopStatements
+    from tests.factories import healthy_pg
+
+    exporter = await start_exporter(postgres_dsn="postgresql://x@127.0.0.1:1/db")
+    base = f"http://127.0.0.1:{exporter.port}"
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{base}/statements")).json() == {"targets": []}
+        [state] = exporter.poller.states
+        now = time.time()
+        state.snapshot = replace(healthy_pg(top_statements=TopStatements(now, "read", (
+            StatementStats(11, 2, 1.0, 2, "SELECT $1"),))), taken_at=now, target=state.target)
+        state.last_success = now
+        body = (await client.get(f"{base}/statements")).json()
+        assert '<a href="/statements">' in (await client.get(f"{base}/")).text
+    [target] = body["targets"]
+    assert target["statements"] == [{"queryid": "11", "fingerprint": "SELECT $1", "calls": 2,
+                                     "total_seconds": 1.0, "mean_seconds": 0.5, "rows": 2}]

@@ -52,7 +52,7 @@ async def test_tls_and_basic_auth(tls_dir: Path, ca: trustme.CA,
     async with httpx.AsyncClient(verify=client_context(ca)) as client:
         assert (await client.get(f"{base}/healthz")).status_code == 200  # probes stay open
         assert (await client.get(f"{base}/readyz")).status_code in (200, 503)
-        for path in ("/metrics", "/", "/incidents"):
+        for path in ("/metrics", "/", "/incidents", "/statements"):
             denied = await client.get(base + path)
             assert denied.status_code == 401 and "Basic" in denied.headers["WWW-Authenticate"]
         wrong = await client.get(f"{base}/metrics", auth=("prometheus", "nope"))
