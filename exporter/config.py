@@ -227,8 +227,6 @@ _BY_KEY = {s.key: s for s in SETTINGS}
 _CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
 THRESHOLDS_KEY = "thresholds"
 THRESHOLDS_ENV = ENV_PREFIX + "THRESHOLDS"
-# Settings read from another program's variables when ours are not set (Prefect's), by key
-_FALLBACKS = {key: variable for kind in KINDS for key, variable in kind.config.fallbacks.items()}
 # Not secrets, but what they hold may be: never echoed either
 _NOT_ECHOED = frozenset(key for kind in KINDS for key in kind.config.not_echoed)
 # Kubernetes injects <SERVICE>_SERVICE_HOST, _SERVICE_PORT[_NAME] and _PORT[_...] for every
@@ -438,9 +436,9 @@ def _build(raw: dict[str, str], overrides: Mapping[str, float], origins: Mapping
 
 def _check(config: Config) -> None:
     if not config.sources:
-        raise ConfigError(f"nothing to watch: set {ENV_PREFIX}POSTGRES_DSN, "
-                          f"{ENV_PREFIX}PGBOUNCER_DSN, {ENV_PREFIX}PREFECT_API_URL and/or "
-                          f"{ENV_PREFIX}REDIS_URL")
+        # each kind's first setting says where its targets are
+        where = [kind.config.target_settings[0].env for kind in KINDS]
+        raise ConfigError(f"nothing to watch: set {', '.join(where[:-1])} and/or {where[-1]}")
     if config.poll_timeout_seconds > config.poll_interval_seconds:  # both set by the user
         raise ConfigError(
             f"{ENV_PREFIX}POLL_TIMEOUT_SECONDS ({config.poll_timeout_seconds:g}) must not exceed "
