@@ -4,14 +4,13 @@ one target's metrics (/probe?target=NAME, for fleets), /healthz, /readyz, /incid
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from exporter.collector import Exposition
+from exporter.collector import Exposition, gzipped
 from exporter.finding import Finding
 from exporter.incidents.model import IncidentsReport
 from exporter.pages import landing_page
@@ -40,7 +39,7 @@ def make_app(exposition: Exposition, states: Sequence[SourceState],
         if problem:
             return web.Response(status=400, text=problem + "\n")
         body = exposition.probe(target)
-        return exposition_response(request, body, lambda: gzip.compress(body, compresslevel=3))
+        return exposition_response(request, body, lambda: gzipped(body))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")

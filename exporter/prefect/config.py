@@ -42,7 +42,6 @@ class PrefectAuth:
         return [self.api_key, self.auth_string, password]
 
 
-
 @dataclass(frozen=True)
 class PrefectTarget:
     name: str
