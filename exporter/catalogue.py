@@ -34,7 +34,7 @@ def render_markdown() -> str:
         lines += [f"## {source}", "", "| metric | type | labels | meaning |", "|---|---|---|---|"]
         for s in specs:
             labels = ", ".join(f"`{label}`" for label in s.labels)
-            lines.append(f"| `{s.name}` | {s.kind} | {labels} | {s.help} |")
+            lines.append(f"| `{s.name}` | {s.type} | {labels} | {s.help} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -119,5 +119,10 @@ class Exposition:
 
     def gzipped(self) -> bytes:
         if self._gzipped is None:
-            self._gzipped = gzip.compress(self.body, compresslevel=3)
+            self._gzipped = gzipped(self.body)
         return self._gzipped
+
+
+def gzipped(body: bytes) -> bytes:
+    """A body as served gzipped, /metrics and /probe alike (level 3)."""
+    return gzip.compress(body, compresslevel=3)

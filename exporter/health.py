@@ -10,31 +10,30 @@ from prometheus_client.core import Metric
 from exporter import __version__
 from exporter.finding import Finding
 from exporter.kinds import KINDS
-from exporter.metricspec import MetricSpec, spec
+from exporter.metricspec import MetricSpec, Specs
 from exporter.poller import SourceState
 from exporter.source import REASONS
 
-
-def _ex(name: str, kind: str, labels: str, help_text: str) -> MetricSpec:
-    return spec(name, "counter" if kind == "counter" else "gauge", "exporter", labels, help_text)
+_ex = Specs("exporter")
 
 
-BUILD_INFO = _ex("prefect_pg_exporter_build_info", "gauge", "version python_version",
+BUILD_INFO = _ex("prefect_pg_exporter_build_info", "version python_version",
                  "Always 1; the exporter's version and Python version as labels.")
-SOURCE_UP = _ex("prefect_pg_exporter_source_up", "gauge", "source target",
+SOURCE_UP = _ex("prefect_pg_exporter_source_up", "source target",
                 "1 if the last poll of this source succeeded, else 0.")
-LAST_SUCCESS = _ex("prefect_pg_exporter_source_last_success_timestamp_seconds", "gauge",
+LAST_SUCCESS = _ex("prefect_pg_exporter_source_last_success_timestamp_seconds",
                    "source target",
                    "Unix time of the last successful poll (0 = never). Staleness: time() minus "
                    "this.")
-POLL_DURATION = _ex("prefect_pg_exporter_source_poll_duration_seconds", "gauge",
+POLL_DURATION = _ex("prefect_pg_exporter_source_poll_duration_seconds",
                     "source target",
                     "Wall time of the last poll of this source, successful or not.")
-POLLS = _ex("prefect_pg_exporter_source_polls_total", "counter", "source target",
-            "Polls attempted for this source.")
-ERRORS = _ex("prefect_pg_exporter_source_errors_total", "counter", "source target reason",
-             "Failed polls by reason: timeout, connect (cannot reach or log in), query, other.")
-FINDING = _ex("prefect_pg_exporter_finding", "gauge", "check severity",
+POLLS = _ex("prefect_pg_exporter_source_polls_total", "source target",
+            "Polls attempted for this source.", "counter")
+ERRORS = _ex("prefect_pg_exporter_source_errors_total", "source target reason",
+             "Failed polls by reason: timeout, connect (cannot reach or log in), query, other.",
+             "counter")
+FINDING = _ex("prefect_pg_exporter_finding", "check severity",
               "1 while the diagnosis has an active finding of this check (the same as "
               "`prefect-pg-exporter doctor`); listed with evidence on the exporter's / page.")
 
@@ -43,9 +42,7 @@ SPECS: tuple[MetricSpec, ...] = (BUILD_INFO, SOURCE_UP, LAST_SUCCESS, POLL_DURAT
 
 
 def build_info() -> Metric:
-    metric = BUILD_INFO.family()
-    metric.add_metric([__version__, platform.python_version()], 1)
-    return metric
+    return BUILD_INFO.sample([__version__, platform.python_version()], 1)
 
 
 def health_families(states: Sequence[SourceState]) -> Iterator[Metric]:

@@ -1,9 +1,10 @@
 """A source kind: everything the exporter knows about one kind of target, in one entry.
 
-Each kind's package (exporter/postgres, exporter/pgbouncer, exporter/prefect) declares its KIND:
-its name, how to build its sources from the configuration, its snapshot type, its `up` metric,
-its metric specs and families builder, and its checks. exporter/kinds.py lists them; nothing
-else in the exporter names a kind. Adding a source kind is a new package and one line there.
+Each kind's package (exporter/postgres, exporter/pgbouncer, exporter/prefect, exporter/redis)
+declares its KIND: its name, its settings (exporter/<kind>/config.py), how to build its sources
+from the configuration, its snapshot type, its `up` metric, its metric specs and families
+builder, and its checks. exporter/kinds.py lists them; nothing else in the exporter names a
+kind. Adding a source kind is a new package and one line there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prometheus_client.core import Metric
 from exporter.finding import Context, Finding
 from exporter.incidents.model import Observation
 from exporter.metricspec import MetricOptions, MetricSpec
+from exporter.settingspec import KindConfig
 from exporter.source import Snapshot, Source
 
 if TYPE_CHECKING:
@@ -58,6 +60,9 @@ class SourceKind(Generic[SnapshotT]):
     # The configured sources of this kind. Each kind imports its driver (asyncpg, psycopg,
     # httpx) only here, so a configuration without that kind never loads it.
     sources: Callable[[Config], Sequence[Source]]
+    # Its settings and how they become its targets (exporter/<kind>/config.py), gathered by
+    # exporter/config.py
+    config: KindConfig
     # The incidents its snapshots show (exporter/incidents/): pure, with the checks' thresholds,
     # so that an incident begins and ends exactly when its finding appears and goes.
     incidents: Callable[[SnapshotT, Context], Iterable[Observation]] = field(

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
 
-Kind = Literal["gauge", "counter"]
+# A metric's type, as `# TYPE` says it. Not "kind": that word is the source kind's
+# (postgres | pgbouncer | prefect | redis). A Literal, so mypy refuses a typo.
+MetricType = Literal["gauge", "counter"]
 
 
 class MetricFamily(Metric):
@@ -21,12 +23,13 @@ class MetricFamily(Metric):
     objects for anything else that reads the family (generate_latest, the tests), as
     GaugeMetricFamily and CounterMetricFamily would hold them."""
 
-    def __init__(self, name: str, documentation: str, kind: Kind,
+    def __init__(self, name: str, documentation: str, metric_type: MetricType,
                  labelnames: tuple[str, ...]) -> None:
         # a counter's family is named without _total, its samples with it (as prometheus_client)
-        family_name = name.removesuffix("_total") if kind == "counter" else name
-        super().__init__(family_name, documentation, kind)
-        self.sample_name = family_name + "_total" if kind == "counter" else name
+        counter = metric_type == "counter"
+        family_name = name.removesuffix("_total") if counter else name
+        super().__init__(family_name, documentation, metric_type)
+        self.sample_name = family_name + "_total" if counter else name
         self.labelnames = labelnames
         self.rows: list[tuple[tuple[str, ...], float]] = []
 
@@ -50,19 +53,40 @@ class MetricFamily(Metric):
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # the exposed sample name (a counter's ends in _total)
-    kind: Kind
+    type: MetricType
     help: str
     labels: tuple[str, ...]
-    source: str  # exporter | postgres | pgbouncer | prefect
+    source: str  # exporter | postgres | pgbouncer | prefect | redis
+
+    def __post_init__(self) -> None:
+        # refused at import, so a wrong type never reaches an exposition or the catalogue
+        if self.type not in get_args(MetricType):
+            raise ValueError(f"{self.name}: unknown metric type {self.type!r}")
+        if (self.type == "counter") != self.name.endswith("_total"):
+            raise ValueError(f"{self.name}: a counter's name ends in _total, only a counter's")
 
     def family(self) -> MetricFamily:
         """A fresh, empty family of this metric."""
-        return MetricFamily(self.name, self.help, self.kind, self.labels)
+        return MetricFamily(self.name, self.help, self.type, self.labels)
+
+    def sample(self, labels: Sequence[str], value: float) -> MetricFamily:
+        """A family of this metric holding one sample: a target's single value."""
+        family = self.family()
+        family.add_metric(labels, value)
+        return family
 
 
-def spec(name: str, kind: Kind, source: str, labels: str, help_text: str) -> MetricSpec:
-    """A spec with its labels written as one space-separated string."""
-    return MetricSpec(name, kind, help_text, tuple(labels.split()), source)
+@dataclass(frozen=True)
+class Specs:
+    """The one way a metric spec is declared: `_pg = Specs("postgres")`, then
+    `_pg(name, labels, help_text)` for a gauge or `_pg(..., metric_type="counter")`. Labels are
+    written as one space-separated string."""
+
+    source: str  # exporter | postgres | pgbouncer | prefect | redis
+
+    def __call__(self, name: str, labels: str, help_text: str,
+                 metric_type: MetricType = "gauge") -> MetricSpec:
+        return MetricSpec(name, metric_type, help_text, tuple(labels.split()), self.source)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.incidents.model import IncidentView
 from exporter.incidents.tracker import IncidentEvent
 
 MESSAGES = {"begin": "incident begin", "update": "incident update", "end": "incident end"}
@@ -24,12 +25,16 @@ class LogLine:
     fields: dict[str, Any]
 
 
-def fields_of(incident: dict[str, Any]) -> dict[str, Any]:
+# not in a log line: the id is `incident`; the evidence is spread; the cause and the last
+# time seen say nothing an event's own time and evidence do not
+_NOT_LOGGED = frozenset({"id", "evidence", "cause", "last_seen_at"})
+
+
+def fields_of(incident: IncidentView) -> dict[str, Any]:
     """One flat record per event, for JSON and logfmt alike: the incident, then its evidence
     (pid, application_name, statement, relation, pool, ...)."""
-    flat = {"incident": incident["id"]}
-    flat.update({k: v for k, v in incident.items()
-                 if k not in ("id", "evidence", "cause", "last_seen_at") and v is not None})
+    flat: dict[str, Any] = {"incident": incident["id"]}
+    flat.update({k: v for k, v in incident.items() if k not in _NOT_LOGGED and v is not None})
     flat.update(incident["evidence"])
     return flat
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 from exporter.incidents.fingerprint import MAX_LENGTH as MAX_STATEMENT_LENGTH
 
@@ -43,6 +43,35 @@ class Observation:
     def rank(self) -> tuple[int, float]:
         """How bad: severity first, then how many it affects."""
         return SEVERITY_ORDER.get(self.severity, 0), self.magnitude
+
+
+class IncidentView(TypedDict):
+    """An incident as it is shown: on /incidents (JSON), the landing page, and each log line of
+    its events. The tracker makes it (Incident.as_dict); nothing after changes it."""
+
+    id: int
+    kind: str  # the doctor's check of the same condition (lock_chain, ...)
+    source: str  # the source kind: postgres | pgbouncer | prefect | redis
+    target: str
+    status: Literal["active", "ended"]
+    severity: str  # warning | critical
+    title: str
+    began_at: str | None  # ISO 8601, UTC
+    ended_at: str | None
+    last_seen_at: str | None
+    duration_seconds: float
+    occurrences: int
+    end_reason: str | None  # resolved | target not read | not seen after restart
+    cause: dict[str, str]
+    evidence: dict[str, Evidence]
+
+
+class IncidentsReport(TypedDict):
+    """The body of /incidents; the landing page lists its incidents."""
+
+    incidents: list[IncidentView]  # the open ones, then the ended ones kept, newest first
+    untracked: NotRequired[int]  # observations not followed: too many incidents were open
+    statements: NotRequired[bool]  # whether incidents carry the sessions' statements
 
 
 def bounded(evidence: Mapping[str, Evidence]) -> dict[str, Evidence]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 
 from exporter.incidents import fingerprint
 from exporter.incidents.journal import Journal
+from exporter.incidents.model import IncidentsReport
 from exporter.incidents.store import IncidentStore
 from exporter.incidents.tracker import IncidentEvent, IncidentTracker
 from exporter.source import Snapshot
@@ -72,7 +72,7 @@ class IncidentRecorder:
         if self.store is not None:
             self.store.close()
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> IncidentsReport:
         """The body of /incidents."""
         return {"incidents": self.tracker.incidents(), "untracked": self.tracker.untracked,
                 "statements": self.statements}

@@ -1,5 +1,7 @@
 """Recent incidents as people read them: a section of the landing page, and text for
-`doctor --since`. Everything shown is escaped; statements are fingerprints already."""
+`doctor --since`. Everything shown is escaped; statements are fingerprints already. The page
+shows this process's incidents (typed, from the tracker); the doctor's text, another process's
+(JSON read from its /incidents, so read defensively: a field may be missing)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from exporter.finding import age
+from exporter.incidents.model import IncidentView
 
 
 def _value(value: Any) -> str:
@@ -29,7 +32,7 @@ def _occurrences(incident: Mapping[str, Any]) -> str:
     return f", {n} occurrences" if n and n > 1 else ""
 
 
-def incidents_html(incidents: Sequence[Mapping[str, Any]]) -> str:
+def incidents_html(incidents: Sequence[IncidentView]) -> str:
     if not incidents:
         return "<p>No incident recorded since the exporter started.</p>"
     items = []

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from exporter.finding import Context
-from exporter.incidents.model import Evidence, Observation, bounded, one_line
+from exporter.incidents.model import Evidence, IncidentView, Observation, bounded, one_line
 from exporter.kinds import KINDS
 from exporter.source import Snapshot
 from exporter.thresholds import thresholds as all_thresholds
@@ -71,7 +71,7 @@ class Incident:
     def target(self) -> str:
         return self.observation.target
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> IncidentView:
         o = self.observation
         end = self.ended_at if self.ended_at is not None else self.last_seen_at
         return {
@@ -124,7 +124,7 @@ class Incident:
 @dataclass(frozen=True)
 class IncidentEvent:
     phase: Phase
-    incident: dict[str, Any]  # Incident.as_dict() at that moment
+    incident: IncidentView  # Incident.as_dict() at that moment
 
 
 class IncidentTracker:
@@ -282,7 +282,7 @@ class IncidentTracker:
 
     # ---- out: what is remembered -----------------------------------------------------------
 
-    def incidents(self) -> list[dict[str, Any]]:
+    def incidents(self) -> list[IncidentView]:
         """The open incidents, then the ended ones kept, the most recent first."""
         every = [*self._open.values(), *self._restored.values(), *self._ended]
         return [i.as_dict() for i in sorted(every, key=lambda i: (-i.began_at, -i.id))]

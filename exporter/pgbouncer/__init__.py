@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import exporter.postgres  # noqa: F401  # isort: skip
 from exporter.kind import SourceKind
 from exporter.pgbouncer.checks import pool_waiters
+from exporter.pgbouncer.config import CONFIG
 from exporter.pgbouncer.incidents import pool_waiting
 from exporter.pgbouncer.metrics import SPECS, UP, pgbouncer_families, pgbouncer_joined
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
@@ -30,5 +31,5 @@ def _sources(config: Config) -> Sequence[Source]:
 
 
 KIND = SourceKind(name="pgbouncer", snapshot_type=PgBouncerSnapshot, up=UP, specs=SPECS,
-                  families=pgbouncer_families, checks=pool_waiters, sources=_sources,
+                  families=pgbouncer_families, checks=pool_waiters, sources=_sources, config=CONFIG,
                   incidents=pool_waiting, joined=pgbouncer_joined)

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, clean, keep_top
-from exporter.metricspec import MetricOptions, MetricSpec, spec
+from exporter.metricspec import MetricOptions, MetricSpec, Specs
 from exporter.pgbouncer.servers import pool_backends
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot, Pool
 from exporter.postgres.snapshot import PostgresSnapshot
@@ -106,9 +106,7 @@ LIST_ITEMS: tuple[tuple[str, ...], ...] = (
 
 
 
-def _pgb(name: str, labels: str, help_text: str, kind: str = "gauge") -> MetricSpec:
-    return spec(name, "counter" if kind == "counter" else "gauge", "pgbouncer", labels,
-                help_text)
+_pgb = Specs("pgbouncer")
 
 
 POOL_LABELS = "target database user"
@@ -157,9 +155,7 @@ SPECS: tuple[MetricSpec, ...] = (
 
 def pgbouncer_families(snap: PgBouncerSnapshot, options: MetricOptions) -> Iterator[Metric]:
     target = snap.target
-    version = VERSION_INFO.family()
-    version.add_metric([target, snap.version], 1)
-    yield version
+    yield VERSION_INFO.sample([target, snap.version], 1)
     yield from _pools(bounded_pools(snap.pools, options.label_top_n), target)
     yield from _databases(snap, target)
     yield from _stats(snap, target)
@@ -227,21 +223,15 @@ def _config(snap: PgBouncerSnapshot, target: str) -> Iterator[Metric]:
     for key, metric_spec in CONFIG_METRICS:
         value = snap.config.get(key, "")
         if value.strip().isdigit():  # absent or unparsable on some version: no sample
-            metric = metric_spec.family()
-            metric.add_metric([target], int(value))
-            yield metric
+            yield metric_spec.sample([target], int(value))
     if snap.config.get("pool_mode"):
-        mode = CONFIG_POOL_MODE.family()
-        mode.add_metric([target, snap.config["pool_mode"]], 1)
-        yield mode
+        yield CONFIG_POOL_MODE.sample([target, snap.config["pool_mode"]], 1)
 
 
 def _lists(snap: PgBouncerSnapshot, target: str) -> Iterator[Metric]:
     for item, metric_spec in LIST_METRICS:
         if item in snap.lists:
-            metric = metric_spec.family()
-            metric.add_metric([target], snap.lists[item])
-            yield metric
+            yield metric_spec.sample([target], snap.lists[item])
 
 
 def pgbouncer_joined(snap: PgBouncerSnapshot, others: Sequence[Snapshot],

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from exporter.kind import SourceKind
 from exporter.postgres.checks import postgres_checks
+from exporter.postgres.config import CONFIG
 from exporter.postgres.incidents import postgres_incidents
 from exporter.postgres.metrics import SPECS, UP, postgres_families
 from exporter.postgres.snapshot import PostgresSnapshot
@@ -33,4 +34,4 @@ def _sources(config: Config) -> Sequence[Source]:
 
 KIND = SourceKind(name="postgres", snapshot_type=PostgresSnapshot, up=UP, specs=SPECS,
                   families=postgres_families, checks=postgres_checks, sources=_sources,
-                  incidents=postgres_incidents)
+                  config=CONFIG, incidents=postgres_incidents)

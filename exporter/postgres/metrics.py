@@ -11,7 +11,7 @@ from operator import attrgetter
 from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean, keep_top
-from exporter.metricspec import MetricOptions, MetricSpec, spec
+from exporter.metricspec import MetricOptions, MetricSpec, Specs
 from exporter.postgres.snapshot import (
     ActivityGroup,
     PostgresSnapshot,
@@ -22,8 +22,7 @@ from exporter.postgres.snapshot import (
 TRANSACTION_STATES = ("active", "idle in transaction", "idle in transaction (aborted)")
 
 
-def _pg(name: str, labels: str, help_text: str) -> MetricSpec:
-    return spec(name, "gauge", "postgres", labels, help_text)
+_pg = Specs("postgres")
 
 
 UP = _pg("postgres_up", "target", "1 if the last poll of this PostgreSQL succeeded, else 0.")
@@ -93,14 +92,13 @@ TABLE_LAST_AUTOVACUUM = _pg("postgres_table_last_autovacuum_timestamp_seconds",
 
 TABLE_SIZE = _pg("postgres_table_size_bytes", "target schema table",
                  "Size of a hot table with its indexes and TOAST (pg_total_relation_size).")
-TABLE_INSERTED = spec("postgres_table_inserted_rows_total", "counter", "postgres",
-                      "target schema table",
-                      "Rows inserted into a hot table (n_tup_ins) since statistics were reset. "
-                      "rate() of this minus rate() of deleted: is cleanup keeping up?")
-TABLE_DELETED = spec("postgres_table_deleted_rows_total", "counter", "postgres",
-                     "target schema table",
-                     "Rows deleted from a hot table (n_tup_del): Prefect's retention and "
-                     "db_vacuum at work.")
+TABLE_INSERTED = _pg("postgres_table_inserted_rows_total", "target schema table",
+                     "Rows inserted into a hot table (n_tup_ins) since statistics were reset. "
+                     "rate() of this minus rate() of deleted: is cleanup keeping up?",
+                     "counter")
+TABLE_DELETED = _pg("postgres_table_deleted_rows_total", "target schema table",
+                    "Rows deleted from a hot table (n_tup_del): Prefect's retention and "
+                    "db_vacuum at work.", "counter")
 TABLE_MODIFIED_SINCE_ANALYZE = _pg(
     "postgres_table_modified_since_analyze_rows", "target schema table",
     "Rows of a hot table inserted, updated or deleted since its last ANALYZE "
@@ -119,18 +117,19 @@ INDEX_BUILDS = _pg(
     "CREATE INDEX / REINDEX running in the watched database (pg_stat_progress_create_index): "
     "share of the current phase done (-1 when the phase has no measure). No series when none "
     "runs.")
-DEADLOCKS = spec("postgres_deadlocks_total", "counter", "postgres", "target datname",
-                 "Deadlocks detected in each database (pg_stat_database.deadlocks) since the "
-                 "statistics were reset. Databases beyond the top N by size fold into 'other'.")
+DEADLOCKS = _pg("postgres_deadlocks_total", "target datname",
+                "Deadlocks detected in each database (pg_stat_database.deadlocks) since the "
+                "statistics were reset. Databases beyond the top N by size fold into 'other'.",
+                "counter")
 _STATEMENT = ("of one of the top N statements of the watched database by total execution time "
               "(pg_stat_statements, summed over roles; read at most once a minute; "
               "--top-statements). The statement itself is on /statements, masked, never a label.")
-STATEMENT_SECONDS = spec("postgres_statement_seconds_total", "counter", "postgres",
-                         "target queryid", "Total execution time " + _STATEMENT)
-STATEMENT_CALLS = spec("postgres_statement_calls_total", "counter", "postgres",
-                       "target queryid", "Calls " + _STATEMENT)
-STATEMENT_ROWS = spec("postgres_statement_rows_total", "counter", "postgres", "target queryid",
-                      "Rows returned or affected " + _STATEMENT)
+STATEMENT_SECONDS = _pg("postgres_statement_seconds_total", "target queryid",
+                        "Total execution time " + _STATEMENT, "counter")
+STATEMENT_CALLS = _pg("postgres_statement_calls_total", "target queryid", "Calls " + _STATEMENT,
+                      "counter")
+STATEMENT_ROWS = _pg("postgres_statement_rows_total", "target queryid",
+                     "Rows returned or affected " + _STATEMENT, "counter")
 OLDEST_ROW_AGE = _pg(
     "prefect_table_oldest_row_age_seconds", "target schema table column",
     "How far back a big Prefect table goes: now - min(column) over an indexed timestamp "
@@ -203,17 +202,13 @@ def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterato
 
 
 def _server_info(snap: PostgresSnapshot, target: str) -> Metric:
-    info = SERVER_INFO.family()
-    info.add_metric([target, snap.server_version], 1)
-    return info
+    return SERVER_INFO.sample([target, snap.server_version], 1)
 
 
 def _connection_limits(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
     for metric_spec, value in ((MAX_CONNECTIONS, snap.max_connections),
                                (SUPERUSER_RESERVED, snap.superuser_reserved_connections)):
-        metric = metric_spec.family()
-        metric.add_metric([target], value)
-        yield metric
+        yield metric_spec.sample([target], value)
 
 
 def _connections(snap: PostgresSnapshot, target: str, f: _Folders) -> Iterator[Metric]:
@@ -241,8 +236,7 @@ def _transaction_max_age(snap: PostgresSnapshot, target: str, f: _Folders) -> Me
 
 def _client_read(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
     stalled = [g for g in snap.activity if g.client_read_in_transaction]
-    count = CLIENT_READ_SESSIONS.family()
-    count.add_metric([target], sum(g.sessions for g in stalled))
+    count = CLIENT_READ_SESSIONS.sample([target], sum(g.sessions for g in stalled))
     age = CLIENT_READ_MAX_AGE.family()
     age.add_metric([target], max((g.max_state_age or 0.0 for g in stalled), default=0.0))
     yield count
@@ -264,12 +258,11 @@ def _wait_events(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
 
 
 def _blocking(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
-    blocked = BLOCKED_SESSIONS.family()
-    blocked.add_metric([target], len(snap.blocked))
+    blocked = BLOCKED_SESSIONS.sample([target], len(snap.blocked))
     longest = BLOCKED_MAX_WAIT.family()
     longest.add_metric([target], max((b.wait_seconds for b in snap.blocked), default=0.0))
-    blocking = BLOCKING_SESSIONS.family()
-    blocking.add_metric([target], len({pid for b in snap.blocked for pid in b.blocked_by}))
+    blocking = BLOCKING_SESSIONS.sample([target],
+                                        len({pid for b in snap.blocked for pid in b.blocked_by}))
     yield blocked
     yield longest
     yield blocking
@@ -353,9 +346,7 @@ def _databases(snap: PostgresSnapshot, target: str, top_n: int) -> Iterator[Metr
 
 
 def _indexes(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
-    invalid = INVALID_INDEXES.family()
-    invalid.add_metric([target], snap.invalid_index_count)
-    yield invalid
+    yield INVALID_INDEXES.sample([target], snap.invalid_index_count)
     builds = INDEX_BUILDS.family()
     for b in snap.index_builds:  # a handful at most: one per backend building an index
         builds.add_metric([target, clean(b.schema), clean(b.table), clean(b.name), b.command,

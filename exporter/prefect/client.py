@@ -27,7 +27,7 @@ from typing import Any, overload
 
 import httpx
 
-from exporter.config import PrefectAuth
+from exporter.prefect.config import PrefectAuth
 from exporter.prefect.snapshot import RequestStats
 from exporter.prefect.values import parse_time
 from exporter.source import SourceError

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean
-from exporter.metricspec import Kind, MetricOptions, MetricSpec, spec
+from exporter.metricspec import MetricOptions, MetricSpec, Specs
 from exporter.prefect.retention import retention_of
 from exporter.prefect.snapshot import (
     UNFINISHED_STATE_TYPES,
@@ -22,8 +22,7 @@ from exporter.prefect.snapshot import (
 POOL_STATUSES = ("READY", "NOT_READY", "PAUSED")
 
 
-def _pf(name: str, labels: str, help_text: str, kind: Kind = "gauge") -> MetricSpec:
-    return spec(name, kind, "prefect", labels, help_text)
+_pf = Specs("prefect")
 
 
 API_UP = _pf("prefect_api_up", "target",
@@ -221,23 +220,17 @@ def _probe(snap: PrefectProbeSnapshot) -> Iterator[Metric]:
                          (READY_FAILURES, probe.ready_failures),
                          (HEALTH_SECONDS, probe.health_seconds),
                          (HEALTH_FAILURES, probe.health_failures)):
-        metric = spec_.family()
-        metric.add_metric([snap.target], value)
-        yield metric
+        yield spec_.sample([snap.target], value)
 
 
 def _polled(snap: PrefectSnapshot, options: MetricOptions) -> Iterator[Metric]:
     target = snap.target
-    info = SERVER_INFO.family()
-    info.add_metric([target, snap.version], 1)
-    yield info
+    yield SERVER_INFO.sample([target, snap.version], 1)
     states = FLOW_RUNS.family()
     for state_type, count in snap.scheduling.runs_by_state_type.items():
         states.add_metric([target, state_type], count)
     yield states
-    future = SCHEDULED_RUNS.family()
-    future.add_metric([target], snap.scheduling.scheduled_future)
-    yield future
+    yield SCHEDULED_RUNS.sample([target], snap.scheduling.scheduled_future)
     yield from _scheduling(snap, target)
     yield from _work_pools(snap, target)
     yield from _work_queues(snap, target)
@@ -336,9 +329,7 @@ def _work_queues(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
 
 def _settings(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     if snap.docket_scheme:
-        docket = DOCKET_INFO.family()
-        docket.add_metric([target, snap.docket_scheme], 1)
-        yield docket
+        yield DOCKET_INFO.sample([target, snap.docket_scheme], 1)
     metric = SERVER_SETTING.family()
     for name, value in sorted(snap.settings.items()):
         metric.add_metric([target, name], value)
@@ -369,10 +360,9 @@ def _services(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     for pool, count in listed.items():
         unmarked.add_metric([target, pool], count)
     unmarked.add_metric([target, OTHER], max(0, services.unmarked_overdue - sum(listed.values())))
-    recent = DEPLOYMENTS_RECENTLY_SCHEDULED.family()
-    recent.add_metric([target], services.recently_scheduled_deployments)
-    without = DEPLOYMENTS_WITHOUT_FUTURE.family()
-    without.add_metric([target], services.deployments_without_future_runs)
+    recent = DEPLOYMENTS_RECENTLY_SCHEDULED.sample([target],
+                                                   services.recently_scheduled_deployments)
+    without = DEPLOYMENTS_WITHOUT_FUTURE.sample([target], services.deployments_without_future_runs)
     yield from (unmarked, recent, without)
 
 
@@ -380,14 +370,10 @@ def _events(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     events = snap.events
     if events is None:
         return
-    newest = EVENTS_NEWEST_AGE.family()
-    newest.add_metric([target], snap.taken_at - events.newest if events.newest is not None
-                      else events.looked_back)
-    yield newest
+    yield EVENTS_NEWEST_AGE.sample([target], snap.taken_at - events.newest
+                                   if events.newest is not None else events.looked_back)
     if events.last_run_start is not None:
-        last = RUN_LAST_START_AGE.family()
-        last.add_metric([target], max(0.0, snap.taken_at - events.last_run_start))
-        yield last
+        yield RUN_LAST_START_AGE.sample([target], max(0.0, snap.taken_at - events.last_run_start))
 
 
 def _retention(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
@@ -395,9 +381,7 @@ def _retention(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
     if retention is None:
         return
     if retention.oldest_event is not None:
-        oldest = EVENTS_OLDEST_AGE.family()
-        oldest.add_metric([target], snap.taken_at - retention.oldest_event)
-        yield oldest
+        yield EVENTS_OLDEST_AGE.sample([target], snap.taken_at - retention.oldest_event)
     lag = RETENTION_LAG.family()
     lag.add_metric([target, "events"], events_lag(snap, retention))
     if retention.runs_retention is not None:
@@ -433,13 +417,10 @@ def _runs(snap: PrefectSnapshot, target: str) -> Iterator[Metric]:
             labels = [target, _pool_label(pool), state_type]
             stuck.add_metric(labels, group.stuck if group else 0)
             oldest.add_metric(labels, group.oldest_seconds if group else 0.0)
-    complete = STUCK_SAMPLE_COMPLETE.family()
-    complete.add_metric([target], 1 if runs.sampled < runs.sample_limit else 0)
+    complete = STUCK_SAMPLE_COMPLETE.sample([target], 1 if runs.sampled < runs.sample_limit else 0)
     yield from (stuck, oldest, complete)
     if runs.heartbeats is not None:
-        seen = HEARTBEATS_SEEN.family()
-        seen.add_metric([target], 1 if runs.heartbeats else 0)
-        yield seen
+        yield HEARTBEATS_SEEN.sample([target], 1 if runs.heartbeats else 0)
     if runs.without_heartbeat is not None:
         zombies = WITHOUT_HEARTBEAT.family()
         for pool in [*snap.scheduling.pool_counts, ""]:
@@ -480,9 +461,7 @@ def holders_running(snap: PrefectSnapshot, limit: ConcurrencyLimit) -> int:
 def _limits(snap: PrefectSnapshot, target: str, top_n: int) -> Iterator[Metric]:
     if snap.limits is None:
         return
-    tasks = TASK_RUNS_RUNNING.family()
-    tasks.add_metric([target], snap.limits.running_task_runs)
-    yield tasks
+    yield TASK_RUNS_RUNNING.sample([target], snap.limits.running_task_runs)
     limits = snap.limits.limits
     name_of = Folder({lim.name: lim.active_slots for lim in limits}, top_n)
     columns = ((LIMIT_SLOTS, lambda lim: lim.slots), (LIMIT_ACTIVE, lambda lim: lim.active_slots),

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 import httpx
 
-from exporter.config import PrefectAuth
 from exporter.prefect.client import PrefectClient
+from exporter.prefect.config import PrefectAuth
 from exporter.prefect.events import (
     RETENTION_EVERY_SECONDS,
     events_supported,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import Metric
 
 from exporter.labels import Folder, bounded_max, bounded_sum
-from exporter.metricspec import MetricOptions, MetricSpec, spec
+from exporter.metricspec import MetricOptions, MetricSpec, Specs
 from exporter.redis.snapshot import RedisSnapshot, Stream, id_ms
 
 # Prefect's streams and groups keep their names whatever else the keyspace holds.
@@ -22,8 +22,7 @@ PREFECT_GROUPS = frozenset({"event-persister", "reactive-triggers", "task-run-re
 _ALWAYS = 2**62  # the weight that keeps a value in keep_top
 
 
-def _redis(name: str, labels: str, help_text: str) -> MetricSpec:
-    return spec(name, "gauge", "redis", labels, help_text)
+_redis = Specs("redis")
 
 
 STREAM_LABELS = "target db stream"
@@ -74,15 +73,11 @@ SPECS: tuple[MetricSpec, ...] = (
 
 def redis_families(snap: RedisSnapshot, options: MetricOptions) -> Iterator[Metric]:
     target = snap.target
-    info = INSTANCE_INFO.family()
-    info.add_metric([target, snap.version, snap.mode, snap.maxmemory_policy], 1)
-    yield info
+    yield INSTANCE_INFO.sample([target, snap.version, snap.mode, snap.maxmemory_policy], 1)
     for metric_spec, value in ((MEMORY_USED, snap.used_memory), (MEMORY_MAX, snap.maxmemory),
                                (CONNECTED_CLIENTS, snap.connected_clients),
                                (POLL_COMMANDS, snap.commands)):
-        metric = metric_spec.family()
-        metric.add_metric([target], value)
-        yield metric
+        yield metric_spec.sample([target], value)
     keys = DB_KEYS.family()
     for db, count in snap.db_keys.items():
         keys.add_metric([target, db], count)

@@ -21,7 +21,7 @@ def test_names_follow_prometheus_conventions() -> None:
     assert len(names) == len(set(names))
     for spec in SPECS:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", spec.name), spec.name
-        assert (spec.kind == "counter") == spec.name.endswith("_total"), spec.name
+        assert (spec.type == "counter") == spec.name.endswith("_total"), spec.name
         assert not re.search(r"_(ms|milliseconds|minutes|us)$", spec.name), spec.name
         base = spec.name.removesuffix("_total")
         # words, not letters: redis_exporter's messages_pending holds no age

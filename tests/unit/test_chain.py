@@ -9,6 +9,7 @@ from typing import Any
 from exporter.diagnosis import diagnose
 from exporter.finding import Context, Finding, SourceFailure, render_text
 from exporter.metricspec import MetricOptions
+from exporter.pages import landing_page
 from exporter.pgbouncer.incidents import pool_waiting
 from exporter.pgbouncer.metrics import pgbouncer_joined
 from exporter.pgbouncer.servers import postgres_of
@@ -23,7 +24,6 @@ from exporter.postgres.snapshot import (
 )
 from exporter.prefect.snapshot import PoolCounts
 from exporter.roots import roots
-from exporter.server import landing_page
 from exporter.source import Snapshot
 from exporter.thresholds import thresholds
 from tests.factories import (

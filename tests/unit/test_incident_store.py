@@ -20,6 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.config import load
+from exporter.incidents.model import IncidentView
 from exporter.incidents.recorder import IncidentRecorder
 from exporter.incidents.store import FILENAME, IncidentStore, Stored
 from exporter.incidents.tracker import IncidentTracker
@@ -54,7 +55,7 @@ def run(tracker: IncidentTracker, store: IncidentStore, snapshots: list[Any],
     return events
 
 
-def before_restart(directory: Path) -> list[dict[str, Any]]:
+def before_restart(directory: Path) -> list[IncidentView]:
     """Incident 1 begins at 100 and ends; incident 2 (another application) begins at 200 and is
     still going on when the exporter stops."""
     tracker, store, _ = restarted(directory, now=0.0)

@@ -193,7 +193,9 @@ def test_memory_is_bounded() -> None:
     snap.involved.statements[4711] = huge  # type: ignore[index]
     tracker.update([snap], now=3.0)
     evidence = tracker.incidents()[0]["evidence"]
-    assert len(evidence["statement"]) <= 256 and len(evidence["blocked_pids"]) == MAX_ITEMS
+    statement, pids = evidence["statement"], evidence["blocked_pids"]
+    assert isinstance(statement, str) and isinstance(pids, list)
+    assert len(statement) <= 256 and len(pids) == MAX_ITEMS
     assert evidence["blocked_sessions"] == 1000
 
 
@@ -206,8 +208,11 @@ def test_evidence_is_one_line_whatever_the_application_name() -> None:
 
 def test_the_log_is_rate_limited_with_a_summary() -> None:
     journal = Journal(per_minute=30)
-    event = IncidentEvent("begin", {"id": 1, "kind": "lock_chain", "evidence": {"pid": 1},
-                                    "cause": {}, "status": "active"})
+    event = IncidentEvent("begin", {
+        "id": 1, "kind": "lock_chain", "source": "postgres", "target": "db", "status": "active",
+        "severity": "warning", "title": "t", "began_at": None, "ended_at": None,
+        "last_seen_at": None, "duration_seconds": 0.0, "occurrences": 1, "end_reason": None,
+        "cause": {}, "evidence": {"pid": 1}})
     lines = journal.lines([event] * 100, now=0.0)
     assert len(lines) == 30 and lines[0].message == "incident begin"
     assert lines[0].fields["pid"] == 1 and lines[0].fields["incident"] == 1

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from exporter.config import PrefectAuth
 from exporter.prefect.client import CSRF_REFRESH_MARGIN_SECONDS, PrefectClient
+from exporter.prefect.config import PrefectAuth
 from exporter.source import SourceError
 
 

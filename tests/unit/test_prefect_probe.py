@@ -16,17 +16,17 @@ from pathlib import Path
 import httpx
 
 from exporter.collector import ExporterCollector
-from exporter.config import PrefectAuth
 from exporter.diagnosis import ROOT_CAUSES, SYMPTOMS, diagnose
 from exporter.finding import render_text
 from exporter.metricspec import MetricOptions
+from exporter.pages import landing_page
 from exporter.pgbouncer.snapshot import Pool
 from exporter.poller import Poller, SourceState, failures, fresh_snapshots
 from exporter.postgres.snapshot import BlockedSession
 from exporter.prefect.client import PrefectClient
+from exporter.prefect.config import PrefectAuth
 from exporter.prefect.snapshot import PoolCounts, PrefectProbeSnapshot, PrefectSnapshot, WorkPool
 from exporter.prefect.source import PrefectSource
-from exporter.server import landing_page
 from tests.factories import (
     NamedSource,
     group,

@@ -19,9 +19,9 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from exporter.config import PrefectAuth
 from exporter.dsn import redact, secret_forms
 from exporter.poller import Poller
+from exporter.prefect.config import PrefectAuth
 from exporter.prefect.source import PrefectSource
 from exporter.source import SourceError, translated
 
