@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asyncpg
@@ -265,6 +266,7 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
                              "INSERT INTO one_read VALUES (1) ON CONFLICT DO NOTHING")
         await holder.execute("BEGIN; UPDATE one_read SET id = 1")
         await writer.execute("BEGIN; SELECT txid_current()")
+        asked = time.monotonic()
         waiting = asyncio.get_running_loop().create_task(
             writer.execute("UPDATE one_read SET id = 1"))
 
@@ -281,7 +283,8 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
         ours = [s.pid for s in read.oldest if s.pid in (holder_pid, writer_pid)]
         assert ours == [holder_pid, writer_pid]  # the older transaction first
         assert [(b.pid, b.blocked_by) for b in read.blocked] == [(writer_pid, (holder_pid,))]
-        assert read.blocked[0].wait_seconds >= 0
+        # its wait since its UPDATE began: not nothing, nor more than the test has waited
+        assert 0 < read.blocked[0].wait_seconds <= time.monotonic() - asked + 1
         assert pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 0)).oldest == ()
         waiting.cancel()
     finally:
