@@ -265,7 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--no-ppe", action="store_true", help="do not measure prometheus-prefect-exporter")
     add("--mix", choices=tuple(MIXES), default="growing-history",
         help="how the generated runs are spread over states: " + "; ".join(
-            f"{name}: {text}" for name, text in MIXES.items()))
+            # argparse formats help with %: the mix's percentages escaped (--help failed)
+            f"{name}: {text}" for name, text in MIXES.items()).replace("%", "%%"))
     args = parser.parse_args(argv)
     if not 1 < args.small < args.large:
         parser.error("need 1 < --small < --large")
