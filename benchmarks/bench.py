@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import http.client
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -30,8 +29,9 @@ import asyncpg
 
 from exporter.config import load
 from exporter.postgres import source as pgsrc
-from lab.common import free_port, lab_root
-from lab.postgres import LabPostgres, start_postgres
+from lab.common import free_port
+from lab.postgres import LabPostgres
+from lab.stack import running_lab
 
 
 async def open_backends(pg: LabPostgres, n: int) -> list[asyncpg.Connection]:
@@ -201,10 +201,10 @@ async def main() -> None:
     parser.add_argument("--scrapes", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    root = lab_root("prefect-pg-bench-")
-    pg = start_postgres(root / "pg", max_connections=args.backends + 50,
-                        extra_settings={"shared_buffers": "256MB"})
-    try:
+    with running_lab("prefect-pg-bench-") as lab:
+        pg = lab.postgres("pg", stop_mode="immediate", max_connections=args.backends + 50,
+                          extra_settings={"shared_buffers": "256MB"})
+        root = lab.root
         t = time.monotonic()
         conns = await open_backends(pg, args.backends)
         print(f"opened {len(conns)} backends in {time.monotonic() - t:.1f}s", flush=True)
@@ -232,9 +232,6 @@ async def main() -> None:
               f"the runtime adds {f['rss_mb'] - f['floor_mb']:.1f} MB")
         for conn in conns:
             conn.terminate()
-    finally:
-        pg.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

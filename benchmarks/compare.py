@@ -37,9 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -72,9 +72,9 @@ from benchmarks.compare_report import (
     print_incidents,
     print_ratios,
 )
-from lab.common import lab_root
-from lab.pgbouncer import ADMIN_PASSWORD, ADMIN_USER, start_pgbouncer
-from lab.postgres import start_postgres
+from lab.pgbouncer import ADMIN_PASSWORD, ADMIN_USER, LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.stack import running_lab
 
 
 async def measure_peers(run: Run, peers: Sequence[Peer], sessions: Callable[[], Sessions],
@@ -230,10 +230,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> None:
     args = parse_args()
-    root = lab_root("prefect-pg-compare-")
-    pg = start_postgres(root / "postgres", max_connections=max(args.backends) + 100,
-                        extra_settings={"shared_buffers": "256MB"})
-    bouncer = start_pgbouncer(root / "pgbouncer", pg)
+    with running_lab("prefect-pg-compare-") as lab:
+        pg = lab.postgres(stop_mode="immediate", max_connections=max(args.backends) + 100,
+                          extra_settings={"shared_buffers": "256MB"})
+        await compare(args, lab.root, pg, lab.pgbouncer(pg))
+
+
+async def compare(args: argparse.Namespace, root: Path, pg: LabPostgres,
+                  bouncer: LabPgBouncer) -> None:
     observer = await asyncpg.connect(pg.dsn(),
                                      server_settings={"application_name": "compare-observer"})
     run = Run(args, root, pg, bouncer, observer)
@@ -249,9 +253,6 @@ async def main() -> None:
     finally:
         run.procs.stop_all()
         observer.terminate()
-        bouncer.stop()
-        pg.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

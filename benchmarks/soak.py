@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -28,10 +27,10 @@ import asyncpg
 import httpx
 
 from exporter.postgres.source import APPLICATION_NAME
-from lab.common import free_port, lab_root
-from lab.pgbouncer import LabPgBouncer, start_pgbouncer
-from lab.postgres import LabPostgres, start_postgres
-from lab.prefect import start_prefect
+from lab.common import free_port
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.stack import running_lab
 from tests.lab.fault_proxy import MODES, FaultProxy
 
 
@@ -168,22 +167,17 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--scrapers", type=int, default=8)
     args = parser.parse_args()
-    root = lab_root("prefect-pg-soak-")
-    pg = start_postgres(root / "pg")
-    bouncer = start_pgbouncer(root / "pgb", pg)
-    prefect = start_prefect(root / "prefect", bouncer, services=False)
-    proxy = FaultProxy(prefect.api_url)
-    await proxy.start()
-    try:
-        result = await soak(pg, bouncer, proxy, args.seconds, args.scrapers)
-        print(result.report())
-        print("  RSS samples (MB): " + " ".join(f"{r:.1f}" for r in result.rss_samples))
-    finally:
-        await proxy.stop()
-        prefect.stop()
-        bouncer.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running_lab("prefect-pg-soak-") as lab:
+        pg = lab.postgres("pg")
+        bouncer = lab.pgbouncer(pg, "pgb")
+        proxy = FaultProxy(lab.prefect(bouncer, services=False).api_url)
+        await proxy.start()
+        try:
+            result = await soak(pg, bouncer, proxy, args.seconds, args.scrapers)
+            print(result.report())
+            print("  RSS samples (MB): " + " ".join(f"{r:.1f}" for r in result.rss_samples))
+        finally:
+            await proxy.stop()
 
 
 if __name__ == "__main__":
