@@ -130,6 +130,25 @@ def wait_for_http(url: str, timeout: float, what: str, proc: subprocess.Popen[An
         raise LabError(f"{what} not ready within {timeout:g}s: {tail(log, 30)}") from None
 
 
+def start_daemon(argv: list[str], who: RunAs, port: int, what: str,
+                 log: Path | None) -> subprocess.Popen[bytes]:
+    """A server of the lab (PgBouncer, Redis, Sentinel): no terminal, a session of its own (a
+    Ctrl-C to the test run does not reach it), ended with its parent; ready once it listens on
+    `port`, or a LabError with its log's tail."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=dies_with_parent(), **who.popen_kwargs())
+    wait_for_port(port, 20, what, proc, log)
+    return proc
+
+
+def kill_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL, if it runs: the crash case, no goodbye to its clients."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def tail(log: Path | None, lines: int = 15) -> str:
     if log is None or not log.exists():
         return ""

@@ -103,33 +103,30 @@ async def scrape(port: int) -> Scrape:
     return parse(response.text)
 
 
-async def wait_for_value(port: int, name: str, labels: Mapping[str, str], expected: float,
-                         timeout: float = 15.0) -> Scrape:
-    """Scrape until the sample equals expected; fail with the last value seen."""
-    last: list[Scrape] = []
-
-    async def matches() -> bool:
-        s = await scrape(port)
-        last[:] = [s]
-        return s.find(name, **labels) == expected
-
-    try:
-        await eventually(matches, timeout, f"{name}{dict(labels)} == {expected}")
-    except AssertionError:
-        seen = last[0].find(name, **labels) if last else None
-        raise AssertionError(f"{name}{dict(labels)}: expected {expected}, last seen {seen}") \
-            from None
-    return last[0]
-
-
 async def wait_for(port: int, predicate: Callable[[Scrape], bool], what: str,
                    timeout: float = 15.0) -> Scrape:
+    """Scrape until predicate(scrape) holds: that scrape."""
     last: list[Scrape] = []
 
     async def ok() -> bool:
-        s = await scrape(port)
-        last[:] = [s]
-        return predicate(s)
+        last[:] = [await scrape(port)]
+        return predicate(last[0])
 
     await eventually(ok, timeout, what)
     return last[0]
+
+
+async def wait_for_value(port: int, name: str, labels: Mapping[str, str], expected: float,
+                         timeout: float = 15.0) -> Scrape:
+    """Scrape until the sample equals expected; fail with the last value seen."""
+    seen: list[float | None] = []
+
+    def matches(s: Scrape) -> bool:
+        seen[:] = [s.find(name, **labels)]
+        return seen[0] == expected
+
+    try:
+        return await wait_for(port, matches, f"{name}{dict(labels)} == {expected}", timeout)
+    except AssertionError:
+        raise AssertionError(f"{name}{dict(labels)}: expected {expected}, last seen "
+                             f"{seen[0] if seen else None}") from None
