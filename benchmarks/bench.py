@@ -32,6 +32,7 @@ from exporter.postgres import source as pgsrc
 from lab.common import free_port
 from lab.postgres import LabPostgres
 from lab.stack import running_lab
+from lab.waiting import until
 
 
 async def open_backends(pg: LabPostgres, n: int) -> list[asyncpg.Connection]:
@@ -95,18 +96,21 @@ STATIC_SERVER = textwrap.dedent("""
 
 
 def wait_http(port: int, timeout: float = 20) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The first /metrics body the server on `port` answers with."""
+    body: list[bytes] = []
+
+    def answers() -> bool:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/metrics")
-            body = conn.getresponse().read()
+            body[:] = [conn.getresponse().read()]
             conn.close()
-            return body
+            return True
         except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return False
+
+    until(answers, timeout, f"/metrics on port {port}")
+    return body[0]
 
 
 def scrape_latencies(port: int, n: int) -> list[float]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -75,6 +76,7 @@ from benchmarks.compare_report import (
 from lab.pgbouncer import ADMIN_PASSWORD, ADMIN_USER, LabPgBouncer
 from lab.postgres import LabPostgres
 from lab.stack import running_lab
+from lab.waiting import TimedOut, eventually
 
 
 async def measure_peers(run: Run, peers: Sequence[Peer], sessions: Callable[[], Sessions],
@@ -137,9 +139,12 @@ async def drop_backends(observer: asyncpg.Connection) -> None:
     """The pg_sleep backends do not notice their client left: end them all, and wait."""
     query = "FROM pg_stat_activity WHERE application_name LIKE 'bench-app-%'"
     await observer.execute(f"SELECT pg_terminate_backend(pid) {query}")
-    deadline = time.monotonic() + 60
-    while await observer.fetchval(f"SELECT count(*) {query}") and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+
+    async def gone() -> bool:
+        return not await observer.fetchval(f"SELECT count(*) {query}")
+
+    with contextlib.suppress(TimedOut):  # as before: the next size starts anyway
+        await eventually(gone, 60, "the pg_sleep backends ended", interval=0.2)
 
 
 # ---- 2. incidents -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -31,6 +32,7 @@ from lab.common import free_port
 from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
 from lab.stack import running_lab
+from lab.waiting import TimedOut, eventually
 from tests.lab.fault_proxy import MODES, FaultProxy
 
 
@@ -76,6 +78,16 @@ def _proc_status(pid: int) -> tuple[float, int]:
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values) or [0.0]
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _answers(url: str) -> bool:
+    """Whether the server at url answers at all (any status: it listens)."""
+    try:
+        async with httpx.AsyncClient() as client:
+            await client.get(url, timeout=1)
+        return True
+    except httpx.TransportError:
+        return False
 
 
 async def soak(pg: LabPostgres, bouncer: LabPgBouncer, proxy: FaultProxy, seconds: float,
@@ -126,13 +138,9 @@ async def soak(pg: LabPostgres, bouncer: LabPgBouncer, proxy: FaultProxy, second
             faults += 1
 
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
+        with contextlib.suppress(TimedOut):  # not up by then: the scrapers count the errors
+            await eventually(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 20,
+                             "/healthz")
         tasks = [asyncio.create_task(scraper()) for _ in range(scrapers)]
         tasks.append(asyncio.create_task(faulter()))
         await asyncio.sleep(warmup)
