@@ -208,15 +208,19 @@ async def test_database_restart_is_survived_with_one_session(
     await eventually(never_in_transaction, what="no idle transaction from the exporter")
 
 
-async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: LabPostgres
-                                                                   ) -> None:
+async def _columns(postgres: LabPostgres, sql: str) -> list[str]:
+    """The columns a query returns, as PostgreSQL describes them (the query is not run)."""
     conn = await asyncpg.connect(postgres.monitor_dsn())
     try:
-        columns = [a.name for a in (await conn.prepare(pgsrc.ACTIVITY_SQL)).get_attributes()]
+        return [a.name for a in (await conn.prepare(sql)).get_attributes()]
     finally:
         await conn.close()
-    assert columns == [*pgsnap.ActivityGroup._fields, "pid", "client_addr", "blocked_by",
-                       "row_kind", "pids"]
+
+
+async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: LabPostgres
+                                                                   ) -> None:
+    assert await _columns(postgres, pgsrc.ACTIVITY_SQL) == [
+        *pgsnap.ActivityGroup._fields, "pid", "client_addr", "blocked_by", "row_kind", "pids"]
 
 
 @pytest.mark.parametrize(("sql", "row_type"), [
@@ -229,23 +233,14 @@ async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: Lab
 async def test_query_columns_are_the_row_fields_in_order(postgres: LabPostgres, sql: str,
                                                          row_type: type[tuple[Any, ...]]
                                                          ) -> None:
-    conn = await asyncpg.connect(postgres.monitor_dsn())
-    try:
-        columns = [a.name for a in (await conn.prepare(sql)).get_attributes()]
-    finally:
-        await conn.close()
-    assert columns == list(getattr(row_type, "_fields"))  # noqa: B009  # a NamedTuple type
+    fields = list(getattr(row_type, "_fields"))  # noqa: B009  # a NamedTuple type
+    assert await _columns(postgres, sql) == fields
 
 
 @pytest.mark.parametrize("sql", [pgsrc.INVOLVED_SQL, pgsrc.INVOLVED_NO_TEXT_SQL])
 async def test_involved_columns_are_a_session_then_its_statement(postgres: LabPostgres,
                                                                  sql: str) -> None:
-    conn = await asyncpg.connect(postgres.monitor_dsn())
-    try:
-        columns = [a.name for a in (await conn.prepare(sql)).get_attributes()]
-    finally:
-        await conn.close()
-    assert columns == [*pgsnap.Session._fields, "statement"]
+    assert await _columns(postgres, sql) == [*pgsnap.Session._fields, "statement"]
 
 
 async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_blocked(
