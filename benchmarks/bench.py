@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import http.client
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -30,8 +29,10 @@ import asyncpg
 
 from exporter.config import load
 from exporter.postgres import source as pgsrc
-from lab.common import free_port, lab_root
-from lab.postgres import LabPostgres, start_postgres
+from lab.common import free_port
+from lab.postgres import LabPostgres
+from lab.stack import running_lab
+from lab.waiting import until
 
 
 async def open_backends(pg: LabPostgres, n: int) -> list[asyncpg.Connection]:
@@ -95,18 +96,21 @@ STATIC_SERVER = textwrap.dedent("""
 
 
 def wait_http(port: int, timeout: float = 20) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The first /metrics body the server on `port` answers with."""
+    body: list[bytes] = []
+
+    def answers() -> bool:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/metrics")
-            body = conn.getresponse().read()
+            body[:] = [conn.getresponse().read()]
             conn.close()
-            return body
+            return True
         except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return False
+
+    until(answers, timeout, f"/metrics on port {port}")
+    return body[0]
 
 
 def scrape_latencies(port: int, n: int) -> list[float]:
@@ -201,10 +205,10 @@ async def main() -> None:
     parser.add_argument("--scrapes", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    root = lab_root("prefect-pg-bench-")
-    pg = start_postgres(root / "pg", max_connections=args.backends + 50,
-                        extra_settings={"shared_buffers": "256MB"})
-    try:
+    with running_lab("prefect-pg-bench-") as lab:
+        pg = lab.postgres("pg", stop_mode="immediate", max_connections=args.backends + 50,
+                          extra_settings={"shared_buffers": "256MB"})
+        root = lab.root
         t = time.monotonic()
         conns = await open_backends(pg, args.backends)
         print(f"opened {len(conns)} backends in {time.monotonic() - t:.1f}s", flush=True)
@@ -232,9 +236,6 @@ async def main() -> None:
               f"the runtime adds {f['rss_mb'] - f['floor_mb']:.1f} MB")
         for conn in conns:
             conn.terminate()
-    finally:
-        pg.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

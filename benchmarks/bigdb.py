@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -34,8 +33,8 @@ from exporter.postgres import source as pgsrc
 from exporter.postgres.oldest import OLDEST_COLUMNS, ages_sql
 from exporter.postgres.snapshot import OldestRow
 from exporter.postgres.statements import TEXTS_SQL, TOP_SQL
-from lab.common import lab_root
-from lab.postgres import MONITOR_ROLE, LabPostgres, start_postgres
+from lab.postgres import MONITOR_ROLE, LabPostgres
+from lab.stack import running_lab
 
 BEFORE = "01fcddf"  # the last commit before #25
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,10 +167,9 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--statements", type=int, default=5000)
     args = parser.parse_args()
-    root = lab_root("prefect-pg-bigdb-")
-    pg = start_postgres(root / "pg", extra_settings={"shared_buffers": "256MB",
-                                                     "pg_stat_statements.max": "5000"})
-    try:
+    with running_lab("prefect-pg-bigdb-") as lab:
+        pg = lab.postgres("pg", stop_mode="immediate", extra_settings={
+            "shared_buffers": "256MB", "pg_stat_statements.max": "5000"})
         conn = await asyncpg.connect(pg.dsn())
         await create_tables(conn)
         for size in (args.small, args.large):
@@ -181,9 +179,6 @@ async def main() -> None:
             print(f"{size:,} rows per table in {time.monotonic() - started:.0f}s", flush=True)
             report(size, await measure(pg, args.rounds))
         await conn.close()
-    finally:
-        pg.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

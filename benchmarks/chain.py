@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -28,9 +27,9 @@ from exporter.config import load
 from exporter.pgbouncer.source import PgBouncerSource, parse_servers
 from exporter.postgres import source as pgsrc
 from lab import incidents
-from lab.common import lab_root
-from lab.pgbouncer import start_pgbouncer
-from lab.postgres import LabPostgres, start_postgres
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.stack import Lab, running_lab
 
 # ACTIVITY_SQL as it was before the groups listed their pids: the baseline
 ACTIVITY_WITHOUT_PIDS = (pgsrc.ACTIVITY_SQL
@@ -49,8 +48,12 @@ async def median_ms(call: Callable[[], Awaitable[Any]], rounds: int) -> float:
     return statistics.median(times) * 1000
 
 
-async def pgbouncer_cost(pg: LabPostgres, root: Any, rounds: int) -> None:
-    bouncer = start_pgbouncer(root / "pgb", pg, pool_size=20)
+async def pgbouncer_cost(pg: LabPostgres, lab: Lab, rounds: int) -> None:
+    with lab.scope() as scope:
+        await _pgbouncer_cost(pg, scope.pgbouncer(pg, "pgb", pool_size=20), rounds)
+
+
+async def _pgbouncer_cost(pg: LabPostgres, bouncer: LabPgBouncer, rounds: int) -> None:
     config = load({"pgbouncer_dsn": bouncer.stats_dsn()}, environ={})
     source = PgBouncerSource(config.pgbouncer_targets[0], connect_timeout=10)
     try:
@@ -82,7 +85,6 @@ async def pgbouncer_cost(pg: LabPostgres, root: Any, rounds: int) -> None:
         print(f"  parsing its rows         {parse_us:7.2f} us")
     finally:
         await source.close()
-        bouncer.stop()
 
 
 class Counting:
@@ -164,18 +166,14 @@ async def main() -> None:
     parser.add_argument("--backends", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    root = lab_root("prefect-pg-bench-chain-")
-    pg = start_postgres(root / "pg", max_connections=args.backends + 100,
-                        extra_settings={"shared_buffers": "256MB"})
-    try:
+    with running_lab("prefect-pg-bench-chain-") as lab:
+        pg = lab.postgres("pg", stop_mode="immediate", max_connections=args.backends + 100,
+                          extra_settings={"shared_buffers": "256MB"})
         quiet, chained = await statements_per_poll(pg)
         print(f"PostgreSQL statements per poll: {quiet} on a quiet database, {chained} during "
               "a lock chain (the join adds none)")
-        await pgbouncer_cost(pg, root, args.rounds)
+        await pgbouncer_cost(pg, lab, args.rounds)
         await activity_cost(pg, args.backends, args.rounds)
-    finally:
-        pg.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -72,9 +73,10 @@ from benchmarks.compare_report import (
     print_incidents,
     print_ratios,
 )
-from lab.common import lab_root
-from lab.pgbouncer import ADMIN_PASSWORD, ADMIN_USER, start_pgbouncer
-from lab.postgres import start_postgres
+from lab.pgbouncer import ADMIN_PASSWORD, ADMIN_USER, LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.stack import running_lab
+from lab.waiting import TimedOut, eventually
 
 
 async def measure_peers(run: Run, peers: Sequence[Peer], sessions: Callable[[], Sessions],
@@ -137,9 +139,12 @@ async def drop_backends(observer: asyncpg.Connection) -> None:
     """The pg_sleep backends do not notice their client left: end them all, and wait."""
     query = "FROM pg_stat_activity WHERE application_name LIKE 'bench-app-%'"
     await observer.execute(f"SELECT pg_terminate_backend(pid) {query}")
-    deadline = time.monotonic() + 60
-    while await observer.fetchval(f"SELECT count(*) {query}") and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+
+    async def gone() -> bool:
+        return not await observer.fetchval(f"SELECT count(*) {query}")
+
+    with contextlib.suppress(TimedOut):  # as before: the next size starts anyway
+        await eventually(gone, 60, "the pg_sleep backends ended", interval=0.2)
 
 
 # ---- 2. incidents -------------------------------------------------------------------------------
@@ -230,10 +235,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> None:
     args = parse_args()
-    root = lab_root("prefect-pg-compare-")
-    pg = start_postgres(root / "postgres", max_connections=max(args.backends) + 100,
-                        extra_settings={"shared_buffers": "256MB"})
-    bouncer = start_pgbouncer(root / "pgbouncer", pg)
+    with running_lab("prefect-pg-compare-") as lab:
+        pg = lab.postgres(stop_mode="immediate", max_connections=max(args.backends) + 100,
+                          extra_settings={"shared_buffers": "256MB"})
+        await compare(args, lab.root, pg, lab.pgbouncer(pg))
+
+
+async def compare(args: argparse.Namespace, root: Path, pg: LabPostgres,
+                  bouncer: LabPgBouncer) -> None:
     observer = await asyncpg.connect(pg.dsn(),
                                      server_settings={"application_name": "compare-observer"})
     run = Run(args, root, pg, bouncer, observer)
@@ -249,9 +258,6 @@ async def main() -> None:
     finally:
         run.procs.stop_all()
         observer.terminate()
-        bouncer.stop()
-        pg.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from benchmarks.bench import pct, rss_mb
 from lab.common import LabError, dies_with_parent, free_port, stop_process, tail
 from lab.pgbouncer import STATS_PASSWORD, STATS_USER, LabPgBouncer
 from lab.postgres import MONITOR_ROLE, LabPostgres
+from lab.waiting import TimedOut, until
 
 OURS = "prefect-pg-exporter"
 PG_EXPORTER = "prometheus-postgres-exporter"
@@ -96,16 +97,19 @@ def http_get(port: int, path: str = "/metrics", timeout: float = 30) -> tuple[in
 
 
 def wait_metrics(running: Running, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if running.proc.poll() is not None:
             raise LabError(f"exited with {running.proc.returncode}: "
                            f"{tail(running.log, 1).strip()}")
         with contextlib.suppress(OSError, http.client.HTTPException):
-            if http_get(running.port, timeout=5)[0] == 200:
-                return
-        time.sleep(0.1)
-    raise LabError(f"no /metrics within {timeout:g}s: {tail(running.log, 1).strip()}")
+            return http_get(running.port, timeout=5)[0] == 200
+        return False
+
+    try:
+        until(answers, timeout, "/metrics")
+    except TimedOut:
+        raise LabError(f"no /metrics within {timeout:g}s: {tail(running.log, 1).strip()}") \
+            from None
 
 
 def scrape_times(port: int, n: int) -> list[float]:

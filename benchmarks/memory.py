@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,10 +32,10 @@ from pathlib import Path
 
 import httpx
 
-from lab.common import free_port, lab_root, wait_for_port
-from lab.pgbouncer import LabPgBouncer, start_pgbouncer
-from lab.postgres import LabPostgres, start_postgres
-from lab.prefect import start_prefect
+from lab.common import free_port, wait_for_port
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.stack import running_lab
 
 GOAL_MB_PER_HOUR = 2.0
 SAMPLE_EVERY = 5.0
@@ -176,11 +175,14 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=3600)
     parser.add_argument("--variant", type=_variant, action="append", default=[])
     args = parser.parse_args()
-    root = lab_root("prefect-pg-memory-")
-    pg = start_postgres(root / "pg")
-    bouncer = start_pgbouncer(root / "pgb", pg)
-    prefect = start_prefect(root / "prefect", bouncer)
-    base = exporter_env(pg, bouncer, prefect.api_url)
+    with running_lab("prefect-pg-memory-") as lab:
+        pg = lab.postgres("pg")
+        bouncer = lab.pgbouncer(pg, "pgb")
+        await run(args, exporter_env(pg, bouncer, lab.prefect(bouncer).api_url))
+
+
+async def run(args: argparse.Namespace, base: dict[str, str]) -> None:
+    """The exporter scraped, one idle, and the variants; each process stopped after."""
     processes = [Process("exporter", {}, scraped=True),
                  Process("idle", {"PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "3600"},
                          scraped=False), *args.variant]
@@ -195,10 +197,6 @@ async def main() -> None:
     finally:
         for p in processes:
             p.stop()
-        prefect.stop()
-        bouncer.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

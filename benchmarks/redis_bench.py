@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from typing import Any
 
 from exporter.redis.source import RedisSource
 from exporter.redis.target import parse_redis_target
-from lab.common import lab_root
-from lab.redis import LabRedis, start_redis
+from lab.redis import LabRedis
+from lab.stack import Lab, running_lab
 
 CASES = ((10, 10), (100_000, 10), (10, 10_000), (100_000, 10_000), (10, 100_000))  # (entries, keys)
 
@@ -79,11 +78,15 @@ async def poll(case: Case) -> None:
 
 
 async def main(polls: int) -> None:
-    root = lab_root("prefect-pg-redis-bench-")
+    with running_lab("prefect-pg-redis-bench-") as lab:
+        await run(lab, polls)
+
+
+async def run(lab: Lab, polls: int) -> None:
     cases: list[Case] = []
     try:
         for entries, keys in CASES:
-            redis = start_redis(root / f"redis-{entries}-{keys}")
+            redis = lab.redis(f"redis-{entries}-{keys}")
             fill(redis, entries, keys)
             source = RedisSource(parse_redis_target(f"bench={redis.url(0)}", "bench"),
                                  timeout=10, consumer_idle_seconds=60)
@@ -105,8 +108,6 @@ async def main(polls: int) -> None:
     finally:
         for case in cases:
             await case.source.close()
-            case.redis.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -28,10 +28,11 @@ import asyncpg
 import httpx
 
 from exporter.postgres.source import APPLICATION_NAME
-from lab.common import free_port, lab_root
-from lab.pgbouncer import LabPgBouncer, start_pgbouncer
-from lab.postgres import LabPostgres, start_postgres
-from lab.prefect import start_prefect
+from lab.common import free_port
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.stack import running_lab
+from lab.waiting import TimedOut, eventually
 from tests.lab.fault_proxy import MODES, FaultProxy
 
 
@@ -77,6 +78,16 @@ def _proc_status(pid: int) -> tuple[float, int]:
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values) or [0.0]
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _answers(url: str) -> bool:
+    """Whether the server at url answers at all (any status: it listens)."""
+    try:
+        async with httpx.AsyncClient() as client:
+            await client.get(url, timeout=1)
+        return True
+    except httpx.TransportError:
+        return False
 
 
 async def soak(pg: LabPostgres, bouncer: LabPgBouncer, proxy: FaultProxy, seconds: float,
@@ -127,13 +138,9 @@ async def soak(pg: LabPostgres, bouncer: LabPgBouncer, proxy: FaultProxy, second
             faults += 1
 
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
+        with contextlib.suppress(TimedOut):  # not up by then: the scrapers count the errors
+            await eventually(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 20,
+                             "/healthz")
         tasks = [asyncio.create_task(scraper()) for _ in range(scrapers)]
         tasks.append(asyncio.create_task(faulter()))
         await asyncio.sleep(warmup)
@@ -168,22 +175,17 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--scrapers", type=int, default=8)
     args = parser.parse_args()
-    root = lab_root("prefect-pg-soak-")
-    pg = start_postgres(root / "pg")
-    bouncer = start_pgbouncer(root / "pgb", pg)
-    prefect = start_prefect(root / "prefect", bouncer, services=False)
-    proxy = FaultProxy(prefect.api_url)
-    await proxy.start()
-    try:
-        result = await soak(pg, bouncer, proxy, args.seconds, args.scrapers)
-        print(result.report())
-        print("  RSS samples (MB): " + " ".join(f"{r:.1f}" for r in result.rss_samples))
-    finally:
-        await proxy.stop()
-        prefect.stop()
-        bouncer.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running_lab("prefect-pg-soak-") as lab:
+        pg = lab.postgres("pg")
+        bouncer = lab.pgbouncer(pg, "pgb")
+        proxy = FaultProxy(lab.prefect(bouncer, services=False).api_url)
+        await proxy.start()
+        try:
+            result = await soak(pg, bouncer, proxy, args.seconds, args.scrapers)
+            print(result.report())
+            print("  RSS samples (MB): " + " ".join(f"{r:.1f}" for r in result.rss_samples))
+        finally:
+            await proxy.stop()
 
 
 if __name__ == "__main__":

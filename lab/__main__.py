@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import signal
 import socket
 from datetime import timedelta
@@ -23,14 +22,13 @@ from exporter.app import Exporter
 from exporter.config import load
 from exporter.logs import configure
 from lab import incidents
-from lab.common import lab_root
 from lab.ha import LabPrefectHA
-from lab.pgbouncer import LabPgBouncer, start_pgbouncer
-from lab.postgres import LabPostgres, start_postgres
-from lab.prefect import LabPrefect, start_prefect
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
+from lab.prefect import LabPrefect
 from lab.prefect_api import PrefectAPI
 from lab.prometheus import LabPrometheus
-from lab.redis import start_redis
+from lab.stack import Lab, running_lab
 
 DEFAULT_PORT = 10816
 INCIDENTS = ("  incidents  an idle-in-transaction blocker with a writer behind it, two LISTEN "
@@ -83,15 +81,21 @@ def _scrape_configs(exporter_port: int, ha: LabPrefectHA) -> str:
 
 async def demo(with_incidents: bool, port: int, with_prefect: bool, with_prometheus: bool,
                with_ha: bool = False) -> None:
-    root = lab_root("prefect-pg-demo-")
-    pg = start_postgres(root / "postgres")
-    bouncer = start_pgbouncer(root / "pgbouncer", pg)
-    redis = start_redis(root / "redis") if with_ha else None
-    ha = LabPrefectHA(root / "ha", bouncer, redis) if redis is not None else None
-    if ha is not None:
-        ha.start()
-    prefect = start_prefect(root / "prefect", bouncer) if with_prefect and not ha else None
-    stack = contextlib.AsyncExitStack()
+    with running_lab("prefect-pg-demo-") as lab:
+        pg = lab.postgres()
+        bouncer = lab.pgbouncer(pg)
+        ha = lab.prefect_ha(bouncer, lab.redis()) if with_ha else None
+        prefect = lab.prefect(bouncer) if with_prefect and not ha else None
+        async with contextlib.AsyncExitStack() as stack:
+            await _serve(stack, lab, pg, bouncer, prefect, ha, with_incidents, port,
+                         with_prometheus)
+
+
+async def _serve(stack: contextlib.AsyncExitStack, lab: Lab, pg: LabPostgres,
+                 bouncer: LabPgBouncer, prefect: LabPrefect | None, ha: LabPrefectHA | None,
+                 with_incidents: bool, port: int, with_prometheus: bool) -> None:
+    """The incidents, the exporter and Prometheus, until a signal; each stopped by `stack`
+    (Prometheus, the exporter, then the incidents) before the lab's servers."""
     settings = {"postgres_dsn": pg.monitor_dsn(), "pgbouncer_dsn": bouncer.stats_dsn(),
                 "listen_address": f"127.0.0.1:{_port(port)}", "poll_interval_seconds": "5",
                 "poll_timeout_seconds": "4", "log_format": "console"}
@@ -102,61 +106,48 @@ async def demo(with_incidents: bool, port: int, with_prefect: bool, with_prometh
         settings["redis_url"] = ha.exporter_redis_urls()
     exporter = Exporter(load(settings, environ={}))
     prometheus: LabPrometheus | None = None
-    try:
-        if with_incidents:
-            await _incidents(stack, pg, bouncer)
-            late_runs_on = prefect or (ha.replicas[0] if ha is not None else None)
-            if late_runs_on is not None:
-                await _late_runs(late_runs_on)
-        await exporter.start()
-        if with_prometheus:
-            # the shipped rules, generated here: the demo needs no checkout's alerts/ folder
-            rules = root / "prefect-pg-exporter.rules.yml"
-            rules.write_text(render_yaml(rule_groups()))
-            prometheus = LabPrometheus(root / "prometheus", exporter.port, rules, 5.0,
-                                       _scrape_configs(exporter.port, ha) if ha else None)
-            prometheus.start()
-        url = f"http://127.0.0.1:{exporter.port}/"
-        print(f"\nprefect-pg-exporter demo is running\n"
-              f"  exporter   {url}   (metrics: {url}metrics; findings on the page, or: "
-              f"prefect-pg-exporter doctor with the DSNs below)\n"
-              + (f"  prometheus {prometheus.url}/alerts   (the shipped rules; pages after "
-                 f"their `for:`, minutes)\n" if prometheus else "")
-              + (f"  prefect    {prefect.api_url}   (3.8.8, its database through PgBouncer)\n"
-                 if prefect else "")
-              + (f"  prefect HA {', '.join(r.api_url for r in ha.replicas)}   (3.8.8 replicas "
-                 f"with --no-services; services log: {ha.services.log})\n"
-                 f"  redis      redis-cli -u {ha.redis.url(0, monitor=False)}"
-                 f"   (messaging db 0, Docket db 1)\n"
-                 f"  try        kill {ha.services.pid}   (the services process): within a "
-                 f"minute the page and the doctor\n             say the services are down "
-                 f"while both replicas answer\n"
-                 if ha else "")
-              + f"  postgres   psql '{pg.dsn()}'\n"
-              f"  monitoring role (pg_monitor only): {pg.monitor_dsn()}\n"
-              f"  pgbouncer  psql '{bouncer.dsn()}'   (transaction pooling, "
-              f"pool size {bouncer.pool_size})\n"
-              f"  admin console (stats_users): psql '{bouncer.stats_dsn()}'\n"
-              f"{INCIDENTS if with_incidents else ''}\n"
-              f"Ctrl-C stops it and removes {root}\n", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
-    finally:
-        if prometheus is not None:
-            prometheus.stop()
-        await exporter.stop()
-        await stack.aclose()
-        if prefect is not None:
-            prefect.stop()
-        if ha is not None:
-            ha.stop()
-        if redis is not None:
-            redis.stop()
-        bouncer.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    if with_incidents:
+        await _incidents(stack, pg, bouncer)
+        late_runs_on = prefect or (ha.replicas[0] if ha is not None else None)
+        if late_runs_on is not None:
+            await _late_runs(late_runs_on)
+    stack.push_async_callback(exporter.stop)
+    await exporter.start()
+    if with_prometheus:
+        # the shipped rules, generated here: the demo needs no checkout's alerts/ folder
+        rules = lab.root / "prefect-pg-exporter.rules.yml"
+        rules.write_text(render_yaml(rule_groups()))
+        prometheus = LabPrometheus(lab.root / "prometheus", exporter.port, rules, 5.0,
+                                   _scrape_configs(exporter.port, ha) if ha else None)
+        stack.callback(prometheus.stop)
+        prometheus.start()
+    url = f"http://127.0.0.1:{exporter.port}/"
+    print(f"\nprefect-pg-exporter demo is running\n"
+          f"  exporter   {url}   (metrics: {url}metrics; findings on the page, or: "
+          f"prefect-pg-exporter doctor with the DSNs below)\n"
+          + (f"  prometheus {prometheus.url}/alerts   (the shipped rules; pages after "
+             f"their `for:`, minutes)\n" if prometheus else "")
+          + (f"  prefect    {prefect.api_url}   (3.8.8, its database through PgBouncer)\n"
+             if prefect else "")
+          + (f"  prefect HA {', '.join(r.api_url for r in ha.replicas)}   (3.8.8 replicas "
+             f"with --no-services; services log: {ha.services.log})\n"
+             f"  redis      redis-cli -u {ha.redis.url(0, monitor=False)}"
+             f"   (messaging db 0, Docket db 1)\n"
+             f"  try        kill {ha.services.pid}   (the services process): within a "
+             f"minute the page and the doctor\n             say the services are down "
+             f"while both replicas answer\n"
+             if ha else "")
+          + f"  postgres   psql '{pg.dsn()}'\n"
+          f"  monitoring role (pg_monitor only): {pg.monitor_dsn()}\n"
+          f"  pgbouncer  psql '{bouncer.dsn()}'   (transaction pooling, "
+          f"pool size {bouncer.pool_size})\n"
+          f"  admin console (stats_users): psql '{bouncer.stats_dsn()}'\n"
+          f"{INCIDENTS if with_incidents else ''}\n"
+          f"Ctrl-C stops it and removes {lab.root}\n", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def main() -> None:

@@ -11,11 +11,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lab.waiting import TimedOut, until
 
 LAB_USER_FALLBACK = "prefect-lab"
 
@@ -94,16 +95,20 @@ def find_binary(name: str, extra_globs: Sequence[str] = ()) -> str:
 
 def wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[Any] | None = None,
                   log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise LabError(f"{what} exited with {proc.returncode}: {tail(log)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.05)
-    raise LabError(f"{what} did not listen on port {port} within {timeout:g}s: {tail(log)}")
+            return False
+
+    try:
+        until(listening, timeout, f"{what} on port {port}", interval=0.05)
+    except TimedOut:
+        raise LabError(f"{what} did not listen on port {port} within {timeout:g}s: "
+                       f"{tail(log)}") from None
 
 
 def wait_for_http(url: str, timeout: float, what: str, proc: subprocess.Popen[Any],
@@ -111,17 +116,37 @@ def wait_for_http(url: str, timeout: float, what: str, proc: subprocess.Popen[An
     """Until url answers 200; fail early, with the log's tail, if the process exits."""
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if proc.poll() is not None:
             raise LabError(f"{what} exited with {proc.returncode}: {tail(log, 30)}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise LabError(f"{what} not ready within {timeout:g}s: {tail(log, 30)}")
+            return False
+
+    try:
+        until(answers, timeout, f"{what} at {url}", interval=0.2)
+    except TimedOut:
+        raise LabError(f"{what} not ready within {timeout:g}s: {tail(log, 30)}") from None
+
+
+def start_daemon(argv: list[str], who: RunAs, port: int, what: str,
+                 log: Path | None) -> subprocess.Popen[bytes]:
+    """A server of the lab (PgBouncer, Redis, Sentinel): no terminal, a session of its own (a
+    Ctrl-C to the test run does not reach it), ended with its parent; ready once it listens on
+    `port`, or a LabError with its log's tail."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=dies_with_parent(), **who.popen_kwargs())
+    wait_for_port(port, 20, what, proc, log)
+    return proc
+
+
+def kill_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL, if it runs: the crash case, no goodbye to its clients."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def tail(log: Path | None, lines: int = 15) -> str:

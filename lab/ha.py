@@ -9,11 +9,10 @@ registration at startup (seen on 3.8.8)."""
 from __future__ import annotations
 
 import fcntl
-import signal
 import subprocess
 from pathlib import Path
 
-from lab.common import LabError, dies_with_parent, stop_process, tail
+from lab.common import LabError, dies_with_parent, kill_process, stop_process, tail
 from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
 from lab.prefect import DEFAULT_RELEASE, LabPrefect, PrefectRelease, _lock_file, prefect_venv
@@ -89,10 +88,7 @@ class LabServices:
 
     def kill(self) -> None:
         """SIGKILL, the whole process group: a pod OOM-killed, no goodbye to Redis."""
-        if self.running:
-            assert self._proc is not None
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait()
+        kill_process(self._proc)
 
     def stop(self) -> None:
         stop_process(self._proc, timeout=20)

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 
 from lab.pgbouncer import LabPgBouncer
 from lab.postgres import DATABASE, LabPostgres
+from lab.waiting import eventually
 
 SERVICES_CHANNEL = "prefect_automation_changes"
 
@@ -44,11 +45,10 @@ async def wait_until(pg: LabPostgres, sql: str, *args: object, timeout: float = 
     """Until `sql` (run as the superuser) answers true: the incident has really begun."""
     conn = await asyncpg.connect(pg.dsn())
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await conn.fetchval(sql, *args):
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"the incident did not begin within {timeout:g}s: {sql}")
-            await asyncio.sleep(0.05)
+        async def begun() -> bool:
+            return bool(await conn.fetchval(sql, *args))
+
+        await eventually(begun, timeout, f"the incident to begin: {sql}", interval=0.05)
     finally:
         await conn.close()
 
@@ -295,11 +295,11 @@ async def pooled_lock_chain(pg: LabPostgres, bouncer: LabPgBouncer, *, writers: 
                          "WHERE application_name = $2 AND wait_event_type = 'Lock'",
                          writers, f"{app}-writer")
         tasks += [background(c.execute("SELECT 1")) for c in extra]
-        deadline = asyncio.get_running_loop().time() + 15.0
-        while await pool_waiting(bouncer) < waiting:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError("the extra clients did not wait in PgBouncer within 15s")
-            await asyncio.sleep(0.05)
+        async def extra_wait() -> bool:
+            return await pool_waiting(bouncer) >= waiting
+
+        await eventually(extra_wait, 15.0, "the extra clients to wait in PgBouncer",
+                         interval=0.05)
         yield PooledLockChain(holder_pid, f"{app}-holder", writers, waiting, table)
         await holder.execute("ROLLBACK")
         await asyncio.wait(tasks, timeout=10)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from lab.common import (
     RunAs,
-    dies_with_parent,
     find_binary,
     free_port,
+    kill_process,
     make_dir,
     run_as,
+    start_daemon,
     stop_process,
-    wait_for_port,
 )
 from lab.postgres import (
     APP_PASSWORD,
@@ -84,20 +83,16 @@ pidfile = {self.root / "pgbouncer.pid"}
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
-        self._proc = subprocess.Popen(
-            [find_binary("pgbouncer", ["/usr/sbin/pgbouncer"]), str(self.ini)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=dies_with_parent(), **self.who.popen_kwargs())
-        wait_for_port(self.port, 20, "pgbouncer", self._proc, self.log)
+        self._proc = start_daemon(
+            [find_binary("pgbouncer", ["/usr/sbin/pgbouncer"]), str(self.ini)], self.who,
+            self.port, "pgbouncer", self.log)
 
     def stop(self) -> None:
         stop_process(self._proc)
 
     def kill(self) -> None:
         """SIGKILL: the crash case, no goodbye to clients."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait()
+        kill_process(self._proc)
 
     def dsn(self, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD,
             database: str = DATABASE) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from lab.common import (
     tail,
     wait_for_port,
 )
+from lab.waiting import TimedOut, until
 
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "lab-superuser-secret"
@@ -89,15 +89,15 @@ class LabPostgres:
         self._wait_accepting()
 
     def _wait_accepting(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            done = subprocess.run(
+        def accepting() -> bool:
+            return subprocess.run(
                 [_bin("pg_isready"), "-h", str(self.socket_dir), "-p", str(self.port)],
-                capture_output=True)
-            if done.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise LabError(f"postgres not ready: {tail(self.log)}")
+                capture_output=True).returncode == 0
+
+        try:
+            until(accepting, 30, "postgres accepting connections")
+        except TimedOut:
+            raise LabError(f"postgres not ready: {tail(self.log)}") from None
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: 'fast' (SIGINT, disconnects clients) or 'immediate' (SIGQUIT)."""

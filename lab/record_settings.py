@@ -18,9 +18,8 @@ from typing import Any
 
 import httpx
 
-from lab.common import lab_root
-from lab.postgres import start_postgres
-from lab.prefect import RELEASES, LabPrefect, PrefectRelease, install_prefect_venvs
+from lab.prefect import RELEASES, PrefectRelease, install_prefect_venvs
+from lab.stack import running_lab
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "unit" / "data" / "prefect_settings"
 # Shapes no lab release has: recorded only. The pins are those of their time.
@@ -50,15 +49,14 @@ def trim(data: Any, path: str = "") -> Any:
 def record(out: Path) -> None:
     releases = (*RELEASES, *RECORDING_ONLY)
     install_prefect_venvs(releases)
-    root = lab_root()
-    pg = start_postgres(root / "postgres")
-    servers = []
-    try:
+    with running_lab() as lab:
+        pg = lab.postgres()
+        servers = []
         for r in releases:
             database = "prefect_" + r.version.replace(".", "_")
             pg.create_database(database)
-            server = LabPrefect(root / r.version, pg, release=r, database=database,
-                                late_after_seconds=5)
+            server = lab.prefect_server(pg, r.version, release=r, database=database,
+                                        late_after_seconds=5)
             server.launch()
             servers.append(server)
         out.mkdir(parents=True, exist_ok=True)
@@ -68,10 +66,6 @@ def record(out: Path) -> None:
             path = out / f"{server.release.version}.json"
             path.write_text(json.dumps(trim(data), indent=1, sort_keys=True) + "\n")
             print(f"{path}: {server.release.version}")
-    finally:
-        for server in servers:
-            server.stop()
-        pg.stop()
 
 
 if __name__ == "__main__":

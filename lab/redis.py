@@ -3,20 +3,19 @@ unprivileged, with a password for the default user and a read-only ACL user for 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from lab.common import (
     RunAs,
-    dies_with_parent,
     find_binary,
     free_port,
+    kill_process,
     make_dir,
     run_as,
+    start_daemon,
     stop_process,
-    wait_for_port,
 )
 
 PASSWORD = "lab-redis-secret"  # the default user's: what Prefect uses
@@ -59,20 +58,16 @@ user {MONITOR_USER} {acl}
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
-        self._proc = subprocess.Popen(
-            [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=dies_with_parent(), **self.who.popen_kwargs())
-        wait_for_port(self.port, 20, "redis-server", self._proc, self.log)
+        self._proc = start_daemon(
+            [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf)], self.who,
+            self.port, "redis-server", self.log)
 
     def stop(self) -> None:
         stop_process(self._proc)
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait()
+        kill_process(self._proc)
 
     def url(self, db: int = 0, *, monitor: bool = True) -> str:
         """The exporter's URL (the read-only ACL user) or Prefect's (the default user)."""
@@ -112,12 +107,9 @@ sentinel auth-pass {self.SERVICE} {PASSWORD}
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(
+        self._proc = start_daemon(
             [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf),
-             "--sentinel"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=dies_with_parent(), **self.who.popen_kwargs())
-        wait_for_port(self.port, 20, "redis sentinel", self._proc, self.log)
+             "--sentinel"], self.who, self.port, "redis sentinel", self.log)
 
     def stop(self) -> None:
         stop_process(self._proc)

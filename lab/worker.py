@@ -17,12 +17,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from lab.common import LabError, dies_with_parent, tail
 from lab.prefect import DEFAULT_RELEASE, PrefectRelease, prefect_venv
 from lab.prefect_api import PrefectAPI
+from lab.waiting import TimedOut, until
 
 FLOWS = Path(__file__).resolve().parent / "flows"
 FLOWS_FILE = "scenarios.py"  # the flows of lab/flows/scenarios.py, by function name
@@ -108,11 +108,12 @@ class LabWorker:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
         self._proc.wait(timeout)
-        deadline = time.monotonic() + timeout
-        while (left := [p for p in pids if running(p)]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if left:
-            raise LabError(f"processes {left} outlived SIGKILL")
+        try:
+            until(lambda: not any(running(p) for p in pids), timeout, "the processes killed",
+                  interval=0.05)
+        except TimedOut:
+            raise LabError(f"processes {[p for p in pids if running(p)]} outlived SIGKILL") \
+                from None
         return pids
 
     def stop(self) -> None:

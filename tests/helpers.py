@@ -1,9 +1,8 @@
-"""Scraping and waiting helpers shared by the integration tests."""
+"""Scraping and waiting helpers shared by the integration tests. Waiting is lab.waiting's
+`eventually` (async) and `until` (blocking), re-exported here: the one way a test waits."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -12,6 +11,9 @@ import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+from lab.waiting import eventually as eventually  # the one way a test waits (async)
+from lab.waiting import until as until  # and blocking
 
 if TYPE_CHECKING:
     from exporter.app import Exporter
@@ -101,50 +103,30 @@ async def scrape(port: int) -> Scrape:
     return parse(response.text)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0,
-                     what: str = "condition") -> None:
-    """Until check() is true. A check that fails an assertion (a sample not there yet) is not
-    true yet; after the timeout, that assertion is part of the error."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = ""
-        try:
-            if await check():
-                return
-        except AssertionError as exc:
-            last = f" (last: {exc})"
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{last}")
-        await asyncio.sleep(0.1)
+async def wait_for(port: int, predicate: Callable[[Scrape], bool], what: str,
+                   timeout: float = 15.0) -> Scrape:
+    """Scrape until predicate(scrape) holds: that scrape."""
+    last: list[Scrape] = []
+
+    async def ok() -> bool:
+        last[:] = [await scrape(port)]
+        return predicate(last[0])
+
+    await eventually(ok, timeout, what)
+    return last[0]
 
 
 async def wait_for_value(port: int, name: str, labels: Mapping[str, str], expected: float,
                          timeout: float = 15.0) -> Scrape:
     """Scrape until the sample equals expected; fail with the last value seen."""
-    last: list[Scrape] = []
+    seen: list[float | None] = []
 
-    async def matches() -> bool:
-        s = await scrape(port)
-        last[:] = [s]
-        return s.find(name, **labels) == expected
+    def matches(s: Scrape) -> bool:
+        seen[:] = [s.find(name, **labels)]
+        return seen[0] == expected
 
     try:
-        await eventually(matches, timeout, f"{name}{dict(labels)} == {expected}")
+        return await wait_for(port, matches, f"{name}{dict(labels)} == {expected}", timeout)
     except AssertionError:
-        seen = last[0].find(name, **labels) if last else None
-        raise AssertionError(f"{name}{dict(labels)}: expected {expected}, last seen {seen}") \
-            from None
-    return last[0]
-
-
-async def wait_for(port: int, predicate: Callable[[Scrape], bool], what: str,
-                   timeout: float = 15.0) -> Scrape:
-    last: list[Scrape] = []
-
-    async def ok() -> bool:
-        s = await scrape(port)
-        last[:] = [s]
-        return predicate(s)
-
-    await eventually(ok, timeout, what)
-    return last[0]
+        raise AssertionError(f"{name}{dict(labels)}: expected {expected}, last seen "
+                             f"{seen[0] if seen else None}") from None

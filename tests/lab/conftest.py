@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab.common import lab_root
 from lab.ha import LabPrefectHA
-from lab.pgbouncer import LabPgBouncer, start_pgbouncer
-from lab.postgres import LabPostgres, start_postgres
+from lab.pgbouncer import LabPgBouncer
+from lab.postgres import LabPostgres
 from lab.prefect import (
     DEFAULT_RELEASE,
     RELEASES,
@@ -21,72 +19,69 @@ from lab.prefect import (
     finish_installs,
     install_prefect_venvs,
     start_installs,
-    start_prefect,
 )
-from lab.redis import LabRedis, start_redis
+from lab.redis import LabRedis
+from lab.stack import Lab, running_lab
 
 
 @pytest.fixture(scope="session")
-def lab_dir() -> Iterator[Path]:
-    root = lab_root()
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres(lab_dir: Path) -> Iterator[LabPostgres]:
-    pg = start_postgres(lab_dir / "postgres")
-    yield pg
-    pg.stop()
+def session_lab() -> Iterator[Lab]:
+    """The lab of the session: its servers stopped, the last started first, and its root
+    removed when the session ends."""
+    with running_lab() as lab:
+        yield lab
 
 
 @pytest.fixture
-def own_postgres(tmp_path_factory: pytest.TempPathFactory, lab_dir: Path) -> Iterator[LabPostgres]:
+def lab(session_lab: Lab) -> Iterator[Lab]:
+    """The session's lab root; what a test starts through it stops when the test ends."""
+    with session_lab.scope() as scope:
+        yield scope
+
+
+@pytest.fixture(scope="session")
+def lab_dir(session_lab: Lab) -> Path:
+    return session_lab.root
+
+
+@pytest.fixture(scope="session")
+def postgres(session_lab: Lab) -> LabPostgres:
+    return session_lab.postgres()
+
+
+@pytest.fixture
+def own_postgres(tmp_path_factory: pytest.TempPathFactory, lab: Lab) -> LabPostgres:
     """A PostgreSQL of the test's own, for tests that stop or restart it."""
-    pg = start_postgres(lab_dir / tmp_path_factory.mktemp("pg").name)
-    yield pg
-    pg.stop()
+    return lab.postgres(tmp_path_factory.mktemp("pg").name)
 
 
 @pytest.fixture(scope="session")
-def pgbouncer(lab_dir: Path, postgres: LabPostgres) -> Iterator[LabPgBouncer]:
+def pgbouncer(session_lab: Lab, postgres: LabPostgres) -> LabPgBouncer:
     """PgBouncer in transaction pooling, default_pool_size 5, in front of the lab PostgreSQL."""
-    bouncer = start_pgbouncer(lab_dir / "pgbouncer", postgres)
-    yield bouncer
-    bouncer.stop()
+    return session_lab.pgbouncer(postgres)
 
 
 @pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory, lab_dir: Path) -> Iterator[LabRedis]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory, lab: Lab) -> LabRedis:
     """A Redis 7 of the test's own (tests fill it, stop it, set maxmemory)."""
-    server = start_redis(lab_dir / tmp_path_factory.mktemp("redis").name)
-    yield server
-    server.stop()
+    return lab.redis(tmp_path_factory.mktemp("redis").name)
 
 
 @pytest.fixture
-def prefect_ha(tmp_path_factory: pytest.TempPathFactory, lab_dir: Path,
-               own_postgres: LabPostgres, redis_server: LabRedis) -> Iterator[LabPrefectHA]:
+def prefect_ha(tmp_path_factory: pytest.TempPathFactory, lab: Lab,
+               own_postgres: LabPostgres, redis_server: LabRedis) -> LabPrefectHA:
     """Prefect 3.8.8 in HA: two API replicas (--no-services), one services process, Redis for
     messaging (db 0) and Docket (db 1), on a PostgreSQL of its own."""
-    stack = LabPrefectHA(lab_dir / tmp_path_factory.mktemp("ha").name, own_postgres,
-                         redis_server)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
+    return lab.prefect_ha(own_postgres, redis_server, tmp_path_factory.mktemp("ha").name)
 
 
 LATE_AFTER_SECONDS = 5
 
 
 @pytest.fixture(scope="session")
-def prefect(lab_dir: Path, pgbouncer: LabPgBouncer) -> Iterator[LabPrefect]:
+def prefect(session_lab: Lab, pgbouncer: LabPgBouncer) -> LabPrefect:
     """A real Prefect 3.8.8 server with its services, its database through the lab PgBouncer."""
-    server = start_prefect(lab_dir / "prefect", pgbouncer, late_after_seconds=LATE_AFTER_SECONDS)
-    yield server
-    server.stop()
+    return session_lab.prefect(pgbouncer, late_after_seconds=LATE_AFTER_SECONDS)
 
 
 # ---- the version matrix: one server per Prefect release -----------------------------------
@@ -114,7 +109,7 @@ def version_database(version: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def prefect_versions(lab_dir: Path, postgres: LabPostgres) -> Iterator[dict[str, LabPrefect]]:
+def prefect_versions(session_lab: Lab, postgres: LabPostgres) -> Iterator[dict[str, LabPrefect]]:
     """A real server of every release in RELEASES, by version, each with its services, CSRF
     protection on and a database of its own on the session PostgreSQL, connected directly:
     2.x and 3.1 cannot turn asyncpg's statement caches off (PgBouncer transaction pooling is
@@ -129,14 +124,14 @@ def prefect_versions(lab_dir: Path, postgres: LabPostgres) -> Iterator[dict[str,
     install_prefect_venvs(RELEASES)  # and those another process was installing
     installed = time.monotonic()
     servers: dict[str, LabPrefect] = {}
-    try:
+    with session_lab.scope() as scope:
         for release in RELEASES:
             database = version_database(release.version)
             postgres.create_database(database)
-            server = LabPrefect(lab_dir / f"prefect-{release.version}", postgres,
-                                release=release, database=database, csrf=True,
-                                late_after_seconds=VERSION_LATE_AFTER_SECONDS,
-                                pool_size=VERSION_POOL_SIZE)
+            server = scope.prefect_server(
+                postgres, f"prefect-{release.version}", release=release, database=database,
+                csrf=True, late_after_seconds=VERSION_LATE_AFTER_SECONDS,
+                pool_size=VERSION_POOL_SIZE)
             server.launch()  # all at once: they migrate their databases concurrently
             servers[release.version] = server
         for server in servers.values():
@@ -144,6 +139,3 @@ def prefect_versions(lab_dir: Path, postgres: LabPostgres) -> Iterator[dict[str,
         print(f"\nprefect versions: installs waited {installed - started:.0f}s, "
               f"{len(servers)} servers ready in {time.monotonic() - installed:.0f}s")
         yield servers
-    finally:
-        for server in servers.values():
-            server.stop()

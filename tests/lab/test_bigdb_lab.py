@@ -441,8 +441,11 @@ async def test_a_locked_table_costs_its_age_not_the_poll(
                            timeout=30)
         assert s.value("postgres_up") == 1
         assert s.labelsets("prefect_table_oldest_row_age_seconds") == []
-        await asyncio.sleep(4.5)  # more polls: the age is not tried again within the minute
-        s = await scrape(exporter.port)
+        polls = s.value("prefect_pg_exporter_source_polls_total", source="postgres")
+        # two more polls: the age is not tried again within the minute
+        s = await wait_for(exporter.port, lambda s: s.value(
+            "prefect_pg_exporter_source_polls_total", source="postgres") >= polls + 2,
+            "two more polls", timeout=30)
         assert s.value("postgres_up") == 1
         assert sum(s.values("prefect_pg_exporter_source_errors_total", source="postgres")) == 0
     finally:

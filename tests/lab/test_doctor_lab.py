@@ -37,7 +37,10 @@ async def test_doctor_names_the_idle_in_transaction_root_blocker(
         assert done.returncode == 1, done.stdout + done.stderr
         assert f"[WARNING] pid {holder_pid} blocks 2 session(s)" in done.stdout
         # the thresholds the rules were generated with, given to the doctor: it pages too
-        await asyncio.sleep(0.6)
+        await incidents.wait_until(  # until both writers have waited past those 0.5 s
+            postgres, "SELECT count(*) = 2 FROM pg_stat_activity WHERE pid = ANY($1) "
+            "AND wait_event_type = 'Lock' AND now() - state_change > interval '0.6 s'",
+            chain.writer_pids)
         done = await asyncio.to_thread(doctor, "--format", "json", "--set",
                                        "blocked_wait_critical_seconds=0.5",
                                        PREFECT_PG_EXPORTER_POSTGRES_DSN=postgres.monitor_dsn(),

@@ -19,7 +19,7 @@ import pytest
 
 from lab.postgres import LabPostgres
 from tests.exporter_process import exporter_process
-from tests.helpers import StartExporter, parse, scrape, wait_for
+from tests.helpers import StartExporter, parse, scrape, until, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -87,10 +87,7 @@ def test_idle_and_slow_sockets_under_a_low_descriptor_limit(postgres: LabPostgre
            "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "1",
            "PREFECT_PG_EXPORTER_POLL_TIMEOUT_SECONDS": "1"}
     with exporter_process(tmp_path, env, nofile=64) as exporter:
-        deadline = time.monotonic() + 30
-        while _poll_state(exporter.url)[0] != 1:
-            assert time.monotonic() < deadline, "PostgreSQL never polled"
-            time.sleep(0.2)
+        until(lambda: _poll_state(exporter.url)[0] == 1, 30, "PostgreSQL polled", interval=0.2)
         _, first_success, first_errors = _poll_state(exporter.url)
         address = ("127.0.0.1", exporter.port)
         idle = [socket.create_connection(address) for _ in range(70)]
@@ -104,21 +101,21 @@ def test_idle_and_slow_sockets_under_a_low_descriptor_limit(postgres: LabPostgre
             for sock in slow:  # still dripping: closed anyway once HEADER_TIMEOUT is past
                 with contextlib.suppress(OSError):
                     sock.sendall(b"X")
-            deadline = time.monotonic() + 30
-            while True:  # two more polls at least, each a success
-                up, last, errors = _poll_state(exporter.url)
-                if last >= first_success + 2:
-                    break
-                assert time.monotonic() < deadline, "no successful poll under the flood"
-                time.sleep(0.3)
+            state: list[tuple[float, float, float]] = []
+
+            def two_more_polls() -> bool:  # at least, each a success
+                state[:] = [_poll_state(exporter.url)]
+                return state[0][1] >= first_success + 2
+
+            until(two_more_polls, 30, "two successful polls under the flood", interval=0.3)
+            up, _, errors = state[0]
             assert up == 1 and errors == first_errors
             closed = sum(_closed(sock, 15) for sock in idle + slow)
             assert closed == len(idle) + len(slow)
         finally:
             for sock in idle + slow:
                 sock.close()
-        exporter.proc.terminate()
-        exporter.proc.wait(timeout=15)
+        exporter.stop()
     log = exporter.log()
     assert "Traceback" not in log and "Too many open files" not in log.replace(
         '"kind": "Too many open files"', ""), log[:3000]

@@ -37,6 +37,17 @@ def events(logs: list[MutableMapping[str, Any]], incident: int | None = None,
             and all(e.get(k) == v for k, v in match.items())]
 
 
+async def logged(logs: list[MutableMapping[str, Any]], what: str, incident: int | None = None,
+                 **match: Any) -> MutableMapping[str, Any]:
+    """The one incident event that matches, once it is logged."""
+    async def there() -> bool:
+        return bool(events(logs, incident, **match))
+
+    await eventually(there, what=what)
+    (event,) = events(logs, incident, **match)
+    return event
+
+
 async def get(exporter: Exporter, path: str) -> httpx.Response:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{exporter.port}{path}", timeout=5)
@@ -49,11 +60,8 @@ async def test_a_lock_chain_is_one_incident_with_who_what_and_which_table(
         logs: list[MutableMapping[str, Any]]) -> None:
     exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
     async with incidents.lock_chain(postgres, table=TABLE, app="inc") as chain:
-        async def begun() -> bool:
-            return bool(events(logs, event="incident begin", pid=chain.holder_pid))
-
-        await eventually(begun, what="the incident's begin event")
-        (begin,) = events(logs, event="incident begin", pid=chain.holder_pid)
+        begin = await logged(logs, "the incident's begin event", event="incident begin",
+                             pid=chain.holder_pid)
         assert begin["kind"] == "lock_chain" and begin["log_level"] == "warning"
         assert begin["application_name"] == "inc-holder"
         assert begin["usename"] == "postgres" and begin["client_addr"] == "127.0.0.1"
@@ -73,11 +81,7 @@ async def test_a_lock_chain_is_one_incident_with_who_what_and_which_table(
     # the holder is gone (its session terminated): the incident ends, once
     incident = begin["incident"]
 
-    async def ended() -> bool:
-        return bool(events(logs, incident, event="incident end"))
-
-    await eventually(ended, what="the incident's end event")
-    (end,) = events(logs, incident, event="incident end")
+    end = await logged(logs, "the incident's end event", incident, event="incident end")
     assert end["pid"] == chain.holder_pid and end["relation"] == TABLE
     assert end["end_reason"] == "resolved" and end["duration_seconds"] > 0
     assert [e["event"] for e in events(logs, incident)] == ["incident begin", "incident end"]
@@ -101,11 +105,8 @@ async def test_a_password_literal_never_shows(postgres: LabPostgres,
     not in the log, /incidents, the landing page or the metrics."""
     exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn())
     async with incidents.password_chain(postgres, app="pw") as chain:
-        async def begun() -> bool:
-            return bool(events(logs, event="incident begin", pid=chain.holder_pid))
-
-        await eventually(begun, what="the incident's begin event")
-        (begin,) = events(logs, event="incident begin", pid=chain.holder_pid)
+        begin = await logged(logs, "the incident's begin event", event="incident begin",
+                             pid=chain.holder_pid)
         assert begin["statement"] == f"BEGIN; ALTER ROLE {chain.role} PASSWORD ?"
         assert begin["blocked_statements"] == [f"ALTER ROLE {chain.role} PASSWORD ?"]
         assert begin["relation"] == "pg_catalog.pg_authid"
@@ -123,11 +124,8 @@ async def test_no_statements_reads_no_query_text(postgres: LabPostgres,
                                                  logs: list[MutableMapping[str, Any]]) -> None:
     exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn(), no_statements="true")
     async with incidents.password_chain(postgres, app="nostmt") as chain:
-        async def begun() -> bool:
-            return bool(events(logs, event="incident begin", pid=chain.holder_pid))
-
-        await eventually(begun, what="the incident's begin event")
-        (begin,) = events(logs, event="incident begin", pid=chain.holder_pid)
+        begin = await logged(logs, "the incident's begin event", event="incident begin",
+                             pid=chain.holder_pid)
         assert "statement" not in begin and "blocked_statements" not in begin
         assert begin["relation"] == "pg_catalog.pg_authid"
         body = (await get(exporter, "/incidents")).json()
@@ -141,12 +139,8 @@ async def test_a_client_silent_inside_its_transaction(postgres: LabPostgres,
     exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn(),
                                      thresholds=["client_read_stall_critical_seconds=0.5"])
     async with incidents.copy_stall(postgres, table=TABLE, app="stall") as stall:
-        async def begun() -> bool:
-            return bool(events(logs, event="incident begin", kind="client_read_stall",
-                               pid=stall.pid))
-
-        await eventually(begun, what="the stall's begin event")
-        (begin,) = events(logs, event="incident begin", kind="client_read_stall", pid=stall.pid)
+        begin = await logged(logs, "the stall's begin event", event="incident begin",
+                             kind="client_read_stall", pid=stall.pid)
         assert begin["application_name"] == "stall" and begin["state"] == "active"
         # past the 0.5 s threshold when read; evidence is rounded to 0.1 s, so 0.54 s shows 0.5
         assert begin["state_age_seconds"] >= 0.5 and begin["severity"] == "critical"
@@ -154,10 +148,7 @@ async def test_a_client_silent_inside_its_transaction(postgres: LabPostgres,
         assert any(f.check == "client_read_stall" for f in exporter.findings)
     incident = begin["incident"]
 
-    async def ended() -> bool:
-        return bool(events(logs, incident, event="incident end"))
-
-    await eventually(ended, what="the stall's end event")
+    await logged(logs, "the stall's end event", incident, event="incident end")
 
 
 async def test_a_pgbouncer_pool_with_waiting_clients(postgres: LabPostgres,
@@ -177,7 +168,4 @@ async def test_a_pgbouncer_pool_with_waiting_clients(postgres: LabPostgres,
         assert begin["pool_size"] == pgbouncer.pool_size
     incident = begin["incident"]
 
-    async def ended() -> bool:
-        return bool(events(logs, incident, event="incident end"))
-
-    await eventually(ended, what="the pool's end event")
+    await logged(logs, "the pool's end event", incident, event="incident end")

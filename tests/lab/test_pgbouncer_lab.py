@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 
 import asyncpg
 import pytest
 
 from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
+from lab.stack import Lab
 from tests.helpers import StartExporter, scrape, wait_for, wait_for_value
 
 pytestmark = pytest.mark.lab
@@ -78,28 +78,23 @@ async def test_admin_user_reads_the_same(pgbouncer: LabPgBouncer,
     assert s.value("pgbouncer_databases_pool_size", name="prefect") == pgbouncer.pool_size
 
 
-async def test_pgbouncer_killed_and_restarted(lab_dir: Path, postgres: LabPostgres,
+async def test_pgbouncer_killed_and_restarted(lab: Lab, postgres: LabPostgres,
                                               start_exporter: StartExporter,
                                               tmp_path_factory: pytest.TempPathFactory) -> None:
-    from lab.pgbouncer import start_pgbouncer
-
-    bouncer = start_pgbouncer(lab_dir / tmp_path_factory.mktemp("pgb").name, postgres)
-    try:
-        exporter = await start_exporter(pgbouncer_dsn=bouncer.stats_dsn(),
-                                        postgres_dsn=postgres.monitor_dsn())
-        port = exporter.port
-        await wait_for_value(port, "pgbouncer_up", {}, 1)
-        bouncer.kill()
-        s = await wait_for_value(port, "pgbouncer_up", {}, 0)
-        # the exporter keeps serving, and the other source is unaffected
-        assert s.value("postgres_up") == 1
-        assert s.value("prefect_pg_exporter_source_up", source="pgbouncer") == 0
-        # nothing of the last good poll is shown as current (#28): its pools are gone
-        assert s.find("pgbouncer_databases_pool_size", name="prefect") is None
-        bouncer.start()
-        s = await wait_for_value(port, "pgbouncer_up", {}, 1, timeout=20)
-        # after a restart no client waits (and the pool may not exist yet)
-        assert s.find("pgbouncer_pools_client_waiting_connections", database="prefect") in (0, None)
-    finally:
-        bouncer.stop()
+    bouncer = lab.pgbouncer(postgres, tmp_path_factory.mktemp("pgb").name)
+    exporter = await start_exporter(pgbouncer_dsn=bouncer.stats_dsn(),
+                                    postgres_dsn=postgres.monitor_dsn())
+    port = exporter.port
+    await wait_for_value(port, "pgbouncer_up", {}, 1)
+    bouncer.kill()
+    s = await wait_for_value(port, "pgbouncer_up", {}, 0)
+    # the exporter keeps serving, and the other source is unaffected
+    assert s.value("postgres_up") == 1
+    assert s.value("prefect_pg_exporter_source_up", source="pgbouncer") == 0
+    # nothing of the last good poll is shown as current (#28): its pools are gone
+    assert s.find("pgbouncer_databases_pool_size", name="prefect") is None
+    bouncer.start()
+    s = await wait_for_value(port, "pgbouncer_up", {}, 1, timeout=20)
+    # after a restart no client waits (and the pool may not exist yet)
+    assert s.find("pgbouncer_pools_client_waiting_connections", database="prefect") in (0, None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asyncpg
@@ -207,15 +208,19 @@ async def test_database_restart_is_survived_with_one_session(
     await eventually(never_in_transaction, what="no idle transaction from the exporter")
 
 
-async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: LabPostgres
-                                                                   ) -> None:
+async def _columns(postgres: LabPostgres, sql: str) -> list[str]:
+    """The columns a query returns, as PostgreSQL describes them (the query is not run)."""
     conn = await asyncpg.connect(postgres.monitor_dsn())
     try:
-        columns = [a.name for a in (await conn.prepare(pgsrc.ACTIVITY_SQL)).get_attributes()]
+        return [a.name for a in (await conn.prepare(sql)).get_attributes()]
     finally:
         await conn.close()
-    assert columns == [*pgsnap.ActivityGroup._fields, "pid", "client_addr", "blocked_by",
-                       "row_kind", "pids"]
+
+
+async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: LabPostgres
+                                                                   ) -> None:
+    assert await _columns(postgres, pgsrc.ACTIVITY_SQL) == [
+        *pgsnap.ActivityGroup._fields, "pid", "client_addr", "blocked_by", "row_kind", "pids"]
 
 
 @pytest.mark.parametrize(("sql", "row_type"), [
@@ -228,23 +233,14 @@ async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: Lab
 async def test_query_columns_are_the_row_fields_in_order(postgres: LabPostgres, sql: str,
                                                          row_type: type[tuple[Any, ...]]
                                                          ) -> None:
-    conn = await asyncpg.connect(postgres.monitor_dsn())
-    try:
-        columns = [a.name for a in (await conn.prepare(sql)).get_attributes()]
-    finally:
-        await conn.close()
-    assert columns == list(getattr(row_type, "_fields"))  # noqa: B009  # a NamedTuple type
+    fields = list(getattr(row_type, "_fields"))  # noqa: B009  # a NamedTuple type
+    assert await _columns(postgres, sql) == fields
 
 
 @pytest.mark.parametrize("sql", [pgsrc.INVOLVED_SQL, pgsrc.INVOLVED_NO_TEXT_SQL])
 async def test_involved_columns_are_a_session_then_its_statement(postgres: LabPostgres,
                                                                  sql: str) -> None:
-    conn = await asyncpg.connect(postgres.monitor_dsn())
-    try:
-        columns = [a.name for a in (await conn.prepare(sql)).get_attributes()]
-    finally:
-        await conn.close()
-    assert columns == [*pgsnap.Session._fields, "statement"]
+    assert await _columns(postgres, sql) == [*pgsnap.Session._fields, "statement"]
 
 
 async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_blocked(
@@ -265,6 +261,7 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
                              "INSERT INTO one_read VALUES (1) ON CONFLICT DO NOTHING")
         await holder.execute("BEGIN; UPDATE one_read SET id = 1")
         await writer.execute("BEGIN; SELECT txid_current()")
+        asked = time.monotonic()
         waiting = asyncio.get_running_loop().create_task(
             writer.execute("UPDATE one_read SET id = 1"))
 
@@ -281,7 +278,8 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
         ours = [s.pid for s in read.oldest if s.pid in (holder_pid, writer_pid)]
         assert ours == [holder_pid, writer_pid]  # the older transaction first
         assert [(b.pid, b.blocked_by) for b in read.blocked] == [(writer_pid, (holder_pid,))]
-        assert read.blocked[0].wait_seconds >= 0
+        # its wait since its UPDATE began: not nothing, nor more than the test has waited
+        assert 0 < read.blocked[0].wait_seconds <= time.monotonic() - asked + 1
         assert pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 0)).oldest == ()
         waiting.cancel()
     finally:

@@ -27,18 +27,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from exporter.app import Exporter
-from lab.pgbouncer import LabPgBouncer, start_pgbouncer
+from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
 from lab.prefect import LabPrefect
+from lab.stack import Lab
 from tests.helpers import StartExporter, eventually, scrape
 
 pytestmark = pytest.mark.lab
@@ -50,24 +50,20 @@ POOL_ENV = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "1",
 
 
 @pytest.fixture
-def bouncer(lab_dir: Path, own_postgres: LabPostgres,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPgBouncer]:
-    pgb = start_pgbouncer(lab_dir / tmp_path_factory.mktemp("pgbouncer-pool").name,
-                          own_postgres)
-    yield pgb
-    pgb.stop()
+def bouncer(lab: Lab, own_postgres: LabPostgres,
+            tmp_path_factory: pytest.TempPathFactory) -> LabPgBouncer:
+    return lab.pgbouncer(own_postgres, tmp_path_factory.mktemp("pgbouncer-pool").name)
 
 
 @pytest.fixture
-def server(lab_dir: Path, bouncer: LabPgBouncer,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPrefect]:
+def server(lab: Lab, bouncer: LabPgBouncer,
+           tmp_path_factory: pytest.TempPathFactory) -> LabPrefect:
     """Prefect with a pool of one connection; the lab's environment names it the 3.8.8 way."""
-    prefect = LabPrefect(lab_dir / tmp_path_factory.mktemp("prefect-pool").name, bouncer,
-                         pool_size=1, max_overflow=0)
+    prefect = lab.prefect_server(bouncer, tmp_path_factory.mktemp("prefect-pool").name,
+                                 pool_size=1, max_overflow=0)
     assert {k: prefect.env()[k] for k in POOL_ENV} == POOL_ENV
     prefect.start()
-    yield prefect
-    prefect.stop()
+    return prefect
 
 
 @dataclass

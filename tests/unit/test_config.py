@@ -545,7 +545,8 @@ def test_exporter_toolkit_flag_spellings(tmp_path: Path) -> None:
     ("--log-format", "json", "--log.format", "JSON"),
 ])
 def test_both_spellings_with_one_meaning_are_fine(argv: tuple[str, ...]) -> None:
-    load(_flags(*argv, "--postgres-dsn", DSN), {})
+    both = load(_flags(*argv, "--postgres-dsn", DSN), {})
+    assert both == load(_flags(*argv[:2], "--postgres-dsn", DSN), {})  # the first alone
 
 
 @pytest.mark.parametrize(("argv", "message"), [

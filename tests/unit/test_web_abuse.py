@@ -262,8 +262,7 @@ def test_malformed_requests_are_a_warning_per_kind_not_tracebacks(tmp_path: Path
             for request in MALFORMED:
                 assert _send(exporter.port, request).startswith(b"HTTP/1.0 400")
         assert httpx.get(f"{exporter.url}/healthz").status_code == 200
-        exporter.proc.terminate()
-        exporter.proc.wait(timeout=15)
+        exporter.stop()
     lines = exporter.log().splitlines()
     assert not any("Traceback" in line for line in lines), lines[:20]
     records = [json.loads(line) for line in lines]  # every line is JSON
@@ -355,8 +354,7 @@ def test_idle_sockets_beyond_the_descriptor_limit_leave_healthz_answering(
         finally:
             for sock in idle:
                 sock.close()
-        exporter.proc.terminate()
-        exporter.proc.wait(timeout=15)
+        exporter.stop()
     log = exporter.log()
     assert "Traceback" not in log and len(log.splitlines()) < 20, log[:3000]
 
