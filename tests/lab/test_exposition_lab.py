@@ -1,4 +1,4 @@
-"""The whole exposition on the lab, all three sources: exactly the catalogue, no more."""
+"""The whole exposition on the lab, all four sources: exactly the catalogue, no more."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
 from lab.prefect import LabPrefect
 from lab.prefect_api import PrefectAPI
+from lab.redis import LabRedis, prefect_like_streams
 from tests.helpers import PREFECT_POLL, StartExporter, wait_for
 
 pytestmark = pytest.mark.lab
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.lab
 
 async def test_live_exposition_is_exactly_the_catalogue(
         postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect,
-        start_exporter: StartExporter) -> None:
+        redis_server: LabRedis, start_exporter: StartExporter) -> None:
     """Every series the exporter emits on the lab is catalogued with exactly its labels, and
     every catalogued metric appears unless it needs a newer PgBouncer than the lab's 1.18."""
     from exporter.catalogue import CATALOGUE
@@ -28,14 +29,18 @@ async def test_live_exposition_is_exactly_the_catalogue(
     await api.set_queue_limit("pool-catalogue", "default", 2)
     await api.global_concurrency_limit("catalogue-limit", 3)
     await api.close()
+    prefect_like_streams(redis_server)  # streams, groups and consumers as Prefect in HA leaves
     exporter = await start_exporter(postgres_dsn=postgres.monitor_dsn(),
                                     pgbouncer_dsn=pgbouncer.stats_dsn(),
-                                    prefect_api_url=prefect.api_url, **PREFECT_POLL)
+                                    prefect_api_url=prefect.api_url,
+                                    redis_url=f"messaging={redis_server.url(0)}", **PREFECT_POLL)
     client = await asyncpg.connect(pgbouncer.dsn(), statement_cache_size=0)  # makes a pool
     try:
         await client.execute("SELECT 1")
         s = await wait_for(exporter.port, lambda s: s.value("pgbouncer_up") == 1
                            and s.value("postgres_up") == 1 and s.value("prefect_api_up") == 1
+                           and s.value("redis_up") == 1
+                           and bool(s.values("redis_stream_group_consumers_active"))
                            and bool(s.values("pgbouncer_pools_client_active_connections"))
                            and bool(s.values("postgres_connections")),
                            "all sources up, a pool and a session seen")
