@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from exporter.kind import Down, SourceKind
-from exporter.redis.checks import redis_checks
+from exporter.redis.checks import CHECKS, RULES
 from exporter.redis.incidents import redis_incidents
 from exporter.redis.metrics import SPECS, UP, redis_families
 from exporter.redis.snapshot import RedisSnapshot
@@ -34,5 +34,5 @@ DOWN = Down("critical", "Prefect on Redis stops with it: events are neither publ
             "Bring Redis back, then restart the services process (prefect #22436, #19080).")
 
 KIND = SourceKind(name="redis", snapshot_type=RedisSnapshot, up=UP, specs=SPECS,
-                  families=redis_families, checks=redis_checks, sources=_sources,
+                  families=redis_families, checks=CHECKS, rules=RULES, sources=_sources,
                   incidents=redis_incidents, down=DOWN)
