@@ -59,9 +59,11 @@ def rank(finding: Finding) -> tuple[int, int, int]:
 
 def list_checks() -> str:
     """`doctor --list-checks`: every check, its severities and what it means, one a line."""
-    width = max(len(check.id) for check in CHECKS)
-    return "".join(f"{check.id:<{width}}  {'/'.join(check.severities):<23}  {check.meaning}\n"
-                   for check in sorted(CHECKS, key=lambda c: c.id))
+    rows = [(check.id, "/".join(check.severities), check.meaning)
+            for check in sorted(CHECKS, key=lambda c: c.id)]
+    width = [max(len(row[i]) for row in rows) for i in (0, 1)]
+    return "".join(f"{id_:<{width[0]}}  {severities:<{width[1]}}  {meaning}\n"
+                   for id_, severities, meaning in rows)
 
 
 def diagnose(snapshots: Sequence[Snapshot], failures: Sequence[SourceFailure] = (),

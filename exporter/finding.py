@@ -67,15 +67,18 @@ SYMPTOM = "symptom"
 class Check:
     """One check of the diagnosis, declared once beside the code that makes its findings
     (exporter/<kind>/checks.py lists its kind's in CHECKS; exporter/diagnosis.CHECKS gathers
-    them): its id (the findings' `check`, the metric label, an alert's `check`), the severities
-    it reports (the most severe first), what it means in one line (`doctor --list-checks`), the
-    thresholds it reads and its place in the chain from a cause to its symptoms."""
+    them): its id (the findings' `check`, the metric label, an alert's `check`, an incident's
+    kind), the severities it reports (the most severe first), what it means in one line
+    (`doctor --list-checks`), the thresholds it reads, its place in the chain from a cause to
+    its symptoms, and whether it is also an incident."""
 
     id: str
     severities: tuple[str, ...]
     meaning: str
     thresholds: tuple[str, ...] = ()
     role: str = ""  # ROOT | SYMPTOM | "" (ranked by severity alone)
+    # its kind's incidents observe it too, on the same condition (exporter/<kind>/incidents.py)
+    incident: bool = False
 
     def finding(self, severity: str, target: str, title: str, evidence: tuple[str, ...],
                 action: str, cause: Cause | None = None) -> Finding:

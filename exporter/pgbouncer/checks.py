@@ -14,7 +14,8 @@ POOL_WAITING = Check(
     "pgbouncer_pool_waiting", ("critical", "warning"),
     "clients wait in a pool for a server connection (and the session that holds it, when "
     "PostgreSQL is a target)",
-    ("pgbouncer_waiting_clients_warning", "pgbouncer_maxwait_critical_seconds"), SYMPTOM)
+    ("pgbouncer_waiting_clients_warning", "pgbouncer_maxwait_critical_seconds"), SYMPTOM,
+    incident=True)
 POSTGRES_UNMATCHED = Check(
     "pgbouncer_postgres_unmatched", ("info",),
     "a pooled database points at no configured PostgreSQL target: its pools cannot be followed")

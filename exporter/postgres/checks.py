@@ -32,15 +32,16 @@ def _who(s: Session) -> str:
 LOCK_CHAIN = Check(
     "lock_chain", ("critical", "warning"),
     "sessions wait on a lock behind a root blocker (who it is, how many wait, on which table)",
-    ("blocked_wait_critical_seconds",), ROOT)
+    ("blocked_wait_critical_seconds",), ROOT, incident=True)
 CLIENT_READ_STALL = Check(
     "client_read_stall", ("critical",),
     "an active statement waits on its client (ClientRead) inside its transaction",
-    ("client_read_stall_critical_seconds",), ROOT)
+    ("client_read_stall_critical_seconds",), ROOT, incident=True)
 IDLE_IN_TRANSACTION_CHECK = Check(
     "idle_in_transaction", ("critical", "warning"),
     "a transaction idle in transaction for long: it holds its locks and does nothing",
-    ("idle_in_transaction_warning_seconds", "idle_in_transaction_critical_seconds"), ROOT)
+    ("idle_in_transaction_warning_seconds", "idle_in_transaction_critical_seconds"), ROOT,
+    incident=True)
 LONG_TRANSACTION = Check(
     "long_transaction", ("critical", "warning"),
     "an active transaction running for long: it holds locks and holds back vacuum",

@@ -21,18 +21,18 @@ OWN_FINDINGS = frozenset({DOCKET_GROUP, PERSISTER_GROUP})  # groups with finding
 SERVICES_DOWN = Check(
     "prefect_services_down", ("critical",),
     "no active consumer in Docket's workers group: Prefect's background services are not "
-    "running")
+    "running", incident=True)
 EVENTS_NOT_PERSISTED = Check(
     "prefect_events_not_persisted", ("critical", "warning"),
     "Prefect's event persister reads nothing while events wait (critical), or is behind",
-    ("redis_undelivered_warning",))
+    ("redis_undelivered_warning",), incident=True)
 GROUP_ABANDONED = Check(
     "redis_stream_group_abandoned", ("warning",),
     "a consumer group nobody reads any more while its stream moves on (it may hold the "
-    "stream's trimming)")
+    "stream's trimming)", incident=True)
 MEMORY_NEAR_MAX = Check(
     "redis_memory_near_max", ("critical", "warning"), "Redis near its maxmemory",
-    ("redis_memory_warning_ratio", "redis_memory_critical_ratio"))
+    ("redis_memory_warning_ratio", "redis_memory_critical_ratio"), incident=True)
 
 
 @dataclass(frozen=True)
