@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from exporter.finding import Check, Context, Finding, age
 from exporter.redis.snapshot import Group, RedisSnapshot, Stream, id_ms
@@ -82,15 +83,21 @@ def services_down(redis: RedisSnapshot) -> GroupState | None:
     return next((g for g in dockets if g.group.consumers > 0 or g.undelivered > 0), None)
 
 
-def persister(redis: RedisSnapshot, t: Mapping[str, float]) -> tuple[GroupState, str] | None:
-    """The event persister stalled (critical) or falling behind (warning)."""
+class Persister(NamedTuple):
+    """The event persister's group, stalled (critical) or falling behind (warning)."""
+
+    group: GroupState
+    severity: str
+
+
+def persister(redis: RedisSnapshot, t: Mapping[str, float]) -> Persister | None:
     for g in group_states(redis):
         if g.stream.key != EVENTS_STREAM or g.group.name != PERSISTER_GROUP:
             continue
         if g.active == 0 and g.undelivered > 0:
-            return g, "critical"
+            return Persister(g, "critical")
         if g.undelivered > t["redis_undelivered_warning"]:
-            return g, "warning"
+            return Persister(g, "warning")
     return None
 
 
@@ -106,14 +113,21 @@ def abandoned(redis: RedisSnapshot) -> Iterator[GroupState]:
             yield g
 
 
-def memory_ratio(redis: RedisSnapshot, t: Mapping[str, float]) -> tuple[float, str] | None:
+class Memory(NamedTuple):
+    """used_memory / maxmemory past a threshold."""
+
+    ratio: float
+    severity: str
+
+
+def memory_ratio(redis: RedisSnapshot, t: Mapping[str, float]) -> Memory | None:
     if redis.maxmemory <= 0:
         return None
     ratio = redis.used_memory / redis.maxmemory
     if ratio > t["redis_memory_critical_ratio"]:
-        return ratio, "critical"
+        return Memory(ratio, "critical")
     if ratio > t["redis_memory_warning_ratio"]:
-        return ratio, "warning"
+        return Memory(ratio, "warning")
     return None
 
 
