@@ -286,3 +286,10 @@ def test_doctor_list_checks_prints_every_check(capsys: pytest.CaptureFixture[str
     row = next(line for line in lines if line.startswith("lock_chain "))
     assert row.split()[1] == "critical/warning"
     assert row.endswith(BY_ID["lock_chain"].meaning)
+
+
+def test_every_threshold_is_read_by_a_check_or_an_alert() -> None:
+    """A threshold nothing declares is one the doctor and the pager may not agree on."""
+    declared = {name for check in CHECKS for name in check.thresholds}
+    in_rules = {name for a in alerting.ALERTS for name in THRESHOLDS if f"{{{name}}}" in a.expr}
+    assert set(THRESHOLDS) - declared - in_rules == set()
