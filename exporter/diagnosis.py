@@ -12,8 +12,10 @@ from exporter.source import Snapshot
 from exporter.thresholds import thresholds
 
 SOURCE_DOWN = Check(
-    "source_down", ("critical", "warning"),
-    "a target cannot be read (critical where its kind says what stops with it: Redis)")
+    "source_down", tuple(sorted({"warning", *(kind.down.severity for kind in KINDS if kind.down)},
+                                key=SEVERITY_RANK.__getitem__)),
+    "a target cannot be read (more than a warning where its kind says what stops with it: "
+    "Redis)")
 
 # Every check of the diagnosis, gathered from the kinds (each declares its own in its checks.py):
 # `doctor --list-checks` prints them; a unit test proves each one fires.
