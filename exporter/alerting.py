@@ -17,7 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from exporter import diagnosis
+from exporter.finding import Check
+from exporter.pgbouncer import checks as pgbouncer
+from exporter.postgres import checks as postgres
+from exporter.prefect import checks as prefect
+from exporter.prefect import compat
 from exporter.prefect.snapshot import SHARED_DOCKET_SCHEMES
+from exporter.redis import checks as redis
 from exporter.redis.checks import DOCKET_GROUP, EVENTS_STREAM, PERSISTER_GROUP
 from exporter.thresholds import THRESHOLDS, parse_overrides, thresholds
 
@@ -35,7 +42,7 @@ class Alert:
     description: str  # Prometheus template text
     # The doctor's check that sees the same condition: on the same data both fire or neither
     # (with a finding of at least this severity). tests/unit/test_parity.py holds them to it.
-    check: str | None = None
+    check: Check | None = None
 
     def rule(self, t: Mapping[str, float], for_scale: float, runbook: str,
              annotations: bool = True) -> dict[str, Any]:
@@ -115,7 +122,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.application_name }} on {{ $labels.datname }} ({{ $labels.target }}) "
           "holds a transaction open without running anything: its row locks block writers "
           "(INSERT INTO task_run ...). See postgres_oldest_transaction_age_seconds for its pid.",
-          check="idle_in_transaction"),
+          check=postgres.IDLE_IN_TRANSACTION_CHECK),
     Alert("PostgresIdleInTransactionStuck", "critical",
           'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
           '{{state=~"idle in transaction.*"}}) > {idle_in_transaction_critical_seconds}', 60,
@@ -123,7 +130,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.application_name }} on {{ $labels.datname }} ({{ $labels.target }}) has "
           "held its transaction open for {{ $value | humanizeDuration }}. Terminate it if it "
           "blocks others; set idle_in_transaction_session_timeout.",
-          check="idle_in_transaction"),
+          check=postgres.IDLE_IN_TRANSACTION_CHECK),
     Alert("PostgresLongTransaction", "warning",
           'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
           '{{state="active"}}) > {active_transaction_warning_seconds}', 60,
@@ -131,14 +138,14 @@ ALERTS: tuple[Alert, ...] = (
           "An active transaction of {{ $labels.application_name }} on {{ $labels.datname }} "
           "({{ $labels.target }}) is {{ $value | humanizeDuration }} old; it holds its locks "
           "and keeps vacuum from cleaning up.",
-          check="long_transaction"),
+          check=postgres.LONG_TRANSACTION),
     Alert("PostgresLongTransactionCritical", "critical",
           'max by (target, datname, application_name) (postgres_transaction_max_age_seconds'
           '{{state="active"}}) > {active_transaction_critical_seconds}', 60,
           "A transaction has been running for {{ $value | humanizeDuration }}",
           "An active transaction of {{ $labels.application_name }} on {{ $labels.datname }} "
           "({{ $labels.target }}) is {{ $value | humanizeDuration }} old.",
-          check="long_transaction"),
+          check=postgres.LONG_TRANSACTION),
     Alert("PostgresSessionsBlocked", "critical",
           "postgres_blocked_max_wait_seconds > {blocked_wait_critical_seconds}", 60,
           "Sessions wait on locks for {{ $value | humanizeDuration }}",
@@ -146,7 +153,7 @@ ALERTS: tuple[Alert, ...] = (
           "lock another session holds. postgres_blocked_sessions says how many wait, "
           "postgres_blocking_sessions how many hold; `prefect-pg-exporter doctor` names the root "
           "blocker.",
-          check="lock_chain"),
+          check=postgres.LOCK_CHAIN),
     Alert("PostgresClientReadStall", "critical",
           "postgres_client_read_in_transaction_max_age_seconds > "
           "{client_read_stall_critical_seconds}", 60,
@@ -154,7 +161,7 @@ ALERTS: tuple[Alert, ...] = (
           "On {{ $labels.target }} an active statement waits on ClientRead: its client (an "
           "event loop blocked, a proxy, a stalled COPY) stopped sending mid-statement while "
           "holding its locks. postgres_client_read_in_transaction_sessions says how many.",
-          check="client_read_stall"),
+          check=postgres.CLIENT_READ_STALL),
     Alert("PgBouncerClientsWaiting", "warning",
           "pgbouncer_pools_client_waiting_connections > {pgbouncer_waiting_clients_warning}", 60,
           "{{ $value }} clients wait for a server connection in pool "
@@ -162,27 +169,27 @@ ALERTS: tuple[Alert, ...] = (
           "PgBouncer {{ $labels.target }}: every server connection of pool "
           "{{ $labels.database }}/{{ $labels.user }} is busy and clients queue; SQLAlchemy pool "
           "timeouts follow.",
-          check="pgbouncer_pool_waiting"),
+          check=pgbouncer.POOL_WAITING),
     Alert("PgBouncerPoolExhausted", "critical",
           "pgbouncer_pools_client_maxwait_seconds > {pgbouncer_maxwait_critical_seconds}", 60,
           "Clients wait {{ $value | humanizeDuration }} for a server connection",
           "PgBouncer {{ $labels.target }} pool {{ $labels.database }}/{{ $labels.user }}: the "
           "oldest waiting client has waited {{ $value | humanizeDuration }}. The pool is "
           "exhausted: find what holds its server connections (long or idle transactions).",
-          check="pgbouncer_pool_waiting"),
+          check=pgbouncer.POOL_WAITING),
     Alert("PostgresConnectionsNearLimit", "warning",
           "prefect_pg:postgres_connection_budget:ratio > {connections_warning_ratio}", 300,
           "{{ $value | humanizePercentage }} of max_connections in use",
           "{{ $labels.target }}: client backends use {{ $value | humanizePercentage }} of "
           "max_connections - superuser_reserved_connections. Replicas x (pool_size + "
           "max_overflow) must fit.",
-          check="connection_budget"),
+          check=postgres.CONNECTION_BUDGET),
     Alert("PostgresConnectionsExhausted", "critical",
           "prefect_pg:postgres_connection_budget:ratio > {connections_critical_ratio}", 120,
           "{{ $value | humanizePercentage }} of max_connections in use",
           "{{ $labels.target }}: new connections are about to be refused (FATAL: sorry, too "
           "many clients already).",
-          check="connection_budget"),
+          check=postgres.CONNECTION_BUDGET),
     Alert("PrefectLateRuns", "warning",
           "prefect_late_runs > {late_runs_warning} and delta(prefect_late_runs[15m]) >= 0 "
           "unless on (target, work_pool) " + UNSERVED, 300,
@@ -190,7 +197,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: runs in work pool {{ $labels.work_pool }} passed their "
           "start time and were marked Late, and the count is not going down. Are workers "
           "online, is the pool paused, is the database keeping up?",
-          check="late_runs"),
+          check=prefect.LATE_RUNS),
     Alert("PrefectScheduledBacklogDelay", "warning",
           "prefect_scheduled_backlog_max_delay_seconds > {backlog_delay_warning_seconds} "
           "unless on (target, work_pool) " + UNSERVED, 300,
@@ -198,20 +205,20 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $value | humanizeDuration }} late",
           "{{ $labels.target }}: SCHEDULED runs in work pool {{ $labels.work_pool }} are not "
           "being picked up.",
-          check="scheduled_backlog"),
+          check=prefect.SCHEDULED_BACKLOG),
     Alert("PrefectWorkPoolWithoutWorkers", "warning",
           "prefect_scheduled_backlog_runs > 0 and on (target, work_pool) "
           "(prefect_work_pool_online_workers == 0 or prefect_work_pool_paused == 1)", 300,
           "Work pool {{ $labels.work_pool }} has overdue runs and no worker to take them",
           "{{ $labels.target }}: {{ $value }} overdue runs in {{ $labels.work_pool }}, which "
           "is paused or has no online worker.",
-          check="work_pool_unserved"),
+          check=prefect.WORK_POOL_UNSERVED),
     Alert("PrefectTooManyScheduledRuns", "warning",
           "prefect_scheduled_runs > {scheduled_runs_warning}", 900,
           "{{ $value }} future SCHEDULED runs",
           "{{ $labels.target }}: the scheduler has created far more future runs than it needs; "
           "check PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS and MAX_SCHEDULED_TIME.",
-          check="scheduler_horizon"),
+          check=prefect.SCHEDULER_HORIZON),
     Alert("PrefectDuplicatedBackgroundServices", "warning",
           'postgres_listen_sessions{{channel="prefect_automation_changes"}} > '
           "{listen_sessions_warning} unless on () prefect_server_docket_info{{scheme=~"
@@ -222,13 +229,13 @@ ALERTS: tuple[Alert, ...] = (
           "on the database: run the services once (`prefect server services start`) and the "
           "API replicas with --no-services. (Quiet where Prefect's docket is on Redis: "
           "several service replicas are then supported.)",
-          check="duplicated_services"),
+          check=postgres.DUPLICATED_SERVICES),
     Alert("PrefectPgExporterSourceDown", "warning",
           "prefect_pg_exporter_source_up == 0", 120,
           "The exporter cannot read {{ $labels.source }} {{ $labels.target }}",
           "prefect-pg-exporter's polls of {{ $labels.source }} {{ $labels.target }} fail; its "
           "metrics are missing. The exporter's / page shows the last error.",
-          check="source_down"),
+          check=diagnosis.SOURCE_DOWN),
     Alert("PrefectPgExporterSourceStale", "warning",
           "time() - prefect_pg_exporter_source_last_success_timestamp_seconds > "
           "{source_stale_seconds} and prefect_pg_exporter_source_last_success_timestamp_seconds "
@@ -242,12 +249,12 @@ ALERTS: tuple[Alert, ...] = (
           "idle_in_transaction_session_timeout is off",
           "{{ $labels.target }}: nothing ends a session left idle in transaction; one stuck "
           "client can hold locks forever.",
-          check="no_idle_in_transaction_timeout"),
+          check=postgres.NO_IDLE_IN_TRANSACTION_TIMEOUT),
     Alert("PostgresNoStatementTimeout", "info",
           'postgres_setting_seconds{{name="statement_timeout"}} == 0', 3600,
           "statement_timeout is off",
           "{{ $labels.target }}: no statement is ever cancelled for running too long.",
-          check="no_statement_timeout"),
+          check=postgres.NO_STATEMENT_TIMEOUT),
     Alert("PrefectStatementCacheWithTransactionPooling", "warning",
           'count(pgbouncer_pools_mode_info{{pool_mode="transaction"}} unless on (target) '
           "(pgbouncer_config_max_prepared_statements > 0)) > 0 and on () "
@@ -261,7 +268,7 @@ ALERTS: tuple[Alert, ...] = (
           "expect `prepared statement \"__asyncpg_stmt_...\" does not exist`. Set "
           "PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_STATEMENT_CACHE_SIZE=0 and "
           "..._PREPARED_STATEMENT_CACHE_SIZE=0.",
-          check="statement_cache_with_transaction_pooling"),
+          check=compat.STATEMENT_CACHE),
     Alert("PrefectLateRunsServiceStalled", "warning",
           "prefect_overdue_unmarked_runs > {overdue_unmarked_runs_warning}", 180,
           "Overdue runs in {{ $labels.work_pool }} are not being marked Late",
@@ -269,7 +276,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.work_pool }} are overdue by more than late_runs.after_seconds plus two "
           "loops and still not Late: Prefect's late_runs service is not running (the "
           "background services are down, stalled, or run with --no-services everywhere).",
-          check="late_runs_service_stalled"),
+          check=prefect.LATE_RUNS_SERVICE_STALLED),
     Alert("PrefectSchedulerStalled", "warning",
           "prefect_deployments_without_future_runs > {deployments_without_future_runs_warning}",
           600,
@@ -277,7 +284,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: deployments that had auto-scheduled runs within the last day "
           "have none left in the future: Prefect's scheduler service is not creating runs "
           "(down, stalled, or disabled). Deactivating a schedule also deletes its future runs.",
-          check="scheduler_stalled"),
+          check=prefect.SCHEDULER_STALLED),
     Alert("PrefectRetentionLagging", "warning",
           "prefect_retention_lag_seconds > {retention_lag_warning_seconds}", 1800,
           "Prefect's {{ $labels.kind }} cleanup is {{ $value | humanizeDuration }} behind",
@@ -285,7 +292,7 @@ ALERTS: tuple[Alert, ...] = (
           "period are still there: the database grows (events and event_resources first). "
           "Prefect deletes old events in its event persister (before 3.6.21) or db_vacuum "
           "service (3.6.21+); check the services run and their logs.",
-          check="events_retention_lagging"),
+          check=prefect.EVENTS_RETENTION_LAGGING),
     Alert("PrefectEventPipelineStalled", "warning",
           "prefect_events_newest_age_seconds > {event_pipeline_stall_seconds} and on (target) "
           "(prefect_events_newest_age_seconds - prefect_flow_run_last_start_age_seconds > 60)",
@@ -295,7 +302,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $value | humanizeDuration }} old: the event persister (or the messaging between "
           "the API and the services) has stopped. Automations and the UI's event feed are "
           "blind meanwhile.",
-          check="event_pipeline_stalled"),
+          check=prefect.EVENT_PIPELINE_STALLED),
     Alert("PrefectApiSlow", "warning",
           "prefect_api_ready_duration_seconds > {api_ready_warning_seconds}", 300,
           "Prefect's API takes {{ $value | humanizeDuration }} to reach its database",
@@ -303,7 +310,7 @@ ALERTS: tuple[Alert, ...] = (
           "SQLAlchemy pool, takes {{ $value | humanizeDuration }}: that pool is exhausted or "
           "the database is slow. QueuePool timeouts follow; look at pool_size + max_overflow "
           "and what holds the connections.",
-          check="api_slow"),
+          check=prefect.API_SLOW),
     Alert("PrefectApiPoolSaturated", "warning",
           "prefect_api_ready_duration_seconds > {api_pool_saturated_ready_seconds} "
           "and prefect_api_ready_duration_seconds "
@@ -321,7 +328,7 @@ ALERTS: tuple[Alert, ...] = (
           "lock waits: the server's own pool is too small for its load. Raise "
           "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE / MAX_OVERFLOW within the connection "
           "budget, or add API replicas.",
-          check="prefect_api_pool_saturated"),
+          check=prefect.API_POOL_SATURATED),
     Alert("PrefectStuckRuns", "warning",
           "prefect_flow_runs_stuck > {stuck_runs_warning}", 600,
           "{{ $value }} flow runs stuck in {{ $labels.state_type }} in {{ $labels.work_pool }}",
@@ -329,14 +336,14 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.state_type }} for longer than the stuck threshold: they hold their pool's "
           "and their tags' concurrency slots. prefect_flow_run_oldest_state_age_seconds says "
           "how long.",
-          check="stuck_runs"),
+          check=prefect.STUCK_RUNS),
     Alert("PrefectZombieRuns", "warning",
           "prefect_flow_runs_without_heartbeat > {zombie_runs_warning}", 300,
           "{{ $value }} RUNNING flow runs in {{ $labels.work_pool }} stopped sending heartbeats",
           "{{ $labels.target }}: RUNNING flow runs of work pool {{ $labels.work_pool }} sent no "
           "heartbeat within the timeout: their process died (OOM kill, node lost, worker killed) "
           "and they will stay RUNNING, holding their slots, until marked Crashed.",
-          check="zombie_runs"),
+          check=prefect.ZOMBIE_RUNS),
     Alert("PrefectConcurrencySlotsLeaked", "warning",
           "prefect_concurrency_limit_saturated_seconds > {concurrency_slots_leak_seconds} "
           "and on (target, limit) (prefect_concurrency_limit_active_slots > "
@@ -346,7 +353,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $value | humanizeDuration }} while fewer runs that could hold it are running than "
           "it has active slots: slots leaked (runs that ended without releasing them); "
           "everything waiting on it waits forever.",
-          check="concurrency_slots_leaked"),
+          check=prefect.SLOTS_LEAKED),
     Alert("PrefectWorkQueueNotPolled", "warning",
           "prefect_work_queue_unpolled_deployments > 0 and on (target, work_pool) "
           "prefect_work_pool_online_workers > 0", 600,
@@ -354,7 +361,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: work queue {{ $labels.work_queue }} is NOT_READY although its "
           "pool {{ $labels.work_pool }} has online workers: they poll other queues. Its "
           "{{ $value }} deployment(s) are NOT_READY and their runs wait.",
-          check="work_queue_unpolled"),
+          check=prefect.QUEUE_UNPOLLED),
     Alert("PrefectFlowRunsFailing", "warning",
           'sum by (target, work_pool) (prefect_flow_runs_ended{{state_type="FAILED"}}) / '
           "sum by (target, work_pool) (prefect_flow_runs_ended) > {failed_runs_warning_ratio} "
@@ -365,7 +372,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: within the outcome window, {{ $value | humanizePercentage }} "
           "of the runs that ended in work pool {{ $labels.work_pool }} FAILED (their code "
           "raised).",
-          check="failed_runs"),
+          check=prefect.FAILED_RUNS),
     Alert("PrefectFlowRunsCrashing", "warning",
           'sum by (target, work_pool) (prefect_flow_runs_ended{{state_type="CRASHED"}}) / '
           "sum by (target, work_pool) (prefect_flow_runs_ended) > {crashed_runs_warning_ratio} "
@@ -376,7 +383,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: within the outcome window, {{ $value | humanizePercentage }} "
           "of the runs that ended in work pool {{ $labels.work_pool }} CRASHED: their "
           "infrastructure failed (process killed, pod evicted, image pull), not their code.",
-          check="crashed_runs"),
+          check=prefect.CRASHED_RUNS),
     # Prefect in HA (prefect-redis, Docket): what the services leave in Redis
     Alert("PrefectServicesDown", "critical",
           f"{DOCKET_ACTIVE} == 0 and on (target, db, stream, group) "
@@ -388,7 +395,7 @@ ALERTS: tuple[Alert, ...] = (
           "`prefect server services start` process is dead, stuck or cut off from Redis, while "
           "the API replicas keep answering their health checks. Nothing is scheduled, no run "
           "is marked Late, automations and event persistence stop.",
-          check="prefect_services_down"),
+          check=redis.SERVICES_DOWN),
     Alert("PrefectEventsNotPersisted", "critical",
           f"{PERSISTER} > 0 and on (target, db, stream, group) "
           "redis_stream_group_consumers_active == 0", 120,
@@ -396,7 +403,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: {{ $value }} events on stream {{ $labels.stream }} are not yet "
           "delivered to the event-persister group, which has no active consumer: events are "
           "missing from the UI and the event feed until the background services read them.",
-          check="prefect_events_not_persisted"),
+          check=redis.EVENTS_NOT_PERSISTED),
     Alert("PrefectEventPersisterBehind", "warning",
           f"{PERSISTER} > {{redis_undelivered_warning}} or ({PERSISTER} > 0 and on (target, db, "
           "stream, group) redis_stream_group_consumers_active == 0)", 600,
@@ -404,7 +411,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: {{ $value }} events on {{ $labels.stream }} are not yet "
           "delivered to the event-persister group: it reads slower than the API publishes "
           "(database slow, services overloaded) or not at all.",
-          check="prefect_events_not_persisted"),
+          check=redis.EVENTS_NOT_PERSISTED),
     Alert("RedisStreamGroupAbandoned", "warning",
           f'redis_stream_group_consumers_active{{{{group!~"{DOCKET_GROUP}|{PERSISTER_GROUP}"}}}}'
           " == 0 and on (target, db, stream, group) redis_stream_group_undelivered_messages > 0 "
@@ -416,7 +423,7 @@ ALERTS: tuple[Alert, ...] = (
           "prefect-redis trims to what every group has read the stream grows "
           "(redis_stream_oldest_entry_age_seconds). XGROUP DESTROY it if nothing is meant to "
           "read it (prefect #18606).",
-          check="redis_stream_group_abandoned"),
+          check=redis.GROUP_ABANDONED),
     Alert("RedisMemoryNearMax", "warning",
           "redis_memory_used_bytes / redis_memory_max_bytes > {redis_memory_warning_ratio} "
           "and on (target) redis_memory_max_bytes > 0", 300,
@@ -424,14 +431,14 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: at maxmemory, with noeviction, Prefect's writes (events, "
           "Docket's tasks, leases) fail; with an eviction policy its streams may be evicted. "
           "Look for an untrimmed stream or an abandoned group first.",
-          check="redis_memory_near_max"),
+          check=redis.MEMORY_NEAR_MAX),
     Alert("RedisMemoryExhausted", "critical",
           "redis_memory_used_bytes / redis_memory_max_bytes > {redis_memory_critical_ratio} "
           "and on (target) redis_memory_max_bytes > 0", 120,
           "Redis uses {{ $value | humanizePercentage }} of its maxmemory",
           "{{ $labels.target }}: Redis is about to refuse writes (OOM command not allowed) or "
           "evict Prefect's keys.",
-          check="redis_memory_near_max"),
+          check=redis.MEMORY_NEAR_MAX),
     Alert("RedisDown", "critical", "redis_up == 0", 60,
           "Redis {{ $labels.target }} is unreachable",
           "The exporter cannot read Redis {{ $labels.target }}. With Prefect on Redis, events "
@@ -447,14 +454,14 @@ ALERTS: tuple[Alert, ...] = (
           "its size budget (database_size_limit_bytes) within the warning window. Prefect's "
           "events, event_resources and log tables grow fastest: check retention "
           "(prefect_retention_lag_seconds) and prefect_pg:postgres_table_net_growth_rows:rate1h.",
-          check="database_growing"),
+          check=postgres.DATABASE_GROWING),
     Alert("PostgresHotTableBloat", "warning",
           "postgres_table_dead_tuples > {dead_tuples_warning} and postgres_table_dead_tuples / "
           "(postgres_table_live_tuples + 1) > {dead_tuples_warning_ratio}", 3600,
           "{{ $labels.schema }}.{{ $labels.table }} has {{ $value }} dead tuples",
           "{{ $labels.target }}: autovacuum is not keeping up with {{ $labels.table }}; "
           "check its last (auto)vacuum time and long transactions holding back the horizon.",
-          check="hot_table_bloat"),
+          check=postgres.HOT_TABLE_BLOAT),
     Alert("PrefectTableRetentionBacklog", "warning",
           "prefect_pg:prefect_table_retention_lag_seconds > {retention_lag_warning_seconds}",
           1800,
@@ -463,7 +470,7 @@ ALERTS: tuple[Alert, ...] = (
           "(by {{ $labels.column }}) is older than the retention Prefect applies to it "
           "(prefect_table_retention_seconds) by {{ $value | humanizeDuration }}: the service "
           "that deletes them (event persister, db_vacuum) is not running or not keeping up.",
-          check="table_retention_backlog"),
+          check=postgres.TABLE_RETENTION_BACKLOG),
     Alert("PrefectTableUnretainedRows", "warning",
           "prefect_table_oldest_row_age_seconds > {unretained_rows_warning_seconds} unless on "
           "(table) prefect_table_retention_seconds", 3600,
@@ -474,7 +481,7 @@ ALERTS: tuple[Alert, ...] = (
           "db_vacuum's flow_runs; event_resources on 2.x), and its rows go back "
           "{{ $value | humanizeDuration }}. `prefect-pg-exporter doctor` says how to clean it "
           "for this release.",
-          check="table_unretained_rows"),
+          check=postgres.TABLE_UNRETAINED_ROWS),
     Alert("PostgresHotTableStaleStatistics", "warning",
           "postgres_table_modified_since_analyze_rows > {stale_statistics_warning_rows} and "
           "postgres_table_modified_since_analyze_rows / (postgres_table_live_tuples + 1) > "
@@ -484,7 +491,7 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $labels.target }}: the planner's statistics for {{ $labels.table }} are far "
           "behind its rows; Prefect's /flow_runs/filter, /count and /history pick slow plans. "
           "ANALYZE it, and check its autovacuum settings and long transactions.",
-          check="stale_statistics"),
+          check=postgres.STALE_STATISTICS),
     Alert("PostgresInvalidIndex", "warning",
           "postgres_invalid_indexes > {invalid_indexes_warning}", 900,
           "{{ $value }} invalid index(es) in the watched database",
@@ -492,7 +499,7 @@ ALERTS: tuple[Alert, ...] = (
           "(Prefect 3.9 migrations build indexes so) and left an INVALID index: the planner "
           "ignores it, writes still maintain it. `prefect-pg-exporter doctor` names each and "
           "its repair.",
-          check="invalid_index"),
+          check=postgres.INVALID_INDEX),
     Alert("PostgresDeadlocks", "warning",
           "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning}", 0,
           "{{ $value | humanize }} deadlock(s) in {{ $labels.datname }} within 15 minutes",

@@ -39,7 +39,7 @@ def _parser(add_help: bool = True) -> argparse.ArgumentParser:
                "  doctor         read every target once, print the diagnosis; exit 0 when "
                "nothing is wrong,\n                 1 on warnings, 2 on critical findings\n"
                "                 (--since 1h: and the incidents the running exporter "
-               "recorded)\n"
+               "recorded;\n                 --list-checks: what it checks)\n"
                "  healthcheck    ask the running exporter's /healthz (for container "
                "HEALTHCHECKs);\n                 follows the listen address and TLS settings\n"
                "  version        print the version\n\nenvironment variables:\n"
@@ -61,6 +61,8 @@ def _doctor_options(parser: argparse.ArgumentParser) -> None:
                              "within DURATION (30m, 1h, 2d), asked at its /incidents")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="doctor: also list the slowest statements (pg_stat_statements)")
+    parser.add_argument("--list-checks", action="store_true",
+                        help="doctor: list every check (id, severities, what it means) and exit")
 
 
 def _command_parser(command: str) -> argparse.ArgumentParser:
@@ -88,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command = args.command or "run"
     if args.command == "version":
         print(f"prefect-pg-exporter {__version__}")
+        return 0
+    if args.command == "doctor" and args.list_checks:  # what it looks at: no target needed
+        from exporter.diagnosis import list_checks
+
+        print(list_checks(), end="")
         return 0
     try:
         config = load(vars(args))

@@ -6,10 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-from exporter.finding import SEVERITY_RANK, Context, Finding, SourceFailure
+from exporter.finding import ROOT, SEVERITY_RANK, SYMPTOM, Check, Context, Finding, SourceFailure
 from exporter.kinds import KINDS
 from exporter.source import Snapshot
 from exporter.thresholds import thresholds
+
+SOURCE_DOWN = Check(
+    "source_down", tuple(sorted({"warning", *(kind.down.severity for kind in KINDS if kind.down)},
+                                key=SEVERITY_RANK.__getitem__)),
+    "a target cannot be read (more than a warning where its kind says what stops with it: "
+    "Redis)")
+
+# Every check of the diagnosis, gathered from the kinds (each declares its own in its checks.py):
+# `doctor --list-checks` prints them; a unit test proves each one fires.
+CHECKS: tuple[Check, ...] = (SOURCE_DOWN, *(check for kind in KINDS for check in kind.checks))
+BY_ID: dict[str, Check] = {check.id: check for check in CHECKS}
 
 
 def unreadable(failures: Sequence[SourceFailure], context: Context) -> Iterator[Finding]:
@@ -25,24 +36,19 @@ def source_failures(failures: Sequence[SourceFailure]) -> Iterator[Finding]:
     downs = {kind.name: kind.down for kind in KINDS}
     for f in failures:
         down = downs.get(f.kind)
-        yield Finding("source_down", down.severity if down else "warning", f.target,
-                      f"cannot read {f.kind} {f.target}",
-                      (f.error, down.meaning) if down else (f.error,),
-                      "Is it up and reachable with these credentials? The exporter "
-                      "keeps retrying; its other sources are not affected.")
+        yield SOURCE_DOWN.finding(
+            down.severity if down else "warning", f.target, f"cannot read {f.kind} {f.target}",
+            (f.error, down.meaning) if down else (f.error,),
+            "Is it up and reachable with these credentials? The exporter keeps retrying; its "
+            "other sources are not affected.")
 
 
-# Where a check stands in the chain from a cause to what it causes. A storm of Late runs or a
-# pool left unserved is what people see first; what made them (a saturated database pool, a
-# session holding locks) must come first in the report, whatever its severity. Symptoms come
-# after the other findings of their severity.
-ROOT_CAUSES = frozenset({
-    "prefect_api_pool_saturated", "lock_chain", "idle_in_transaction", "long_transaction",
-    "client_read_stall", "connection_budget", "duplicated_services"})
-SYMPTOMS = frozenset({
-    "late_runs", "scheduled_backlog", "work_pool_unserved", "work_queue_unpolled", "stuck_runs",
-    "zombie_runs", "api_slow", "api_waits_on_database", "pgbouncer_pool_waiting",
-    "failed_runs", "crashed_runs", "prefect_database_blocked"})
+# Where a check stands in the chain from a cause to what it causes (Check.role). A storm of
+# Late runs or a pool left unserved is what people see first; what made them (a saturated
+# database pool, a session holding locks) must come first in the report, whatever its severity.
+# Symptoms come after the other findings of their severity.
+ROOT_CAUSES = frozenset(check.id for check in CHECKS if check.role == ROOT)
+SYMPTOMS = frozenset(check.id for check in CHECKS if check.role == SYMPTOM)
 
 
 def rank(finding: Finding) -> tuple[int, int, int]:
@@ -51,6 +57,15 @@ def rank(finding: Finding) -> tuple[int, int, int]:
     cause = finding.check in ROOT_CAUSES
     return (0 if cause else 1, SEVERITY_RANK[finding.severity],
             1 if finding.check in SYMPTOMS else 0)
+
+
+def list_checks() -> str:
+    """`doctor --list-checks`: every check, its severities and what it means, one a line."""
+    rows = [(check.id, "/".join(check.severities), check.meaning)
+            for check in sorted(CHECKS, key=lambda c: c.id)]
+    width = [max(len(row[i]) for row in rows) for i in (0, 1)]
+    return "".join(f"{id_:<{width[0]}}  {severities:<{width[1]}}  {meaning}\n"
+                   for id_, severities, meaning in rows)
 
 
 def diagnose(snapshots: Sequence[Snapshot], failures: Sequence[SourceFailure] = (),

@@ -4,11 +4,12 @@ are pure: snapshots and thresholds in, findings out."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from exporter.source import Snapshot
+from exporter.thresholds import Thresholds
 
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
@@ -55,6 +56,37 @@ class Finding:
         return asdict(self)
 
 
+# Where a check stands in the chain from a cause to what it causes (exporter/diagnosis.rank):
+# a root cause is listed first whatever its severity; a symptom after the other findings of its
+# severity; the rest by severity alone.
+ROOT = "root"
+SYMPTOM = "symptom"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of the diagnosis, declared once beside the code that makes its findings
+    (exporter/<kind>/checks.py lists its kind's in CHECKS; exporter/diagnosis.CHECKS gathers
+    them): its id (the findings' `check`, the metric label, an alert's `check`, an incident's
+    kind), the severities it reports (the most severe first), what it means in one line
+    (`doctor --list-checks`), the thresholds it reads, its place in the chain from a cause to
+    its symptoms, and whether it is also an incident."""
+
+    id: str
+    severities: tuple[str, ...]
+    meaning: str
+    thresholds: tuple[str, ...] = ()
+    role: str = ""  # ROOT | SYMPTOM | "" (ranked by severity alone)
+    # its kind's incidents observe it too, on the same condition (exporter/<kind>/incidents.py)
+    incident: bool = False
+
+    def finding(self, severity: str, target: str, title: str, evidence: tuple[str, ...],
+                action: str, cause: Cause | None = None) -> Finding:
+        if severity not in self.severities:  # a check reports what it declares
+            raise ValueError(f"{self.id}: {severity} is not one of {self.severities}")
+        return Finding(self.id, severity, target, title, evidence, action, cause)
+
+
 @dataclass(frozen=True)
 class SourceFailure:
     kind: str
@@ -64,11 +96,12 @@ class SourceFailure:
 
 @dataclass(frozen=True)
 class Context:
-    """What every check may read besides its own snapshot: the thresholds and the other fresh
+    """What every check may read besides its own snapshot: the thresholds (resolved: the
+    defaults with the overrides given, once per poll) and the other fresh
     snapshots (the connection budget reads Prefect's pool sizes, the statement-cache check
     PgBouncer's pool modes)."""
 
-    thresholds: Mapping[str, float]
+    thresholds: Thresholds
     snapshots: Sequence[Snapshot] = ()
 
     def of(self, kind: type[T]) -> list[T]:

@@ -3,8 +3,10 @@
 Each kind's package (exporter/postgres, exporter/pgbouncer, exporter/prefect, exporter/redis)
 declares its KIND: its name, its settings (exporter/<kind>/config.py), how to build its sources
 from the configuration, its snapshot type, its `up` metric, its metric specs and families
-builder, and its checks. exporter/kinds.py lists them; nothing else in the exporter names a
-kind. Adding a source kind is a new package and one line there.
+builder, and its checks: what each one is (`checks`, declared beside the code in its
+checks.py) and the functions that make their findings (`rules`). exporter/kinds.py lists
+them; nothing else in the exporter names a kind. Adding a source kind is a new package and
+one line there.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client.core import Metric
 
-from exporter.finding import Context, Finding
+from exporter.finding import Check, Context, Finding
 from exporter.incidents.model import Observation
 from exporter.metricspec import MetricOptions, MetricSpec
 from exporter.settingspec import KindConfig
@@ -56,7 +58,11 @@ class SourceKind(Generic[SnapshotT]):
     up: MetricSpec  # the plain `<kind>_up` users of other exporters look for
     specs: Sequence[MetricSpec]  # every metric the families builder may emit, `up` included
     families: Callable[[SnapshotT, MetricOptions], Iterable[Metric]]
-    checks: Callable[[SnapshotT, Context], Iterable[Finding]]
+    # Every check whose findings it makes (by its rules, `unreadable` or its incidents'
+    # twins): exporter/diagnosis.CHECKS gathers them, `doctor --list-checks` prints them.
+    checks: Sequence[Check]
+    # The functions that make the findings, run in this order over each of its snapshots.
+    rules: Sequence[Callable[[SnapshotT, Context], Iterable[Finding]]]
     # The configured sources of this kind. Each kind imports its driver (asyncpg, psycopg,
     # httpx) only here, so a configuration without that kind never loads it.
     sources: Callable[[Config], Sequence[Source]]
@@ -100,4 +106,4 @@ class SourceKind(Generic[SnapshotT]):
     def diagnose(self, snapshot: Snapshot, context: Context) -> Iterable[Finding]:
         if not isinstance(snapshot, self.snapshot_type):
             raise TypeError(f"{self.name}: not a {self.snapshot_type.__name__}")
-        return self.checks(snapshot, context)
+        return [f for rule in self.rules for f in rule(snapshot, context)]

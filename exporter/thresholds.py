@@ -1,11 +1,17 @@
 """The thresholds: one set of numbers behind the alert rules, the doctor, the findings metric and
-the dashboards, so that what pages and what the diagnosis says always agree."""
+the dashboards, so that what pages and what the diagnosis says always agree.
+
+Two words, one meaning each: *overrides* are the values a user set (--set, the environment,
+the config file; `Config.thresholds` holds them), *thresholds* are every value, resolved: the
+defaults with the overrides applied (`thresholds()`, typed `Thresholds`), which is what the
+checks, the incidents and the rules read."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NewType
 
 
 @dataclass(frozen=True)
@@ -92,9 +98,12 @@ THRESHOLDS: dict[str, Threshold] = {
         1000, "events not yet delivered to Prefect's event persister (it reads): more than"),
 }
 
+# Every threshold resolved; made only by thresholds(), so a function that takes Thresholds cannot
+# be handed overrides by mistake.
+Thresholds = NewType("Thresholds", Mapping[str, float])
 
 
-def thresholds(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+def thresholds(overrides: Mapping[str, float] | None = None) -> Thresholds:
     """Every threshold: the defaults, with the overrides given."""
     values = {name: t.default for name, t in THRESHOLDS.items()}
     for name, value in (overrides or {}).items():
@@ -102,7 +111,7 @@ def thresholds(overrides: Mapping[str, float] | None = None) -> dict[str, float]
             raise ValueError(f"unknown threshold {name!r} (python -m exporter.alerting "
                              "--thresholds lists them)")
         values[name] = value
-    return values
+    return Thresholds(values)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, float]:

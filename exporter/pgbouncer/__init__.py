@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 # initialised in this order every import finds what it needs, whichever package comes first.
 import exporter.postgres  # noqa: F401  # isort: skip
 from exporter.kind import SourceKind
-from exporter.pgbouncer.checks import pool_waiters
+from exporter.pgbouncer.checks import CHECKS, RULES
 from exporter.pgbouncer.config import CONFIG
 from exporter.pgbouncer.incidents import pool_waiting
 from exporter.pgbouncer.metrics import SPECS, UP, pgbouncer_families, pgbouncer_joined
@@ -31,5 +31,6 @@ def _sources(config: Config) -> Sequence[Source]:
 
 
 KIND = SourceKind(name="pgbouncer", snapshot_type=PgBouncerSnapshot, up=UP, specs=SPECS,
-                  families=pgbouncer_families, checks=pool_waiters, sources=_sources, config=CONFIG,
+                  families=pgbouncer_families, checks=CHECKS, rules=RULES, sources=_sources,
+                  config=CONFIG,
                   incidents=pool_waiting, joined=pgbouncer_joined)

@@ -5,10 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from exporter.finding import Context, Finding
+from exporter.finding import SYMPTOM, Check, Context, Finding
 from exporter.pgbouncer.servers import PoolBackends, backends_of, pool_backends, unmatched
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot, Pool
 from exporter.postgres.snapshot import PostgresSnapshot
+
+POOL_WAITING = Check(
+    "pgbouncer_pool_waiting", ("critical", "warning"),
+    "clients wait in a pool for a server connection (and the session that holds it, when "
+    "PostgreSQL is a target)",
+    ("pgbouncer_waiting_clients_warning", "pgbouncer_maxwait_critical_seconds"), SYMPTOM,
+    incident=True)
+POSTGRES_UNMATCHED = Check(
+    "pgbouncer_postgres_unmatched", ("info",),
+    "a pooled database points at no configured PostgreSQL target: its pools cannot be followed")
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,8 @@ def pool_waiters(pgb: PgBouncerSnapshot, ctx: Context) -> Iterator[Finding]:
             evidence.append(f"{w.waiting} client(s) wait; {w.backends.describe()}")
         else:
             evidence.append(_blind(pgb, w.pool, postgres))
-        yield Finding(
-            "pgbouncer_pool_waiting", w.severity, pgb.target,
+        yield POOL_WAITING.finding(
+            w.severity, pgb.target,
             f"{w.waiting} client(s) wait for a server connection in pool {w.name}"
             + (f": pid {cause.pid} holds it" if cause else ""),
             tuple(evidence),
@@ -72,7 +82,6 @@ def pool_waiters(pgb: PgBouncerSnapshot, ctx: Context) -> Iterator[Finding]:
              "PostgreSQL). ")
             + "Raise pool_size only if max_connections has room for replicas x pool sizes.",
             cause)
-    yield from servers_unmatched(pgb, ctx)
 
 
 def _blind(pgb: PgBouncerSnapshot, pool: Pool, postgres: Sequence[PostgresSnapshot]) -> str:
@@ -95,8 +104,8 @@ def servers_unmatched(pgb: PgBouncerSnapshot, ctx: Context) -> Iterator[Finding]
     if not postgres:
         return
     for db in unmatched(pgb, postgres):
-        yield Finding(
-            "pgbouncer_postgres_unmatched", "info", pgb.target,
+        yield POSTGRES_UNMATCHED.finding(
+            "info", pgb.target,
             f"PgBouncer database {db.name} points at {db.host or 'the local socket'}:{db.port}, "
             "which is no configured PostgreSQL target",
             ("PostgreSQL targets: " + ", ".join(
@@ -106,3 +115,7 @@ def servers_unmatched(pgb: PgBouncerSnapshot, ctx: Context) -> Iterator[Finding]
             "Give the PostgreSQL target the same host and port PgBouncer uses (SHOW DATABASES), "
             "or add that server as a target, so waiting pools name the session that holds "
             "them.")
+
+
+CHECKS = (POOL_WAITING, POSTGRES_UNMATCHED)
+RULES = (pool_waiters, servers_unmatched)

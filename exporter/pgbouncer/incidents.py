@@ -10,7 +10,7 @@ from typing import Any
 
 from exporter.finding import Context
 from exporter.incidents.model import Observation, evidence_of
-from exporter.pgbouncer.checks import WaitingPool, waiting_pools
+from exporter.pgbouncer.checks import POOL_WAITING, WaitingPool, waiting_pools
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
 from exporter.postgres.causes import PG_STATES
 from exporter.postgres.snapshot import PostgresSnapshot
@@ -19,7 +19,7 @@ from exporter.postgres.snapshot import PostgresSnapshot
 def pool_waiting(pgb: PgBouncerSnapshot, ctx: Context) -> Iterator[Observation]:
     for w in waiting_pools(pgb, ctx.thresholds, ctx.of(PostgresSnapshot)):
         yield Observation(
-            "pgbouncer_pool_waiting", pgb.target,
+            POOL_WAITING.id, pgb.target,
             (("database", w.pool.database), ("user", w.pool.user)), w.severity,
             f"{w.waiting} client(s) wait for a server connection in pool {w.name}",
             evidence_of({"pool": w.name, "waiting_clients": w.waiting,

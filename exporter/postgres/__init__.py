@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from exporter.kind import SourceKind
-from exporter.postgres.checks import postgres_checks
+from exporter.postgres.checks import CHECKS, RULES
 from exporter.postgres.config import CONFIG
 from exporter.postgres.incidents import postgres_incidents
 from exporter.postgres.metrics import SPECS, UP, postgres_families
@@ -33,5 +33,6 @@ def _sources(config: Config) -> Sequence[Source]:
 
 
 KIND = SourceKind(name="postgres", snapshot_type=PostgresSnapshot, up=UP, specs=SPECS,
-                  families=postgres_families, checks=postgres_checks, sources=_sources,
-                  config=CONFIG, incidents=postgres_incidents)
+                  families=postgres_families, checks=CHECKS, rules=RULES, sources=_sources,
+                  config=CONFIG,
+                  incidents=postgres_incidents)

@@ -1,14 +1,20 @@
 """The PostgreSQL checks of the diagnosis: pure functions from a snapshot (and the context) to
-findings, each with its evidence and what to do. The thresholds are the alert rules'."""
+findings, each with its evidence and what to do. The thresholds are the alert rules'.
+
+Each check is declared once (a `Check`, gathered in CHECKS); a situation that is also an
+incident (incidents.py) is judged once, by a condition here (lock_chains, client_stall,
+old_transactions) that the finding and the observation both render."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
-from exporter.finding import Context, Finding, age
+from exporter.finding import ROOT, Check, Context, Finding, age
 from exporter.postgres.causes import cause
+from exporter.postgres.involved import IDLE_IN_TRANSACTION, stalled_past
 from exporter.postgres.locks import lock_roots
-from exporter.postgres.snapshot import InvalidIndex, PostgresSnapshot, Session
+from exporter.postgres.snapshot import ActivityGroup, InvalidIndex, PostgresSnapshot, Session
 from exporter.prefect.retention import how_to_clean, retention_of
 from exporter.prefect.snapshot import PrefectSnapshot
 
@@ -21,34 +27,185 @@ def _who(s: Session) -> str:
             f"{age(s.transaction_age)})")
 
 
+# ---- the checks -------------------------------------------------------------------------------
+
+LOCK_CHAIN = Check(
+    "lock_chain", ("critical", "warning"),
+    "sessions wait on a lock behind a root blocker (who it is, how many wait, on which table)",
+    ("blocked_wait_critical_seconds",), ROOT, incident=True)
+CLIENT_READ_STALL = Check(
+    "client_read_stall", ("critical",),
+    "an active statement waits on its client (ClientRead) inside its transaction",
+    ("client_read_stall_critical_seconds",), ROOT, incident=True)
+IDLE_IN_TRANSACTION_CHECK = Check(
+    "idle_in_transaction", ("critical", "warning"),
+    "a transaction idle in transaction for long: it holds its locks and does nothing",
+    ("idle_in_transaction_warning_seconds", "idle_in_transaction_critical_seconds"), ROOT,
+    incident=True)
+LONG_TRANSACTION = Check(
+    "long_transaction", ("critical", "warning"),
+    "an active transaction running for long: it holds locks and holds back vacuum",
+    ("active_transaction_warning_seconds", "active_transaction_critical_seconds"), ROOT)
+CONNECTION_BUDGET = Check(
+    "connection_budget", ("critical", "warning", "info"),
+    "client backends near max_connections - superuser_reserved, or Prefect's pools sized "
+    "to exhaust it", ("connections_warning_ratio", "connections_critical_ratio"), ROOT)
+DUPLICATED_SERVICES = Check(
+    "duplicated_services", ("warning",),
+    "more than one copy of Prefect's background services (LISTEN sessions), with no Redis "
+    "docket", ("listen_sessions_warning",), ROOT)
+NO_IDLE_IN_TRANSACTION_TIMEOUT = Check(
+    "no_idle_in_transaction_timeout", ("warning",),
+    "idle_in_transaction_session_timeout is off: nothing ends a forgotten transaction")
+NO_STATEMENT_TIMEOUT = Check(
+    "no_statement_timeout", ("info",), "statement_timeout is off")
+HOT_TABLE_BLOAT = Check(
+    "hot_table_bloat", ("warning",), "a hot Prefect table carries many dead tuples",
+    ("dead_tuples_warning", "dead_tuples_warning_ratio"))
+STALE_STATISTICS = Check(
+    "stale_statistics", ("warning",),
+    "a hot Prefect table changed a lot since its last ANALYZE: stale planner statistics",
+    ("stale_statistics_warning_rows", "stale_statistics_warning_ratio"))
+INVALID_INDEX = Check(
+    "invalid_index", ("warning",),
+    "an INVALID index left by a failed CREATE INDEX CONCURRENTLY, with its repair",
+    ("invalid_indexes_warning",))
+INDEX_BUILD = Check(
+    "index_build", ("info",), "an index build (CREATE INDEX, REINDEX) is running")
+DEADLOCKS = Check(
+    "deadlocks", ("info",), "deadlocks counted in the watched database since the statistics "
+    "were reset")
+STATEMENTS_UNAVAILABLE = Check(
+    "pg_stat_statements_unavailable", ("info",),
+    "the slowest statements cannot be shown: pg_stat_statements is not installed or loaded")
+TABLE_RETENTION_BACKLOG = Check(
+    "table_retention_backlog", ("warning",),
+    "a big Prefect table holds rows past the retention that should delete them",
+    ("retention_lag_warning_seconds",))
+TABLE_UNRETAINED_ROWS = Check(
+    "table_unretained_rows", ("warning",),
+    "a big Prefect table holds old rows that no retention of this Prefect release deletes",
+    ("unretained_rows_warning_seconds",))
+OLDEST_ROWS_UNREADABLE = Check(
+    "oldest_rows_unreadable", ("info",),
+    "how far back a big Prefect table goes cannot be read: the column grant to ask for",
+    ("unread_table_warning_bytes",))
+DATABASE_GROWING = Check(
+    "database_growing", ("warning",),
+    "a database over its size budget, or on course to pass it at the growth seen",
+    ("database_size_limit_bytes", "database_full_warning_days"))
+MISSING_PG_MONITOR = Check(
+    "missing_pg_monitor", ("warning",),
+    "the exporter's role cannot see other roles' sessions (no pg_monitor)")
+
+
+# ---- conditions: what a check and its incident (incidents.py) both judge --------------------
+
+@dataclass(frozen=True)
+class LockChain:
+    """A root blocker (a holder that is not waiting itself) and the sessions waiting behind
+    it, as lock_chain judges them."""
+
+    root: int
+    behind: frozenset[int]
+    holder: Session | None  # the root's details, when the snapshot lists it
+    severity: str  # on the longest wait of all, whoever holds the lock (as the alert pages)
+    longest_seconds: float  # the longest wait of all the blocked sessions
+
+    @property
+    def idle(self) -> bool:
+        return self.holder is not None and self.holder.state in IDLE_IN_TRANSACTION
+
+
+def lock_chains(pg: PostgresSnapshot, t: Mapping[str, float]) -> list[LockChain]:
+    if not pg.blocked:
+        return []
+    holders = {s.pid: s for s in pg.blockers}
+    longest = max(b.wait_seconds for b in pg.blocked)
+    severity = "critical" if longest > t["blocked_wait_critical_seconds"] else "warning"
+    return [LockChain(root, frozenset(behind), holders.get(root), severity, longest)
+            for root, behind in lock_roots(pg)]
+
+
+@dataclass(frozen=True)
+class ClientStall:
+    """Active statements whose client went silent inside their transaction, the longest past
+    the threshold, as client_read_stall judges them (critical: it holds its locks)."""
+
+    groups: tuple[ActivityGroup, ...]  # every activity group with such a statement
+    past: tuple[ActivityGroup, ...]  # those whose longest stall is past the threshold
+    longest_seconds: float
+    threshold: float
+    severity: str = "critical"
+
+
+def client_stall(pg: PostgresSnapshot, t: Mapping[str, float]) -> ClientStall | None:
+    stalled = tuple(g for g in pg.activity if g.client_read_in_transaction)
+    past = tuple(g for g in stalled if stalled_past(g, t))
+    if not past:
+        return None
+    return ClientStall(stalled, past, max(g.max_state_age or 0.0 for g in stalled),
+                       t["client_read_stall_critical_seconds"])
+
+
+@dataclass(frozen=True)
+class OldTransaction:
+    """The oldest transaction of one database and application in some states (idle in
+    transaction, or active), past the warning threshold, as its check judges it."""
+
+    check: Check  # IDLE_IN_TRANSACTION_CHECK or LONG_TRANSACTION
+    states: tuple[str, ...]
+    datname: str
+    application_name: str
+    seconds: float
+    severity: str
+    warning_seconds: float
+
+
+# (check, states, warning threshold, critical threshold): as the alert rules group them
+TRANSACTIONS = (
+    (IDLE_IN_TRANSACTION_CHECK, IDLE_IN_TRANSACTION,
+     "idle_in_transaction_warning_seconds", "idle_in_transaction_critical_seconds"),
+    (LONG_TRANSACTION, ("active",),
+     "active_transaction_warning_seconds", "active_transaction_critical_seconds"),
+)
+
+
+def old_transactions(pg: PostgresSnapshot, t: Mapping[str, float],
+                     which: Check) -> list[OldTransaction]:
+    """Per database and application, from every session (the activity groups), the oldest
+    first."""
+    _, states, warn, crit = next(row for row in TRANSACTIONS if row[0] == which)
+    oldest: dict[tuple[str, str], float] = {}
+    for g in pg.activity:
+        if g.state in states and (g.max_transaction_age or 0) > t[warn]:
+            key = (g.datname, g.application_name)
+            oldest[key] = max(oldest.get(key, 0.0), g.max_transaction_age or 0.0)
+    return [OldTransaction(which, states, datname, app, seconds,
+                           "critical" if seconds > t[crit] else "warning", t[warn])
+            for (datname, app), seconds in sorted(oldest.items(), key=lambda item: -item[1])]
+
+
 # ---- PostgreSQL ------------------------------------------------------------------------------
 
 def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """Who blocks whom, down to the root blockers: holders that are not waiting themselves."""
-    t = ctx.thresholds
-    if not pg.blocked:
-        return
-    holders = {s.pid: s for s in pg.blockers}
-    longest = max(b.wait_seconds for b in pg.blocked)
-    for root, behind in lock_roots(pg):
-        holder = holders.get(root)
-        idle = holder is not None and holder.state.startswith("idle in transaction")
-        # as PostgresSessionsBlocked pages: on the wait, whoever holds the lock
-        critical = longest > t["blocked_wait_critical_seconds"]
+    for chain in lock_chains(pg, ctx.thresholds):
+        root, behind, holder = chain.root, chain.behind, chain.holder
         evidence = [f"root blocker: {_who(holder)}" if holder else f"root blocker: pid {root}",
                     f"{len(behind)} session(s) wait behind it (pids "
                     f"{', '.join(map(str, sorted(behind)[:10]))}), the longest for "
-                    f"{age(longest)}"]
+                    f"{age(chain.longest_seconds)}"]
         tables = sorted({str(pg.involved.waits_on[p]) for p in behind
                          if p in pg.involved.waits_on})
         if tables:
             evidence.append(f"they wait on {', '.join(tables[:5])}")
-        if idle:
+        if chain.idle:
             evidence.append("it is idle in transaction: it holds its locks and does nothing")
-        yield Finding(
-            "lock_chain", "critical" if critical else "warning", pg.target,
+        yield LOCK_CHAIN.finding(
+            chain.severity, pg.target,
             f"pid {root} blocks {len(behind)} session(s)"
-            + (" while idle in transaction" if idle else ""),
+            + (" while idle in transaction" if chain.idle else ""),
             tuple(evidence),
             f"SELECT pg_terminate_backend({root}); ends it (its transaction rolls back). For "
             "good: idle_in_transaction_session_timeout, lock_timeout for Prefect's role, short "
@@ -56,18 +213,14 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 
 
 def stalled_clients(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
-    t = ctx.thresholds
-    stalled = [g for g in pg.activity if g.client_read_in_transaction]
-    if not stalled:
+    stall = client_stall(pg, ctx.thresholds)
+    if stall is None:
         return
-    longest = max(g.max_state_age or 0.0 for g in stalled)
-    if longest <= t["client_read_stall_critical_seconds"]:
-        return
-    apps = sorted({g.application_name or "-" for g in stalled})
-    yield Finding(
-        "client_read_stall", "critical", pg.target,
-        f"{sum(g.sessions for g in stalled)} active statement(s) wait on their client, the "
-        f"longest for {age(longest)}",
+    apps = sorted({g.application_name or "-" for g in stall.groups})
+    yield CLIENT_READ_STALL.finding(
+        stall.severity, pg.target,
+        f"{sum(g.sessions for g in stall.groups)} active statement(s) wait on their client, "
+        f"the longest for {age(stall.longest_seconds)}",
         (f"applications: {', '.join(apps[:10])}",
          "active statements waiting on ClientRead: the client stopped sending mid-statement, "
          "inside its transaction, holding its locks"),
@@ -76,31 +229,18 @@ def stalled_clients(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
         "TCP keepalives and statement_timeout end such stalls for good.")
 
 
-# (check, states, warning threshold, critical threshold): as the alert rules group them
-TRANSACTION_CHECKS = (
-    ("idle_in_transaction", ("idle in transaction", "idle in transaction (aborted)"),
-     "idle_in_transaction_warning_seconds", "idle_in_transaction_critical_seconds"),
-    ("long_transaction", ("active",),
-     "active_transaction_warning_seconds", "active_transaction_critical_seconds"),
-)
-
-
 def long_transactions(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """Transactions idle or active for too long, per database and application, from every
     session (the activity groups), as the alert rules see them; the holder's pid and client
     come from the oldest-transactions list when it names them (--top-transactions)."""
-    t = ctx.thresholds
-    for check, states, warn, crit in TRANSACTION_CHECKS:
-        oldest: dict[tuple[str, str], float] = {}
-        for g in pg.activity:
-            if g.state in states and (g.max_transaction_age or 0) > t[warn]:
-                key = (g.datname, g.application_name)
-                oldest[key] = max(oldest.get(key, 0.0), g.max_transaction_age or 0.0)
-        for (datname, app), seconds in sorted(oldest.items(), key=lambda item: -item[1]):
+    for which, *_ in TRANSACTIONS:
+        for old in old_transactions(pg, ctx.thresholds, which):
+            states, datname, app, seconds = (old.states, old.datname, old.application_name,
+                                             old.seconds)
             holder = next((s for s in pg.oldest_transactions if s.state in states
                            and (s.datname, s.application_name) == (datname, app)), None)
-            yield Finding(
-                check, "critical" if seconds > t[crit] else "warning", pg.target,
+            yield which.finding(
+                old.severity, pg.target,
                 f"a transaction {states[0]} for {age(seconds)} ({app or '-'} on {datname})",
                 (_who(holder),) if holder else (
                     f"{app or 'no application_name'} on {datname}: its pid is not among the "
@@ -141,15 +281,15 @@ def connection_budget(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
                             f"{app!r})" + (f", about {-(-prefect_sessions // per_process)} "
                                            f"process(es) at full pools" if per_process else ""))
     if ratio > t["connections_warning_ratio"]:
-        yield Finding(
-            "connection_budget", "critical" if ratio > t["connections_critical_ratio"]
+        yield CONNECTION_BUDGET.finding(
+            "critical" if ratio > t["connections_critical_ratio"]
             else "warning", pg.target, f"{ratio:.0%} of the usable connections are in use",
             tuple(evidence),
             "Replicas x workers x (pool_size + max_overflow) + services must fit under "
             "max_connections - superuser_reserved_connections: lower the pools, scale down, or "
             "put PgBouncer (transaction pooling, asyncpg statement caches off) in front.")
     elif per_process is not None and per_process * 2 > usable:
-        yield Finding("connection_budget", "info", pg.target,
+        yield CONNECTION_BUDGET.finding("info", pg.target,
                       "two Prefect server processes at full pools would exhaust the database",
                       tuple(evidence), "Lower pool_size + max_overflow or raise max_connections.")
 
@@ -162,8 +302,8 @@ def duplicated_services(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]
     if copies > t["listen_sessions_warning"]:
         apps = sorted({g.application_name or "-" for g in pg.activity
                        if g.listen_channel == SERVICES_CHANNEL})
-        yield Finding(
-            "duplicated_services", "warning", pg.target,
+        yield DUPLICATED_SERVICES.finding(
+            "warning", pg.target,
             f"{copies} copies of Prefect's background services are running",
             (f"{copies} sessions LISTEN \"{SERVICES_CHANNEL}\" (applications: "
              f"{', '.join(apps)})",),
@@ -173,14 +313,14 @@ def duplicated_services(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]
 
 def safety_nets(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     if pg.timeouts_seconds.get("idle_in_transaction_session_timeout") == 0:
-        yield Finding(
-            "no_idle_in_transaction_timeout", "warning", pg.target,
+        yield NO_IDLE_IN_TRANSACTION_TIMEOUT.finding(
+            "warning", pg.target,
             "idle_in_transaction_session_timeout is off",
             ("a session left idle in transaction holds its locks until someone ends it",),
             "ALTER SYSTEM SET idle_in_transaction_session_timeout = '5min'; "
             "SELECT pg_reload_conf();  (or ALTER ROLE prefect SET ...)")
     if pg.timeouts_seconds.get("statement_timeout") == 0:
-        yield Finding("no_statement_timeout", "info", pg.target, "statement_timeout is off",
+        yield NO_STATEMENT_TIMEOUT.finding("info", pg.target, "statement_timeout is off",
                       ("no statement is ever cancelled for running too long",),
                       "ALTER ROLE prefect SET statement_timeout = '60s';")
 
@@ -191,8 +331,8 @@ def hot_tables(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
         ratio = table.dead_tuples / (table.live_tuples + 1)  # as PostgresHotTableBloat
         if table.dead_tuples > t["dead_tuples_warning"] and ratio > t["dead_tuples_warning_ratio"]:
             last = max(table.last_vacuum or 0, table.last_autovacuum or 0)
-            yield Finding(
-                "hot_table_bloat", "warning", pg.target,
+            yield HOT_TABLE_BLOAT.finding(
+                "warning", pg.target,
                 f"{table.schema}.{table.table} carries {table.dead_tuples} dead tuples",
                 (f"{table.dead_tuples} dead vs {table.live_tuples} live ({ratio:.0%}); last "
                  f"vacuum {age(pg.taken_at - last) + ' ago' if last else 'never'}",),
@@ -218,8 +358,8 @@ def stale_statistics(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
         off = "autovacuum_enabled=false" in table.autovacuum_options
         if table.autovacuum_options:
             evidence.append(f"its own autovacuum settings: {', '.join(table.autovacuum_options)}")
-        yield Finding(
-            "stale_statistics", "warning", pg.target,
+        yield STALE_STATISTICS.finding(
+            "warning", pg.target,
             f"{name}: {changed} rows changed since its last ANALYZE (stale planner statistics)",
             tuple(evidence),
             f"Now: ANALYZE {name}; (it reads a sample and blocks none of Prefect's reads or "
@@ -252,8 +392,8 @@ def invalid_indexes(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
         return
     unnamed = pg.invalid_index_count - len(pg.invalid_indexes)
     for ix in pg.invalid_indexes:
-        yield Finding(
-            "invalid_index", "warning", pg.target,
+        yield INVALID_INDEX.finding(
+            "warning", pg.target,
             f"index {ix.schema}.{ix.name} on {ix.table} is INVALID",
             (f"pg_index.indisvalid is false and no build of it is running in {pg.database}: "
              "a CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY failed or was cancelled "
@@ -266,8 +406,8 @@ def invalid_indexes(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
 def index_builds(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     for b in pg.index_builds:
         done = "" if b.done_ratio is None else f", {b.done_ratio:.0%} of this phase done"
-        yield Finding(
-            "index_build", "info", pg.target,
+        yield INDEX_BUILD.finding(
+            "info", pg.target,
             f"{b.command} {b.name or '(not named yet)'} on {b.schema}.{b.table} is running",
             (f"pid {b.pid}, phase {b.phase}{done}",),
             "Let it finish: cancelling a CONCURRENTLY build leaves an INVALID index behind. A "
@@ -279,8 +419,8 @@ def deadlocks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     were reset, so this is information; the alert (PostgresDeadlocks) judges their rate."""
     count = next((d.deadlocks for d in pg.databases if d.datname == pg.database), 0)
     if count:
-        yield Finding(
-            "deadlocks", "info", pg.target,
+        yield DEADLOCKS.finding(
+            "info", pg.target,
             f"{count} deadlock(s) in {pg.database} since its statistics were reset",
             ("PostgreSQL cancelled one transaction of each (ERROR: deadlock detected); "
              "postgres_deadlocks_total's rate says whether they still happen",),
@@ -301,8 +441,8 @@ def statements_unavailable(pg: PostgresSnapshot, ctx: Context) -> Iterator[Findi
         "not loaded": "The extension exists but the library is not loaded: add "
                       "pg_stat_statements to shared_preload_libraries and restart PostgreSQL.",
     }
-    yield Finding(
-        "pg_stat_statements_unavailable", "info", pg.target,
+    yield STATEMENTS_UNAVAILABLE.finding(
+        "info", pg.target,
         f"the slowest statements of {pg.database} cannot be shown: pg_stat_statements is "
         f"{top.status}",
         ("without it, slow Prefect API calls (asyncpg TimeoutError, /flow_runs/filter) cannot "
@@ -329,8 +469,8 @@ def retention_backlog(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
         name, keep = f"{r.schema}.{r.table}", kept.get(r.table)
         evidence = f"min({r.column}) is {_days(r.age_seconds)} ago"
         if keep is not None and r.age_seconds - keep.seconds > t["retention_lag_warning_seconds"]:
-            yield Finding(
-                "table_retention_backlog", "warning", pg.target,
+            yield TABLE_RETENTION_BACKLOG.finding(
+                "warning", pg.target,
                 f"{name} holds rows {_days(r.age_seconds)} old, "
                 f"{_days(r.age_seconds - keep.seconds)} past their retention",
                 (evidence, f"{keep.by} should delete them after {_days(keep.seconds)}"),
@@ -338,8 +478,8 @@ def retention_backlog(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
         elif keep is None and r.age_seconds > t["unretained_rows_warning_seconds"]:
             why = (f"no retention of {release} deletes {r.table} rows" if prefect else
                    "no Prefect API target is configured: its retention settings are unknown")
-            yield Finding(
-                "table_unretained_rows", "warning", pg.target,
+            yield TABLE_UNRETAINED_ROWS.finding(
+                "warning", pg.target,
                 f"{name} holds rows {_days(r.age_seconds)} old that nothing deletes",
                 (evidence, why),
                 how_to_clean(r.table, prefect, r.column))
@@ -354,8 +494,8 @@ def oldest_rows_unreadable(pg: PostgresSnapshot, ctx: Context) -> Iterator[Findi
               if not r.readable and sizes.get((r.schema, r.table), 0) >= limit]
     if not hidden:
         return
-    yield Finding(
-        "oldest_rows_unreadable", "info", pg.target,
+    yield OLDEST_ROWS_UNREADABLE.finding(
+        "info", pg.target,
         f"how far back {len(hidden)} big Prefect table(s) go is not read",
         ("pg_monitor cannot read Prefect's rows: the retention backlog of "
          + ", ".join(f"{r.table} ({_bytes(sizes[(r.schema, r.table)])})" for r in hidden)
@@ -380,8 +520,8 @@ def database_growing(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
             continue
         trend = (f"growing {_bytes(growth * 86400)}/day over the last hours" if growth
                  else "growth unknown (the exporter needs 30 min of history)")
-        yield Finding(
-            "database_growing", "warning", pg.target,
+        yield DATABASE_GROWING.finding(
+            "warning", pg.target,
             f"database {db.datname} is {_bytes(db.bytes)} of a {_bytes(limit)} budget"
             + (f": full in {seconds_left / 86400:.1f} days" if seconds_left and
                seconds_left > 0 else ": over it"),
@@ -404,20 +544,22 @@ def _bytes(value: float) -> str:
 
 def blind_spots(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     if not pg.can_read_all_stats:
-        yield Finding(
-            "missing_pg_monitor", "warning", pg.target,
+        yield MISSING_PG_MONITOR.finding(
+            "warning", pg.target,
             "the exporter's role cannot see other roles' sessions",
             ("without pg_monitor (pg_read_all_stats), state, query, waits and transaction ages "
              "of other roles read NULL: stuck transactions and lock chains are invisible",),
             "GRANT pg_monitor TO <the exporter's role>;")
 
 
-CHECKS = (blocking_tree, stalled_clients, long_transactions, duplicated_services, safety_nets,
-          hot_tables, stale_statistics, invalid_indexes, index_builds, deadlocks,
-          statements_unavailable, retention_backlog, oldest_rows_unreadable, database_growing,
-          blind_spots, connection_budget)
+CHECKS = (LOCK_CHAIN, CLIENT_READ_STALL, IDLE_IN_TRANSACTION_CHECK, LONG_TRANSACTION,
+          CONNECTION_BUDGET, DUPLICATED_SERVICES, NO_IDLE_IN_TRANSACTION_TIMEOUT,
+          NO_STATEMENT_TIMEOUT, HOT_TABLE_BLOAT, STALE_STATISTICS, INVALID_INDEX, INDEX_BUILD,
+          DEADLOCKS, STATEMENTS_UNAVAILABLE, TABLE_RETENTION_BACKLOG, TABLE_UNRETAINED_ROWS,
+          OLDEST_ROWS_UNREADABLE, DATABASE_GROWING, MISSING_PG_MONITOR)
 
-
-def postgres_checks(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
-    for check in CHECKS:
-        yield from check(pg, ctx)
+# run in this order: the doctor lists findings of one rank in it
+RULES = (blocking_tree, stalled_clients, long_transactions, duplicated_services, safety_nets,
+         hot_tables, stale_statistics, invalid_indexes, index_builds, deadlocks,
+         statements_unavailable, retention_backlog, oldest_rows_unreadable, database_growing,
+         blind_spots, connection_budget)

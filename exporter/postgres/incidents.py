@@ -2,29 +2,34 @@
 silent (ClientRead) and sessions idle in transaction. Pure: snapshot and context in,
 observations out.
 
-Each is observed exactly when the doctor's finding of the same name would be reported (the same
-conditions on the same data, with the same thresholds; a unit test holds them together), and
+Each is observed exactly when the doctor's finding of the same name would be reported: both
+render the same condition of checks.py (lock_chains, client_stall, old_transactions), and
 carries the evidence the doctor shows, structured: who, since when, what statement (masked),
 which table."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from exporter.finding import Context, age
 from exporter.incidents.model import MAX_ITEMS, Evidence, Observation, distinct, evidence_of
-from exporter.postgres.checks import TRANSACTION_CHECKS
-from exporter.postgres.locks import lock_roots
+from exporter.postgres.checks import (
+    CLIENT_READ_STALL,
+    IDLE_IN_TRANSACTION_CHECK,
+    LOCK_CHAIN,
+    LockChain,
+    client_stall,
+    lock_chains,
+    old_transactions,
+)
+from exporter.postgres.involved import stalled_session
 from exporter.postgres.snapshot import Involved, PostgresSnapshot, Session
-
-IDLE_STATES = next(states for check, states, *_ in TRANSACTION_CHECKS
-                   if check == "idle_in_transaction")
 
 
 def postgres_incidents(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
-    yield from lock_chains(pg, ctx)
+    yield from lock_chain_incidents(pg, ctx)
     yield from client_read_stalls(pg, ctx)
     yield from idle_in_transaction(pg, ctx)
 
@@ -49,34 +54,26 @@ def _who(s: Session | None) -> tuple[tuple[str, str], ...]:
 
 # ---- lock chains -----------------------------------------------------------------------------
 
-def lock_chains(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
+def lock_chain_incidents(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
     """One observation per holder identity (application, role, database): its root blockers
     and everyone behind them. Severity as the doctor's: on the longest wait of all."""
-    if not pg.blocked:
-        return
-    holders = {s.pid: s for s in pg.blockers}
-    longest_of_all = max(b.wait_seconds for b in pg.blocked)
-    severity = ("critical" if longest_of_all > ctx.thresholds["blocked_wait_critical_seconds"]
-                else "warning")
-    chains: dict[tuple[tuple[str, str], ...], list[tuple[int, set[int]]]] = {}
-    for root, behind in lock_roots(pg):
-        chains.setdefault(_who(holders.get(root)), []).append((root, behind))
+    chains: dict[tuple[tuple[str, str], ...], list[LockChain]] = {}
+    for chain in lock_chains(pg, ctx.thresholds):
+        chains.setdefault(_who(chain.holder), []).append(chain)
     for cause, roots in chains.items():
-        yield _lock_chain(pg, cause, roots, holders, severity)
+        yield _lock_chain(pg, cause, roots)
 
 
 def _lock_chain(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...],
-                roots: list[tuple[int, set[int]]], holders: Mapping[int, Session],
-                severity: str) -> Observation:
+                roots: list[LockChain]) -> Observation:
     waits = {b.pid: b.wait_seconds for b in pg.blocked}
-    root, _ = max(roots, key=lambda r: (len(r[1]), max(waits.get(p, 0.0) for p in r[1])))
-    behind = sorted(set().union(*(b for _, b in roots)))
-    holder = holders.get(root)
+    top = max(roots, key=lambda r: (len(r.behind), max(waits.get(p, 0.0) for p in r.behind)))
+    root, holder = top.root, top.holder
+    behind = sorted(set().union(*(r.behind for r in roots)))
     relations = Counter(str(pg.involved.waits_on[p]) for p in behind
                         if p in pg.involved.waits_on)
     relation = relations.most_common(1)[0][0] if relations else ""
     blocked = [pg.involved.session(p) for p in behind]
-    idle = holder is not None and holder.state.startswith("idle in transaction")
     evidence = {
         **session_evidence(holder, root, pg.involved),
         "blocked_sessions": len(behind),
@@ -87,15 +84,15 @@ def _lock_chain(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...],
         "blocked_applications": distinct([s.application_name for s in blocked if s]),
         "blocked_statements": distinct([pg.involved.statements.get(p, "") for p in behind],
                                        limit=3),
-        "root_pids": [r for r, _ in roots] if len(roots) > 1 else None,
+        "root_pids": [r.root for r in roots] if len(roots) > 1 else None,
     }
     return Observation(
-        "lock_chain", pg.target, cause, severity,
+        LOCK_CHAIN.id, pg.target, cause, top.severity,
         f"pid {root} blocks {len(behind)} session(s)"
-        + (" while idle in transaction" if idle else "")
+        + (" while idle in transaction" if top.idle else "")
         + (f" on {relation}" if relation else ""),
         evidence_of(evidence), magnitude=len(behind),
-        instances=tuple(str(r) for r, _ in roots))
+        instances=tuple(str(r.root) for r in roots))
 
 
 # ---- active statements whose client went silent ----------------------------------------------
@@ -103,24 +100,22 @@ def _lock_chain(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...],
 def client_read_stalls(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
     """As the doctor's client_read_stall: when the longest stall passes the threshold; one
     observation per application, role and database with a stall past it."""
-    threshold = ctx.thresholds["client_read_stall_critical_seconds"]
-    stalled = [g for g in pg.activity if g.client_read_in_transaction]
-    if not stalled or max(g.max_state_age or 0.0 for g in stalled) <= threshold:
+    stall = client_stall(pg, ctx.thresholds)
+    if stall is None:
         return
     counts: Counter[tuple[tuple[str, str], ...]] = Counter()
-    for g in stalled:
-        if (g.max_state_age or 0.0) > threshold:
-            counts[(("application_name", g.application_name), ("usename", g.usename),
-                    ("datname", g.datname))] += g.sessions
+    for g in stall.past:
+        counts[(("application_name", g.application_name), ("usename", g.usename),
+                ("datname", g.datname))] += g.sessions
     for cause, groups_sessions in counts.items():
         sessions = [s for s in pg.involved.sessions
-                    if _who(s) == cause and s.wait_event == "ClientRead"
-                    and s.state == "active" and (s.state_age or 0.0) > threshold]
-        yield _stall(pg, cause, sessions, groups_sessions)
+                    if _who(s) == cause and stalled_session(s)
+                    and (s.state_age or 0.0) > stall.threshold]
+        yield _stall(pg, cause, sessions, groups_sessions, stall.severity)
 
 
 def _stall(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...], sessions: list[Session],
-           counted: int) -> Observation:
+           counted: int, severity: str) -> Observation:
     longest = max(sessions, key=lambda s: (s.state_age or 0.0, -s.pid), default=None)
     app = dict(cause)["application_name"] or "-"
     count = len(sessions) or counted
@@ -130,7 +125,7 @@ def _stall(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...], sessions: l
         "stalled_pids": sorted(s.pid for s in sessions)[:MAX_ITEMS],
     }
     return Observation(
-        "client_read_stall", pg.target, cause, "critical",
+        CLIENT_READ_STALL.id, pg.target, cause, severity,
         f"{count} session(s) of {app} wait on their client inside a transaction"
         + (f", the longest for {age(longest.state_age)}" if longest else ""),
         evidence_of(evidence), magnitude=count,
@@ -142,17 +137,12 @@ def _stall(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...], sessions: l
 def idle_in_transaction(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
     """As the doctor's idle_in_transaction: per database and application whose oldest
     transaction idle in transaction is past the warning threshold."""
-    t = ctx.thresholds
-    warn = t["idle_in_transaction_warning_seconds"]
-    oldest: dict[tuple[str, str], float] = {}
-    for g in pg.activity:
-        if g.state in IDLE_STATES and (g.max_transaction_age or 0.0) > warn:
-            key = (g.datname, g.application_name)
-            oldest[key] = max(oldest.get(key, 0.0), g.max_transaction_age or 0.0)
-    for (datname, app), seconds in sorted(oldest.items(), key=lambda item: -item[1]):
+    for old in old_transactions(pg, ctx.thresholds, IDLE_IN_TRANSACTION_CHECK):
+        datname, app, seconds = old.datname, old.application_name, old.seconds
         sessions = [s for s in _candidates(pg)
                     if (s.datname, s.application_name) == (datname, app)
-                    and s.state in IDLE_STATES and (s.transaction_age or 0.0) > warn]
+                    and s.state in old.states
+                    and (s.transaction_age or 0.0) > old.warning_seconds]
         holder = max(sessions, key=lambda s: (s.transaction_age or 0.0, -s.pid), default=None)
         evidence: dict[str, Evidence] = evidence_of({
             **(session_evidence(holder, holder.pid, pg.involved) if holder else
@@ -160,9 +150,8 @@ def idle_in_transaction(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observat
             "idle_sessions": len({s.pid for s in sessions}) or None,
         })
         yield Observation(
-            "idle_in_transaction", pg.target,
-            (("application_name", app), ("datname", datname)),
-            "critical" if seconds > t["idle_in_transaction_critical_seconds"] else "warning",
+            IDLE_IN_TRANSACTION_CHECK.id, pg.target,
+            (("application_name", app), ("datname", datname)), old.severity,
             f"a transaction idle in transaction for {age(seconds)} ({app or '-'} on "
             f"{datname})" + (f", pid {holder.pid}" if holder else ""),
             evidence, magnitude=len({s.pid for s in sessions}) or 1,

@@ -9,23 +9,39 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Relation
+from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Relation, Session
 
+# The states of a session idle in transaction: the one list the checks, the incidents, the
+# chain and the join read (the activity SQL in source.py groups by pg_stat_activity.state).
 IDLE_IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
 MAX_BLOCKED_DETAILS = 50  # blocked sessions whose details and statements are read, longest first
 MAX_OTHER_DETAILS = 50  # stalled clients and idle-in-transaction holders read, oldest first
+
+
+def stalled_past(g: ActivityGroup, t: Mapping[str, float]) -> bool:
+    """An activity group with an active statement whose client went silent inside its
+    transaction (ClientRead) for longer than client_read_stall reports."""
+    return (g.client_read_in_transaction
+            and (g.max_state_age or 0.0) > t["client_read_stall_critical_seconds"])
+
+
+def stalled_session(s: Session) -> bool:
+    """A session read by pid whose active statement waits on its client (the activity SQL's
+    client_read_in_transaction, for one session: idle sessions wait on ClientRead too)."""
+    return s.state == "active" and s.wait_event == "ClientRead"
+
+
+def idle_past(g: ActivityGroup, t: Mapping[str, float]) -> bool:
+    """An activity group idle in transaction for longer than idle_in_transaction warns."""
+    return (g.state in IDLE_IN_TRANSACTION
+            and (g.max_transaction_age or 0.0) > t["idle_in_transaction_warning_seconds"])
 
 
 def stalls_past_thresholds(activity: Iterable[ActivityGroup], t: Mapping[str, float]) -> bool:
     """Whether an active statement whose client went silent, or a session idle in
     transaction, is past the threshold at which the doctor reports it (the activity groups say
     so without a read)."""
-    return any(
-        (g.client_read_in_transaction
-         and (g.max_state_age or 0.0) > t["client_read_stall_critical_seconds"])
-        or (g.state in IDLE_IN_TRANSACTION
-            and (g.max_transaction_age or 0.0) > t["idle_in_transaction_warning_seconds"])
-        for g in activity)
+    return any(stalled_past(g, t) or idle_past(g, t) for g in activity)
 
 
 def explicit_pids(blocked: Sequence[BlockedSession]) -> list[int]:

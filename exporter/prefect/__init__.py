@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from exporter.kind import SourceKind
 from exporter.prefect.chain import unreadable_blocked
-from exporter.prefect.checks import prefect_checks
+from exporter.prefect.checks import CHECKS, RULES
 from exporter.prefect.config import CONFIG
 from exporter.prefect.metrics import API_UP, SPECS, prefect_families
 from exporter.prefect.snapshot import PrefectProbeSnapshot
@@ -50,5 +50,6 @@ def _sources(config: Config) -> Sequence[Source]:
 
 
 KIND = SourceKind(name="prefect", snapshot_type=PrefectProbeSnapshot, up=API_UP, specs=SPECS,
-                  families=prefect_families, checks=prefect_checks, sources=_sources, config=CONFIG,
+                  families=prefect_families, checks=CHECKS, rules=RULES, sources=_sources,
+                  config=CONFIG,
                   unreadable=unreadable_blocked)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from exporter.finding import Cause, Context, Finding, age
+from exporter.finding import SYMPTOM, Cause, Check, Context, Finding, age
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
 from exporter.postgres.causes import cause, session_of
 from exporter.postgres.locks import lock_roots
@@ -21,6 +21,12 @@ from exporter.prefect.snapshot import PrefectSnapshot
 
 APP_SETTING = "server.database.sqlalchemy.connect_args.application_name"
 PREFECT_TABLE = "flow_run"  # a database with this hot table is Prefect's
+
+DATABASE_BLOCKED = Check(
+    "prefect_database_blocked", ("critical", "warning"),
+    "Prefect's database sessions wait behind a session on PostgreSQL (directly or through "
+    "their PgBouncer pool): its API requests hang", ("blocked_wait_critical_seconds",),
+    SYMPTOM)
 
 
 @dataclass(frozen=True)
@@ -111,8 +117,8 @@ def _finding(target: str, pf: PrefectSnapshot | None, ctx: Context, c: Cause,
             "from other clients of that database)"])
     critical = longest > ctx.thresholds["blocked_wait_critical_seconds"] or pf is None
     table = f", table {c.relation}" if c.relation else ""
-    return Finding(
-        "prefect_database_blocked", "critical" if critical else "warning", target,
+    return DATABASE_BLOCKED.finding(
+        "critical" if critical else "warning", target,
         f"Prefect's database work waits behind pid {c.pid} (on {c.target}{table}): its API "
         "requests that need it hang",
         (f"root: {c}", *lines, *symptom, *who),

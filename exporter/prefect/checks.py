@@ -1,16 +1,18 @@
-"""The Prefect checks of the diagnosis: pure, snapshot and context in, findings out."""
+"""The Prefect checks of the diagnosis: pure, snapshot and context in, findings out. Each
+check is declared once (a `Check`, gathered in CHECKS, with compat.py's and chain.py's)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from exporter.finding import Context, Finding, age
+from exporter.finding import ROOT, SYMPTOM, Check, Context, Finding, age
 from exporter.labels import clean
 from exporter.pgbouncer.checks import waiting_pools
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
+from exporter.postgres.involved import idle_past
 from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.prefect import compat
-from exporter.prefect.chain import prefect_blocked
+from exporter.prefect.chain import DATABASE_BLOCKED, prefect_blocked
 from exporter.prefect.metrics import ended_rows, events_lag, holders_running, pool_rows, runs_lag
 from exporter.prefect.snapshot import PoolCounts, PrefectProbeSnapshot, PrefectSnapshot, WorkPool
 
@@ -20,6 +22,70 @@ POOL_SIZE = "server.database.sqlalchemy.pool_size"
 MAX_OVERFLOW = "server.database.sqlalchemy.max_overflow"
 STATEMENT_CACHE = "server.database.sqlalchemy.connect_args.statement_cache_size"
 PREPARED_CACHE = "server.database.sqlalchemy.connect_args.prepared_statement_cache_size"
+
+WORK_POOL_UNSERVED = Check(
+    "work_pool_unserved", ("warning",),
+    "a work pool with overdue runs is paused or has no online worker", (), SYMPTOM)
+LATE_RUNS = Check(
+    "late_runs", ("warning",), "Late runs in a work pool (or in none)", ("late_runs_warning",),
+    SYMPTOM)
+SCHEDULED_BACKLOG = Check(
+    "scheduled_backlog", ("warning",), "the most overdue SCHEDULED run of a work pool is late",
+    ("backlog_delay_warning_seconds",), SYMPTOM)
+SCHEDULER_HORIZON = Check(
+    "scheduler_horizon", ("warning",),
+    "far too many future SCHEDULED runs: the scheduler creates too many",
+    ("scheduled_runs_warning",))
+LATE_RUNS_SERVICE_STALLED = Check(
+    "late_runs_service_stalled", ("warning",),
+    "overdue runs are not marked Late: the late_runs service is not running",
+    ("overdue_unmarked_runs_warning",))
+SCHEDULER_STALLED = Check(
+    "scheduler_stalled", ("warning",),
+    "scheduled deployments have no future run: the scheduler is not running",
+    ("deployments_without_future_runs_warning",))
+API_SLOW = Check(
+    "api_slow", ("warning",), "GET /api/ready (a connection from the API's database pool) is "
+    "slow", ("api_ready_warning_seconds",), SYMPTOM)
+API_WAITS_ON_DATABASE = Check(
+    "api_waits_on_database", ("info",),
+    "the API waits on its database, and PgBouncer or PostgreSQL show why",
+    ("api_pool_saturated_ready_seconds", "api_pool_saturated_ratio"), SYMPTOM)
+API_POOL_SATURATED = Check(
+    "prefect_api_pool_saturated", ("warning",),
+    "the API server's own database pool is saturated: /api/ready slow, /api/health fast, "
+    "the database calm", ("api_pool_saturated_ready_seconds", "api_pool_saturated_ratio"), ROOT)
+EVENT_PIPELINE_STALLED = Check(
+    "event_pipeline_stalled", ("warning",), "no new event while flow runs keep starting",
+    ("event_pipeline_stall_seconds",))
+EVENTS_RETENTION_LAGGING = Check(
+    "events_retention_lagging", ("warning",),
+    "the oldest event (or flow run) is past its retention period: cleanup is behind",
+    ("retention_lag_warning_seconds",))
+STUCK_RUNS = Check(
+    "stuck_runs", ("warning",),
+    "flow runs PENDING, RUNNING, CANCELLING or PAUSED for longer than --stuck-run-seconds",
+    ("stuck_runs_warning",), SYMPTOM)
+ZOMBIE_RUNS = Check(
+    "zombie_runs", ("warning",), "RUNNING flow runs stopped sending heartbeats",
+    ("zombie_runs_warning",), SYMPTOM)
+HEARTBEATS_NOT_SEEN = Check(
+    "heartbeats_not_seen", ("info",), "RUNNING flow runs and no heartbeat: zombies cannot be "
+    "told")
+SLOTS_LEAKED = Check(
+    "concurrency_slots_leaked", ("warning",),
+    "a concurrency limit full for long while fewer of its possible holders run",
+    ("concurrency_slots_leak_seconds",))
+QUEUE_UNPOLLED = Check(
+    "work_queue_unpolled", ("warning",),
+    "no worker polls a work queue with deployments while its pool's workers are online", (),
+    SYMPTOM)
+FAILED_RUNS = Check(
+    "failed_runs", ("warning",), "the share of FAILED flow runs of a work pool",
+    ("failed_runs_warning_ratio", "ended_runs_minimum"), SYMPTOM)
+CRASHED_RUNS = Check(
+    "crashed_runs", ("warning",), "the share of CRASHED flow runs of a work pool",
+    ("crashed_runs_warning_ratio", "ended_runs_minimum"), SYMPTOM)
 
 
 def statement_cache(prefect: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
@@ -32,8 +98,8 @@ def statement_cache(prefect: PrefectSnapshot, ctx: Context) -> Iterator[Finding]
     caches = {k: prefect.settings.get(k) for k in (STATEMENT_CACHE, PREPARED_CACHE)}
     if all(v == 0 for v in caches.values()):
         return
-    yield Finding(
-        "statement_cache_with_transaction_pooling", "warning", prefect.target,
+    yield compat.STATEMENT_CACHE.finding(
+        "warning", prefect.target,
         "PgBouncer pools in transaction mode, but Prefect's asyncpg statement caches are on",
         (f"transaction pooling: {', '.join(sorted({p.database for p in transaction_pools}))} "
          "(max_prepared_statements off)",
@@ -58,8 +124,8 @@ def scheduling(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
         overdue = (f"{counts.backlog} SCHEDULED past their start ({counts.late} Late), the "
                    f"oldest {age(delay)} overdue")
         if pool is not None and counts.backlog > 0 and (pool.paused or not pool.online_workers):
-            yield Finding(
-                "work_pool_unserved", "warning", pf.target,
+            yield WORK_POOL_UNSERVED.finding(
+                "warning", pf.target,
                 f"work pool {name} has {counts.backlog} overdue run(s) and "
                 + ("is paused" if pool.paused else "no online worker"),
                 (f"{overdue}; {pool.online_workers} of {pool.workers} workers online; status "
@@ -70,14 +136,13 @@ def scheduling(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
         where = f"work pool {name}" if pool is not None else "runs in no listed work pool"
         context = _served(pool, counts)
         if counts.late > t["late_runs_warning"]:
-            yield Finding("late_runs", "warning", pf.target,
-                          f"{where}: {counts.late} Late run(s)", (overdue, context),
-                          BEHIND_ACTION)
+            yield LATE_RUNS.finding("warning", pf.target,
+                                    f"{where}: {counts.late} Late run(s)", (overdue, context),
+                                    BEHIND_ACTION)
         if delay > t["backlog_delay_warning_seconds"]:
-            yield Finding("scheduled_backlog", "warning", pf.target,
-                          f"{where}: the most overdue run is {age(delay)} late",
-                          (overdue, context), BEHIND_ACTION)
-    yield from scheduler_horizon(pf, ctx)
+            yield SCHEDULED_BACKLOG.finding(
+                "warning", pf.target, f"{where}: the most overdue run is {age(delay)} late",
+                (overdue, context), BEHIND_ACTION)
 
 
 BEHIND_ACTION = ("Workers cannot keep up or the pool's concurrency limit is reached; add workers "
@@ -97,8 +162,8 @@ def scheduler_horizon(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     future = pf.scheduling.scheduled_future
     if future > ctx.thresholds["scheduled_runs_warning"]:
         s = pf.settings
-        yield Finding(
-            "scheduler_horizon", "warning", pf.target,
+        yield SCHEDULER_HORIZON.finding(
+            "warning", pf.target,
             f"{future} future SCHEDULED runs: the scheduler creates far too many",
             (f"scheduler max_runs {s.get('server.services.scheduler.max_runs', '?')}, "
              f"max_scheduled_time "
@@ -115,8 +180,8 @@ def services_stalled(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     if sv.unmarked_overdue > t["overdue_unmarked_runs_warning"]:
         pools = ", ".join(f"{p} {n}" for p, n in sorted(sv.unmarked_overdue_by_pool.items()) if n)
         disabled = s.get(LATE_ENABLED) == 0
-        yield Finding(
-            "late_runs_service_stalled", "warning", pf.target,
+        yield LATE_RUNS_SERVICE_STALLED.finding(
+            "warning", pf.target,
             f"{sv.unmarked_overdue} overdue run(s) not marked Late: the late_runs service is "
             "not running",
             (f"SCHEDULED runs overdue by more than {age(sv.unmarked_after_seconds)} "
@@ -128,8 +193,8 @@ def services_stalled(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
             "logs; one of `prefect server start` (without --no-services) or `prefect server "
             "services start` must run.")
     if sv.deployments_without_future_runs > t["deployments_without_future_runs_warning"]:
-        yield Finding(
-            "scheduler_stalled", "warning", pf.target,
+        yield SCHEDULER_STALLED.finding(
+            "warning", pf.target,
             f"{sv.deployments_without_future_runs} scheduled deployment(s) have no future run: "
             "the scheduler is not running",
             (f"{sv.recently_scheduled_deployments} deployment(s) had auto-scheduled runs within "
@@ -147,9 +212,6 @@ def latency(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-IDLE_IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
-
-
 def database_explains(ctx: Context) -> list[str]:
     """What PgBouncer and PostgreSQL show that would make the API wait on its database, as their
     own findings judge it: clients waiting in a PgBouncer pool, sessions waiting on locks, a
@@ -163,8 +225,7 @@ def database_explains(ctx: Context) -> list[str]:
         if pg.blocked:
             found.append(f"PostgreSQL {pg.target}: {len(pg.blocked)} session(s) wait on locks, "
                          f"the longest for {age(max(b.wait_seconds for b in pg.blocked))}")
-        idle = [g for g in pg.activity if g.state in IDLE_IN_TRANSACTION
-                and (g.max_transaction_age or 0) > t["idle_in_transaction_warning_seconds"]]
+        idle = [g for g in pg.activity if idle_past(g, t)]
         if idle:
             found.append(f"PostgreSQL {pg.target}: {sum(g.sessions for g in idle)} session(s) "
                          "idle in transaction for over "
@@ -184,8 +245,8 @@ def api_pool(pf: PrefectProbeSnapshot, ctx: Context) -> Iterator[Finding]:
     gap = f"/api/ready {latency(probe.ready_seconds)} vs /api/health " \
           f"{latency(probe.health_seconds)}"
     if probe.ready_seconds > t["api_ready_warning_seconds"]:
-        yield Finding(
-            "api_slow", "warning", pf.target,
+        yield API_SLOW.finding(
+            "warning", pf.target,
             f"the API takes {probe.ready_seconds:.1f}s to reach its database"
             + ("" if probe.ready_ok else " (GET /api/ready failed)"),
             (f"{gap}: GET /api/ready checks a connection out of the API server's SQLAlchemy "
@@ -197,15 +258,15 @@ def api_pool(pf: PrefectProbeSnapshot, ctx: Context) -> Iterator[Finding]:
         return
     explained = database_explains(ctx)
     if explained:
-        yield Finding(
-            "api_waits_on_database", "info", pf.target,
+        yield API_WAITS_ON_DATABASE.finding(
+            "info", pf.target,
             f"Prefect's API waits on its database ({gap}): PgBouncer or PostgreSQL explain it",
             tuple(explained[:5]),
             "Fix what their findings name (waiting pools, lock holders, idle transactions); "
             "Prefect's own pool is not the bottleneck, and raising it would add to the queue.")
         return
-    yield Finding(
-        "prefect_api_pool_saturated", "warning", pf.target,
+    yield API_POOL_SATURATED.finding(
+        "warning", pf.target,
         f"Prefect's own database pool is saturated: {gap}",
         (f"GET /api/ready waits for a connection from the API server's SQLAlchemy pool "
          f"({sizes}); /api/health, which needs none, answers at once",
@@ -243,8 +304,8 @@ def events_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
         started_after = (events.last_run_start is not None and
                          events.last_run_start - (pf.taken_at - newest_age) > 60)
         if newest_age > t["event_pipeline_stall_seconds"] and started_after:
-            yield Finding(
-                "event_pipeline_stalled", "warning", pf.target,
+            yield EVENT_PIPELINE_STALLED.finding(
+                "warning", pf.target,
                 f"no new event for {age(newest_age)} while flow runs keep starting",
                 (("the newest event is " if events.newest is not None else
                   "no event within the last ") + age(newest_age)
@@ -257,8 +318,8 @@ def events_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     for kind, lag, keep in (("events", events_lag(pf, retention), retention.events_retention),
                             ("flow runs", runs_lag(pf, retention), retention.runs_retention)):
         if keep is not None and lag > t["retention_lag_warning_seconds"]:
-            yield Finding(
-                "events_retention_lagging", "warning", pf.target,
+            yield EVENTS_RETENTION_LAGGING.finding(
+                "warning", pf.target,
                 f"{kind} cleanup is {age(lag)} behind",
                 (f"the oldest of them is {age(lag + keep)} old, the retention period "
                  f"{age(keep)}",),
@@ -275,8 +336,8 @@ def runs_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     for (pool, state_type), group in sorted(runs.stuck.items()):
         if group.stuck > t["stuck_runs_warning"]:
             where = f"work pool {pool}" if pool else "runs in no listed work pool"
-            yield Finding(
-                "stuck_runs", "warning", pf.target,
+            yield STUCK_RUNS.finding(
+                "warning", pf.target,
                 f"{where}: {group.stuck} flow run(s) {state_type} for over "
                 f"{age(runs.stuck_after_seconds)}",
                 (f"the oldest has been {state_type} for {age(group.oldest_seconds)}"
@@ -289,8 +350,8 @@ def runs_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
         if zombies > t["zombie_runs_warning"]:
             pools = ", ".join(f"{p or 'other'} {n}" for p, n in
                               sorted(runs.without_heartbeat.items()) if n)
-            yield Finding(
-                "zombie_runs", "warning", pf.target,
+            yield ZOMBIE_RUNS.finding(
+                "warning", pf.target,
                 f"{zombies} RUNNING flow run(s) stopped sending heartbeats",
                 (f"no heartbeat for over {age(runs.heartbeat_timeout_seconds)} (by work pool: "
                  f"{pools})",),
@@ -298,8 +359,8 @@ def runs_health(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
                 "(prefect flow-run cancel, or a zombie automation: Prefect's docs, 'Detect "
                 "zombie flows'), then look at the infrastructure's logs.")
     elif runs.heartbeats is False and running:
-        yield Finding(
-            "heartbeats_not_seen", "info", pf.target,
+        yield HEARTBEATS_NOT_SEEN.finding(
+            "info", pf.target,
             f"{running} RUNNING flow run(s), no heartbeat seen within a day: zombies cannot be "
             "told",
             ("flow-run heartbeats are off (before Prefect 3.6.22 they are unless "
@@ -333,8 +394,8 @@ def limits_leaked(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
         holders = holders_running(pf, limit)
         if full_for > ctx.thresholds["concurrency_slots_leak_seconds"] and \
                 limit.active_slots > holders:
-            yield Finding(
-                "concurrency_slots_leaked", "warning", pf.target,
+            yield SLOTS_LEAKED.finding(
+                "warning", pf.target,
                 f"concurrency limit {limit.name} has been full for {age(full_for)} with "
                 f"{holders} possible holder(s) running",
                 (f"{limit.active_slots} of {limit.slots} slots taken; "
@@ -361,8 +422,8 @@ def queues_unpolled(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
             continue
         polled = (f"last polled {age(pf.taken_at - queue.last_polled)} ago"
                   if queue.last_polled else "never polled")
-        yield Finding(
-            "work_queue_unpolled", "warning", pf.target,
+        yield QUEUE_UNPOLLED.finding(
+            "warning", pf.target,
             f"no worker polls work queue {queue.name} of pool {queue.work_pool}",
             (f"{online[queue.work_pool]} worker(s) of the pool are online; the queue was "
              f"{polled}" + (f"; {waiting} deployment(s) in it are NOT_READY" if waiting else ""),),
@@ -377,14 +438,14 @@ def outcome_ratios(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
         ended = sum(counts.values())
         if ended < t["ended_runs_minimum"]:
             continue
-        for check, state_type, limit in (("failed_runs", "FAILED", "failed_runs_warning_ratio"),
-                                         ("crashed_runs", "CRASHED",
+        for check, state_type, limit in ((FAILED_RUNS, "FAILED", "failed_runs_warning_ratio"),
+                                         (CRASHED_RUNS, "CRASHED",
                                           "crashed_runs_warning_ratio")):
             ratio = counts.get(state_type, 0) / ended
             if ratio > t[limit]:
                 window = pf.outcomes.window_seconds if pf.outcomes else 0.0
-                yield Finding(
-                    check, "warning", pf.target,
+                yield check.finding(
+                    "warning", pf.target,
                     f"work pool {pool}: {ratio:.0%} of the flow runs that ended in the last "
                     f"{age(window)} {state_type}",
                     (", ".join(f"{n} {s}" for s, n in sorted(counts.items())),),
@@ -393,22 +454,29 @@ def outcome_ratios(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
                     "worker's logs and the platform's events say why.")
 
 
-def prefect_checks(snap: PrefectProbeSnapshot, ctx: Context) -> Iterator[Finding]:
-    """The probe's checks on every snapshot (a failed poll's partial one too), the rest on a
-    full poll."""
-    yield from api_pool(snap, ctx)
-    if isinstance(snap, PrefectSnapshot):
-        yield from polled_checks(snap, ctx)
+Rule = Callable[[PrefectProbeSnapshot, Context], Iterator[Finding]]
 
 
-def polled_checks(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
-    yield from scheduling(pf, ctx)
-    yield from statement_cache(pf, ctx)
-    yield from services_stalled(pf, ctx)
-    yield from events_health(pf, ctx)
-    yield from runs_health(pf, ctx)
-    yield from limits_leaked(pf, ctx)
-    yield from queues_unpolled(pf, ctx)
-    yield from outcome_ratios(pf, ctx)
-    yield from compat.blind_spots(pf, ctx)
-    yield from prefect_blocked(pf, ctx)
+def polled(rule: Callable[[PrefectSnapshot, Context], Iterator[Finding]]) -> Rule:
+    """A rule that needs a full poll: silent on a failed poll's partial (probe) snapshot."""
+    def run(snap: PrefectProbeSnapshot, ctx: Context) -> Iterator[Finding]:
+        if isinstance(snap, PrefectSnapshot):
+            yield from rule(snap, ctx)
+
+    run.__name__ = rule.__name__
+    return run
+
+
+CHECKS = (API_SLOW, API_WAITS_ON_DATABASE, API_POOL_SATURATED, WORK_POOL_UNSERVED, LATE_RUNS,
+          SCHEDULED_BACKLOG, SCHEDULER_HORIZON, compat.STATEMENT_CACHE,
+          LATE_RUNS_SERVICE_STALLED, SCHEDULER_STALLED, EVENT_PIPELINE_STALLED,
+          EVENTS_RETENTION_LAGGING, STUCK_RUNS, ZOMBIE_RUNS, HEARTBEATS_NOT_SEEN, SLOTS_LEAKED,
+          QUEUE_UNPOLLED, FAILED_RUNS, CRASHED_RUNS, compat.BLIND_SPOT, DATABASE_BLOCKED)
+
+# The probe's rule on every snapshot (a failed poll's partial one too), the rest on a full
+# poll; in this order (the doctor lists findings of one rank in it).
+RULES: tuple[Rule, ...] = (
+    api_pool, polled(scheduling), polled(scheduler_horizon), polled(statement_cache),
+    polled(services_stalled), polled(events_health), polled(runs_health),
+    polled(limits_leaked), polled(queues_unpolled), polled(outcome_ratios),
+    polled(compat.blind_spots), polled(prefect_blocked))

@@ -17,12 +17,20 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from exporter.finding import Context, Finding
+from exporter.finding import Check, Context, Finding
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot
 from exporter.prefect.snapshot import PrefectSnapshot
 
 Version = tuple[int, int, int]
-CHECK = "prefect_version_blind_spot"
+BLIND_SPOT = Check(
+    "prefect_version_blind_spot", ("info",),
+    "what this Prefect release does not let the exporter see, and what to do instead")
+# One check with two sources: the settings (exporter/prefect/checks.py) where the caches can be
+# turned off, the release (here) where they cannot.
+STATEMENT_CACHE = Check(
+    "statement_cache_with_transaction_pooling", ("warning",),
+    "PgBouncer pools in transaction mode while Prefect's asyncpg statement caches are on (or "
+    "cannot be turned off)")
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ def blind_spots(pf: PrefectSnapshot, ctx: Context) -> Iterator[Finding]:
     version = parse_version(pf.version)
     if version is None:
         if pf.version:  # '' is Prefect Cloud or a proxy that hides /admin: nothing to say
-            yield Finding(CHECK, "info", pf.target,
+            yield BLIND_SPOT.finding("info", pf.target,
                           f"cannot tell which Prefect this is (version {pf.version!r})",
                           ("GET /admin/version did not answer a release number",),
                           "The version-dependent checks are skipped for this target.")
@@ -109,8 +117,8 @@ def _statement_caches(pf: PrefectSnapshot, version: Version, ctx: Context) -> It
     if pools:
         # Same check name as the settings-based one (exporter/prefect/checks.py), which is
         # silent on these releases: there is nothing to set here, so the fix is different.
-        yield Finding(
-            "statement_cache_with_transaction_pooling", "warning", pf.target,
+        yield STATEMENT_CACHE.finding(
+            "warning", pf.target,
             f"Prefect {pf.version} cannot turn asyncpg's statement caches off, and PgBouncer "
             "pools in transaction mode",
             (f"transaction pooling: {', '.join(pools)}",
@@ -121,8 +129,8 @@ def _statement_caches(pf: PrefectSnapshot, version: Version, ctx: Context) -> It
             "SIZE=0 and ..._PREPARED_STATEMENT_CACHE_SIZE=0; else expect `prepared statement "
             "\"__asyncpg_stmt_...\" does not exist`.")
         return
-    yield Finding(
-        CHECK, "info", pf.target,
+    yield BLIND_SPOT.finding(
+        "info", pf.target,
         f"Prefect {pf.version}: cannot read whether asyncpg's statement caches are off",
         (f"the statement cache settings exist from Prefect {since}; before, the caches are "
          "always on",),
@@ -143,8 +151,8 @@ def _pool_sizes(pf: PrefectSnapshot, version: Version) -> Iterator[Finding]:
     # the names that release reads: 2.x and 3.0.0-3.0.10 only the flat ones
     prefix = ("PREFECT_SQLALCHEMY_" if version < (3, 0, 11)
               else "PREFECT_SERVER_DATABASE_SQLALCHEMY_")
-    yield Finding(
-        CHECK, "info", pf.target,
+    yield BLIND_SPOT.finding(
+        "info", pf.target,
         f"Prefect {pf.version} reports {' and '.join(null)} as null",
         ("null means SQLAlchemy's default: "
          + ", ".join(f"{name} {POOL_DEFAULTS[name]}" for name in null)
@@ -162,8 +170,8 @@ def _listen_services(pf: PrefectSnapshot, version: Version) -> Iterator[Finding]
     # off by its variable (the PREFECT_API_SERVICES_ names are read by 2.x and every 3.x)
     stop = ("with --no-services" if version >= (3, 1, 13)
             else "with PREFECT_API_SERVICES_<SERVICE>_ENABLED=false for each service")
-    yield Finding(
-        CHECK, "info", pf.target,
+    yield BLIND_SPOT.finding(
+        "info", pf.target,
         f"Prefect {pf.version}: duplicated background services cannot be detected",
         (f"the services hold LISTEN \"prefect_automation_changes\" (what the check counts) "
          f"from Prefect {since}",),
@@ -258,8 +266,8 @@ def _outcomes(pf: PrefectSnapshot, version: Version) -> Iterator[Finding]:
     if has(version, "outcomes"):
         return
     since = show(_BY_KEY["outcomes"].since)
-    yield Finding(
-        CHECK, "info", pf.target,
+    yield BLIND_SPOT.finding(
+        "info", pf.target,
         f"Prefect {pf.version}: runs that failed or crashed cannot be counted",
         (f"flow runs can be filtered on end_time from Prefect {since}; this server refuses it",),
         f"Watch failures in Prefect's UI, or upgrade to {since}+ for prefect_flow_runs_ended "

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from exporter.kind import Down, SourceKind
-from exporter.redis.checks import redis_checks
+from exporter.redis.checks import CHECKS, RULES
 from exporter.redis.config import CONFIG
 from exporter.redis.incidents import redis_incidents
 from exporter.redis.metrics import SPECS, UP, redis_families
@@ -35,5 +35,6 @@ DOWN = Down("critical", "Prefect on Redis stops with it: events are neither publ
             "Bring Redis back, then restart the services process (prefect #22436, #19080).")
 
 KIND = SourceKind(name="redis", snapshot_type=RedisSnapshot, up=UP, specs=SPECS,
-                  families=redis_families, checks=redis_checks, sources=_sources, config=CONFIG,
+                  families=redis_families, checks=CHECKS, rules=RULES, sources=_sources,
+                  config=CONFIG,
                   incidents=redis_incidents, down=DOWN)

@@ -8,14 +8,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from exporter.finding import Context, Finding, age
+from exporter.finding import Check, Context, Finding, age
 from exporter.redis.snapshot import Group, RedisSnapshot, Stream, id_ms
 
 DOCKET_GROUP = "docket-workers"
 EVENTS_STREAM = "events"
 PERSISTER_GROUP = "event-persister"
 OWN_FINDINGS = frozenset({DOCKET_GROUP, PERSISTER_GROUP})  # groups with findings of their own
+
+
+SERVICES_DOWN = Check(
+    "prefect_services_down", ("critical",),
+    "no active consumer in Docket's workers group: Prefect's background services are not "
+    "running", incident=True)
+EVENTS_NOT_PERSISTED = Check(
+    "prefect_events_not_persisted", ("critical", "warning"),
+    "Prefect's event persister reads nothing while events wait (critical), or is behind",
+    ("redis_undelivered_warning",), incident=True)
+GROUP_ABANDONED = Check(
+    "redis_stream_group_abandoned", ("warning",),
+    "a consumer group nobody reads any more while its stream moves on (it may hold the "
+    "stream's trimming)", incident=True)
+MEMORY_NEAR_MAX = Check(
+    "redis_memory_near_max", ("critical", "warning"), "Redis near its maxmemory",
+    ("redis_memory_warning_ratio", "redis_memory_critical_ratio"), incident=True)
 
 
 @dataclass(frozen=True)
@@ -65,15 +83,21 @@ def services_down(redis: RedisSnapshot) -> GroupState | None:
     return next((g for g in dockets if g.group.consumers > 0 or g.undelivered > 0), None)
 
 
-def persister(redis: RedisSnapshot, t: Mapping[str, float]) -> tuple[GroupState, str] | None:
-    """The event persister stalled (critical) or falling behind (warning)."""
+class Persister(NamedTuple):
+    """The event persister's group, stalled (critical) or falling behind (warning)."""
+
+    group: GroupState
+    severity: str
+
+
+def persister(redis: RedisSnapshot, t: Mapping[str, float]) -> Persister | None:
     for g in group_states(redis):
         if g.stream.key != EVENTS_STREAM or g.group.name != PERSISTER_GROUP:
             continue
         if g.active == 0 and g.undelivered > 0:
-            return g, "critical"
+            return Persister(g, "critical")
         if g.undelivered > t["redis_undelivered_warning"]:
-            return g, "warning"
+            return Persister(g, "warning")
     return None
 
 
@@ -89,14 +113,21 @@ def abandoned(redis: RedisSnapshot) -> Iterator[GroupState]:
             yield g
 
 
-def memory_ratio(redis: RedisSnapshot, t: Mapping[str, float]) -> tuple[float, str] | None:
+class Memory(NamedTuple):
+    """used_memory / maxmemory past a threshold."""
+
+    ratio: float
+    severity: str
+
+
+def memory_ratio(redis: RedisSnapshot, t: Mapping[str, float]) -> Memory | None:
     if redis.maxmemory <= 0:
         return None
     ratio = redis.used_memory / redis.maxmemory
     if ratio > t["redis_memory_critical_ratio"]:
-        return ratio, "critical"
+        return Memory(ratio, "critical")
     if ratio > t["redis_memory_warning_ratio"]:
-        return ratio, "warning"
+        return Memory(ratio, "warning")
     return None
 
 
@@ -114,14 +145,13 @@ def _oldest(stream: Stream, now: float) -> str:
         f", the oldest {age(now - ms / 1000)} old" if ms is not None else "")
 
 
-def redis_checks(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
-    t = ctx.thresholds
+def services_not_running(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
     down = services_down(redis)
     if down is not None:
         lagging = [g.describe() for g in group_states(redis)
                    if g.stream.key == EVENTS_STREAM and g.active == 0 and g.undelivered > 0]
-        yield Finding(
-            "prefect_services_down", "critical", redis.target,
+        yield SERVICES_DOWN.finding(
+            "critical", redis.target,
             "Prefect's background services are not running: no active consumer in Docket's "
             f"{DOCKET_GROUP} group on {down.stream.key}",
             (down.describe(), *lagging, _api_evidence(ctx)),
@@ -129,11 +159,14 @@ def redis_checks(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
             "read its log for Redis errors. The API keeps answering without it: no scheduling, "
             "no Late marking, no automations, no event persistence. After a Redis failover it "
             "may stop for good (prefect #22436): restart it.")
-    stalled = persister(redis, t)
+
+
+def events_not_persisted(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
+    stalled = persister(redis, ctx.thresholds)
     if stalled is not None:
         g, severity = stalled
-        yield Finding(
-            "prefect_events_not_persisted", severity, redis.target,
+        yield EVENTS_NOT_PERSISTED.finding(
+            severity, redis.target,
             f"Prefect's events are not being persisted: {g.undelivered} event(s) not yet "
             f"delivered to the {PERSISTER_GROUP} group" if severity == "critical" else
             f"Prefect's event persister is behind: {g.undelivered} event(s) not yet delivered",
@@ -141,9 +174,12 @@ def redis_checks(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
             "The event persister runs in the background-services process: is it running (see "
             "prefect_services_down) and can it write to the database? Until it reads them, "
             "events are missing from the UI, the event feed and the retention counts.")
+
+
+def groups_abandoned(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
     for g in abandoned(redis):
-        yield Finding(
-            "redis_stream_group_abandoned", "warning", redis.target,
+        yield GROUP_ABANDONED.finding(
+            "warning", redis.target,
             f"Consumer group {g.name} is no longer read while the stream moves on",
             (g.describe(), _oldest(g.stream, redis.taken_at)),
             f"If nothing is meant to read it any more, remove it (XGROUP DESTROY {g.stream.key} "
@@ -151,11 +187,14 @@ def redis_checks(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
             "prefect-redis releases that trim to what every group has read let it hold the "
             "stream, which grows with Redis's memory (prefect #18606; 0.3.0 leaves groups idle "
             "over 5 minutes out of the trimming): see the oldest entry's age.")
-    memory = memory_ratio(redis, t)
+
+
+def memory_near_max(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
+    memory = memory_ratio(redis, ctx.thresholds)
     if memory is not None:
         ratio, severity = memory
-        yield Finding(
-            "redis_memory_near_max", severity, redis.target,
+        yield MEMORY_NEAR_MAX.finding(
+            severity, redis.target,
             f"Redis uses {ratio:.0%} of its maxmemory",
             (f"used_memory {redis.used_memory} bytes of maxmemory {redis.maxmemory}; "
              f"maxmemory-policy {redis.maxmemory_policy}",
@@ -163,3 +202,7 @@ def redis_checks(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
             "With noeviction, Prefect's writes (events, Docket's tasks, leases) fail at the "
             "limit; with an eviction policy, its streams and leases may be evicted. Find what "
             "grows (an untrimmed stream, an abandoned group) before raising maxmemory.")
+
+
+CHECKS = (SERVICES_DOWN, EVENTS_NOT_PERSISTED, GROUP_ABANDONED, MEMORY_NEAR_MAX)
+RULES = (services_not_running, events_not_persisted, groups_abandoned, memory_near_max)

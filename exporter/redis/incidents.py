@@ -8,6 +8,10 @@ from collections.abc import Iterator
 from exporter.finding import Context
 from exporter.incidents.model import Observation, evidence_of
 from exporter.redis.checks import (
+    EVENTS_NOT_PERSISTED,
+    GROUP_ABANDONED,
+    MEMORY_NEAR_MAX,
+    SERVICES_DOWN,
     GroupState,
     abandoned,
     memory_ratio,
@@ -28,19 +32,19 @@ def redis_incidents(redis: RedisSnapshot, ctx: Context) -> Iterator[Observation]
     down = services_down(redis)
     if down is not None:
         yield Observation(
-            "prefect_services_down", redis.target, (("stream", down.stream.key),), "critical",
+            SERVICES_DOWN.id, redis.target, (("stream", down.stream.key),), "critical",
             "Prefect's background services are not running (no active Docket worker)",
             evidence_of(_group_evidence(down)))
     stalled = persister(redis, ctx.thresholds)
     if stalled is not None:
         g, severity = stalled
         yield Observation(
-            "prefect_events_not_persisted", redis.target, (("group", g.group.name),), severity,
+            EVENTS_NOT_PERSISTED.id, redis.target, (("group", g.group.name),), severity,
             f"{g.undelivered} Prefect event(s) not yet delivered to the event persister",
             evidence_of(_group_evidence(g)), magnitude=g.undelivered)
     for g in abandoned(redis):
         yield Observation(
-            "redis_stream_group_abandoned", redis.target,
+            GROUP_ABANDONED.id, redis.target,
             (("stream", g.stream.key), ("group", g.group.name)), "warning",
             f"Consumer group {g.name} is no longer read", evidence_of(_group_evidence(g)),
             magnitude=g.undelivered)
@@ -48,7 +52,7 @@ def redis_incidents(redis: RedisSnapshot, ctx: Context) -> Iterator[Observation]
     if memory is not None:
         ratio, severity = memory
         yield Observation(
-            "redis_memory_near_max", redis.target, (), severity,
+            MEMORY_NEAR_MAX.id, redis.target, (), severity,
             f"Redis uses {ratio:.0%} of its maxmemory",
             evidence_of({"used_memory": redis.used_memory, "maxmemory": redis.maxmemory,
                          "maxmemory_policy": redis.maxmemory_policy}), magnitude=ratio)

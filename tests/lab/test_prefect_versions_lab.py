@@ -148,7 +148,7 @@ async def test_counts_settings_and_capabilities(
         assert listen_sessions(postgres, database) == 0
 
     # the doctor says what this release hides, and only that
-    blind = {f.title for f in exporter.findings if f.check == compat.CHECK}
+    blind = {f.title for f in exporter.findings if f.check == compat.BLIND_SPOT.id}
     expected = set()
     if not has["statement_caches"]:
         expected.add(f"Prefect {version}: cannot read whether asyncpg's statement caches are off")

@@ -40,7 +40,7 @@ def test_a_healthy_stack_has_nothing_to_say() -> None:
     assert render_text([]).startswith("No findings")
 
 
-def test_blocking_tree_names_the_root_blocker() -> None:
+def test_lock_chain_names_the_root_blocker() -> None:
     # 1 (idle in transaction) blocks 10; 10 blocks 12; 2 (active) blocks 11
     pg = healthy_pg(
         blocked=(BlockedSession(10, (1,), 30.0), BlockedSession(12, (10,), 5.0),
@@ -59,7 +59,7 @@ def test_blocking_tree_names_the_root_blocker() -> None:
     assert [f.severity for f in diagnosed(longer) if f.check == "lock_chain"] == ["critical"]
 
 
-def test_stalled_clients_and_long_transactions() -> None:
+def test_client_read_stall_idle_in_transaction_and_long_transaction() -> None:
     pg = healthy_pg(
         activity=(group(app="copier", state="active", wait_event_type="Client",
                         wait_event="ClientRead", client_read_in_transaction=True,
@@ -79,7 +79,7 @@ def test_stalled_clients_and_long_transactions() -> None:
     assert exit_code(found) == 2
 
 
-def test_long_transactions_are_seen_beyond_the_top_n_list() -> None:
+def test_long_transaction_is_seen_beyond_the_top_n_list() -> None:
     """With --top-transactions 0 the list is empty, yet the alert fires: so does the doctor,
     saying it cannot name the pid."""
     pg = healthy_pg(activity=(group(app="etl", state="active", max_transaction_age=2000.0),),
@@ -101,7 +101,7 @@ def test_connection_budget_shows_the_arithmetic() -> None:
     assert "80 sessions are Prefect's" in text and "about 6 process(es)" in text
 
 
-def test_duplicated_services_safety_nets_tables_and_blind_spots() -> None:
+def test_duplicated_services_no_timeouts_hot_table_bloat_and_missing_pg_monitor() -> None:
     pg = pg_snapshot(group(app="services-1", listen_channel="prefect_automation_changes"),
                   group(app="services-2", listen_channel="prefect_automation_changes"),
                   timeouts_seconds={"idle_in_transaction_session_timeout": 0.0,
@@ -114,7 +114,7 @@ def test_duplicated_services_safety_nets_tables_and_blind_spots() -> None:
         "no_statement_timeout": ["info"]}
 
 
-def test_pool_waiters_with_demand_versus_size() -> None:
+def test_pgbouncer_pool_waiting_shows_demand_versus_size() -> None:
     pool = Pool("prefect", "prefect", "transaction",
                 {"cl_active": 5, "cl_waiting": 3, "sv_active": 5}, 7.5)
     found = [f for f in diagnosed(pgbouncer_snapshot((pool,)))
@@ -138,7 +138,7 @@ def test_statement_cache_with_transaction_pooling() -> None:
     assert checks(tracking, on) == {}
 
 
-def test_scheduling_unserved_pool_late_runs_backlog_and_horizon() -> None:
+def test_work_pool_unserved_late_runs_scheduled_backlog_and_scheduler_horizon() -> None:
     pools = (WorkPool("paused", "process", "PAUSED", True, None, 1, 1, 9_000.0),
              WorkPool("slow", "process", "READY", False, 2, 1, 1, 9_990.0),
              WorkPool("idle", "process", "READY", False, None, 1, 1, 9_990.0))
@@ -161,7 +161,7 @@ def test_scheduling_unserved_pool_late_runs_backlog_and_horizon() -> None:
     assert len(found) == 6
 
 
-def test_source_failures_rank_first_and_json_round_trips() -> None:
+def test_source_down_ranks_first_and_json_round_trips() -> None:
     result = diagnosed(healthy_pg(timeouts_seconds={}),
                    failures=(SourceFailure("pgbouncer", "pgb", "connection refused"),))
     assert result[0].check == "source_down" and result[0].severity == "warning"
@@ -187,7 +187,7 @@ def test_stale_statistics_name_the_analyze_and_the_table_setting_that_prevents_i
     assert "stale_statistics" not in checks(healthy_pg(tables=quiet))
 
 
-def test_each_invalid_index_is_named_with_its_repair() -> None:
+def test_invalid_index_names_each_with_its_repair() -> None:
     unique = invalid_index("uq_log_id", unique=True)
     leftover = invalid_index("ix_flow_run__state_ccnew", "flow_run")
     found = [f for f in diagnosed(healthy_pg(invalid_indexes=(unique, leftover),
@@ -204,7 +204,7 @@ def test_each_invalid_index_is_named_with_its_repair() -> None:
     assert "invalid_index" not in checks(healthy_pg())
 
 
-def test_index_builds_and_deadlocks_are_information() -> None:
+def test_index_build_and_deadlocks_are_information() -> None:
     snap = healthy_pg(database="prefect",
                       databases=(DatabaseSize("prefect", 1, deadlocks=2),
                                  DatabaseSize("other", 1, deadlocks=9)),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from exporter.diagnosis import diagnose
+from exporter.diagnosis import CHECKS, diagnose
 from exporter.finding import Context
 from exporter.incidents.journal import SUPPRESSED, Journal
 from exporter.incidents.model import MAX_ITEMS
@@ -226,10 +226,7 @@ def test_the_log_is_rate_limited_with_a_summary() -> None:
 
 # ---- the doctor and the incidents agree -----------------------------------------------------
 
-INCIDENT_CHECKS = {"lock_chain", "client_read_stall", "idle_in_transaction",
-                   "pgbouncer_pool_waiting", "prefect_services_down",
-                   "prefect_events_not_persisted", "redis_stream_group_abandoned",
-                   "redis_memory_near_max"}
+INCIDENT_CHECKS = {check.id for check in CHECKS if check.incident}
 
 
 def observed(snapshots: list[Snapshot]) -> set[tuple[str, str, str]]:

@@ -354,7 +354,7 @@ def doctor_and_exposition(scenario: Scenario) -> tuple[list[Finding], str]:
 
 
 def doctor_fires(alert: alerting.Alert, findings: Sequence[Finding]) -> bool:
-    return any(f.check == alert.check
+    return any(alert.check is not None and f.check == alert.check.id
                and SEVERITY_RANK[f.severity] <= SEVERITY_RANK[alert.severity] for f in findings)
 
 

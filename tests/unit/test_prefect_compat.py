@@ -12,7 +12,7 @@ import pytest
 from exporter.diagnosis import diagnose
 from exporter.finding import Finding, exit_code
 from exporter.pgbouncer.snapshot import Pool
-from exporter.prefect.compat import CHECK, has, parse_version
+from exporter.prefect.compat import BLIND_SPOT, STATEMENT_CACHE, has, parse_version
 from exporter.prefect.settings import parse_settings
 from exporter.prefect.snapshot import PrefectSnapshot
 from exporter.source import Snapshot
@@ -33,7 +33,7 @@ def recorded(version: str, **overrides: float) -> PrefectSnapshot:
 
 def blind_spots(*snapshots: Snapshot) -> list[Finding]:
     return [f for f in diagnose(snapshots)
-            if f.check in (CHECK, "statement_cache_with_transaction_pooling")]
+            if f.check in (BLIND_SPOT.id, STATEMENT_CACHE.id)]
 
 
 @pytest.mark.parametrize(("text", "version"), [
@@ -54,7 +54,7 @@ def test_capability_boundaries(capability: str, before: str, since: str) -> None
 
 def test_2x_says_everything_it_cannot_know_and_never_fine() -> None:
     found = blind_spots(recorded("2.20.27"))
-    assert [(f.check, f.severity) for f in found] == [(CHECK, "info")] * 4
+    assert [(f.check, f.severity) for f in found] == [(BLIND_SPOT.id, "info")] * 4
     caches, pools, listen, outcomes = found
     assert "cannot read whether asyncpg's statement caches are off" in caches.title
     assert "off PgBouncer transaction pooling" in caches.action

@@ -124,7 +124,7 @@ def test_landing_page_says_what_a_failed_poll_left() -> None:
     assert "<td>nothing</td>" in page
 
 
-def test_saturation_named_when_nothing_else_explains_it() -> None:
+def test_prefect_api_pool_saturated_when_nothing_else_explains_it() -> None:
     found = diagnose([healthy_pg(), pgbouncer_snapshot(), prefect_snapshot(probe=SATURATED)])
     (first,) = [f for f in found if f.check == "prefect_api_pool_saturated"]
     assert first.title == ("Prefect's own database pool is saturated: /api/ready 1.4 s vs "
@@ -139,7 +139,7 @@ def test_saturation_named_when_nothing_else_explains_it() -> None:
     assert "not readable in this poll" in partial.evidence[0]
 
 
-def test_pgbouncer_or_postgres_explain_the_slowness_instead() -> None:
+def test_api_waits_on_database_when_pgbouncer_or_postgres_explain_it() -> None:
     waiting = pgbouncer_snapshot((Pool("prefect", "prefect", "transaction",
                                        {"cl_active": 5, "cl_waiting": 12, "sv_active": 5},
                                        2.5),))

@@ -44,7 +44,7 @@ def test_healthy_prefect_redis_is_quiet() -> None:
     assert observed(redis_snapshot(events), docket(0.5)) == set()
 
 
-def test_no_active_docket_worker_while_the_api_answers_is_critical_and_names_both() -> None:
+def test_prefect_services_down_without_an_active_docket_worker_names_the_api_too() -> None:
     events = redis_stream("events", redis_group("event-persister", "1000-2", (300.0,), lag=7),
                           last_generated_id=LAST)
     found = checks(docket(75.0, 80.0), redis_snapshot(events),
@@ -73,7 +73,7 @@ def test_a_docket_nobody_works_for_is_not_a_dead_worker() -> None:
     assert checks(redis_snapshot(waiting))["prefect_services_down"][0] == "critical"
 
 
-def test_event_persister_stalled_is_critical_behind_is_a_warning() -> None:
+def test_prefect_events_not_persisted_stalled_is_critical_behind_is_a_warning() -> None:
     stalled = redis_stream("events", redis_group("event-persister", "1000-2", (), lag=7),
                            last_generated_id=LAST, length=20)
     severity, title, _ = checks(redis_snapshot(stalled))["prefect_events_not_persisted"]
@@ -87,7 +87,7 @@ def test_event_persister_stalled_is_critical_behind_is_a_warning() -> None:
     assert observed(redis_snapshot(stalled)) == {("prefect_events_not_persisted", "critical")}
 
 
-def test_an_abandoned_group_is_named_only_while_the_stream_moves_on() -> None:
+def test_redis_stream_group_abandoned_only_while_the_stream_moves_on() -> None:
     snap = rich_redis(10_000.0)
     severity, title, evidence = checks(snap)["redis_stream_group_abandoned"]
     assert severity == "warning" and "ephemeral-old on events" in title
@@ -98,7 +98,7 @@ def test_an_abandoned_group_is_named_only_while_the_stream_moves_on() -> None:
     assert "redis_stream_group_abandoned" not in checks(redis_snapshot(dead))
 
 
-def test_memory_near_maxmemory_warns_then_pages_and_no_limit_is_quiet() -> None:
+def test_redis_memory_near_max_warns_then_pages_and_no_limit_is_quiet() -> None:
     assert "redis_memory_near_max" not in checks(redis_snapshot(used_memory=10**9))
     assert checks(redis_snapshot(used_memory=85, maxmemory=100))[
         "redis_memory_near_max"][0] == "warning"
@@ -110,7 +110,7 @@ def test_memory_near_maxmemory_warns_then_pages_and_no_limit_is_quiet() -> None:
         ("redis_memory_near_max", "critical")}
 
 
-def test_redis_unreachable_is_critical_and_says_what_stops_a_replica_is_named() -> None:
+def test_source_down_for_redis_is_critical_and_says_what_stops_a_replica_is_named() -> None:
     found = diagnose([], [SourceFailure("redis", "messaging", "cannot connect to r:6379/0"),
                           SourceFailure("prefect", "api-b", "http://b:4200/api: refused")])
     by_target = {f.target: f for f in found}
