@@ -82,16 +82,16 @@ _SESSION_COLUMNS = f"""
 #   it stopped sending mid-statement (a COPY, a blocked event loop between protocol messages).
 #   Idle and idle in transaction sessions wait on ClientRead too, by definition: the
 #   idle-in-transaction checks, with their own thresholds, judge the latter.
-# - 'folded': idle groups folded here, as the metrics would fold them, rather than in Python
-#   (thousands of application names, each its own idle group, were most of a poll's CPU at the
-#   defaults: benchmarks/compare.py). The top $2 values of datname, usename and
-#   application_name by sessions (ties broken by the value, in byte order: exporter/labels.py
-#   keeps them so) keep their names; the others read NULL, and the idle groups that hold one
-#   are summed into one row per remaining labels. Only idle groups without a LISTEN are
-#   folded: every other group is what the checks, the incidents and the PgBouncer join look
-#   at by name, and is returned whole. A kept value is never folded, so its weight in what is
-#   returned is its weight here, and a folded value weighs less than before: the same values
-#   stay the top $2 in Python. $2 NULL folds nothing.
+#   Idle sessions are folded here, as the metrics would fold them, rather than in Python:
+#   thousands of application names, each its own idle group, were most of a poll's CPU at the
+#   defaults (benchmarks/compare.py). The top $2 values of datname, usename and
+#   application_name by sessions (ties broken by the value, in byte order, as
+#   exporter/labels.py keeps them) keep their names; an idle session without a LISTEN reads
+#   NULL for the others, so its group is one of a few (exporter.labels.FOLDED in Python).
+#   Every other session is what the checks, the incidents and the PgBouncer join look at by
+#   name, and keeps its values. A kept value is never folded, so its weight in the groups is
+#   its whole weight, and a folded value only weighs less: the same values are the top $2 in
+#   Python. $2 NULL folds nothing.
 # - 'oldest': the $1 client backends with the oldest transactions (Session: pid, then the
 #   group's first six columns, client_addr, the ages in the age columns).
 # - 'blocked': every backend waiting on a lock, with the pids blocking it. pg_blocking_pids()
@@ -109,10 +109,16 @@ _TAIL = """datname, usename, application_name, state, wait_event_type, wait_even
         NULL, date_part('epoch', now() - xact_start), date_part('epoch', now() - state_change),
         pid, """ + _CLIENT_ADDR + """,
         {blocked_by}, {kind}, NULL"""
-# A label's value is kept when it is among the top $2 by sessions, ties broken by the value.
-_KEPT = """dense_rank() OVER (ORDER BY {label}_weight DESC, {label} COLLATE "C") <= $2
-           OR $2 IS NULL AS {label}_kept"""
-_FOLDABLE = "state = 'idle' AND listen_channel IS NULL"
+# The top $2 values of a label by sessions, ties broken by the value (a bounded heap: no sort
+# of every value). LIMIT NULL keeps them all.
+_KEPT = """{label}_kept AS (
+    SELECT {label} FROM backend WHERE client
+    GROUP BY 1 ORDER BY count(*) DESC, {label} COLLATE "C" LIMIT $2
+)"""
+# An idle session without a LISTEN loses the label values not kept, before grouping: the
+# values kept stay, so their weights stay whole.
+_FOLDED = """CASE WHEN state = 'idle' AND listen_channel IS NULL
+            AND {label} NOT IN (SELECT {label} FROM {label}_kept) THEN NULL ELSE {label} END"""
 ACTIVITY_SQL = rf"""
 WITH backend AS (
     SELECT pid,
@@ -128,43 +134,22 @@ WITH backend AS (
                 THEN substring(query FROM '(?i)^\s*listen\s+"?([^";\s]+)') END AS listen_channel
     FROM pg_stat_activity
     WHERE pid <> pg_backend_pid()
-), grouped AS (
-    SELECT datname, usename, application_name, state, wait_event_type, wait_event,
-           (state = 'active' AND wait_event = 'ClientRead') AS client_read_in_transaction,
-           listen_channel,
-           count(*) AS sessions,
-           min(xact_start) AS xact_start,
-           min(state_change) AS state_change,
-           array_agg(pid) FILTER (WHERE state <> 'idle') AS pids,
-           sum(count(*)) OVER (PARTITION BY datname) AS datname_weight,
-           sum(count(*)) OVER (PARTITION BY usename) AS usename_weight,
-           sum(count(*)) OVER (PARTITION BY application_name) AS application_name_weight
-    FROM backend
-    WHERE client
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-), ranked AS (
-    SELECT *, {_KEPT.format(label="datname")},
-              {_KEPT.format(label="usename")},
-              {_KEPT.format(label="application_name")}
-    FROM grouped
-)
-SELECT datname, usename, application_name, state, wait_event_type, wait_event,
-       client_read_in_transaction, listen_channel, sessions,
-       date_part('epoch', now() - xact_start) AS max_transaction_age,
-       date_part('epoch', now() - state_change) AS max_state_age,
+), {_KEPT.format(label="datname")}, {_KEPT.format(label="usename")},
+{_KEPT.format(label="application_name")}
+SELECT {_FOLDED.format(label="datname")} AS datname,
+       {_FOLDED.format(label="usename")} AS usename,
+       {_FOLDED.format(label="application_name")} AS application_name,
+       state, wait_event_type, wait_event,
+       (state = 'active' AND wait_event = 'ClientRead') AS client_read_in_transaction,
+       listen_channel,
+       count(*) AS sessions,
+       date_part('epoch', now() - min(xact_start)) AS max_transaction_age,
+       date_part('epoch', now() - min(state_change)) AS max_state_age,
        NULL::int AS pid, NULL::text AS client_addr, NULL::int[] AS blocked_by,
-       'group' AS row_kind, pids
-FROM ranked
-WHERE (datname_kept AND usename_kept AND application_name_kept) OR NOT ({_FOLDABLE})
-UNION ALL
-SELECT CASE WHEN datname_kept THEN datname END, CASE WHEN usename_kept THEN usename END,
-       CASE WHEN application_name_kept THEN application_name END,
-       state, wait_event_type, wait_event, false, NULL, sum(sessions),
-       date_part('epoch', now() - min(xact_start)), date_part('epoch', now() - min(state_change)),
-       NULL, NULL, NULL, 'folded', NULL
-FROM ranked
-WHERE NOT (datname_kept AND usename_kept AND application_name_kept) AND {_FOLDABLE}
-GROUP BY 1, 2, 3, 4, 5, 6
+       'group' AS row_kind, array_agg(pid) FILTER (WHERE state <> 'idle') AS pids
+FROM backend
+WHERE client
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 UNION ALL
 (SELECT {_TAIL.format(blocked_by="NULL", kind="'oldest'")}
  FROM backend
@@ -201,12 +186,11 @@ def _activity(rows: Sequence[asyncpg.Record]) -> ActivityRead:
     for r in rows:
         kind = r[_ROW_KIND]
         if kind == "group":
-            groups.append(ActivityGroup._make(r[:_GROUP_WIDTH]))
+            values = r[:_GROUP_WIDTH]
+            if None in values[:3]:  # idle sessions of values not kept, folded by the SQL
+                values = (*(FOLDED if v is None else v for v in values[:3]), *values[3:])
+            groups.append(ActivityGroup._make(values))
             group_pids.append(tuple(r[_ROW_KIND + 1] or ()))
-        elif kind == "folded":  # a few rows: the idle sessions of the values not kept
-            groups.append(ActivityGroup._make(
-                (*(FOLDED if v is None else v for v in r[:3]), *r[3:_GROUP_WIDTH])))
-            group_pids.append(())
         elif kind == "oldest":
             oldest.append(_session(r))
         elif r["blocked_by"]:  # a lock wait whose blocker already went is no longer blocked
