@@ -91,7 +91,9 @@ _SESSION_COLUMNS = f"""
 #   Every other session is what the checks, the incidents and the PgBouncer join look at by
 #   name, and keeps its values. A kept value is never folded, so its weight in the groups is
 #   its whole weight, and a folded value only weighs less: the same values are the top $2 in
-#   Python. $2 NULL folds nothing.
+#   Python. $2 NULL folds nothing. One thing reads idle sessions by name: the doctor's count
+#   of Prefect's sessions (connection_budget) sees its idle ones only while its
+#   application_name is among the top $2, as the metrics show it.
 # - 'oldest': the $1 client backends with the oldest transactions (Session: pid, then the
 #   group's first six columns, client_addr, the ages in the age columns).
 # - 'blocked': every backend waiting on a lock, with the pids blocking it. pg_blocking_pids()
