@@ -53,10 +53,12 @@ async def open_backends(pg: LabPostgres, n: int) -> list[asyncpg.Connection]:
     return conns
 
 
-async def bare_sql(conn: asyncpg.Connection, top: int, tables: list[str]) -> None:
-    """The exporter's statements, nothing else: the floor for a poll."""
+async def bare_sql(conn: asyncpg.Connection, top: int, tables: list[str],
+                   label_top_n: int | None = None) -> None:
+    """The exporter's statements, nothing else: the floor for a poll (label_top_n: the
+    source's, None when it folds nothing in SQL)."""
     await conn.fetchrow(pgsrc.CONTEXT_SQL, pgsrc.SETTING_NAMES, tables)
-    await conn.fetch(pgsrc.ACTIVITY_SQL, top)
+    await conn.fetch(pgsrc.ACTIVITY_SQL, top, label_top_n)
 
 
 async def time_polls(pg: LabPostgres, rounds: int) -> tuple[float, float]:

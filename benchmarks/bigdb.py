@@ -113,7 +113,7 @@ async def measure(pg: LabPostgres, rounds: int) -> dict[str, float]:
 
         async def today() -> None:
             await bare.fetchrow(context_before, settings_before, HOT_TABLES)
-            await bare.fetch(pgsrc.ACTIVITY_SQL, 5)
+            await bare.fetch(pgsrc.ACTIVITY_SQL, 5, None)
 
         out["today"] = await backend_cpu_per_round(bare, rounds, today)
         first = await source.poll()  # connects, and makes the once-a-minute reads

@@ -137,10 +137,10 @@ async def activity_cost(pg: LabPostgres, backends: int, rounds: int) -> None:
         top = load({"postgres_dsn": pg.monitor_dsn()}, environ={}).top_transactions
         for _ in range(rounds):  # interleaved, so drift on the machine hits both alike
             t = time.perf_counter()
-            await monitor.fetch(ACTIVITY_WITHOUT_PIDS, top)
+            await monitor.fetch(ACTIVITY_WITHOUT_PIDS, top, None)
             without.append(time.perf_counter() - t)
             t = time.perf_counter()
-            rows = await monitor.fetch(pgsrc.ACTIVITY_SQL, top)
+            rows = await monitor.fetch(pgsrc.ACTIVITY_SQL, top, None)
             with_pids.append(time.perf_counter() - t)
         t = time.perf_counter()
         for _ in range(rounds):  # what the snapshot does with them: group_of()'s index

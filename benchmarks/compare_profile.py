@@ -48,11 +48,14 @@ async def interleave(ours: Callable[[], Awaitable[object]], bare: Callable[[], A
 
 
 
-def postgres_source(pg: LabPostgres) -> PostgresSource:
+def postgres_source(pg: LabPostgres, fold: bool = True) -> PostgresSource:
+    """The source as the exporter builds it at its defaults; fold=False: with nothing folded
+    in SQL (every application's idle sessions a group of their own)."""
     config = load({"postgres_dsn": pg.monitor_dsn()}, environ={})
     return PostgresSource(config.postgres_targets[0],
                           statement_timeout_ms=config.statement_timeout_ms, connect_timeout=10,
-                          top_transactions=config.top_transactions, hot_tables=config.hot_tables)
+                          top_transactions=config.top_transactions, hot_tables=config.hot_tables,
+                          label_top_n=config.label_top_n if fold else None)
 
 
 async def postgres_floor(pg: LabPostgres, rounds: int) -> tuple[float, float, float, float]:
@@ -61,8 +64,8 @@ async def postgres_floor(pg: LabPostgres, rounds: int) -> tuple[float, float, fl
     bare = await asyncpg.connect(pg.monitor_dsn(),
                                  server_settings={"application_name": "compare-floor"})
     try:
-        return await interleave(source.poll, lambda: bare_sql(bare, config.top_transactions,
-                                                              list(config.hot_tables)), rounds)
+        return await interleave(source.poll, lambda: bare_sql(
+            bare, config.top_transactions, list(config.hot_tables), config.label_top_n), rounds)
     finally:
         await bare.close()
         await source.close()
@@ -113,21 +116,25 @@ def print_profile(title: str, profile: cProfile.Profile, wall: float, top: int) 
 
 
 async def profile_postgres(pg: LabPostgres, rounds: int) -> None:
-    source = postgres_source(pg)
-    snap = await source.poll()
+    source = postgres_source(pg)  # at the defaults: idle sessions beyond the top 20 folded
+    await source.poll()
     profile = cProfile.Profile()
     started = time.perf_counter()
     profile.enable()
     for _ in range(rounds):
-        snap = await source.poll()
-        list(postgres_families(snap, MetricOptions(label_top_n=20)))
+        list(postgres_families(await source.poll(), MetricOptions(label_top_n=20)))
     profile.disable()
     wall = time.perf_counter() - started
     await source.close()
-    print_profile(f"Profile: {rounds} x (PostgresSource.poll + postgres_families)", profile,
-                  wall, 14)
+    print_profile(f"Profile: {rounds} x (PostgresSource.poll + postgres_families), defaults",
+                  profile, wall, 14)
+    whole = postgres_source(pg, fold=False)  # every application kept: nothing folded in SQL
+    try:
+        snap = await whole.poll()
+    finally:
+        await whole.close()
     assert isinstance(snap, PostgresSnapshot)
-    render_profile(source, snap, rounds)
+    render_profile(whole, snap, rounds)
 
 
 def render_profile(source: PostgresSource, snap: PostgresSnapshot, rounds: int) -> None:

@@ -15,6 +15,10 @@ K = TypeVar("K", bound=Hashable)
 S = TypeVar("S", str, tuple[str, str])
 
 OTHER = "other"
+# A value already folded by the source (exporter/postgres/source.py folds idle sessions in SQL):
+# never kept, never ranked, always OTHER. PostgreSQL text cannot hold a NUL, so no value read
+# from it is this.
+FOLDED = "\x00folded"
 MAX_LABEL_LENGTH = 128
 
 
@@ -45,6 +49,9 @@ class Folder(dict[str, str]):
     def __init__(self, weights: Mapping[str, int] | AbstractSet[str], top_n: int) -> None:
         """weights: each value's weight; or only the values, when there are no more than
         top_n of them and none is folded."""
+        if FOLDED in weights:  # what the source folded stays folded, and takes no place
+            weights = ({v: w for v, w in weights.items() if v != FOLDED}
+                       if isinstance(weights, Mapping) else weights - {FOLDED})
         if isinstance(weights, Mapping):
             kept: Iterable[str] = keep_top(weights, top_n)
         elif len(weights) <= top_n:

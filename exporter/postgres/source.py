@@ -16,6 +16,7 @@ import asyncpg
 
 from exporter.dsn import Target
 from exporter.incidents.fingerprint import fingerprint
+from exporter.labels import FOLDED
 from exporter.postgres.growth import GrowthTracker
 from exporter.postgres.involved import (
     MAX_OTHER_DETAILS,
@@ -81,6 +82,18 @@ _SESSION_COLUMNS = f"""
 #   it stopped sending mid-statement (a COPY, a blocked event loop between protocol messages).
 #   Idle and idle in transaction sessions wait on ClientRead too, by definition: the
 #   idle-in-transaction checks, with their own thresholds, judge the latter.
+#   Idle sessions are folded here, as the metrics would fold them, rather than in Python:
+#   thousands of application names, each its own idle group, were most of a poll's CPU at the
+#   defaults (benchmarks/compare.py). The top $2 values of datname, usename and
+#   application_name by sessions (ties broken by the value, in byte order, as
+#   exporter/labels.py keeps them) keep their names; an idle session without a LISTEN reads
+#   NULL for the others, so its group is one of a few (exporter.labels.FOLDED in Python).
+#   Every other session is what the checks, the incidents and the PgBouncer join look at by
+#   name, and keeps its values. A kept value is never folded, so its weight in the groups is
+#   its whole weight, and a folded value only weighs less: the same values are the top $2 in
+#   Python. $2 NULL folds nothing. One thing reads idle sessions by name: the doctor's count
+#   of Prefect's sessions (connection_budget) sees its idle ones only while its
+#   application_name is among the top $2, as the metrics show it.
 # - 'oldest': the $1 client backends with the oldest transactions (Session: pid, then the
 #   group's first six columns, client_addr, the ages in the age columns).
 # - 'blocked': every backend waiting on a lock, with the pids blocking it. pg_blocking_pids()
@@ -98,6 +111,16 @@ _TAIL = """datname, usename, application_name, state, wait_event_type, wait_even
         NULL, date_part('epoch', now() - xact_start), date_part('epoch', now() - state_change),
         pid, """ + _CLIENT_ADDR + """,
         {blocked_by}, {kind}, NULL"""
+# The top $2 values of a label by sessions, ties broken by the value (a bounded heap: no sort
+# of every value). LIMIT NULL keeps them all.
+_KEPT = """{label}_kept AS (
+    SELECT {label} FROM backend WHERE client
+    GROUP BY 1 ORDER BY count(*) DESC, {label} COLLATE "C" LIMIT $2
+)"""
+# An idle session without a LISTEN loses the label values not kept, before grouping: the
+# values kept stay, so their weights stay whole.
+_FOLDED = """CASE WHEN state = 'idle' AND listen_channel IS NULL
+            AND {label} NOT IN (SELECT {label} FROM {label}_kept) THEN NULL ELSE {label} END"""
 ACTIVITY_SQL = rf"""
 WITH backend AS (
     SELECT pid,
@@ -113,8 +136,12 @@ WITH backend AS (
                 THEN substring(query FROM '(?i)^\s*listen\s+"?([^";\s]+)') END AS listen_channel
     FROM pg_stat_activity
     WHERE pid <> pg_backend_pid()
-)
-SELECT datname, usename, application_name, state, wait_event_type, wait_event,
+), {_KEPT.format(label="datname")}, {_KEPT.format(label="usename")},
+{_KEPT.format(label="application_name")}
+SELECT {_FOLDED.format(label="datname")} AS datname,
+       {_FOLDED.format(label="usename")} AS usename,
+       {_FOLDED.format(label="application_name")} AS application_name,
+       state, wait_event_type, wait_event,
        (state = 'active' AND wait_event = 'ClientRead') AS client_read_in_transaction,
        listen_channel,
        count(*) AS sessions,
@@ -161,7 +188,10 @@ def _activity(rows: Sequence[asyncpg.Record]) -> ActivityRead:
     for r in rows:
         kind = r[_ROW_KIND]
         if kind == "group":
-            groups.append(ActivityGroup._make(r[:_GROUP_WIDTH]))
+            values = r[:_GROUP_WIDTH]
+            if None in values[:3]:  # idle sessions of values not kept, folded by the SQL
+                values = (*(FOLDED if v is None else v for v in values[:3]), *values[3:])
+            groups.append(ActivityGroup._make(values))
             group_pids.append(tuple(r[_ROW_KIND + 1] or ()))
         elif kind == "oldest":
             oldest.append(_session(r))
@@ -432,12 +462,15 @@ class PostgresSource:
 
     def __init__(self, target: Target, *, statement_timeout_ms: int, connect_timeout: float,
                  top_transactions: int, hot_tables: Sequence[str], statements: bool = True,
-                 thresholds: Mapping[str, float] | None = None, top_statements: int = 0) -> None:
+                 thresholds: Mapping[str, float] | None = None, top_statements: int = 0,
+                 label_top_n: int | None = None) -> None:
         self.target = target.name
         self._target = target
         self._statement_timeout_ms = statement_timeout_ms
         self._connect_timeout = connect_timeout
         self._top_transactions = top_transactions
+        # idle sessions of values beyond the top N are folded in SQL (None: none are)
+        self._label_top_n = label_top_n
         self._hot_tables = list(hot_tables)
         self._conn: asyncpg.Connection | None = None
         self._lenient = False
@@ -495,7 +528,7 @@ class PostgresSource:
     async def _read(self, conn: asyncpg.Connection) -> PostgresSnapshot:
         context = _context((await conn.fetch(CONTEXT_SQL, SETTING_NAMES, self._hot_tables))[0])
         activity, oldest, blocked, group_pids = _activity(await conn.fetch(
-            ACTIVITY_SQL, self._top_transactions))
+            ACTIVITY_SQL, self._top_transactions, self._label_top_n))
         involved = await self._involved(conn, activity, blocked)
         top_statements = (await self._top_statements.read(conn, context.statements_extension,
                                                           time.time())

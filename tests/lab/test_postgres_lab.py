@@ -9,9 +9,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from exporter.dsn import parse_target
+from exporter.labels import FOLDED
+from exporter.metricspec import MetricOptions
 from exporter.postgres import snapshot as pgsnap
 from exporter.postgres import source as pgsrc
 from exporter.postgres.involved import LockRow
+from exporter.postgres.metrics import postgres_families
 from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.postgres.source import APPLICATION_NAME
 from lab import incidents
@@ -271,7 +275,7 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
                 "AND wait_event_type = 'Lock'", writer_pid))
 
         await eventually(writer_waits, what="the writer waits on the holder's lock")
-        read = pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 10))
+        read = pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 10, 20))
         channels = sorted(g.listen_channel for g in read.groups if g.listen_channel)
         assert channels == ["lower_case", "prefect_automation_changes"]
         assert sum(g.sessions for g in read.groups) >= len(spellings) + 2
@@ -280,8 +284,59 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
         assert [(b.pid, b.blocked_by) for b in read.blocked] == [(writer_pid, (holder_pid,))]
         # its wait since its UPDATE began: not nothing, nor more than the test has waited
         assert 0 < read.blocked[0].wait_seconds <= time.monotonic() - asked + 1
-        assert pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 0)).oldest == ()
+        assert pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 0, 20)).oldest == ()
         waiting.cancel()
     finally:
         for conn in (*listeners, holder, writer, monitor):
+            conn.terminate()
+
+
+async def test_folding_idle_sessions_in_sql_exports_what_folding_in_python_did(
+        own_postgres: LabPostgres) -> None:
+    """The SQL folds the idle sessions of values beyond the top N (#26): the families built
+    from its rows are the ones built from every group, and every session the checks name is
+    still a group of its own (idle in transaction, LISTEN), with its pids."""
+    dsn = own_postgres.dsn()
+    names = [f"fold-idle-{i:02d}" for i in range(12)]
+    conns = [await asyncpg.connect(dsn, server_settings={"application_name": name})
+             for name in [*names, "fold-big", "fold-big", "fold-big", "fold-tx", "fold-listen"]]
+    tx, listener = conns[-2], conns[-1]
+    await tx.execute("BEGIN; SELECT txid_current()")
+    await listener.execute('LISTEN "prefect_automation_changes"')
+    target = parse_target(own_postgres.monitor_dsn(), "test")
+    common: dict[str, Any] = {"statement_timeout_ms": 5000, "connect_timeout": 10,
+                              "top_transactions": 5, "hot_tables": ()}
+    folding = pgsrc.PostgresSource(target, label_top_n=4, **common)
+    whole = pgsrc.PostgresSource(target, **common)  # folds nothing in SQL
+    options = MetricOptions(label_top_n=4)
+
+    def samples(snap: PostgresSnapshot) -> dict[str, list[tuple[Any, ...]]]:
+        return {m.name: sorted((tuple(sorted(s.labels.items())), s.value) for s in m.samples)
+                for m in postgres_families(snap, options)
+                if m.name in ("postgres_connections", "postgres_transaction_max_age_seconds",
+                              "postgres_listen_sessions", "postgres_wait_event_sessions")}
+
+    async def same_families() -> bool:
+        folded, every = await folding.poll(), await whole.poll()
+        assert len(folded.activity) < len(every.activity)
+        assert any(g.application_name == FOLDED for g in folded.activity)
+        mine = [g for g in folded.activity if g.application_name.startswith("fold-")]
+        assert {g.application_name for g in mine} >= {"fold-big", "fold-tx", "fold-listen"}
+        tx_pid = await tx.fetchval("SELECT pg_backend_pid()")
+        assert folded.group_of(tx_pid) is not None
+        assert folded.group_of(tx_pid).application_name == "fold-tx"  # type: ignore[union-attr]
+        a, b = samples(folded), samples(every)
+        # transaction ages move between the two reads: compare their labels only
+        age = "postgres_transaction_max_age_seconds"
+        a[age] = [labels for labels, _ in a[age]]
+        b[age] = [labels for labels, _ in b[age]]
+        assert a == b
+        return True
+
+    try:
+        await eventually(same_families, what="the same families from folded and whole reads")
+    finally:
+        await folding.close()
+        await whole.close()
+        for conn in conns:
             conn.terminate()

@@ -10,7 +10,7 @@ import pytest
 
 from exporter.catalogue import CATALOGUE
 from exporter.collector import ExporterCollector
-from exporter.labels import OTHER, Folder, keep_top
+from exporter.labels import FOLDED, OTHER, Folder, keep_top
 from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState, fresh_snapshots
 from exporter.postgres.metrics import postgres_families
@@ -54,6 +54,21 @@ def test_application_names_beyond_top_n_fold_into_other_and_sum() -> None:
             zip(s.labelsets("postgres_connections"), s.values("postgres_connections"),
                 strict=True)}
     assert apps == {"app-0": 10, "app-1": 9, "app-2": 8, OTHER: 7 + 6 + 5}
+
+
+def test_what_the_source_folded_takes_no_place_in_the_top_n() -> None:
+    """The SQL folds idle sessions of values beyond the top N into FOLDED (#26): however many
+    sessions it sums, it is never kept, and the top N are the values the SQL kept."""
+    groups = [group(app="app-0", sessions=10), group(app="app-1", sessions=9),
+              group(app="app-5", sessions=1, state="active"),  # beyond the top 2, not idle
+              group(app=FOLDED, sessions=500)]
+    s = rendered(snapshot(*groups), top_n=2)
+    apps = {(lab["application_name"], lab["state"]): v for lab, v in
+            zip(s.labelsets("postgres_connections"), s.values("postgres_connections"),
+                strict=True)}
+    assert apps == {("app-0", "idle"): 10, ("app-1", "idle"): 9, (OTHER, "active"): 1,
+                    (OTHER, "idle"): 500}
+    assert Folder({"a", FOLDED}, 1) == {"a": "a"}  # values only: FOLDED is no value to keep
 
 
 def test_transaction_ages_take_the_oldest_per_state_and_ignore_idle() -> None:

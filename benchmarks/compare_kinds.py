@@ -1,0 +1,58 @@
+"""What each source kind adds to the exporter's resident memory: an exporter started on
+unreachable targets of the given kinds, in a fresh interpreter, RSS after each target was polled
+once (its modules and driver imported; no runtime data). Median of 3 per setup.
+
+    .venv/bin/python -m benchmarks.compare_kinds
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+SCRIPT = """
+import asyncio, json, sys
+from exporter.app import Exporter
+from exporter.config import load
+
+async def main():
+    exporter = Exporter(load({**json.loads(sys.argv[1]), "listen_address": "127.0.0.1:0",
+                              "poll_interval_seconds": "1"}, environ={}))
+    await exporter.start()
+    while not all(s.polls for s in exporter.poller.states):
+        await asyncio.sleep(0.05)
+    rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS"))
+    await exporter.stop()
+    print(int(rss.split()[1]) / 1024)
+
+asyncio.run(main())
+"""
+
+PG = {"postgres_dsn": "postgresql://x@127.0.0.1:1/db"}
+PGB = {"pgbouncer_dsn": "postgresql://x@127.0.0.1:1/pgbouncer"}
+PREFECT = {"prefect_api_url": "http://127.0.0.1:1/api"}
+REDIS = {"redis_url": "redis://:pw@127.0.0.1:1/0"}
+SETUPS = {"PostgreSQL only": PG, "+ PgBouncer": {**PG, **PGB}, "+ Prefect API": {**PG, **PREFECT},
+          "+ Redis": {**PG, **REDIS}, "all four": {**PG, **PGB, **PREFECT, **REDIS}}
+
+
+def rss_mb(settings: dict[str, str]) -> float:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(settings)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
+
+
+def main() -> None:
+    base = None
+    for name, settings in SETUPS.items():
+        runs = [rss_mb(settings) for _ in range(3)]
+        median = statistics.median(runs)
+        base = median if base is None else base
+        print(f"{name:16s} RSS {median:5.1f} MB (runs: {', '.join(f'{r:.1f}' for r in runs)}); "
+              f"{median - base:+.1f} MB vs PostgreSQL only")
+
+
+if __name__ == "__main__":
+    main()
