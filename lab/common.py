@@ -173,3 +173,30 @@ def lab_root(prefix: str = "prefect-pg-lab-") -> Path:
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o711)
     return root
+
+
+class Daemon:
+    """A lab server that is one process reading one config file (PgBouncer, Redis, Sentinel):
+    started (again after a stop or a kill), stopped, or killed as in a crash. A subclass sets
+    who, port, log and _argv(); `what` names it in errors."""
+
+    what = "server"
+    who: RunAs
+    port: int
+    log: Path
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._proc = start_daemon(self._argv(), self.who, self.port, self.what, self.log)
+
+    def stop(self) -> None:
+        stop_process(self._proc)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case, no goodbye to its clients."""
+        kill_process(self._proc)

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from lab.common import (
-    RunAs,
-    find_binary,
-    free_port,
-    kill_process,
-    make_dir,
-    run_as,
-    start_daemon,
-    stop_process,
-)
+from lab.common import Daemon, RunAs, find_binary, free_port, make_dir, run_as
 from lab.postgres import (
     APP_PASSWORD,
     APP_ROLE,
@@ -32,7 +22,9 @@ STATS_USER, STATS_PASSWORD = "pgb_stats", "lab-pgb-stats-secret"  # stats_users:
 IGNORED_STARTUP_PARAMETERS = "extra_float_digits,options,statement_timeout,lock_timeout"
 
 
-class LabPgBouncer:
+class LabPgBouncer(Daemon):
+    what = "pgbouncer"
+
     def __init__(self, root: Path, postgres: LabPostgres, *, pool_size: int = 5,
                  pool_mode: str = "transaction", max_client_conn: int = 200,
                  databases: tuple[str, ...] = (DATABASE,)) -> None:
@@ -46,7 +38,6 @@ class LabPgBouncer:
         self.databases = databases
         self.log = self.root / "pgbouncer.log"
         self.ini = self.root / "pgbouncer.ini"
-        self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
     def _write_config(self) -> None:
@@ -80,19 +71,8 @@ pidfile = {self.root / "pgbouncer.pid"}
             path.chmod(0o600)
             self.who.own(path)
 
-    def start(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            return
-        self._proc = start_daemon(
-            [find_binary("pgbouncer", ["/usr/sbin/pgbouncer"]), str(self.ini)], self.who,
-            self.port, "pgbouncer", self.log)
-
-    def stop(self) -> None:
-        stop_process(self._proc)
-
-    def kill(self) -> None:
-        """SIGKILL: the crash case, no goodbye to clients."""
-        kill_process(self._proc)
+    def _argv(self) -> list[str]:
+        return [find_binary("pgbouncer", ["/usr/sbin/pgbouncer"]), str(self.ini)]
 
     def dsn(self, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD,
             database: str = DATABASE) -> str:

@@ -3,20 +3,10 @@ unprivileged, with a password for the default user and a read-only ACL user for 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from lab.common import (
-    RunAs,
-    find_binary,
-    free_port,
-    kill_process,
-    make_dir,
-    run_as,
-    start_daemon,
-    stop_process,
-)
+from lab.common import Daemon, RunAs, find_binary, free_port, make_dir, run_as
 
 PASSWORD = "lab-redis-secret"  # the default user's: what Prefect uses
 MONITOR_USER, MONITOR_PASSWORD = "prefect-exporter", "lab-redis-monitor-secret"
@@ -26,7 +16,9 @@ MONITOR_ACL = ("on >{password} ~* resetchannels -@all +info +ping +scan +type +x
                "+xinfo|groups +xinfo|consumers +select +hello +auth +client|setname")
 
 
-class LabRedis:
+class LabRedis(Daemon):
+    what = "redis-server"
+
     def __init__(self, root: Path, *, maxmemory: str = "0") -> None:
         self.who: RunAs = run_as()
         self.root = make_dir(root, self.who)
@@ -34,7 +26,6 @@ class LabRedis:
         self.log = self.root / "redis.log"
         self.conf = self.root / "redis.conf"
         self.maxmemory = maxmemory
-        self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
     def _write_config(self) -> None:
@@ -55,19 +46,8 @@ user {MONITOR_USER} {acl}
         self.conf.chmod(0o600)
         self.who.own(self.conf)
 
-    def start(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            return
-        self._proc = start_daemon(
-            [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf)], self.who,
-            self.port, "redis-server", self.log)
-
-    def stop(self) -> None:
-        stop_process(self._proc)
-
-    def kill(self) -> None:
-        """SIGKILL: the crash case."""
-        kill_process(self._proc)
+    def _argv(self) -> list[str]:
+        return [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf)]
 
     def url(self, db: int = 0, *, monitor: bool = True) -> str:
         """The exporter's URL (the read-only ACL user) or Prefect's (the default user)."""
@@ -83,10 +63,11 @@ user {MONITOR_USER} {acl}
                            socket_timeout=10)
 
 
-class LabSentinel:
+class LabSentinel(Daemon):
     """A Redis Sentinel (redis-server --sentinel) watching a lab Redis as service `lab`."""
 
     SERVICE = "lab"
+    what = "redis sentinel"
 
     def __init__(self, root: Path, master: LabRedis) -> None:
         self.who: RunAs = run_as()
@@ -104,15 +85,10 @@ sentinel auth-pass {self.SERVICE} {PASSWORD}
 """)
         self.conf.chmod(0o600)
         self.who.own(self.conf)
-        self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self._proc = start_daemon(
-            [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf),
-             "--sentinel"], self.who, self.port, "redis sentinel", self.log)
-
-    def stop(self) -> None:
-        stop_process(self._proc)
+    def _argv(self) -> list[str]:
+        return [find_binary("redis-server", ["/usr/bin/redis-server"]), str(self.conf),
+                "--sentinel"]
 
     def url(self, db: int = 0) -> str:
         """The exporter's URL through the Sentinel (the master's read-only ACL user)."""
