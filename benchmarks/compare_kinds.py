@@ -1,6 +1,6 @@
 """What each source kind adds to the exporter's resident memory: an exporter started on
-unreachable targets of the given kinds, in a fresh interpreter, RSS after each target was polled
-once (its modules and driver imported; no runtime data). Median of 3 per setup.
+unreachable targets of the given kinds, in a fresh interpreter (lab/once.py), RSS after each
+target was polled once (its modules and driver imported; no runtime data). Median of 3 per setup.
 
     .venv/bin/python -m benchmarks.compare_kinds
 """
@@ -12,24 +12,6 @@ import statistics
 import subprocess
 import sys
 
-SCRIPT = """
-import asyncio, json, sys
-from exporter.app import Exporter
-from exporter.config import load
-
-async def main():
-    exporter = Exporter(load({**json.loads(sys.argv[1]), "listen_address": "127.0.0.1:0",
-                              "poll_interval_seconds": "1"}, environ={}))
-    await exporter.start()
-    while not all(s.polls for s in exporter.poller.states):
-        await asyncio.sleep(0.05)
-    rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS"))
-    await exporter.stop()
-    print(int(rss.split()[1]) / 1024)
-
-asyncio.run(main())
-"""
-
 PG = {"postgres_dsn": "postgresql://x@127.0.0.1:1/db"}
 PGB = {"pgbouncer_dsn": "postgresql://x@127.0.0.1:1/pgbouncer"}
 PREFECT = {"prefect_api_url": "http://127.0.0.1:1/api"}
@@ -39,9 +21,9 @@ SETUPS = {"PostgreSQL only": PG, "+ PgBouncer": {**PG, **PGB}, "+ Prefect API": 
 
 
 def rss_mb(settings: dict[str, str]) -> float:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(settings)],
+    out = subprocess.run([sys.executable, "-m", "lab.once", json.dumps(settings)],
                          capture_output=True, text=True, check=True).stdout
-    return float(out.split()[-1])
+    return float(json.loads(out.strip().splitlines()[-1])["rss_mb"])
 
 
 def main() -> None:
