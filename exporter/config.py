@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,6 +385,8 @@ def _read_secret_file(variable: str, path: str) -> str:
 def _from_file(path: str | None) -> dict[str, str]:
     if not path:
         return {}
+    import tomllib  # imported here: only a configuration given as a file needs it
+
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:

@@ -9,7 +9,6 @@ psycopg (about 11 MB of its memory) just to read its DSN.
 
 from __future__ import annotations
 
-import difflib
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -48,6 +47,8 @@ def parse(dsn: str) -> dict[str, str]:
         params = _parse_pairs(dsn)
     unknown = sorted(set(params) - KEYWORDS)
     if unknown:
+        import difflib  # imported here: only a DSN with an unknown keyword needs it
+
         # named only when it is a near miss of a keyword: the word may be part of a password
         near = difflib.get_close_matches(unknown[0], KEYWORDS, n=1)
         hint = f' (did you mean "{near[0]}"?)' if near else ""

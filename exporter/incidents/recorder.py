@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from exporter.incidents import fingerprint
 from exporter.incidents.journal import Journal
 from exporter.incidents.model import IncidentsReport
-from exporter.incidents.store import IncidentStore
 from exporter.incidents.tracker import IncidentEvent, IncidentTracker
 from exporter.source import Snapshot
+
+if TYPE_CHECKING:
+    from exporter.incidents.store import IncidentStore
 
 log = structlog.get_logger("exporter.incidents")
 
@@ -34,8 +37,11 @@ class IncidentRecorder:
         if statements and not fingerprint.available():
             log.warning("statements not shown in incidents: the SQL tokenizer pglast cannot "
                         "be imported (install the pglast package)")
-        self.store = IncidentStore(state_dir) if state_dir else None
-        if self.store is not None:
+        self.store: IncidentStore | None = None
+        if state_dir:
+            from exporter.incidents.store import IncidentStore  # sqlite3 only with a state dir
+
+            self.store = IncidentStore(state_dir)
             self._restore(self.store, time.time())
 
     def _restore(self, store: IncidentStore, now: float) -> None:
