@@ -15,14 +15,16 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.webconfig import OPEN_PATHS, WebConfig, normalise_san
 from exporter.webguard import WARNINGS
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 BCRYPT_THREADS = 2  # bcrypt releases the GIL: checks run side by side, never on the event loop
 MAX_CHECKS = 16  # distinct credentials being checked (waiting or running), all clients together
@@ -111,6 +113,8 @@ def _pool() -> ThreadPoolExecutor:
     """The bcrypt threads, started on the first check (not the default executor, which DNS
     lookups and other blocking calls share)."""
     if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor  # its threads only for basic auth
+
         _POOL.append(ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt"))
     return _POOL[0]
 
