@@ -1,6 +1,6 @@
 """The exporter started in this (fresh) interpreter on the targets of SETTINGS, stopped once each
 target was polled: what it then holds. For questions only a new process answers: which drivers
-a configuration imports (tests/unit/test_footprint.py) and the memory each kind adds
+and modules a configuration imports (tests/unit/test_footprint.py) and the memory each kind adds
 (benchmarks/compare_kinds.py). The targets may be unreachable: a failed poll counts.
 
     python -m lab.once '{"postgres_dsn": "postgresql://x@127.0.0.1:1/db"}'
