@@ -23,6 +23,7 @@ from exporter.pgbouncer import checks as pgbouncer
 from exporter.postgres import checks as postgres
 from exporter.prefect import checks as prefect
 from exporter.prefect import compat
+from exporter.prefect.chain import DATABASE_BLOCKED
 from exporter.prefect.snapshot import SHARED_DOCKET_SCHEMES
 from exporter.redis import checks as redis
 from exporter.redis.checks import DOCKET_GROUP, EVENTS_STREAM, PERSISTER_GROUP
@@ -329,6 +330,23 @@ ALERTS: tuple[Alert, ...] = (
           "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE / MAX_OVERFLOW within the connection "
           "budget, or add API replicas.",
           check=prefect.API_POOL_SATURATED),
+    # the doctor's join of Prefect's sessions to the lock tree and PgBouncer's pools, per root
+    Alert("PrefectDatabaseBlocked", "warning",
+          "sum by (target) (prefect_database_blocked_roots) > 0", 60,
+          "Prefect's database work waits behind {{ $value }} session(s) on PostgreSQL",
+          "{{ $labels.target }}: Prefect's own database sessions wait on a lock held by another "
+          "session (or its PgBouncer pool's clients wait for what that session holds): the API "
+          "requests that need those tables hang. `prefect-pg-exporter doctor` names the root "
+          "(pid, application, table) and /incidents keeps it after it is gone.",
+          check=DATABASE_BLOCKED),
+    Alert("PrefectDatabaseBlockedCritical", "critical",
+          'sum by (target) (prefect_database_blocked_roots{{severity="critical"}}) > 0', 60,
+          "Prefect's API hangs behind {{ $value }} session(s) on PostgreSQL",
+          "{{ $labels.target }}: one of Prefect's database sessions has waited longer than "
+          "blocked_wait_critical_seconds on a lock, or the API could not be read while they "
+          "wait: its requests time out. Terminate the root the doctor names "
+          "(SELECT pg_terminate_backend(pid)), not the waiters.",
+          check=DATABASE_BLOCKED),
     Alert("PrefectStuckRuns", "warning",
           "prefect_flow_runs_stuck > {stuck_runs_warning}", 600,
           "{{ $value }} flow runs stuck in {{ $labels.state_type }} in {{ $labels.work_pool }}",

@@ -17,7 +17,7 @@ from lab import incidents
 from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
 from lab.prefect import LabPrefect
-from tests.helpers import StartExporter, eventually, wait_for
+from tests.helpers import PREFECT_POLL, StartExporter, eventually, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -109,9 +109,12 @@ async def test_a_waiting_pool_names_the_backend_that_holds_it(
 
 
 async def test_a_hanging_prefect_api_names_the_session_that_locks_its_table(
-        postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect) -> None:
+        postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect,
+        start_exporter: StartExporter) -> None:
     """A session holds ACCESS EXCLUSIVE on flow_run, idle in its transaction, while clients
-    call /flow_runs/filter: one doctor poll names that pid on the Prefect target."""
+    call /flow_runs/filter: one doctor poll names that pid on the Prefect target; the running
+    exporter exports the verdict its alerts read and keeps the incident, with that pid, after
+    the lock is gone."""
     async with incidents.table_lock(postgres, table="public.flow_run") as lock, \
             httpx.AsyncClient(base_url=prefect.api_url + "/", timeout=60) as client:
         calls = [incidents.background(client.post("flow_runs/filter", json={"limit": 1}))
@@ -133,5 +136,38 @@ async def test_a_hanging_prefect_api_names_the_session_that_locks_its_table(
         assert blocked[0]["cause"]["application_name"] == "incident-locker"
         assert blocked[0]["cause"]["relation"] == "public.flow_run"
         assert f"pid {lock.pid}" in blocked[0]["title"]
+
+        exporter = await start_exporter(
+            postgres_dsn="pg=" + postgres.monitor_dsn(),
+            pgbouncer_dsn="pgb=" + pgbouncer.stats_dsn(),
+            prefect_api_url="prefect=" + prefect.api_url, **PREFECT_POLL)
+        await wait_for(exporter.port, lambda s: sum(s.values(
+            "prefect_database_blocked_roots", target="prefect")) == 1,
+            "the verdict the PrefectDatabaseBlocked alerts read", timeout=30)
+        held_by = await incident(exporter.port, "active")
+        assert held_by["evidence"]["pid"] == lock.pid
+        assert held_by["evidence"]["application_name"] == "incident-locker"
+        assert held_by["evidence"]["relation"] == "public.flow_run"
         for call in calls:
             call.cancel()
+    # the lock is gone: the verdict falls back to 0, the incident ends and keeps its evidence
+    await wait_for(exporter.port, lambda s: sum(s.values(
+        "prefect_database_blocked_roots", target="prefect")) == 0,
+        "no root once the lock is released", timeout=60)
+    ended = await incident(exporter.port, "ended", timeout=90)
+    assert (ended["id"], ended["evidence"]["pid"]) == (held_by["id"], lock.pid)
+
+
+async def incident(port: int, status: str, timeout: float = 30) -> dict[str, Any]:
+    """The prefect_database_blocked incident on /incidents once it has that status."""
+    found: list[dict[str, Any]] = []
+
+    async def listed() -> bool:
+        async with httpx.AsyncClient() as client:
+            body = (await client.get(f"http://127.0.0.1:{port}/incidents", timeout=5)).json()
+        found[:] = [i for i in body["incidents"] if i["kind"] == "prefect_database_blocked"
+                    and i["target"] == "prefect" and i["status"] == status]
+        return bool(found)
+
+    await eventually(listed, timeout, f"a prefect_database_blocked incident {status}")
+    return found[0]

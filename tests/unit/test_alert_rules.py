@@ -248,6 +248,7 @@ CASES += [
 ]
 READY = 'prefect_api_ready_duration_seconds{target="prefect"}'
 HEALTH = 'prefect_api_health_duration_seconds{target="prefect"}'
+BLOCKED = 'prefect_database_blocked_roots{target="prefect",'
 CASES += [
     ("PrefectApiPoolSaturated",  # ready 1.4 s, health 6 ms, nothing else waits
      {READY: "1.4x10", HEALTH: "0.006x10", f"pgbouncer_pools_client_waiting_connections{{{POOL}}}":
@@ -267,6 +268,23 @@ CASES += [
      {READY: "1.4x10", HEALTH: "0.006x10",
       f'postgres_transaction_max_age_seconds{{{IIT},state="idle in transaction"}}': "600x10"},
      "5m", []),
+    ("PrefectDatabaseBlocked",  # one root, warning: fires after its minute
+     {f'{BLOCKED}severity="warning"}}': "1x10", f'{BLOCKED}severity="critical"}}': "0x10"},
+     "3m", [{"target": "prefect"}]),
+    ("PrefectDatabaseBlocked",  # a critical one fires it too (the doctor's warning or above)
+     {f'{BLOCKED}severity="warning"}}': "0x10", f'{BLOCKED}severity="critical"}}': "2x10"},
+     "3m", [{"target": "prefect"}]),
+    ("PrefectDatabaseBlocked",  # nothing blocked: quiet
+     {f'{BLOCKED}severity="warning"}}': "0x10", f'{BLOCKED}severity="critical"}}': "0x10"},
+     "3m", []),
+    ("PrefectDatabaseBlocked",  # a block shorter than its `for`: quiet
+     {f'{BLOCKED}severity="warning"}}': "0 1 0x8"}, "3m", []),
+    ("PrefectDatabaseBlockedCritical",
+     {f'{BLOCKED}severity="warning"}}': "1x10", f'{BLOCKED}severity="critical"}}': "1x10"},
+     "3m", [{"target": "prefect"}]),
+    ("PrefectDatabaseBlockedCritical",  # warning only: quiet
+     {f'{BLOCKED}severity="warning"}}': "1x10", f'{BLOCKED}severity="critical"}}': "0x10"},
+     "3m", []),
     ("PostgresDatabaseFilling",  # no size budget configured (the default): quiet
      {f'postgres_database_size_bytes{{{DB},datname="prefect"}}': "0+1e9x400"}, "6h", []),
 ]
