@@ -518,12 +518,26 @@ ALERTS: tuple[Alert, ...] = (
           "ignores it, writes still maintain it. `prefect-pg-exporter doctor` names each and "
           "its repair.",
           check=postgres.INVALID_INDEX),
+    # Prefect's database is the one the exporter watches (its DSN's); the server's others are
+    # someone else's: said, not paged on with Prefect's runbook
     Alert("PostgresDeadlocks", "warning",
-          "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning}", 0,
-          "{{ $value | humanize }} deadlock(s) in {{ $labels.datname }} within 15 minutes",
-          "{{ $labels.target }}: PostgreSQL detected deadlocks in {{ $labels.datname }} and "
-          "cancelled a transaction of each. In Prefect: background services run more than once "
-          "(the task-run recorder in HA, mark_deployments_ready), see the runbook."),
+          "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning} "
+          "and on (target, datname) postgres_watched_database_info", 0,
+          "{{ $value | humanize }} deadlock(s) in Prefect's database {{ $labels.datname }} "
+          "within 15 minutes",
+          "{{ $labels.target }}: PostgreSQL detected deadlocks in {{ $labels.datname }}, the "
+          "database the exporter watches, and cancelled a transaction of each. In Prefect: "
+          "background services run more than once (the task-run recorder in HA, "
+          "mark_deployments_ready), see the runbook."),
+    Alert("PostgresDeadlocksOtherDatabase", "info",
+          "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning} "
+          "unless on (target, datname) postgres_watched_database_info", 0,
+          "{{ $value | humanize }} deadlock(s) in database {{ $labels.datname }}, not Prefect's, "
+          "within 15 minutes",
+          "{{ $labels.target }}: PostgreSQL detected deadlocks in {{ $labels.datname }}, a "
+          "database of the server other than the one the exporter watches for Prefect "
+          "(\"other\" gathers those beyond the top N by size). Prefect is not involved: tell "
+          "that database's owners."),
 )
 
 
