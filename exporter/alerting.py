@@ -23,6 +23,7 @@ from exporter.pgbouncer import checks as pgbouncer
 from exporter.postgres import checks as postgres
 from exporter.prefect import checks as prefect
 from exporter.prefect import compat
+from exporter.prefect.chain import DATABASE_BLOCKED
 from exporter.prefect.snapshot import SHARED_DOCKET_SCHEMES
 from exporter.redis import checks as redis
 from exporter.redis.checks import DOCKET_GROUP, EVENTS_STREAM, PERSISTER_GROUP
@@ -329,6 +330,23 @@ ALERTS: tuple[Alert, ...] = (
           "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE / MAX_OVERFLOW within the connection "
           "budget, or add API replicas.",
           check=prefect.API_POOL_SATURATED),
+    # the doctor's join of Prefect's sessions to the lock tree and PgBouncer's pools, per root
+    Alert("PrefectDatabaseBlocked", "warning",
+          "sum by (target) (prefect_database_blocked_roots) > 0", 60,
+          "Prefect's database work waits behind {{ $value }} session(s) on PostgreSQL",
+          "{{ $labels.target }}: Prefect's own database sessions wait on a lock held by another "
+          "session (or its PgBouncer pool's clients wait for what that session holds): the API "
+          "requests that need those tables hang. `prefect-pg-exporter doctor` names the root "
+          "(pid, application, table) and /incidents keeps it after it is gone.",
+          check=DATABASE_BLOCKED),
+    Alert("PrefectDatabaseBlockedCritical", "critical",
+          'sum by (target) (prefect_database_blocked_roots{{severity="critical"}}) > 0', 60,
+          "Prefect's API hangs behind {{ $value }} session(s) on PostgreSQL",
+          "{{ $labels.target }}: one of Prefect's database sessions has waited longer than "
+          "blocked_wait_critical_seconds on a lock, or the API could not be read while they "
+          "wait: its requests time out. Terminate the root the doctor names "
+          "(SELECT pg_terminate_backend(pid)), not the waiters.",
+          check=DATABASE_BLOCKED),
     Alert("PrefectStuckRuns", "warning",
           "prefect_flow_runs_stuck > {stuck_runs_warning}", 600,
           "{{ $value }} flow runs stuck in {{ $labels.state_type }} in {{ $labels.work_pool }}",
@@ -500,12 +518,26 @@ ALERTS: tuple[Alert, ...] = (
           "ignores it, writes still maintain it. `prefect-pg-exporter doctor` names each and "
           "its repair.",
           check=postgres.INVALID_INDEX),
+    # Prefect's database is the one the exporter watches (its DSN's); the server's others are
+    # someone else's: said, not paged on with Prefect's runbook
     Alert("PostgresDeadlocks", "warning",
-          "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning}", 0,
-          "{{ $value | humanize }} deadlock(s) in {{ $labels.datname }} within 15 minutes",
-          "{{ $labels.target }}: PostgreSQL detected deadlocks in {{ $labels.datname }} and "
-          "cancelled a transaction of each. In Prefect: background services run more than once "
-          "(the task-run recorder in HA, mark_deployments_ready), see the runbook."),
+          "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning} "
+          "and on (target, datname) postgres_watched_database_info", 0,
+          "{{ $value | humanize }} deadlock(s) in Prefect's database {{ $labels.datname }} "
+          "within 15 minutes",
+          "{{ $labels.target }}: PostgreSQL detected deadlocks in {{ $labels.datname }}, the "
+          "database the exporter watches, and cancelled a transaction of each. In Prefect: "
+          "background services run more than once (the task-run recorder in HA, "
+          "mark_deployments_ready), see the runbook."),
+    Alert("PostgresDeadlocksOtherDatabase", "info",
+          "increase(postgres_deadlocks_total[15m]) > {deadlocks_warning} "
+          "unless on (target, datname) postgres_watched_database_info", 0,
+          "{{ $value | humanize }} deadlock(s) in database {{ $labels.datname }}, not Prefect's, "
+          "within 15 minutes",
+          "{{ $labels.target }}: PostgreSQL detected deadlocks in {{ $labels.datname }}, a "
+          "database of the server other than the one the exporter watches for Prefect "
+          "(\"other\" gathers those beyond the top N by size). Prefect is not involved: tell "
+          "that database's owners."),
 )
 
 

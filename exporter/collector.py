@@ -43,6 +43,7 @@ class ExporterCollector(Collector):
         yield from health_families(self._states)
         yield finding_family(self._findings)
         yield from _merge(self._source_families())
+        yield from self._verdicts()
 
     def target_families(self, target: str) -> Iterator[Metric]:
         """One target's metrics, for /probe: what its sources last read and the exporter's view
@@ -51,6 +52,7 @@ class ExporterCollector(Collector):
         yield from health_families([s for s in self._states if s.target == target])
         yield finding_family(f for f in self._findings if f.target == target)
         yield from _merge(self._source_families(target))
+        yield from self._verdicts(target)
 
     def _source_families(self, target: str | None = None) -> Iterator[Metric]:
         for snapshot in self._snapshots:
@@ -60,6 +62,16 @@ class ExporterCollector(Collector):
                 if kind.owns(snapshot):
                     yield from kind.export(snapshot, self._options)
                     yield from kind.export_joined(snapshot, self._snapshots, self._options)
+
+    def _verdicts(self, target: str | None = None) -> Iterator[Metric]:
+        """Each kind's families made from the findings of its configured targets (all of them,
+        also those whose poll failed: the doctor still judges them from the other layers)."""
+        for kind in KINDS:
+            targets = [s.target for s in self._states
+                       if s.kind == kind.name and target in (None, s.target)]
+            if targets:
+                yield from kind.verdicts(targets, [f for f in self._findings
+                                                   if f.target in targets])
 
 
 def _merge(families: Iterable[Metric]) -> Iterator[Metric]:

@@ -37,6 +37,10 @@ def no_explanation(target: str, error: str, context: Context) -> Iterable[Findin
     return ()
 
 
+def no_verdicts(targets: Sequence[str], findings: Sequence[Finding]) -> Iterable[Metric]:
+    return ()
+
+
 def no_joined(snapshot: Snapshot, others: Sequence[Snapshot],
               options: MetricOptions) -> Iterable[Metric]:
     return ()
@@ -83,6 +87,11 @@ class SourceKind(Generic[SnapshotT]):
     unreadable: Callable[[str, str, Context], Iterable[Finding]] = field(
         default=no_explanation)
     down: Down | None = None
+    # Families made from the diagnosis of its configured targets (their names, every finding):
+    # where a check joins several kinds' snapshots with the thresholds (Prefect's sessions
+    # behind a root on PostgreSQL), its verdict per target is what an alert can read.
+    verdicts: Callable[[Sequence[str], Sequence[Finding]], Iterable[Metric]] = field(
+        default=no_verdicts)
 
     def owns(self, snapshot: Snapshot) -> bool:
         return isinstance(snapshot, self.snapshot_type)

@@ -96,6 +96,9 @@ THRESHOLDS: dict[str, Threshold] = {
     "redis_memory_critical_ratio": Threshold(0.95, "the same ratio: page above"),
     "redis_undelivered_warning": Threshold(
         1000, "events not yet delivered to Prefect's event persister (it reads): more than"),
+    "redis_dead_consumer_seconds": Threshold(
+        3600, "a stream consumer idle this long while another of its group reads is a dead one "
+        "(Docket never removes its workers' consumers): info above"),
 }
 
 # Every threshold resolved; made only by thresholds(), so a function that takes Thresholds cannot

@@ -47,7 +47,7 @@ def iso(when: float | None) -> str | None:
 @dataclass
 class Incident:
     id: int
-    source: str  # the source kind: postgres | pgbouncer
+    source: str  # the source kind: postgres | pgbouncer | prefect | redis
     observation: Observation  # the worst seen (its evidence bounded)
     began_at: float
     last_seen_at: float

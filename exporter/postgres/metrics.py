@@ -119,8 +119,13 @@ INDEX_BUILDS = _pg(
     "runs.")
 DEADLOCKS = _pg("postgres_deadlocks_total", "target datname",
                 "Deadlocks detected in each database (pg_stat_database.deadlocks) since the "
-                "statistics were reset. Databases beyond the top N by size fold into 'other'.",
-                "counter")
+                "statistics were reset. Databases beyond the top N by size fold into 'other' "
+                "(never the watched one).", "counter")
+WATCHED_DATABASE = _pg("postgres_watched_database_info", "target datname",
+                       "Always 1; the database the target's DSN names, which the exporter "
+                       "watches (Prefect's: its hot tables, indexes and statements are read "
+                       "there). Join on datname to tell Prefect's database from the others of "
+                       "the server (postgres_deadlocks_total, postgres_database_size_bytes).")
 _STATEMENT = ("of one of the top N statements of the watched database by total execution time "
               "(pg_stat_statements, summed over roles; read at most once a minute; "
               "--top-statements). The statement itself is on /statements, masked, never a label.")
@@ -139,7 +144,7 @@ OLDEST_ROW_AGE = _pg(
     "prefect_table_retention_seconds: the retention backlog.")
 DATABASE_SIZE = _pg("postgres_database_size_bytes", "target datname",
                     "Size of each database on disk (pg_database_size). Databases beyond the "
-                    "top N by size fold into 'other'.")
+                    "top N by size fold into 'other' (never the watched one).")
 
 SPECS: tuple[MetricSpec, ...] = (
     UP, SERVER_INFO, CONNECTIONS, MAX_CONNECTIONS, SUPERUSER_RESERVED, TRANSACTION_MAX_AGE,
@@ -148,6 +153,7 @@ SPECS: tuple[MetricSpec, ...] = (
     LISTEN_SESSIONS, SETTING_SECONDS,
     TABLE_LIVE, TABLE_DEAD, TABLE_LAST_VACUUM, TABLE_LAST_AUTOVACUUM, TABLE_SIZE, TABLE_INSERTED,
     TABLE_DELETED, TABLE_MODIFIED_SINCE_ANALYZE, TABLE_LAST_ANALYZE, DATABASE_SIZE, DEADLOCKS,
+    WATCHED_DATABASE,
     INVALID_INDEXES, INDEX_BUILDS, STATEMENT_SECONDS, STATEMENT_CALLS, STATEMENT_ROWS,
     OLDEST_ROW_AGE)
 
@@ -196,6 +202,7 @@ def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterato
     yield _settings(snap, target)
     yield from _tables(snap, target)
     yield from _databases(snap, target, top_n)
+    yield from _watched_database(snap, target)
     yield from _indexes(snap, target)
     yield from _statements(snap, target)
     yield _oldest_rows(snap, target)
@@ -335,7 +342,7 @@ def _tables(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
 
 
 def _databases(snap: PostgresSnapshot, target: str, top_n: int) -> Iterator[Metric]:
-    name_of = Folder({d.datname: d.bytes for d in snap.databases}, top_n)
+    name_of = _database_names(snap, top_n)
     sizes = bounded_sum((name_of(d.datname), d.bytes) for d in snap.databases)
     deadlocks = bounded_sum((name_of(d.datname), d.deadlocks) for d in snap.databases)
     for metric_spec, values in ((DATABASE_SIZE, sizes), (DEADLOCKS, deadlocks)):
@@ -343,6 +350,22 @@ def _databases(snap: PostgresSnapshot, target: str, top_n: int) -> Iterator[Metr
         for datname, value in sorted(values.items()):
             metric.add_metric([target, datname], value)
         yield metric
+
+
+def _database_names(snap: PostgresSnapshot, top_n: int) -> Folder:
+    """The databases' names as exported: the watched one always keeps its name (its alerts
+    join on it), the others the top N - 1 by size; the rest fold into other."""
+    watched = snap.database
+    others = {d.datname: d.bytes for d in snap.databases if d.datname != watched}
+    names = Folder(others, max(top_n - 1, 0) if watched else top_n)
+    if watched:
+        names[watched] = clean(watched)
+    return names
+
+
+def _watched_database(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
+    if snap.database:
+        yield WATCHED_DATABASE.sample([target, clean(snap.database)], 1)
 
 
 def _indexes(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:

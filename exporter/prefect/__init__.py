@@ -9,7 +9,8 @@ from exporter.kind import SourceKind
 from exporter.prefect.chain import unreadable_blocked
 from exporter.prefect.checks import CHECKS, RULES
 from exporter.prefect.config import CONFIG
-from exporter.prefect.metrics import API_UP, SPECS, prefect_families
+from exporter.prefect.incidents import prefect_incidents
+from exporter.prefect.metrics import API_UP, SPECS, prefect_families, prefect_verdicts
 from exporter.prefect.snapshot import PrefectProbeSnapshot
 
 if TYPE_CHECKING:
@@ -51,5 +52,5 @@ def _sources(config: Config) -> Sequence[Source]:
 
 KIND = SourceKind(name="prefect", snapshot_type=PrefectProbeSnapshot, up=API_UP, specs=SPECS,
                   families=prefect_families, checks=CHECKS, rules=RULES, sources=_sources,
-                  config=CONFIG,
-                  unreadable=unreadable_blocked)
+                  config=CONFIG, incidents=prefect_incidents,
+                  unreadable=unreadable_blocked, verdicts=prefect_verdicts)

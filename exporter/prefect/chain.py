@@ -26,7 +26,7 @@ DATABASE_BLOCKED = Check(
     "prefect_database_blocked", ("critical", "warning"),
     "Prefect's database sessions wait behind a session on PostgreSQL (directly or through "
     "their PgBouncer pool): its API requests hang", ("blocked_wait_critical_seconds",),
-    SYMPTOM)
+    SYMPTOM, incident=True)
 
 
 @dataclass(frozen=True)
@@ -80,15 +80,33 @@ def pool_waits(pgb: PgBouncerSnapshot, ctx: Context, app: str
                    "server connection"), w.backends.cause
 
 
-def database_blocked(target: str, pf: PrefectSnapshot | None, ctx: Context,
-                     failure: str = "") -> Iterator[Finding]:
-    """One finding on the Prefect target per root that holds Prefect's sessions (directly on
-    PostgreSQL or through its PgBouncer pool). `pf` is None when the API could not be read
-    (`failure` says why): its requests hang behind the same root."""
+@dataclass(frozen=True)
+class PrefectBlocked:
+    """The condition: Prefect's database work waits behind one root session (directly on
+    PostgreSQL or through its PgBouncer pool). One per root; its finding (the doctor) and its
+    incident (the running exporter) are both made from it, so they appear and go together."""
+
+    target: str  # the Prefect target
+    cause: Cause
+    lines: tuple[str, ...]  # what waits behind it, one line per PostgreSQL target or pool
+    longest_seconds: float  # the longest lock wait of Prefect's sessions behind it (0: none)
+    sessions: int  # Prefect's sessions waiting on a lock behind it
+    pools: int  # PgBouncer pools serving Prefect whose clients wait for what it holds
+    app: str  # how Prefect's sessions were told: its application_name; '' by its database
+    readable: bool  # the API answered; False: it could not be read meanwhile
+    severity: str
+
+
+def blocked(target: str, pf: PrefectSnapshot | None, ctx: Context) -> list[PrefectBlocked]:
+    """Each root that holds Prefect's sessions. `pf` is None when the API could not be read:
+    Prefect's sessions are then told by their database, and it is critical (its requests hang
+    behind the same root)."""
     app = pf.text_settings.get(APP_SETTING, "") if pf else ""
     causes: dict[tuple[str, int], Cause] = {}
     lines: dict[tuple[str, int], list[str]] = {}
     longest: dict[tuple[str, int], float] = {}
+    sessions: dict[tuple[str, int], int] = {}
+    pools: dict[tuple[str, int], int] = {}
     for pg in ctx.of(PostgresSnapshot):
         for b in blocked_sessions(pg, app):
             key = b.cause.key
@@ -98,30 +116,47 @@ def database_blocked(target: str, pf: PrefectSnapshot | None, ctx: Context,
                 f"it (pids {', '.join(map(str, b.victims[:10]))}), the longest for "
                 f"{age(b.longest_seconds)}")
             longest[key] = max(longest.get(key, 0.0), b.longest_seconds)
+            sessions[key] = sessions.get(key, 0) + len(b.victims)
     for pgb in ctx.of(PgBouncerSnapshot):
         for line, c in pool_waits(pgb, ctx, app):
             if c is not None:
                 causes.setdefault(c.key, c)
                 lines.setdefault(c.key, []).append(f"{line}, held by pid {c.pid}")
-    for key, c in causes.items():
-        yield _finding(target, pf, ctx, c, lines[key], longest.get(key, 0.0), app, failure)
+                pools[c.key] = pools.get(c.key, 0) + 1
+    critical_after = ctx.thresholds["blocked_wait_critical_seconds"]
+    return [PrefectBlocked(
+        target, c, tuple(lines[key]), longest.get(key, 0.0), sessions.get(key, 0),
+        pools.get(key, 0), app, pf is not None,
+        "critical" if longest.get(key, 0.0) > critical_after or pf is None else "warning")
+        for key, c in causes.items()]
 
 
-def _finding(target: str, pf: PrefectSnapshot | None, ctx: Context, c: Cause,
-             lines: list[str], longest: float, app: str, failure: str) -> Finding:
+def database_blocked(target: str, pf: PrefectSnapshot | None, ctx: Context,
+                     failure: str = "") -> Iterator[Finding]:
+    """One finding on the Prefect target per root that holds Prefect's sessions (directly on
+    PostgreSQL or through its PgBouncer pool). `pf` is None when the API could not be read
+    (`failure` says why): its requests hang behind the same root."""
+    for b in blocked(target, pf, ctx):
+        yield _finding(b, failure)
+
+
+def title(b: PrefectBlocked) -> str:
+    c = b.cause
+    table = f", table {c.relation}" if c.relation else ""
+    return (f"Prefect's database work waits behind pid {c.pid} (on {c.target}{table}): its API "
+            "requests that need it hang")
+
+
+def _finding(b: PrefectBlocked, failure: str) -> Finding:
     # the API's own latency is its checks' (api_slow): this says what it waits behind
-    symptom = [f"the API could not be read: {failure}"] if pf is None else []
-    who = ([f"Prefect's sessions told by application_name {app!r}"] if app else
+    c = b.cause
+    symptom = [] if b.readable else [f"the API could not be read: {failure}"]
+    who = ([f"Prefect's sessions told by application_name {b.app!r}"] if b.app else
            ["Prefect's sessions told by their database (Prefect reports no application_name: "
             "set PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_APPLICATION_NAME to tell them "
             "from other clients of that database)"])
-    critical = longest > ctx.thresholds["blocked_wait_critical_seconds"] or pf is None
-    table = f", table {c.relation}" if c.relation else ""
     return DATABASE_BLOCKED.finding(
-        "critical" if critical else "warning", target,
-        f"Prefect's database work waits behind pid {c.pid} (on {c.target}{table}): its API "
-        "requests that need it hang",
-        (f"root: {c}", *lines, *symptom, *who),
+        b.severity, b.target, title(b), (f"root: {c}", *b.lines, *symptom, *who),
         f"SELECT pg_terminate_backend({c.pid}); on {c.target} ends it (its transaction rolls "
         "back) and Prefect's requests go through; for good, idle_in_transaction_session_timeout "
         "and lock_timeout, and short transactions in the client that took the lock.",

@@ -3,12 +3,14 @@ metric's spec is declared here, beside the builder that emits it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import Metric
 
+from exporter.finding import Finding
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean
 from exporter.metricspec import MetricOptions, MetricSpec, Specs
+from exporter.prefect.chain import DATABASE_BLOCKED
 from exporter.prefect.retention import retention_of
 from exporter.prefect.snapshot import (
     UNFINISHED_STATE_TYPES,
@@ -189,6 +191,14 @@ DEPLOYMENTS = _pf("prefect_deployments", "target status",
                   "no worker polls), READY, UNKNOWN (no work queue: served by flow.serve(); "
                   "Prefect offers no filter on their status).")
 
+DATABASE_BLOCKED_ROOTS = _pf(
+    "prefect_database_blocked_roots", "target severity",
+    "Sessions on PostgreSQL that Prefect's database work waits behind (its sessions on a lock, "
+    "or its PgBouncer pool's clients), by the doctor's severity: its prefect_database_blocked "
+    "findings, one per root (critical: one of its sessions has waited past "
+    "blocked_wait_critical_seconds, or the API could not be read meanwhile). 0 for each "
+    "configured Prefect target when none.")
+
 SPECS: tuple[MetricSpec, ...] = (
     API_UP, SERVER_INFO, FLOW_RUNS, BACKLOG_RUNS, BACKLOG_MAX_DELAY, LATE_RUNS, UPCOMING_RUNS,
     SCHEDULED_RUNS, RUNS_IN_FLIGHT, POOL_INFO, POOL_STATUS, POOL_PAUSED, POOL_LIMIT,
@@ -200,7 +210,21 @@ SPECS: tuple[MetricSpec, ...] = (
     RETENTION_LAG, TABLE_RETENTION, STUCK_RUNS, OLDEST_STATE_AGE, STUCK_SAMPLE_COMPLETE,
     HEARTBEATS_SEEN,
     WITHOUT_HEARTBEAT, RUNS_ENDED, TASK_RUNS_RUNNING, LIMIT_SLOTS, LIMIT_ACTIVE,
-    LIMIT_SATURATED, LIMIT_HOLDERS, QUEUE_STATUS, QUEUE_POLLED_AGE, QUEUE_DEPLOYMENTS, DEPLOYMENTS)
+    LIMIT_SATURATED, LIMIT_HOLDERS, QUEUE_STATUS, QUEUE_POLLED_AGE, QUEUE_DEPLOYMENTS, DEPLOYMENTS,
+    DATABASE_BLOCKED_ROOTS)
+
+
+def prefect_verdicts(targets: Sequence[str], findings: Sequence[Finding]) -> Iterator[Metric]:
+    """The doctor's prefect_database_blocked per target and severity: it joins Prefect's
+    settings, PostgreSQL's lock tree and PgBouncer's pools, which no PromQL on the exported
+    series can; every configured target has its series, so 0 is distinguishable from absent."""
+    roots = DATABASE_BLOCKED_ROOTS.family()
+    for target in targets:
+        for severity in DATABASE_BLOCKED.severities:
+            roots.add_metric([target, severity], sum(
+                1 for f in findings if f.check == DATABASE_BLOCKED.id and f.target == target
+                and f.severity == severity))
+    yield roots
 
 
 def prefect_families(snap: PrefectProbeSnapshot, options: MetricOptions

@@ -31,6 +31,11 @@ GROUP_ABANDONED = Check(
     "redis_stream_group_abandoned", ("warning",),
     "a consumer group nobody reads any more while its stream moves on (it may hold the "
     "stream's trimming)", incident=True)
+DEAD_CONSUMERS = Check(
+    "redis_stream_group_dead_consumers", ("info",),
+    "a consumer group lists consumers idle far longer than its readers: workers that died or "
+    "restarted, never removed (Docket names them after host and pid)",
+    ("redis_dead_consumer_seconds",))
 MEMORY_NEAR_MAX = Check(
     "redis_memory_near_max", ("critical", "warning"), "Redis near its maxmemory",
     ("redis_memory_warning_ratio", "redis_memory_critical_ratio"), incident=True)
@@ -113,6 +118,32 @@ def abandoned(redis: RedisSnapshot) -> Iterator[GroupState]:
             yield g
 
 
+class DeadConsumers(NamedTuple):
+    """Consumers of a group that is read, idle past redis_dead_consumer_seconds."""
+
+    group: GroupState
+    dead: int
+    longest_idle: float
+    after: float  # the idle time past which a consumer counts as dead
+
+
+def dead_consumers(redis: RedisSnapshot, t: Mapping[str, float]) -> Iterator[DeadConsumers]:
+    """A Docket worker's consumer (named host#pid) stays in docket-workers after its process
+    ends: Docket prunes its own heartbeat set, never the group (no XGROUP DELCONSUMER in
+    pydocket 0.27), so every restart of the services leaves one. A consumer idle for so long
+    while another consumer of its group reads is such a departed one: a live worker's idle
+    stays low because Prefect's perpetual services hand it a task every few seconds (on Redis
+    7.0 only a read that gets entries resets it; an empty XREADGROUP or XAUTOCLAIM does not).
+    A group nobody reads is services_down's or abandoned's, not this."""
+    for g in group_states(redis):
+        if g.active == 0:
+            continue
+        after = max(t["redis_dead_consumer_seconds"], g.idle_limit)
+        idle = [i for i in g.group.consumer_idle_seconds if i > after]
+        if idle:
+            yield DeadConsumers(g, len(idle), max(idle), after)
+
+
 class Memory(NamedTuple):
     """used_memory / maxmemory past a threshold."""
 
@@ -189,6 +220,26 @@ def groups_abandoned(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
             "over 5 minutes out of the trimming): see the oldest entry's age.")
 
 
+def groups_with_dead_consumers(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
+    for d in dead_consumers(redis, ctx.thresholds):
+        g = d.group
+        key, name = g.stream.key, g.group.name
+        yield DEAD_CONSUMERS.finding(
+            "info", redis.target,
+            f"Group {g.name} lists {d.dead} dead consumer(s): idle for over {age(d.after)} "
+            f"while {g.active} other(s) read",
+            (g.describe(),
+             f"the longest idle for {age(d.longest_idle)}; each worker that ended (a restart, a "
+             "crash, a scaled-down replica) stays listed: Docket names its consumers after "
+             "host and pid and never removes them",
+             f"XINFO CONSUMERS {key} {name} lists them by name, with idle and pending"),
+            f"Remove those without pending entries: XGROUP DELCONSUMER {key} {name} <consumer> "
+            "(it drops the consumer's pending entries: leave any with pending > 0 to Docket's "
+            "redelivery, which claims them from the others). Harmless to Prefect otherwise; "
+            "they cost memory and lengthen every XINFO CONSUMERS reply, this exporter's polls "
+            "included, a little more with each restart of the services.")
+
+
 def memory_near_max(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
     memory = memory_ratio(redis, ctx.thresholds)
     if memory is not None:
@@ -204,5 +255,6 @@ def memory_near_max(redis: RedisSnapshot, ctx: Context) -> Iterator[Finding]:
             "grows (an untrimmed stream, an abandoned group) before raising maxmemory.")
 
 
-CHECKS = (SERVICES_DOWN, EVENTS_NOT_PERSISTED, GROUP_ABANDONED, MEMORY_NEAR_MAX)
-RULES = (services_not_running, events_not_persisted, groups_abandoned, memory_near_max)
+CHECKS = (SERVICES_DOWN, EVENTS_NOT_PERSISTED, GROUP_ABANDONED, DEAD_CONSUMERS, MEMORY_NEAR_MAX)
+RULES = (services_not_running, events_not_persisted, groups_abandoned,
+         groups_with_dead_consumers, memory_near_max)

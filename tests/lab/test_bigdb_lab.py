@@ -185,6 +185,10 @@ async def test_a_deadlock_between_two_sessions_is_counted(
     s = await wait_for(port, lambda s: s.find("postgres_deadlocks_total", datname="prefect")
                        is not None, "deadlocks exported", timeout=30)
     before = s.value("postgres_deadlocks_total", datname="prefect")
+    # the DSN's database is the watched one, which PostgresDeadlocks joins on (the server's
+    # other databases go to PostgresDeadlocksOtherDatabase)
+    assert [lab["datname"] for lab in s.labelsets("postgres_watched_database_info")] == [
+        "prefect"]
     one, two = await asyncpg.connect(pg.dsn()), await asyncpg.connect(pg.dsn())
     try:
         # each takes one row, then asks for the other's: PostgreSQL cancels one of them

@@ -4,20 +4,25 @@ and a hanging Prefect API down to the PostgreSQL session that causes them, withi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from exporter import alerting
+from exporter.thresholds import parse_overrides
 from lab import incidents
 from lab.pgbouncer import LabPgBouncer
 from lab.postgres import LabPostgres
 from lab.prefect import LabPrefect
-from tests.helpers import StartExporter, eventually, wait_for
+from lab.prometheus import LabPrometheus
+from tests.helpers import PREFECT_POLL, StartExporter, eventually, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -109,29 +114,90 @@ async def test_a_waiting_pool_names_the_backend_that_holds_it(
 
 
 async def test_a_hanging_prefect_api_names_the_session_that_locks_its_table(
-        postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect) -> None:
+        postgres: LabPostgres, pgbouncer: LabPgBouncer, prefect: LabPrefect,
+        start_exporter: StartExporter, tmp_path: Path) -> None:
     """A session holds ACCESS EXCLUSIVE on flow_run, idle in its transaction, while clients
-    call /flow_runs/filter: one doctor poll names that pid on the Prefect target."""
-    async with incidents.table_lock(postgres, table="public.flow_run") as lock, \
-            httpx.AsyncClient(base_url=prefect.api_url + "/", timeout=60) as client:
-        calls = [incidents.background(client.post("flow_runs/filter", json={"limit": 1}))
-                 for _ in range(4)]
-        await incidents.wait_until(
-            postgres, "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 "
-            "AND wait_event_type = 'Lock'", "prefect-server")
-        report = await asyncio.to_thread(
-            doctor_json, PREFECT_PG_EXPORTER_POSTGRES_DSN="pg=" + postgres.monitor_dsn(),
-            PREFECT_PG_EXPORTER_PGBOUNCER_DSN="pgb=" + pgbouncer.stats_dsn(),
-            PREFECT_PG_EXPORTER_PREFECT_API_URL="prefect=" + prefect.api_url)
-        # the PostgreSQL poll is not stuck behind the lock (it sizes flow_run without it)
-        assert not [f for f in findings(report, "source_down") if f["target"] == "pg"], \
-            json.dumps(report["findings"], indent=1)
-        blocked = [f for f in findings(report, "prefect_database_blocked")
-                   if f["target"] == "prefect"]
-        assert blocked, json.dumps(report["findings"], indent=1)
-        assert blocked[0]["cause"]["pid"] == lock.pid
-        assert blocked[0]["cause"]["application_name"] == "incident-locker"
-        assert blocked[0]["cause"]["relation"] == "public.flow_run"
-        assert f"pid {lock.pid}" in blocked[0]["title"]
-        for call in calls:
-            call.cancel()
+    call /flow_runs/filter: one doctor poll names that pid on the Prefect target; the running
+    exporter exports the verdict its alerts read (a real Prometheus fires both
+    PrefectDatabaseBlocked alerts, then resolves them) and keeps the incident, with that pid,
+    after the lock is gone."""
+    with contextlib.ExitStack() as stack:
+        async with incidents.table_lock(postgres, table="public.flow_run") as lock, \
+                httpx.AsyncClient(base_url=prefect.api_url + "/", timeout=60) as client:
+            calls = [incidents.background(client.post("flow_runs/filter", json={"limit": 1}))
+                     for _ in range(4)]
+            await incidents.wait_until(
+                postgres, "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 "
+                "AND wait_event_type = 'Lock'", "prefect-server")
+            report = await asyncio.to_thread(
+                doctor_json, PREFECT_PG_EXPORTER_POSTGRES_DSN="pg=" + postgres.monitor_dsn(),
+                PREFECT_PG_EXPORTER_PGBOUNCER_DSN="pgb=" + pgbouncer.stats_dsn(),
+                PREFECT_PG_EXPORTER_PREFECT_API_URL="prefect=" + prefect.api_url)
+            # the PostgreSQL poll is not stuck behind the lock (it sizes flow_run without it)
+            assert not [f for f in findings(report, "source_down") if f["target"] == "pg"], \
+                json.dumps(report["findings"], indent=1)
+            blocked = [f for f in findings(report, "prefect_database_blocked")
+                       if f["target"] == "prefect"]
+            assert blocked, json.dumps(report["findings"], indent=1)
+            assert blocked[0]["cause"]["pid"] == lock.pid
+            assert blocked[0]["cause"]["application_name"] == "incident-locker"
+            assert blocked[0]["cause"]["relation"] == "public.flow_run"
+            assert f"pid {lock.pid}" in blocked[0]["title"]
+
+            exporter = await start_exporter(
+                postgres_dsn="pg=" + postgres.monitor_dsn(),
+                pgbouncer_dsn="pgb=" + pgbouncer.stats_dsn(),
+                prefect_api_url="prefect=" + prefect.api_url, **PREFECT_POLL,
+                thresholds=[CRITICAL_AFTER_1S])
+            await wait_for(exporter.port, lambda s: sum(s.values(
+                "prefect_database_blocked_roots", target="prefect")) == 1,
+                "the verdict the PrefectDatabaseBlocked alerts read", timeout=30)
+            rules = tmp_path / "rules.yml"
+            # the same thresholds as the exporter (the verdict is the exporter's)
+            rules.write_text(alerting.render_yaml(alerting.rule_groups(
+                parse_overrides([CRITICAL_AFTER_1S]), for_scale=1 / 60)))
+            prom = LabPrometheus(tmp_path / "prometheus", exporter.port, rules)
+            prom.start()
+            stack.callback(prom.stop)
+            await eventually(lambda: alerts_firing(prom, BLOCKED_ALERTS), 60,
+                             "both PrefectDatabaseBlocked alerts firing")
+            held_by = await incident(exporter.port, "active")
+            assert held_by["evidence"]["pid"] == lock.pid
+            assert held_by["evidence"]["application_name"] == "incident-locker"
+            assert held_by["evidence"]["relation"] == "public.flow_run"
+            for call in calls:
+                call.cancel()
+        # the lock is gone: the verdict falls back to 0, the incident ends and keeps its evidence
+        await wait_for(exporter.port, lambda s: sum(s.values(
+            "prefect_database_blocked_roots", target="prefect")) == 0,
+            "no root once the lock is released", timeout=60)
+        await eventually(lambda: alerts_firing(prom, set()), 60, "the alerts resolved")
+        ended = await incident(exporter.port, "ended", timeout=90)
+        assert (ended["id"], ended["evidence"]["pid"]) == (held_by["id"], lock.pid)
+
+
+CRITICAL_AFTER_1S = "blocked_wait_critical_seconds=1"
+BLOCKED_ALERTS = {"PrefectDatabaseBlocked", "PrefectDatabaseBlockedCritical"}
+
+
+async def alerts_firing(prom: LabPrometheus, expected: set[str]) -> bool:
+    """Exactly these of the PrefectDatabaseBlocked alerts fire, on the Prefect target."""
+    firing = await prom.firing()
+    return {name for name in BLOCKED_ALERTS
+            if any(a["labels"].get("target") == "prefect" for a in firing.get(name, []))
+            } == expected
+
+
+async def incident(port: int, status: str, timeout: float = 30) -> dict[str, Any]:
+    """The prefect_database_blocked incident on /incidents once it has that status."""
+    found: list[dict[str, Any]] = []
+
+    async def listed() -> bool:
+        async with httpx.AsyncClient() as client:
+            body = (await client.get(f"http://127.0.0.1:{port}/incidents", timeout=5)).json()
+        found[:] = [i for i in body["incidents"] if i["kind"] == "prefect_database_blocked"
+                    and i["target"] == "prefect" and i["status"] == status]
+        return bool(found)
+
+    await eventually(listed, timeout, f"a prefect_database_blocked incident {status}")
+    return found[0]

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -74,6 +75,56 @@ async def test_a_consumer_idle_past_the_limit_is_no_longer_active_and_the_doctor
     checks = {(f["check"], f["target"]): f for f in report["findings"]}
     assert checks[("prefect_services_down", "docket")]["severity"] == "critical"
     assert checks[("prefect_events_not_persisted", "messaging")]["severity"] == "critical"
+
+
+async def test_a_departed_docket_worker_stays_listed_and_the_doctor_says_so(
+        redis_server: LabRedis) -> None:
+    """A Docket worker ends (its process gone) and a new one reads on: Redis keeps the old
+    consumer in the group, idle ever longer, until someone removes it; the doctor counts it
+    as dead beside the one that reads (thresholds lowered to seconds)."""
+    docket = redis_server.client(3)
+    docket.delete("prefect:stream")
+    docket.xgroup_create("prefect:stream", "docket-workers", id="$", mkstream=True)
+    # each worker takes a task and acknowledges it: Redis 7.0 lists a consumer once it got one
+    for consumer in ("old-host#4242", "new-host#4343"):
+        docket.xadd("prefect:stream", {"task": "t"})
+        [[_, [(entry_id, _)]]] = docket.xreadgroup("docket-workers", consumer,
+                                                   {"prefect:stream": ">"}, count=1)
+        docket.xack("prefect:stream", "docket-workers", entry_id)
+    stop = threading.Event()
+
+    def worker() -> None:
+        # the new worker runs Prefect's perpetual services, a task every few seconds: what
+        # keeps a live worker's idle low (on Redis 7.0 only a read that gets entries resets it;
+        # an empty XREADGROUP or XAUTOCLAIM does not, seen here)
+        while not stop.is_set():
+            docket.xadd("prefect:stream", {"task": "t"})
+            for _, entries in docket.xreadgroup("docket-workers", "new-host#4343",
+                                                {"prefect:stream": ">"}, count=10):
+                docket.xack("prefect:stream", "docket-workers", *[i for i, _ in entries])
+            stop.wait(0.1)
+
+    reader = threading.Thread(target=worker)
+    reader.start()
+    try:
+        await asyncio.sleep(3)
+        done = await asyncio.to_thread(
+            doctor, PREFECT_PG_EXPORTER_REDIS_URL=f"docket={redis_server.url(3)}",
+            PREFECT_PG_EXPORTER_REDIS_CONSUMER_IDLE_SECONDS="1",
+            PREFECT_PG_EXPORTER_THRESHOLDS="redis_dead_consumer_seconds=2")
+    finally:
+        stop.set()
+        reader.join()
+    assert done.returncode == 0, done.stdout + done.stderr  # info only
+    report = json.loads(done.stdout)
+    (found,) = [f for f in report["findings"]
+                if f["check"] == "redis_stream_group_dead_consumers"]
+    assert (found["severity"], found["target"]) == ("info", "docket")
+    assert found["title"] == ("Group docket-workers on prefect:stream lists 1 dead "
+                              "consumer(s): idle for over 2s while 1 other(s) read")
+    assert "old-host" not in done.stdout  # consumer names are never shown
+    assert [f["check"] for f in report["findings"]] == ["redis_stream_group_dead_consumers"]
+    docket.delete("prefect:stream")
 
 
 async def test_maxmemory_is_read(redis_server: LabRedis, start_exporter: StartExporter) -> None:

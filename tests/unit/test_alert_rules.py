@@ -26,6 +26,8 @@ WP = 'target="prefect",work_pool="a"'
 CACHE = 'name="server.database.sqlalchemy.connect_args.statement_cache_size"'
 PREPARED = 'name="server.database.sqlalchemy.connect_args.prepared_statement_cache_size"'
 
+# the database the exporter watches on target db: Prefect's
+WATCHED = {f'postgres_watched_database_info{{{DB},datname="prefect"}}': "1x40"}
 OLDEST = f'prefect_table_oldest_row_age_seconds{{{DB},schema="public"'
 # (alert, input series {series: values}, eval time, expected labels or [] for quiet)
 Case = tuple[str, dict[str, str], str, list[dict[str, str]]]
@@ -209,12 +211,26 @@ CASES: list[Case] = [
      "20m", [{"target": "db"}]),
     ("PostgresInvalidIndex", {f"postgres_invalid_indexes{{{DB}}}": "0x30"}, "20m", []),
     ("PostgresDeadlocks",
-     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "0x10 1x20"},
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "0x10 1x20", **WATCHED},
      "15m", [{"target": "db", "datname": "prefect"}]),
     ("PostgresDeadlocks",  # old deadlocks, none for the last 15 minutes: quiet
-     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "7x40"}, "30m", []),
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "7x40", **WATCHED}, "30m", []),
     ("PostgresDeadlocks",  # the statistics reset (or a restart): not a deadlock
-     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "7x10 0x20"}, "15m", []),
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "7x10 0x20", **WATCHED}, "15m",
+     []),
+    ("PostgresDeadlocks",  # another database of the server: not Prefect's alert
+     {f'postgres_deadlocks_total{{{DB},datname="billing"}}': "0x10 1x20", **WATCHED}, "15m",
+     []),
+    ("PostgresDeadlocksOtherDatabase",  # ... but said, with its name
+     {f'postgres_deadlocks_total{{{DB},datname="billing"}}': "0x10 1x20",
+      f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "0x30", **WATCHED}, "15m",
+     [{"target": "db", "datname": "billing"}]),
+    ("PostgresDeadlocksOtherDatabase",  # Prefect's own deadlocks are PostgresDeadlocks'
+     {f'postgres_deadlocks_total{{{DB},datname="prefect"}}': "0x10 1x20", **WATCHED}, "15m",
+     []),
+    ("PostgresDeadlocks",  # a database of the same name on another server is not watched
+     {'postgres_deadlocks_total{target="db2",datname="prefect"}': "0x10 1x20", **WATCHED},
+     "15m", []),
 ]
 
 
@@ -248,6 +264,7 @@ CASES += [
 ]
 READY = 'prefect_api_ready_duration_seconds{target="prefect"}'
 HEALTH = 'prefect_api_health_duration_seconds{target="prefect"}'
+BLOCKED = 'prefect_database_blocked_roots{target="prefect",'
 CASES += [
     ("PrefectApiPoolSaturated",  # ready 1.4 s, health 6 ms, nothing else waits
      {READY: "1.4x10", HEALTH: "0.006x10", f"pgbouncer_pools_client_waiting_connections{{{POOL}}}":
@@ -267,6 +284,23 @@ CASES += [
      {READY: "1.4x10", HEALTH: "0.006x10",
       f'postgres_transaction_max_age_seconds{{{IIT},state="idle in transaction"}}': "600x10"},
      "5m", []),
+    ("PrefectDatabaseBlocked",  # one root, warning: fires after its minute
+     {f'{BLOCKED}severity="warning"}}': "1x10", f'{BLOCKED}severity="critical"}}': "0x10"},
+     "3m", [{"target": "prefect"}]),
+    ("PrefectDatabaseBlocked",  # a critical one fires it too (the doctor's warning or above)
+     {f'{BLOCKED}severity="warning"}}': "0x10", f'{BLOCKED}severity="critical"}}': "2x10"},
+     "3m", [{"target": "prefect"}]),
+    ("PrefectDatabaseBlocked",  # nothing blocked: quiet
+     {f'{BLOCKED}severity="warning"}}': "0x10", f'{BLOCKED}severity="critical"}}': "0x10"},
+     "3m", []),
+    ("PrefectDatabaseBlocked",  # a block shorter than its `for`: quiet
+     {f'{BLOCKED}severity="warning"}}': "0 1 0x8"}, "3m", []),
+    ("PrefectDatabaseBlockedCritical",
+     {f'{BLOCKED}severity="warning"}}': "1x10", f'{BLOCKED}severity="critical"}}': "1x10"},
+     "3m", [{"target": "prefect"}]),
+    ("PrefectDatabaseBlockedCritical",  # warning only: quiet
+     {f'{BLOCKED}severity="warning"}}': "1x10", f'{BLOCKED}severity="critical"}}': "0x10"},
+     "3m", []),
     ("PostgresDatabaseFilling",  # no size budget configured (the default): quiet
      {f'postgres_database_size_bytes{{{DB},datname="prefect"}}': "0+1e9x400"}, "6h", []),
 ]

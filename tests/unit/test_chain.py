@@ -4,10 +4,13 @@ layer."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from exporter.collector import ExporterCollector
 from exporter.diagnosis import diagnose
 from exporter.finding import Context, Finding, SourceFailure, render_text
+from exporter.incidents.tracker import IncidentTracker
 from exporter.metricspec import MetricOptions
 from exporter.pages import landing_page
 from exporter.pgbouncer.incidents import pool_waiting
@@ -15,6 +18,7 @@ from exporter.pgbouncer.metrics import pgbouncer_joined
 from exporter.pgbouncer.servers import postgres_of
 from exporter.pgbouncer.snapshot import Database, PgBouncerSnapshot, Pool, Server
 from exporter.pgbouncer.source import parse_servers
+from exporter.poller import SourceState, failures
 from exporter.postgres.snapshot import (
     Address,
     BlockedSession,
@@ -22,14 +26,17 @@ from exporter.postgres.snapshot import (
     PostgresSnapshot,
     Relation,
 )
+from exporter.prefect.incidents import prefect_incidents
 from exporter.prefect.snapshot import PoolCounts
 from exporter.roots import roots
 from exporter.source import Snapshot
 from exporter.thresholds import thresholds
 from tests.factories import (
+    NamedSource,
     group,
     pg_snapshot,
     pgbouncer_snapshot,
+    prefect_probe,
     prefect_snapshot,
     session,
     table,
@@ -241,6 +248,91 @@ def test_prefects_waiting_pgbouncer_pool_names_what_holds_it() -> None:
     assert finding.cause is not None and finding.cause.pid == HOLDER
     assert ("PgBouncer pgb pool prefect/prefect: 3 client(s) wait for a server connection, "
             "held by pid 4711") in finding.evidence
+
+
+# ---- Prefect blocked: its incident and its metric -------------------------------------------
+
+def test_prefects_incident_is_observed_with_its_finding_and_names_the_root() -> None:
+    pg, pf = prefect_blocked_pg(), prefect_snapshot()
+    (finding,) = [f for f in diagnose([pg, pf]) if f.check == "prefect_database_blocked"]
+    (o,) = prefect_incidents(pf, Context(thresholds(), (pg, pf)))
+    assert (o.kind, o.target, o.severity, o.title) == (
+        finding.check, finding.target, finding.severity, finding.title)
+    assert o.cause == (("postgres_target", "db"), ("application_name", "incident-holder"))
+    evidence = dict(o.evidence)
+    assert (evidence["pid"], evidence["relation"], evidence["state"]) == (
+        HOLDER, "public.flow_run", "idle in transaction")
+    assert (evidence["prefect_sessions_waiting"], evidence["longest_wait_seconds"]) == (4, 20.0)
+    assert evidence["prefect_sessions_told_by"] == "application_name prefect-server"
+    assert o.instances == (str(HOLDER),)
+    # past blocked_wait_critical_seconds, both say critical
+    long_wait = prefect_blocked_pg(blocked=tuple(BlockedSession(pid, (HOLDER,), 90.0)
+                                                 for pid in WRITERS))
+    (o,) = prefect_incidents(pf, Context(thresholds(), (long_wait, pf)))
+    assert o.severity == "critical"
+    # nothing blocked, nothing observed
+    assert list(prefect_incidents(pf, Context(thresholds(), (pg_snapshot(), pf)))) == []
+
+
+def test_a_failed_polls_probe_snapshot_observes_what_the_doctor_says_of_the_failure() -> None:
+    """The API timed out behind the lock: the doctor's finding comes from the failure, the
+    incident from the probe the failed poll published; both critical, both by database."""
+    pg, probe_only = prefect_blocked_pg(), prefect_probe(target="prefect")
+    found = diagnose([pg, probe_only], [SourceFailure("prefect", "prefect", "timeout")])
+    (finding,) = [f for f in found if f.check == "prefect_database_blocked"]
+    (o,) = prefect_incidents(probe_only, Context(thresholds(), (pg, probe_only)))
+    assert (o.severity, o.title) == (finding.severity, finding.title) == (
+        "critical", finding.title)
+    assert dict(o.evidence)["api_readable"] is False
+    assert dict(o.evidence)["prefect_sessions_told_by"] == "database"
+
+
+def test_a_storm_of_short_blocks_by_one_application_is_one_prefect_incident() -> None:
+    tracker = IncidentTracker()
+    pf = prefect_snapshot()
+    for i, holder in enumerate((4711, 4712, 4713)):
+        blocker = session(holder, age=30.0, app="incident-holder")
+        pg = prefect_blocked_pg(
+            taken_at=1000.0 + 10 * i, group_pids=((holder,), WRITERS),
+            blocked=tuple(BlockedSession(pid, (holder,), 5.0) for pid in WRITERS),
+            blockers=(blocker,), involved=Involved((blocker,), {},
+                                                   {pid: FLOW_RUN for pid in WRITERS}))
+        tracker.update([pg, replace(pf, taken_at=1000.0 + 10 * i)], 1000.0 + 10 * i)
+    (incident,) = [i for i in tracker.incidents() if i["kind"] == "prefect_database_blocked"]
+    assert (incident["source"], incident["target"], incident["occurrences"]) == (
+        "prefect", "prefect", 3)
+
+
+def blocked_roots(snapshots: list[Snapshot], failed: tuple[str, ...] = ()
+                  ) -> dict[tuple[str, str], float]:
+    """prefect_database_blocked_roots as the collector exports it, by (target, severity)."""
+    states = []
+    for snap in snapshots:
+        kind = "postgres" if isinstance(snap, PostgresSnapshot) else "prefect"
+        state = SourceState(NamedSource(kind, snap.target))
+        state.snapshot, state.up, state.polls = snap, True, 1
+        states.append(state)
+    for target in failed:
+        state = SourceState(NamedSource("prefect", target))
+        state.polls, state.last_error = 1, "timeout"
+        states.append(state)
+    collector = ExporterCollector(states, MetricOptions(label_top_n=20))
+    collector.update(snapshots, diagnose(snapshots, failures(states)))
+    (family,) = [m for m in collector.collect() if m.name == "prefect_database_blocked_roots"]
+    return {(s.labels["target"], s.labels["severity"]): s.value for s in family.samples}
+
+
+def test_the_blocked_roots_metric_is_the_doctors_verdict_per_target() -> None:
+    pf, other = prefect_snapshot(), prefect_snapshot(target="other",
+                                                     text_settings={APP: "elsewhere"})
+    assert blocked_roots([pg_snapshot(), pf]) == {("prefect", "critical"): 0,
+                                                  ("prefect", "warning"): 0}
+    assert blocked_roots([prefect_blocked_pg(), pf, other]) == {
+        ("prefect", "critical"): 0, ("prefect", "warning"): 1,
+        ("other", "critical"): 0, ("other", "warning"): 0}
+    # an API that cannot be read at all (not even its probe) is judged all the same
+    assert blocked_roots([prefect_blocked_pg()], failed=("prefect",)) == {
+        ("prefect", "critical"): 1, ("prefect", "warning"): 0}
 
 
 # ---- one root, many symptoms ------------------------------------------------------------------

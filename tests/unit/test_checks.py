@@ -225,6 +225,9 @@ FIRES: dict[str, Fires] = {
     "prefect_events_not_persisted": Fires((rds(events_stream(persister=(), delivered="1000-2",
                                                              lag=7)),)),
     "redis_stream_group_abandoned": Fires((rds(events_stream(persister=(0.5,), ghost=True)),)),
+    "redis_stream_group_dead_consumers": Fires((rds(redis_stream(
+        "prefect:stream", redis_group("docket-workers", "1000-9", (0.5, 7200.0)),
+        last_generated_id="1000-9"), target="docket"),)),
     "redis_memory_near_max": Fires((rds(used_memory=85, maxmemory=100),)),
 }
 

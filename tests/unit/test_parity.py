@@ -28,7 +28,7 @@ from exporter.kinds import KINDS
 from exporter.metricspec import MetricOptions
 from exporter.pgbouncer.snapshot import Pool
 from exporter.poller import SourceState, failures
-from exporter.postgres.snapshot import BlockedSession, DatabaseSize
+from exporter.postgres.snapshot import BlockedSession, DatabaseSize, Involved, Relation
 from exporter.prefect.settings import RUNS_RETENTION
 from exporter.prefect.snapshot import (
     ConcurrencyLimit,
@@ -74,7 +74,7 @@ class Scenario:
     name: str
     expect: str  # the checks the doctor reports, space-separated ("" = none)
     snapshots: tuple[Snapshot, ...]
-    down: tuple[str, ...] = ()  # targets of kind postgres whose last poll failed
+    down: tuple[str, ...] = ()  # targets whose last poll failed: "name" (PostgreSQL), "kind/name"
     overrides: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -133,6 +133,22 @@ def events_stream(persister: tuple[float, ...], delivered: str = "1000-9", lag: 
     if ghost:
         groups.append(redis_group("ephemeral-old", "1000-1", (7200.0,), lag=8))
     return redis_stream("events", *groups, last_generated_id="1000-9")
+
+
+def prefect_sessions_blocked(wait: float) -> Snapshot:
+    """Four of Prefect's sessions (application_name prefect-server, as prefect_snapshot()
+    reports) wait `wait` seconds on flow_run behind pid 4711 of another application."""
+    writers = (4801, 4802, 4803, 4804)
+    holder = session(4711, age=wait + 10, app="incident-holder")
+    return pg(activity=(group(app="incident-holder", state=IDLE, max_transaction_age=wait + 10),
+                        group(app="prefect-server", state="active", wait_event_type="Lock",
+                              wait_event="relation", sessions=4, max_transaction_age=wait)),
+              group_pids=((4711,), writers),
+              blocked=tuple(BlockedSession(pid, (4711,), wait) for pid in writers),
+              blockers=(holder,),
+              involved=Involved((holder,), {}, {p: Relation("public", "flow_run")
+                                                for p in writers}),
+              tables=(table("flow_run", 10, 0),))
 
 
 IDLE = "idle in transaction"
@@ -241,6 +257,17 @@ SCENARIOS = [
              "idle_in_transaction api_waits_on_database", (
                  with_groups(group(app="holder", state=IDLE, max_transaction_age=400.0)),
                  pf(probe=probe(ready_seconds=1.4, health_seconds=0.006)))),
+    Scenario("Prefect's sessions wait 20s behind a lock", "lock_chain prefect_database_blocked",
+             (prefect_sessions_blocked(20.0), pf())),
+    Scenario("Prefect's sessions wait 90s behind a lock", "lock_chain prefect_database_blocked",
+             (prefect_sessions_blocked(90.0), pf())),
+    Scenario("Prefect's sessions wait 20s, its API cannot be read",
+             "lock_chain prefect_database_blocked source_down",
+             (prefect_sessions_blocked(20.0),), down=("prefect/prefect",)),
+    Scenario("another application's sessions wait 90s on Prefect's database", "lock_chain",
+             (prefect_sessions_blocked(90.0),
+              pf(text_settings={"server.database.sqlalchemy.connect_args.application_name":
+                                "another-name"}))),
     Scenario("no event for 15 minutes while runs start", "event_pipeline_stalled",
              (pf(events=events(NOW, newest=NOW - 900, last_run_start=NOW - 60)),)),
     Scenario("no event for 15 minutes, nothing started", "",
@@ -338,8 +365,9 @@ def states(scenario: Scenario) -> list[SourceState]:
         state = SourceState(NamedSource(kind, snap.target))
         state.snapshot, state.up, state.polls, state.last_success = snap, True, 1, NOW
         result.append(state)
-    for target in scenario.down:
-        state = SourceState(NamedSource("postgres", target))
+    for down in scenario.down:
+        kind, _, target = down.rpartition("/")
+        state = SourceState(NamedSource(kind or "postgres", target))
         state.polls, state.last_error = 3, "connection refused"
         result.append(state)
     return result

@@ -144,7 +144,7 @@ def test_every_emitted_family_is_catalogued_with_its_labels() -> None:
                     oldest_transactions=(Session(1, "d", "u", "a", "", "active", "", "", 1.0,
                                                  1.0),),
                     tables=(table("log", 1, 1, 1.0, 1.0),),
-                    databases=(DatabaseSize("prefect", 1),),
+                    databases=(DatabaseSize("prefect", 1),), database="prefect",
                     index_builds=(IndexBuild(3, "public", "log", "ix", "CREATE INDEX",
                                              "initializing", None),),
                     top_statements=TopStatements(1.0, "read", (StatementStats(1, 1, 1.0, 1, ""),)),
@@ -269,6 +269,26 @@ def test_statistics_indexes_and_deadlocks() -> None:
     quiet = rendered(snapshot())
     assert quiet.value("postgres_invalid_indexes") == 0
     assert quiet.labelsets("postgres_index_build_done_ratio") == []
+
+
+def test_the_watched_database_keeps_its_name_and_says_it_is_the_watched_one() -> None:
+    """Prefect's database (the DSN's) is what PostgresDeadlocks joins on: it is never folded
+    into other, however small, and postgres_watched_database_info names it."""
+    databases = (DatabaseSize("big", 90_000, deadlocks=1), DatabaseSize("mid", 7_000),
+                 DatabaseSize("prefect", 10, deadlocks=5))
+    s = rendered(snapshot(databases=databases, database="prefect"), top_n=2)
+    assert {lab["datname"]: v for lab, v in zip(s.labelsets("postgres_deadlocks_total"),
+                                                s.values("postgres_deadlocks_total"),
+                                                strict=True)} == {
+        "prefect": 5, "big": 1, OTHER: 0}
+    assert [(lab["datname"], v) for lab, v in zip(
+        s.labelsets("postgres_watched_database_info"),
+        s.values("postgres_watched_database_info"), strict=True)] == [("prefect", 1)]
+    # without a watched database (not read), the top N by size as before, and no info
+    s = rendered(snapshot(databases=databases), top_n=2)
+    assert set(s.labelsets("postgres_deadlocks_total")[i]["datname"] for i in range(3)) == {
+        "big", "mid", OTHER}
+    assert s.labelsets("postgres_watched_database_info") == []
 
 
 def test_top_statements_by_queryid_only_never_their_text() -> None:

@@ -98,6 +98,29 @@ def test_redis_stream_group_abandoned_only_while_the_stream_moves_on() -> None:
     assert "redis_stream_group_abandoned" not in checks(redis_snapshot(dead))
 
 
+def test_dead_docket_consumers_beside_a_reading_worker_are_info() -> None:
+    """Two restarts of the services left two consumers an hour and a day idle beside the
+    worker that reads: info, counted, with how to remove them safely."""
+    severity, title, evidence = checks(docket(0.5, 3700.0, 86_400.0))[
+        "redis_stream_group_dead_consumers"]
+    assert severity == "info"
+    assert title == ("Group docket-workers on prefect:stream lists 2 dead consumer(s): idle for "
+                     "over 60min while 1 other(s) read")
+    assert evidence[1].startswith("the longest idle for 24.0h; ")
+    assert evidence[2] == "XINFO CONSUMERS prefect:stream docket-workers lists them by name, " \
+                          "with idle and pending"
+    # info: the doctor exits 0, and no incident follows it
+    assert observed(docket(0.5, 3700.0)) == set()
+    # idle under the threshold (a restart half an hour ago), or threshold lowered
+    assert "redis_stream_group_dead_consumers" not in checks(docket(0.5, 1800.0))
+    found = diagnose([docket(0.5, 1800.0)], overrides={"redis_dead_consumer_seconds": 900})
+    assert [f.check for f in found] == ["redis_stream_group_dead_consumers"]
+    # nobody reads: the services are down, which says so; not dead consumers beside readers
+    assert set(checks(docket(3700.0, 86_400.0))) == {"prefect_services_down"}
+    # never below the active limit: a consumer that counts as active is not dead
+    assert diagnose([docket(0.5, 30.0)], overrides={"redis_dead_consumer_seconds": 10}) == []
+
+
 def test_redis_memory_near_max_warns_then_pages_and_no_limit_is_quiet() -> None:
     assert "redis_memory_near_max" not in checks(redis_snapshot(used_memory=10**9))
     assert checks(redis_snapshot(used_memory=85, maxmemory=100))[
