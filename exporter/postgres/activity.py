@@ -106,11 +106,22 @@ LEFT JOIN pg_roles r ON r.oid = g.usesysid
 GROUP_WIDTH = len(ActivityGroup._fields)
 
 
+class InTransaction(NamedTuple):
+    """A client backend in a transaction: its row (a group of one) as read. Ordered by its
+    first two fields as ORDER BY xact_start, pid orders: the oldest transaction first."""
+
+    minus_age: float  # -transaction_age
+    pid: int
+    group: ActivityGroup  # this session alone: its ages are the group's
+    client_addr: str
+
+
 class ActivityRead(NamedTuple):
     groups: tuple[ActivityGroup, ...]
     oldest: tuple[Session, ...]  # oldest transaction first
     blocked: tuple[BlockedSession, ...]  # only those another session blocks
     group_pids: tuple[tuple[int, ...], ...] = ()  # each group's backends, in groups' order
+    in_transaction: tuple[InTransaction, ...] = ()  # every client backend in a transaction
 
 
 class _IdleRow(NamedTuple):
@@ -128,9 +139,8 @@ def activity(rows: Iterable[asyncpg.Record | tuple[Any, ...]], top_transactions:
     listed: dict[tuple[object, ...], ActivityGroup] = {}  # never folded
     pids: dict[tuple[object, ...], list[int]] = {}
     idle: list[_IdleRow] = []
-    # sessions in a transaction, as (-age, pid, group, client_addr): ordered in C, as
-    # ORDER BY xact_start, pid would order them; a Session only for those kept
-    in_transaction: list[tuple[float, int, ActivityGroup, str]] = []
+    # ordered in C (itemgetter); a Session only for those kept
+    in_transaction: list[InTransaction] = []
     blocked: list[BlockedSession] = []
     for r in rows:
         group = ActivityGroup._make(r[:GROUP_WIDTH])
@@ -149,13 +159,15 @@ def activity(rows: Iterable[asyncpg.Record | tuple[Any, ...]], top_transactions:
         if group.state != "unknown":  # another role's, without pg_monitor: state unknown
             pids.setdefault(key, []).append(pid)
         if group.max_transaction_age is not None:
-            in_transaction.append((-group.max_transaction_age, pid, group, client_addr or ""))
+            in_transaction.append(InTransaction(-group.max_transaction_age, pid, group,
+                                                client_addr or ""))
     groups = [*listed.values(), *_idle_groups(listed.values(), idle, label_top_n)]
     oldest = [_session(group, pid, client_addr) for _, pid, group, client_addr
               in heapq.nsmallest(top_transactions, in_transaction, key=_AGE_AND_PID)]
     group_pids = [tuple(pids.get(key, ())) for key in listed]
     return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked),
-                        (*group_pids, *[()] * (len(groups) - len(listed))))  # idle: no pids
+                        (*group_pids, *[()] * (len(groups) - len(listed))),  # idle: no pids
+                        tuple(in_transaction))
 
 
 _AGE_AND_PID = operator.itemgetter(0, 1)  # groups do not compare: the order ends at the pid

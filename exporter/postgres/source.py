@@ -16,21 +16,19 @@ import asyncpg
 
 from exporter.dsn import Target
 from exporter.incidents.fingerprint import fingerprint
-from exporter.postgres.activity import ACTIVITY_SQL, CLIENT_ADDR, activity
+from exporter.postgres.activity import ACTIVITY_SQL, CLIENT_ADDR, ActivityRead, activity
 from exporter.postgres.growth import GrowthTracker
 from exporter.postgres.involved import (
-    MAX_OTHER_DETAILS,
     LockRow,
     explicit_pids,
+    involved_pids,
     stalls_past_thresholds,
     waited_on,
 )
 from exporter.postgres.oldest import COLUMNS_SQL as OLDEST_COLUMNS_SQL
 from exporter.postgres.oldest import OldestRowsReader
 from exporter.postgres.snapshot import (
-    ActivityGroup,
     Address,
-    BlockedSession,
     DatabaseSize,
     IndexBuild,
     InvalidIndex,
@@ -68,28 +66,31 @@ _SESSION_COLUMNS = f"""
 """
 
 
-# The sessions incidents are about, in one read: the lock chain's sessions by pid ($1), active
-# statements whose client went silent past the stall threshold ($2 s) and sessions idle in
-# transaction past the idle threshold ($3 s), as the doctor judges them. Query text only for
-# these, and only when statements are shown: the other variant reads none.
-_INVOLVED = """
-SELECT {columns},
-       {statement} AS statement
-FROM pg_stat_activity
-WHERE pid <> pg_backend_pid()
-  AND (pid = ANY($1::int[])
-       OR ({client_backend} AND xact_start IS NOT NULL
-           AND ((state = 'active' AND wait_event = 'ClientRead'
-                 AND state_change < now() - make_interval(secs => $2))
-                OR (state IN ('idle in transaction', 'idle in transaction (aborted)')
-                    AND xact_start < now() - make_interval(secs => $3)))))
-ORDER BY pid = ANY($1::int[]) DESC, xact_start NULLS LAST, pid
-LIMIT $4
+# The sessions incidents are about, by pid ($1, in the order shown: exporter/postgres/involved.py
+# chooses them from the activity read), read again for their statements: query text only for
+# these, and only when statements are shown (the other variant reads none).
+# pg_stat_get_activity(pid) builds the row of that one backend only: a few of these cost less
+# than a second read of every backend's. A session gone since is no row.
+_INVOLVED = f"""
+SELECT a.pid,
+       coalesce(d.datname, '') AS datname,
+       coalesce(r.rolname, '') AS usename,
+       coalesce(a.application_name, '') AS application_name,
+       {CLIENT_ADDR.replace("client_", "a.client_")} AS client_addr,
+       coalesce(a.state, 'unknown') AS state,
+       coalesce(a.wait_event_type, '') AS wait_event_type,
+       coalesce(a.wait_event, '') AS wait_event,
+       date_part('epoch', now() - a.xact_start) AS transaction_age,
+       date_part('epoch', now() - a.state_change) AS state_age,
+       {{statement}} AS statement
+FROM unnest($1::int[]) WITH ORDINALITY AS wanted(pid, n)
+CROSS JOIN LATERAL pg_stat_get_activity(wanted.pid) a
+LEFT JOIN pg_database d ON d.oid = a.datid
+LEFT JOIN pg_roles r ON r.oid = a.usesysid
+ORDER BY wanted.n
 """
-INVOLVED_SQL = _INVOLVED.format(columns=_SESSION_COLUMNS, client_backend=CLIENT_BACKEND,
-                                statement="query")
-INVOLVED_NO_TEXT_SQL = _INVOLVED.format(columns=_SESSION_COLUMNS, client_backend=CLIENT_BACKEND,
-                                        statement="NULL::text")
+INVOLVED_SQL = _INVOLVED.format(statement="a.query")
+INVOLVED_NO_TEXT_SQL = _INVOLVED.format(statement="NULL::text")
 
 
 class InvolvedRow(NamedTuple):
@@ -444,14 +445,14 @@ class PostgresSource:
             CONTEXT_SQL, SETTING_NAMES, self._hot_tables, full,
             [] if slow is None else list(slow.sizes)))[0])
         slow = self._slow = _slow_part(slow, context, now)
-        groups, oldest, blocked, group_pids = activity(
-            await conn.fetch(ACTIVITY_SQL), self._top_transactions, self._label_top_n)
-        involved = await self._involved(conn, groups, blocked)
+        read = activity(await conn.fetch(ACTIVITY_SQL), self._top_transactions,
+                        self._label_top_n)
+        involved = await self._involved(conn, read)
         top_statements = (await self._top_statements.read(conn, context.statements_extension,
                                                           time.time())
                           if self._top_statements else None)
         oldest_rows = await self._oldest.read(conn, context.oldest_columns, time.time())
-        blocker_pids = {pid for b in blocked for pid in b.blocked_by}
+        blocker_pids = {pid for b in read.blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
         taken_at = time.time()
         raw_settings = slow.settings.raw
@@ -465,16 +466,16 @@ class PostgresSource:
                 raw_settings.get("superuser_reserved_connections", 0)),
             timeouts_seconds=slow.settings.timeouts_seconds,
             can_read_all_stats=context.can_read_all_stats,
-            activity=groups,
-            oldest_transactions=oldest,
-            blocked=blocked,
+            activity=read.groups,
+            oldest_transactions=read.oldest,
+            blocked=read.blocked,
             blockers=blockers,
             tables=context.tables,
             databases=databases,
             # the sizes as of when they were read
             growth_bytes_per_second=self._growth.update(slow.read_at, slow.sizes),
             involved=involved,
-            group_pids=group_pids,
+            group_pids=read.group_pids,
             address=address_of(self._target),
             database=context.database,
             invalid_indexes=context.invalid_indexes,
@@ -485,19 +486,16 @@ class PostgresSource:
             oldest_rows=oldest_rows,
         )
 
-    async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],
-                        blocked: Sequence[BlockedSession]) -> Involved:
+    async def _involved(self, conn: asyncpg.Connection, read: ActivityRead) -> Involved:
         """The sessions of the incidents of the moment, read only when there are some."""
-        pids = explicit_pids(blocked)
-        if not pids and not stalls_past_thresholds(activity, self._thresholds):
+        pids = explicit_pids(read.blocked)
+        if not pids and not stalls_past_thresholds(read.groups, self._thresholds):
             return Involved()
-        t = self._thresholds
+        wanted = involved_pids(pids, read.in_transaction, self._thresholds)
         rows = _involved_rows(await conn.fetch(
-            INVOLVED_SQL if self._statements else INVOLVED_NO_TEXT_SQL, pids,
-            t["client_read_stall_critical_seconds"], t["idle_in_transaction_warning_seconds"],
-            len(pids) + MAX_OTHER_DETAILS))
+            INVOLVED_SQL if self._statements else INVOLVED_NO_TEXT_SQL, wanted))
         waits_on = (waited_on(map(LockRow._make, await conn.fetch(
-            LOCKS_SQL, [b.pid for b in blocked]))) if blocked else {})
+            LOCKS_SQL, [b.pid for b in read.blocked]))) if read.blocked else {})
         # fingerprinted here, as it is read: raw query text never reaches a snapshot
         statements = {r.session.pid: fingerprint(r.statement) for r in rows if r.statement}
         return Involved(tuple(r.session for r in rows), statements, waits_on)

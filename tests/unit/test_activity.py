@@ -10,18 +10,21 @@ from typing import Any
 from exporter.labels import FOLDED
 from exporter.metricspec import MetricOptions
 from exporter.postgres.activity import activity
+from exporter.postgres.involved import explicit_pids, involved_pids
 from exporter.postgres.metrics import postgres_families
+from exporter.thresholds import thresholds
 from tests.factories import pg_snapshot
 
 Row = tuple[Any, ...]
 
 
 def listed(pid: int, app: str, state: str = "active", *, age: float | None = 5.0,
+           state_age: float = 3.0,
            wait: tuple[str, str] = ("", ""), blocked_by: list[int] | None = None,
            client: bool = True, db: str = "prefect", user: str = "prefect") -> Row:
     """A session that is not idle: a row of its own."""
     return (db, user, app, state, *wait, state == "active" and wait[1] == "ClientRead", None, 1,
-            age, 3.0, client, pid, "10.0.0.1", blocked_by, None)
+            age, state_age, client, pid, "10.0.0.1", blocked_by, None)
 
 
 def idle(apps: list[str], *, db: str = "prefect", user: str = "prefect",
@@ -95,3 +98,22 @@ def test_folding_in_python_exports_what_grouping_every_session_exports() -> None
                     if m.name in ("postgres_connections", "postgres_wait_event_sessions")}
 
         assert families(rows, 4) == families(rows, None)
+
+
+def test_the_involved_are_the_chain_then_the_stalled_and_idle_past_thresholds_oldest_first(
+) -> None:
+    """Chosen from the activity read, so only they are read again (#26): the lock chain's
+    sessions first (an idle advisory-lock holder too, after those in a transaction), then
+    sessions past the stall and idle-in-transaction thresholds, each part oldest first."""
+    t = thresholds()
+    stall, idle_after = (t["client_read_stall_critical_seconds"],
+                         t["idle_in_transaction_warning_seconds"])
+    rows = [listed(1, "copier", wait=("Client", "ClientRead"), age=stall + 50,
+                   state_age=stall + 50),
+            listed(2, "holder", "idle in transaction", age=idle_after + 10),
+            listed(3, "older", "idle in transaction", age=idle_after + 900),
+            listed(4, "young", "idle in transaction", age=idle_after - 10),  # not yet
+            listed(5, "writer", wait=("Lock", "transactionid"), age=30.0, blocked_by=[2])]
+    read = activity(rows, 5, 20)
+    assert involved_pids(explicit_pids(read.blocked), read.in_transaction, t) == [2, 5, 3, 1]
+    assert involved_pids([99, 5], read.in_transaction, t) == [5, 99, 3, 2, 1]
