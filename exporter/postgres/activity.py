@@ -34,12 +34,17 @@ import heapq
 import operator
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any, NamedTuple
-
-import asyncpg
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from exporter.labels import FOLDED, keep_top
 from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Session
+
+if TYPE_CHECKING:  # the PgBouncer join imports this module, and asyncpg only with PostgreSQL
+    from typing import TypeAlias
+
+    import asyncpg
+
+    Row: TypeAlias = asyncpg.Record | tuple[Any, ...]  # tuples: tests build rows so
 
 # A client's address as the doctor shows it: a Unix socket (port -1) is "local".
 CLIENT_ADDR = "coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local' ELSE '' END)"
@@ -104,16 +109,30 @@ LEFT JOIN pg_database d ON d.oid = g.datid
 LEFT JOIN pg_roles r ON r.oid = g.usesysid
 """
 GROUP_WIDTH = len(ActivityGroup._fields)
+# ActivityGroup's columns by position: the labels, then what adds up
+_LABELS = ActivityGroup._fields.index("sessions")
+_SESSIONS, _TRANSACTION_AGE, _STATE_AGE, _STATE = 8, 9, 10, 3
+_PID, _CLIENT_ADDR = GROUP_WIDTH + 1, GROUP_WIDTH + 2
 
 
 class InTransaction(NamedTuple):
-    """A client backend in a transaction: its row (a group of one) as read. Ordered by its
-    first two fields as ORDER BY xact_start, pid orders: the oldest transaction first."""
+    """A client backend in a transaction, as read. Ordered by its first two fields as ORDER
+    BY xact_start, pid orders: the oldest transaction first. Its group is built when asked:
+    on a busy server there are hundreds, and only a few are shown."""
 
     minus_age: float  # -transaction_age
     pid: int
-    group: ActivityGroup  # this session alone: its ages are the group's
-    client_addr: str
+    row: Row  # ACTIVITY_SQL's: this session alone, so its ages are the group's
+
+    @property
+    def group(self) -> ActivityGroup:
+        return ActivityGroup._make(self.row[:GROUP_WIDTH])
+
+    def session(self) -> Session:
+        g = self.group
+        return Session(self.pid, g.datname, g.usename, g.application_name,
+                       self.row[_CLIENT_ADDR] or "", g.state, g.wait_event_type, g.wait_event,
+                       g.max_transaction_age, g.max_state_age)
 
 
 class ActivityRead(NamedTuple):
@@ -131,52 +150,52 @@ class _IdleRow(NamedTuple):
     applications: Counter[str]
 
 
-def activity(rows: Iterable[asyncpg.Record | tuple[Any, ...]], top_transactions: int,
+def activity(rows: Iterable[Row], top_transactions: int,
              label_top_n: int | None) -> ActivityRead:
     """The read's rows as groups, the top_transactions oldest transactions and the blocked
     sessions. label_top_n: the values kept per label, the idle sessions of the others folded
-    (None: none folded)."""
-    listed: dict[tuple[object, ...], ActivityGroup] = {}  # never folded
-    pids: dict[tuple[object, ...], list[int]] = {}
+    (None: none folded). Rows are added up by their labels before any group is built: there
+    may be a row per session."""
+    totals: dict[tuple[Any, ...], list[Any]] = {}  # labels: sessions, oldest ages; never folded
+    pids: dict[tuple[Any, ...], list[int]] = {}
     idle: list[_IdleRow] = []
-    # ordered in C (itemgetter); a Session only for those kept
     in_transaction: list[InTransaction] = []
     blocked: list[BlockedSession] = []
     for r in rows:
-        group = ActivityGroup._make(r[:GROUP_WIDTH])
-        client, pid, client_addr, blocked_by, idle_apps = r[GROUP_WIDTH:]
+        client, pid, _, blocked_by, idle_apps = r[GROUP_WIDTH:]
         if blocked_by:  # a lock wait whose blocker already went is no longer blocked
-            blocked.append(BlockedSession(pid, tuple(blocked_by), group.max_state_age or 0.0))
+            blocked.append(BlockedSession(pid, tuple(blocked_by), r[_STATE_AGE] or 0.0))
         if not client:
             continue
         if idle_apps is not None:
-            idle.append(_IdleRow(group._replace(application_name=FOLDED), Counter(idle_apps)))
+            group = ActivityGroup._make((*r[:2], FOLDED, *r[3:GROUP_WIDTH]))
+            idle.append(_IdleRow(group, Counter(idle_apps)))
             continue
-        key = group[:8]
-        _merge(listed, key, group)
+        labels, transaction_age = r[:_LABELS], r[_TRANSACTION_AGE]
+        total = totals.get(labels)
+        if total is None:
+            totals[labels] = [r[_SESSIONS], transaction_age, r[_STATE_AGE]]
+        else:
+            total[0] += r[_SESSIONS]
+            total[1] = _oldest(total[1], transaction_age)
+            total[2] = _oldest(total[2], r[_STATE_AGE])
         if pid is None:
             continue
-        if group.state != "unknown":  # another role's, without pg_monitor: state unknown
-            pids.setdefault(key, []).append(pid)
-        if group.max_transaction_age is not None:
-            in_transaction.append(InTransaction(-group.max_transaction_age, pid, group,
-                                                client_addr or ""))
-    groups = [*listed.values(), *_idle_groups(listed.values(), idle, label_top_n)]
-    oldest = [_session(group, pid, client_addr) for _, pid, group, client_addr
-              in heapq.nsmallest(top_transactions, in_transaction, key=_AGE_AND_PID)]
-    group_pids = [tuple(pids.get(key, ())) for key in listed]
+        if r[_STATE] != "unknown":  # another role's, without pg_monitor: state unknown
+            pids.setdefault(labels, []).append(pid)
+        if transaction_age is not None:
+            in_transaction.append(InTransaction(-transaction_age, pid, r))
+    listed = [ActivityGroup(*labels, *total) for labels, total in totals.items()]
+    groups = [*listed, *_idle_groups(listed, idle, label_top_n)]
+    oldest = [s.session() for s in heapq.nsmallest(top_transactions, in_transaction,
+                                                   key=_AGE_AND_PID)]
+    group_pids = [tuple(pids.get(labels, ())) for labels in totals]
     return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked),
                         (*group_pids, *[()] * (len(groups) - len(listed))),  # idle: no pids
                         tuple(in_transaction))
 
 
-_AGE_AND_PID = operator.itemgetter(0, 1)  # groups do not compare: the order ends at the pid
-
-
-def _session(group: ActivityGroup, pid: int, client_addr: str) -> Session:
-    return Session(pid, group.datname, group.usename, group.application_name, client_addr,
-                   group.state, group.wait_event_type, group.wait_event,
-                   group.max_transaction_age, group.max_state_age)
+_AGE_AND_PID = operator.itemgetter(0, 1)  # rows do not compare: the order ends at the pid
 
 
 def _idle_groups(listed: Collection[ActivityGroup], idle: Sequence[_IdleRow],
@@ -187,8 +206,10 @@ def _idle_groups(listed: Collection[ActivityGroup], idle: Sequence[_IdleRow],
     values are the top N when the metrics rank these groups."""
     if top_n is None:
         for row in idle:
+            head, tail = row.group[:2], row.group[3:_SESSIONS]
+            ages = row.group[_TRANSACTION_AGE:]
             for app, sessions in row.applications.items():
-                yield row.group._replace(application_name=app, sessions=sessions)
+                yield ActivityGroup._make((*head, app, *tail, sessions, *ages))
         return
     datnames: Counter[str] = Counter()
     usenames: Counter[str] = Counter()

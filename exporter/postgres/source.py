@@ -247,7 +247,7 @@ SETTING_NAMES = [*TIMEOUT_SETTINGS, "max_connections", "superuser_reserved_conne
 # is a transaction of its own, and at a poll's scale a round trip costs both sides about as
 # much CPU as these small reads. Each part is one of the statements above, its rows as a JSON
 # array of objects keyed by its column names. The settings and the sizes, most of this
-# statement's cost, change slowly: they are read at most once a minute (SLOW_EVERY_SECONDS) and
+# statement's cost, change slowly: they are read at most once a minute (by default) and
 # on every new connection (a restart may have changed them); NULL settings in between.
 CONTEXT_SQL = f"""
 SELECT CASE WHEN $3 THEN (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text
@@ -267,7 +267,7 @@ SELECT CASE WHEN $3 THEN (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL
 """
 
 
-SLOW_EVERY_SECONDS = 60.0
+SIZES_EVERY_SECONDS = 60.0  # the default of database_size_interval_seconds
 
 
 class Settings(NamedTuple):
@@ -373,7 +373,8 @@ class PostgresSource:
     def __init__(self, target: Target, *, statement_timeout_ms: int, connect_timeout: float,
                  top_transactions: int, hot_tables: Sequence[str], statements: bool = True,
                  thresholds: Mapping[str, float] | None = None, top_statements: int = 0,
-                 label_top_n: int | None = None) -> None:
+                 label_top_n: int | None = None,
+                 sizes_every_seconds: float = SIZES_EVERY_SECONDS) -> None:
         self.target = target.name
         self._target = target
         self._statement_timeout_ms = statement_timeout_ms
@@ -391,6 +392,7 @@ class PostgresSource:
                                 if statements and top_statements > 0 else None)
         self._oldest = OldestRowsReader()
         self._slow: _Slow | None = None  # the settings and sizes last read
+        self._sizes_every_seconds = sizes_every_seconds
         self._thresholds = all_thresholds(thresholds)
 
     def partial(self) -> None:
@@ -440,7 +442,7 @@ class PostgresSource:
     async def _read(self, conn: asyncpg.Connection) -> PostgresSnapshot:
         now = time.time()
         slow = self._slow
-        full = slow is None or now - slow.read_at >= SLOW_EVERY_SECONDS
+        full = slow is None or now - slow.read_at >= self._sizes_every_seconds
         context = _context((await conn.fetch(
             CONTEXT_SQL, SETTING_NAMES, self._hot_tables, full,
             [] if slow is None else list(slow.sizes)))[0])

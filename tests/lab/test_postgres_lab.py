@@ -293,7 +293,7 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
 
 
 async def test_settings_and_sizes_are_read_once_a_minute_new_databases_at_once(
-        own_postgres: LabPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+        own_postgres: LabPostgres) -> None:
     """The settings and every database's size are read at most once a minute (#26) and on
     every new connection; a database created meanwhile is sized at once."""
     target = parse_target(own_postgres.monitor_dsn(), "test")
@@ -316,11 +316,11 @@ async def test_settings_and_sizes_are_read_once_a_minute_new_databases_at_once(
         assert within_the_minute.timeouts_seconds[setting] == before  # not read again
         sizes = {d.datname: d.bytes for d in within_the_minute.databases}
         assert sizes["sized_at_once"] > 0 and sizes["postgres"] > 0
-        monkeypatch.setattr(pgsrc, "SLOW_EVERY_SECONDS", 0.0)  # a minute later
+        source._sizes_every_seconds = 0.0  # a minute later
         assert (await source.poll()).timeouts_seconds[setting] == 420.0
         await admin.execute(f"ALTER SYSTEM SET {setting} = '8min'")
         await admin.execute("SELECT pg_reload_conf()")
-        monkeypatch.setattr(pgsrc, "SLOW_EVERY_SECONDS", 3600.0)
+        source._sizes_every_seconds = 3600.0
         await source.close()  # a new connection reads them whatever the time
 
         async def read_again() -> bool:
