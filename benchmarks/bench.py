@@ -29,6 +29,7 @@ import asyncpg
 
 from exporter.config import load
 from exporter.postgres import source as pgsrc
+from exporter.postgres.activity import ACTIVITY_SQL
 from lab.common import free_port
 from lab.postgres import LabPostgres
 from lab.stack import running_lab
@@ -53,12 +54,15 @@ async def open_backends(pg: LabPostgres, n: int) -> list[asyncpg.Connection]:
     return conns
 
 
-async def bare_sql(conn: asyncpg.Connection, top: int, tables: list[str],
-                   label_top_n: int | None = None) -> None:
-    """The exporter's statements, nothing else: the floor for a poll (label_top_n: the
-    source's, None when it folds nothing in SQL)."""
-    await conn.fetchrow(pgsrc.CONTEXT_SQL, pgsrc.SETTING_NAMES, tables)
-    await conn.fetch(pgsrc.ACTIVITY_SQL, top, label_top_n)
+async def databases(conn: asyncpg.Connection) -> list[str]:
+    return [r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")]
+
+
+async def bare_sql(conn: asyncpg.Connection, tables: list[str], sized: list[str]) -> None:
+    """The exporter's statements, nothing else: the floor for a poll (between the reads of
+    the settings and sizes, which are made once a minute; sized: every database)."""
+    await conn.fetchrow(pgsrc.CONTEXT_SQL, pgsrc.SETTING_NAMES, tables, False, sized)
+    await conn.fetch(ACTIVITY_SQL)
 
 
 async def time_polls(pg: LabPostgres, rounds: int) -> tuple[float, float]:
@@ -71,10 +75,10 @@ async def time_polls(pg: LabPostgres, rounds: int) -> tuple[float, float]:
     exporter_times, bare_times = [], []
     try:
         await source.poll()
-        await bare_sql(bare, config.top_transactions, list(config.hot_tables))
+        sized = await databases(bare)
         for _ in range(rounds):  # interleaved, so drift on the machine hits both alike
             t = time.perf_counter()
-            await bare_sql(bare, config.top_transactions, list(config.hot_tables))
+            await bare_sql(bare, list(config.hot_tables), sized)
             bare_times.append(time.perf_counter() - t)
             t = time.perf_counter()
             await source.poll()

@@ -30,6 +30,7 @@ import asyncpg
 from benchmarks.compare_procs import cpu_seconds
 from exporter.dsn import parse_target
 from exporter.postgres import source as pgsrc
+from exporter.postgres.activity import ACTIVITY_SQL
 from exporter.postgres.oldest import OLDEST_COLUMNS, ages_sql
 from exporter.postgres.snapshot import OldestRow
 from exporter.postgres.statements import TEXTS_SQL, TOP_SQL
@@ -113,7 +114,7 @@ async def measure(pg: LabPostgres, rounds: int) -> dict[str, float]:
 
         async def today() -> None:
             await bare.fetchrow(context_before, settings_before, HOT_TABLES)
-            await bare.fetch(pgsrc.ACTIVITY_SQL, 5, None)
+            await bare.fetch(ACTIVITY_SQL)
 
         out["today"] = await backend_cpu_per_round(bare, rounds, today)
         first = await source.poll()  # connects, and makes the once-a-minute reads

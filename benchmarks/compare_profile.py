@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 
-from benchmarks.bench import bare_sql
+from benchmarks.bench import bare_sql, databases
 from benchmarks.compare_procs import SHOWS
 from exporter.collector import ExporterCollector, Exposition
 from exporter.config import load
@@ -64,8 +64,9 @@ async def postgres_floor(pg: LabPostgres, rounds: int) -> tuple[float, float, fl
     bare = await asyncpg.connect(pg.monitor_dsn(),
                                  server_settings={"application_name": "compare-floor"})
     try:
+        sized = await databases(bare)
         return await interleave(source.poll, lambda: bare_sql(
-            bare, config.top_transactions, list(config.hot_tables), config.label_top_n), rounds)
+            bare, list(config.hot_tables), sized), rounds)
     finally:
         await bare.close()
         await source.close()

@@ -80,6 +80,7 @@ class Config:
     label_top_n: int = 20
     top_transactions: int = 5
     top_statements: int = 10  # pg_stat_statements' slowest, by total time (0 = not read)
+    database_size_interval_seconds: float = 60.0  # settings and pg_database_size()
     hot_tables: tuple[str, ...] = DEFAULT_HOT_TABLES
     no_statements: bool = False  # incidents without the sessions' (masked) statements
     recent_incidents: int = 50  # ended incidents kept in memory for /incidents and /
@@ -207,6 +208,10 @@ _OWN: tuple[Setting, ...] = (
             "oldest transactions exported with pid and holder as labels (0 = off)", "N"),
     Setting("top_statements", non_negative_int, "pg_stat_statements' statements with the "
             "most execution time, exported by queryid and on /statements (0 = off)", "N"),
+    Setting("database_size_interval_seconds", _poll_seconds, "seconds between reads of every "
+            "database's size (pg_database_size reads each of its files) and of the server's "
+            "settings; a new connection reads them at once, a new database is sized at once",
+            "SECONDS"),
     Setting("hot_tables", _name_list, "comma-separated tables whose vacuum state is exported",
             "T1,T2"),
     Setting("no_statements", boolean, "incidents without the statements of the sessions "
@@ -460,6 +465,7 @@ def describe(config: Config) -> dict[str, Any]:
         "label_top_n": config.label_top_n,
         "top_transactions": config.top_transactions,
         "top_statements": 0 if config.no_statements else config.top_statements,
+        "database_size_interval_seconds": config.database_size_interval_seconds,
         "hot_tables": list(config.hot_tables),
         "statements": not config.no_statements,
         "recent_incidents": config.recent_incidents,

@@ -28,6 +28,7 @@ def _sources(config: Config) -> Sequence[Source]:
                            hot_tables=config.hot_tables,
                            statements=not config.no_statements,
                            top_statements=config.top_statements,
+                           sizes_every_seconds=config.database_size_interval_seconds,
                            thresholds=config.thresholds,
                            label_top_n=config.label_top_n)
             for t in config.postgres_targets]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+from exporter.postgres.activity import InTransaction
 from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Relation, Session
 
 # The states of a session idle in transaction: the one list the checks, the incidents, the
@@ -50,6 +51,23 @@ def explicit_pids(blocked: Sequence[BlockedSession]) -> list[int]:
     blockers = {pid for b in blocked for pid in b.blocked_by}
     longest = sorted(blocked, key=lambda b: (-b.wait_seconds, b.pid))[:MAX_BLOCKED_DETAILS]
     return sorted(blockers | {b.pid for b in longest})
+
+
+def involved_pids(explicit: Sequence[int], in_transaction: Iterable[InTransaction],
+                  t: Mapping[str, float]) -> list[int]:
+    """The sessions whose details (and statements) the incidents read, in the order they are
+    shown: the lock chain's, then the stalled clients and the sessions idle in transaction past
+    their thresholds (at most MAX_OTHER_DETAILS); each part oldest transaction first. The
+    activity read lists every session in a transaction, so they are chosen here, and only these
+    are read again by pid (a session out of any transaction, such as an idle holder of a
+    session-level advisory lock, is read all the same)."""
+    sessions = sorted(in_transaction)  # pids differ: groups are never compared
+    minus_ages = {s.pid: s.minus_age for s in sessions}
+    chain = sorted(explicit, key=lambda pid: (pid not in minus_ages, minus_ages.get(pid), pid))
+    chained = set(explicit)
+    others = [s.pid for s in sessions if s.pid not in chained
+              and (stalled_past(s.group, t) or idle_past(s.group, t))]
+    return [*chain, *others[:MAX_OTHER_DETAILS]]
 
 
 class LockRow(NamedTuple):

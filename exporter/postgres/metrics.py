@@ -143,7 +143,8 @@ OLDEST_ROW_AGE = _pg(
     "(pg_monitor cannot read Prefect's rows); read at most once a minute. Against "
     "prefect_table_retention_seconds: the retention backlog.")
 DATABASE_SIZE = _pg("postgres_database_size_bytes", "target datname",
-                    "Size of each database on disk (pg_database_size). Databases beyond the "
+                    "Size of each database on disk (pg_database_size), read every "
+                    "database_size_interval_seconds (a minute by default). Databases beyond the "
                     "top N by size fold into 'other' (never the watched one).")
 
 SPECS: tuple[MetricSpec, ...] = (

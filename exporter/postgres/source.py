@@ -16,21 +16,19 @@ import asyncpg
 
 from exporter.dsn import Target
 from exporter.incidents.fingerprint import fingerprint
-from exporter.labels import FOLDED
+from exporter.postgres.activity import ACTIVITY_SQL, CLIENT_ADDR, ActivityRead, activity
 from exporter.postgres.growth import GrowthTracker
 from exporter.postgres.involved import (
-    MAX_OTHER_DETAILS,
     LockRow,
     explicit_pids,
+    involved_pids,
     stalls_past_thresholds,
     waited_on,
 )
 from exporter.postgres.oldest import COLUMNS_SQL as OLDEST_COLUMNS_SQL
 from exporter.postgres.oldest import OldestRowsReader
 from exporter.postgres.snapshot import (
-    ActivityGroup,
     Address,
-    BlockedSession,
     DatabaseSize,
     IndexBuild,
     InvalidIndex,
@@ -49,26 +47,17 @@ APPLICATION_NAME = "prefect-pg-exporter"
 # ----------------------------------------------------------------------------------------
 # SQL, each beside the code that reads its columns.
 
-# pg_stat_activity, read once per poll (ACTIVITY_SQL). Each read copies every backend's status
-# and builds a row of thirty columns for each (at thousands of backends, most of a poll's
-# database CPU), so the three things a poll needs come from one read, and from the same
-# instant: a CTE referenced more than once is materialized once, on every PostgreSQL version.
-# Only the columns used are kept, and no query text: the LISTEN channel is extracted as it is
-# read.
 # Without pg_monitor, backend_type (like state and query) reads NULL for other roles' sessions;
 # those with a database and a role are client backends (autovacuum workers have no role).
 CLIENT_BACKEND = """(backend_type = 'client backend'
        OR (backend_type IS NULL AND datname IS NOT NULL AND usename IS NOT NULL))"""
-
-# A client's address as the doctor shows it: a Unix socket (port -1) is "local".
-_CLIENT_ADDR = "coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local' ELSE '' END)"
 
 _SESSION_COLUMNS = f"""
        pid,
        coalesce(datname, '') AS datname,
        coalesce(usename, '') AS usename,
        coalesce(application_name, '') AS application_name,
-       {_CLIENT_ADDR} AS client_addr,
+       {CLIENT_ADDR} AS client_addr,
        coalesce(state, 'unknown') AS state,
        coalesce(wait_event_type, '') AS wait_event_type,
        coalesce(wait_event, '') AS wait_event,
@@ -76,155 +65,32 @@ _SESSION_COLUMNS = f"""
        date_part('epoch', now() - state_change) AS state_age
 """
 
-# Its rows, told apart by the last column, row_kind:
-# - 'group': client backends grouped by everything the metrics label or count on (ActivityGroup,
-#   the first eleven columns). An *active* statement waiting on ClientRead is a stalled client:
-#   it stopped sending mid-statement (a COPY, a blocked event loop between protocol messages).
-#   Idle and idle in transaction sessions wait on ClientRead too, by definition: the
-#   idle-in-transaction checks, with their own thresholds, judge the latter.
-#   Idle sessions are folded here, as the metrics would fold them, rather than in Python:
-#   thousands of application names, each its own idle group, were most of a poll's CPU at the
-#   defaults (benchmarks/compare.py). The top $2 values of datname, usename and
-#   application_name by sessions (ties broken by the value, in byte order, as
-#   exporter/labels.py keeps them) keep their names; an idle session without a LISTEN reads
-#   NULL for the others, so its group is one of a few (exporter.labels.FOLDED in Python).
-#   Every other session is what the checks, the incidents and the PgBouncer join look at by
-#   name, and keeps its values. A kept value is never folded, so its weight in the groups is
-#   its whole weight, and a folded value only weighs less: the same values are the top $2 in
-#   Python. $2 NULL folds nothing. One thing reads idle sessions by name: the doctor's count
-#   of Prefect's sessions (connection_budget) sees its idle ones only while its
-#   application_name is among the top $2, as the metrics show it.
-# - 'oldest': the $1 client backends with the oldest transactions (Session: pid, then the
-#   group's first six columns, client_addr, the ages in the age columns).
-# - 'blocked': every backend waiting on a lock, with the pids blocking it. pg_blocking_pids()
-#   takes the lock manager's partition locks, so it is called for these sessions only. The
-#   wait is measured from the waiting statement's start (state_change).
-#   A group row also lists its backends' pids (the last column, pids) unless they are idle:
-#   what a PgBouncer pool's server connections are doing is looked up by pid in them
-#   (exporter/pgbouncer/servers.py), with no read of its own; a pid in no group is idle. Idle
-#   backends, most of them on a busy server, are left out: their arrays were most of the
-#   cost (measured in benchmarks/chain.py).
-# The ages are computed per group (from min(xact_start)), not per backend, and with date_part,
-# which returns float8: EXTRACT returns numeric since PostgreSQL 14, several times dearer.
-# The LISTEN regular expression runs only on text that starts with "listen".
-_TAIL = """datname, usename, application_name, state, wait_event_type, wait_event, NULL, NULL,
-        NULL, date_part('epoch', now() - xact_start), date_part('epoch', now() - state_change),
-        pid, """ + _CLIENT_ADDR + """,
-        {blocked_by}, {kind}, NULL"""
-# The top $2 values of a label by sessions, ties broken by the value (a bounded heap: no sort
-# of every value). LIMIT NULL keeps them all.
-_KEPT = """{label}_kept AS (
-    SELECT {label} FROM backend WHERE client
-    GROUP BY 1 ORDER BY count(*) DESC, {label} COLLATE "C" LIMIT $2
-)"""
-# An idle session without a LISTEN loses the label values not kept, before grouping: the
-# values kept stay, so their weights stay whole.
-_FOLDED = """CASE WHEN state = 'idle' AND listen_channel IS NULL
-            AND {label} NOT IN (SELECT {label} FROM {label}_kept) THEN NULL ELSE {label} END"""
-ACTIVITY_SQL = rf"""
-WITH backend AS (
-    SELECT pid,
-           coalesce(datname, '') AS datname,
-           coalesce(usename, '') AS usename,
-           coalesce(application_name, '') AS application_name,
-           coalesce(state, 'unknown') AS state,
-           coalesce(wait_event_type, '') AS wait_event_type,
-           coalesce(wait_event, '') AS wait_event,
-           client_addr, client_port, xact_start, state_change,
-           {CLIENT_BACKEND} AS client,
-           CASE WHEN ltrim(query, E' \t\n\r\f') ILIKE 'listen%'
-                THEN substring(query FROM '(?i)^\s*listen\s+"?([^";\s]+)') END AS listen_channel
-    FROM pg_stat_activity
-    WHERE pid <> pg_backend_pid()
-), {_KEPT.format(label="datname")}, {_KEPT.format(label="usename")},
-{_KEPT.format(label="application_name")}
-SELECT {_FOLDED.format(label="datname")} AS datname,
-       {_FOLDED.format(label="usename")} AS usename,
-       {_FOLDED.format(label="application_name")} AS application_name,
-       state, wait_event_type, wait_event,
-       (state = 'active' AND wait_event = 'ClientRead') AS client_read_in_transaction,
-       listen_channel,
-       count(*) AS sessions,
-       date_part('epoch', now() - min(xact_start)) AS max_transaction_age,
-       date_part('epoch', now() - min(state_change)) AS max_state_age,
-       NULL::int AS pid, NULL::text AS client_addr, NULL::int[] AS blocked_by,
-       'group' AS row_kind, array_agg(pid) FILTER (WHERE state <> 'idle') AS pids
-FROM backend
-WHERE client
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-UNION ALL
-(SELECT {_TAIL.format(blocked_by="NULL", kind="'oldest'")}
- FROM backend
- WHERE client AND xact_start IS NOT NULL
- ORDER BY xact_start, pid
- LIMIT $1)
-UNION ALL
-SELECT {_TAIL.format(blocked_by="pg_blocking_pids(pid)", kind="'blocked'")}
-FROM backend
-WHERE wait_event_type = 'Lock'
+
+# The sessions incidents are about, by pid ($1, in the order shown: exporter/postgres/involved.py
+# chooses them from the activity read), read again for their statements: query text only for
+# these, and only when statements are shown (the other variant reads none).
+# pg_stat_get_activity(pid) builds the row of that one backend only: a few of these cost less
+# than a second read of every backend's. A session gone since is no row.
+_INVOLVED = f"""
+SELECT a.pid,
+       coalesce(d.datname, '') AS datname,
+       coalesce(r.rolname, '') AS usename,
+       coalesce(a.application_name, '') AS application_name,
+       {CLIENT_ADDR.replace("client_", "a.client_")} AS client_addr,
+       coalesce(a.state, 'unknown') AS state,
+       coalesce(a.wait_event_type, '') AS wait_event_type,
+       coalesce(a.wait_event, '') AS wait_event,
+       date_part('epoch', now() - a.xact_start) AS transaction_age,
+       date_part('epoch', now() - a.state_change) AS state_age,
+       {{statement}} AS statement
+FROM unnest($1::int[]) WITH ORDINALITY AS wanted(pid, n)
+CROSS JOIN LATERAL pg_stat_get_activity(wanted.pid) a
+LEFT JOIN pg_database d ON d.oid = a.datid
+LEFT JOIN pg_roles r ON r.oid = a.usesysid
+ORDER BY wanted.n
 """
-_GROUP_WIDTH = len(ActivityGroup._fields)
-_ROW_KIND = _GROUP_WIDTH + 3  # after pid, client_addr, blocked_by (the lab test checks it)
-
-
-class ActivityRead(NamedTuple):
-    groups: tuple[ActivityGroup, ...]
-    oldest: tuple[Session, ...]  # oldest transaction first
-    blocked: tuple[BlockedSession, ...]  # only those another session blocks
-    group_pids: tuple[tuple[int, ...], ...] = ()  # each group's backends, in groups' order
-
-
-def _session(r: asyncpg.Record) -> Session:
-    return Session(r["pid"], r["datname"], r["usename"], r["application_name"], r["client_addr"],
-                   r["state"], r["wait_event_type"], r["wait_event"], r["max_transaction_age"],
-                   r["max_state_age"])
-
-
-def _activity(rows: Sequence[asyncpg.Record]) -> ActivityRead:
-    groups: list[ActivityGroup] = []
-    group_pids: list[tuple[int, ...]] = []
-    oldest: list[Session] = []
-    blocked: list[BlockedSession] = []
-    for r in rows:
-        kind = r[_ROW_KIND]
-        if kind == "group":
-            values = r[:_GROUP_WIDTH]
-            if None in values[:3]:  # idle sessions of values not kept, folded by the SQL
-                values = (*(FOLDED if v is None else v for v in values[:3]), *values[3:])
-            groups.append(ActivityGroup._make(values))
-            group_pids.append(tuple(r[_ROW_KIND + 1] or ()))
-        elif kind == "oldest":
-            oldest.append(_session(r))
-        elif r["blocked_by"]:  # a lock wait whose blocker already went is no longer blocked
-            blocked.append(BlockedSession(pid=r["pid"], blocked_by=tuple(r["blocked_by"]),
-                                          wait_seconds=r["max_state_age"] or 0.0))
-    # UNION ALL keeps no order across its branches: the oldest are ordered here
-    oldest.sort(key=lambda s: (-(s.transaction_age or 0.0), s.pid))
-    return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked), tuple(group_pids))
-
-
-# The sessions incidents are about, in one read: the lock chain's sessions by pid ($1), active
-# statements whose client went silent past the stall threshold ($2 s) and sessions idle in
-# transaction past the idle threshold ($3 s), as the doctor judges them. Query text only for
-# these, and only when statements are shown: the other variant reads none.
-_INVOLVED = """
-SELECT {columns},
-       {statement} AS statement
-FROM pg_stat_activity
-WHERE pid <> pg_backend_pid()
-  AND (pid = ANY($1::int[])
-       OR ({client_backend} AND xact_start IS NOT NULL
-           AND ((state = 'active' AND wait_event = 'ClientRead'
-                 AND state_change < now() - make_interval(secs => $2))
-                OR (state IN ('idle in transaction', 'idle in transaction (aborted)')
-                    AND xact_start < now() - make_interval(secs => $3)))))
-ORDER BY pid = ANY($1::int[]) DESC, xact_start NULLS LAST, pid
-LIMIT $4
-"""
-INVOLVED_SQL = _INVOLVED.format(columns=_SESSION_COLUMNS, client_backend=CLIENT_BACKEND,
-                                statement="query")
-INVOLVED_NO_TEXT_SQL = _INVOLVED.format(columns=_SESSION_COLUMNS, client_backend=CLIENT_BACKEND,
-                                        statement="NULL::text")
+INVOLVED_SQL = _INVOLVED.format(statement="a.query")
+INVOLVED_NO_TEXT_SQL = _INVOLVED.format(statement="NULL::text")
 
 
 class InvolvedRow(NamedTuple):
@@ -315,9 +181,15 @@ TABLES_SQL = _TABLES.format(hot_tables=1)
 
 # Every database the role may size (pg_monitor may size them all; a database it cannot
 # connect to is left out rather than failing the poll), with its deadlocks: pg_stat_database
-# counts them per database since the statistics were reset.
-DATABASES_SQL = """
-SELECT d.datname, pg_database_size(d.oid) AS bytes, coalesce(s.deadlocks, 0) AS deadlocks
+# counts them per database since the statistics were reset. pg_database_size() reads the size
+# of every file of the database (thousands, for a Prefect database with years of partitions
+# and indexes): sizes are read at most once a minute ({size_all}), and in between only for a
+# database not sized yet ({sized}: those that were), NULL for the others.
+_DATABASES = """
+SELECT d.datname,
+       CASE WHEN {size_all} OR NOT d.datname::text = ANY({sized}) THEN pg_database_size(d.oid)
+       END AS bytes,
+       coalesce(s.deadlocks, 0) AS deadlocks
 FROM pg_database d
 LEFT JOIN pg_stat_database s ON s.datid = d.oid
 WHERE d.datallowconn AND NOT d.datistemplate
@@ -325,6 +197,7 @@ WHERE d.datallowconn AND NOT d.datistemplate
        OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'))
 ORDER BY 1
 """
+DATABASES_SQL = _DATABASES.format(size_all="$1::bool", sized="$2::text[]")
 
 # Invalid indexes of this database: what a failed CREATE INDEX CONCURRENTLY (Prefect 3.9's
 # migrations build indexes so) or REINDEX CONCURRENTLY leaves behind. A concurrent build in
@@ -369,14 +242,19 @@ ORDER BY p.pid
 SETTING_NAMES = [*TIMEOUT_SETTINGS, "max_connections", "superuser_reserved_connections",
                  "server_version"]
 
-# The server's context in one round trip ($1: SETTING_NAMES, $2: the hot tables): each
-# statement is a transaction of its own, and at a poll's scale a round trip costs both sides
-# about as much CPU as these small reads. Each part is one of the statements above, its rows as
-# a JSON array of objects keyed by its column names.
+# The server's context in one round trip ($1: SETTING_NAMES, $2: the hot tables, $3: whether to
+# read the settings and every database's size, $4: the databases sized already): each statement
+# is a transaction of its own, and at a poll's scale a round trip costs both sides about as
+# much CPU as these small reads. Each part is one of the statements above, its rows as a JSON
+# array of objects keyed by its column names. The settings and the sizes, most of this
+# statement's cost, change slowly: they are read at most once a minute (by default) and
+# on every new connection (a restart may have changed them); NULL settings in between.
 CONTEXT_SQL = f"""
-SELECT (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text AS settings,
+SELECT CASE WHEN $3 THEN (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text
+       END AS settings,
        (SELECT coalesce(json_agg(t), '[]') FROM ({_TABLES.format(hot_tables=2)}) t)::text AS tables,
-       (SELECT coalesce(json_agg(d), '[]') FROM ({DATABASES_SQL}) d)::text AS databases,
+       (SELECT coalesce(json_agg(d), '[]')
+        FROM ({_DATABASES.format(size_all="$3::bool", sized="$4::text[]")}) d)::text AS databases,
        pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read_all_stats,
        current_database() AS database,
        (SELECT coalesce(json_agg(i), '[]') FROM ({INVALID_INDEXES_SQL}) i)::text
@@ -389,11 +267,18 @@ SELECT (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL}) s)::text AS set
 """
 
 
-class Context(NamedTuple):
-    settings: dict[str, str]  # raw, by name
+SIZES_EVERY_SECONDS = 60.0  # the default of database_size_interval_seconds
+
+
+class Settings(NamedTuple):
+    raw: dict[str, str]  # by name
     timeouts_seconds: dict[str, float]
+
+
+class Context(NamedTuple):
+    settings: Settings | None  # None: not read this time
     tables: tuple[TableStats, ...]
-    databases: tuple[DatabaseSize, ...]
+    databases: tuple[DatabaseSize, ...]  # bytes -1: not sized this time
     can_read_all_stats: bool
     database: str
     invalid_indexes: tuple[InvalidIndex, ...]
@@ -408,11 +293,17 @@ def _table(row: dict[str, Any]) -> TableStats:
     return TableStats(**{**row, "autovacuum_options": tuple(row["autovacuum_options"])})
 
 
+def _database(row: dict[str, Any]) -> DatabaseSize:
+    return DatabaseSize(row["datname"], -1 if row["bytes"] is None else row["bytes"],
+                        row["deadlocks"])
+
+
 def _context(row: asyncpg.Record) -> Context:
-    raw, timeouts = _settings(json.loads(row["settings"]))
-    return Context(raw, timeouts,
+    settings = (None if row["settings"] is None
+                else Settings(*_settings(json.loads(row["settings"]))))
+    return Context(settings,
                    tuple(map(_table, json.loads(row["tables"]))),
-                   tuple(DatabaseSize(**d) for d in json.loads(row["databases"])),
+                   tuple(map(_database, json.loads(row["databases"]))),
                    bool(row["can_read_all_stats"]),
                    row["database"],
                    tuple(InvalidIndex(**i) for i in json.loads(row["invalid_indexes"])),
@@ -421,6 +312,25 @@ def _context(row: asyncpg.Record) -> Context:
                    json.loads(row["statements_extension"] or "null"),
                    row["role"],
                    tuple(OldestRow(**o) for o in json.loads(row["oldest_columns"])))
+
+
+class _Slow(NamedTuple):
+    """What the context reads at most once a minute, as last read."""
+
+    read_at: float
+    settings: Settings
+    sizes: dict[str, int]  # by database: only those the last context listed
+
+
+def _slow_part(last: _Slow | None, context: Context, now: float) -> _Slow:
+    """The settings and sizes after this context: read now, or kept from the last read (a
+    database sized this time between two full reads is a new one)."""
+    known = {} if last is None else last.sizes
+    sizes = {d.datname: d.bytes if d.bytes >= 0 else known[d.datname] for d in context.databases}
+    if context.settings is not None:
+        return _Slow(now, context.settings, sizes)
+    assert last is not None  # the settings are read whenever nothing was
+    return last._replace(sizes=sizes)
 
 
 # ----------------------------------------------------------------------------------------
@@ -463,7 +373,8 @@ class PostgresSource:
     def __init__(self, target: Target, *, statement_timeout_ms: int, connect_timeout: float,
                  top_transactions: int, hot_tables: Sequence[str], statements: bool = True,
                  thresholds: Mapping[str, float] | None = None, top_statements: int = 0,
-                 label_top_n: int | None = None) -> None:
+                 label_top_n: int | None = None,
+                 sizes_every_seconds: float = SIZES_EVERY_SECONDS) -> None:
         self.target = target.name
         self._target = target
         self._statement_timeout_ms = statement_timeout_ms
@@ -480,6 +391,8 @@ class PostgresSource:
         self._top_statements = (StatementsReader(top_statements)
                                 if statements and top_statements > 0 else None)
         self._oldest = OldestRowsReader()
+        self._slow: _Slow | None = None  # the settings and sizes last read
+        self._sizes_every_seconds = sizes_every_seconds
         self._thresholds = all_thresholds(thresholds)
 
     def partial(self) -> None:
@@ -507,6 +420,7 @@ class PostgresSource:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         await self.close()
+        self._slow = None  # a new connection (a restart?) reads the settings and sizes again
         with translated(CONNECT_ERRORS, self._target.secrets(),
                         f"cannot connect to {self._target.redacted()}: "):
             self._conn = await asyncpg.connect(
@@ -526,18 +440,25 @@ class PostgresSource:
         return self._conn
 
     async def _read(self, conn: asyncpg.Connection) -> PostgresSnapshot:
-        context = _context((await conn.fetch(CONTEXT_SQL, SETTING_NAMES, self._hot_tables))[0])
-        activity, oldest, blocked, group_pids = _activity(await conn.fetch(
-            ACTIVITY_SQL, self._top_transactions, self._label_top_n))
-        involved = await self._involved(conn, activity, blocked)
+        now = time.time()
+        slow = self._slow
+        full = slow is None or now - slow.read_at >= self._sizes_every_seconds
+        context = _context((await conn.fetch(
+            CONTEXT_SQL, SETTING_NAMES, self._hot_tables, full,
+            [] if slow is None else list(slow.sizes)))[0])
+        slow = self._slow = _slow_part(slow, context, now)
+        read = activity(await conn.fetch(ACTIVITY_SQL), self._top_transactions,
+                        self._label_top_n)
+        involved = await self._involved(conn, read)
         top_statements = (await self._top_statements.read(conn, context.statements_extension,
                                                           time.time())
                           if self._top_statements else None)
         oldest_rows = await self._oldest.read(conn, context.oldest_columns, time.time())
-        blocker_pids = {pid for b in blocked for pid in b.blocked_by}
+        blocker_pids = {pid for b in read.blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
         taken_at = time.time()
-        raw_settings = context.settings
+        raw_settings = slow.settings.raw
+        databases = tuple(d._replace(bytes=slow.sizes[d.datname]) for d in context.databases)
         return PostgresSnapshot(
             taken_at=taken_at,
             target=self.target,
@@ -545,18 +466,18 @@ class PostgresSource:
             max_connections=int(raw_settings.get("max_connections", 0)),
             superuser_reserved_connections=int(
                 raw_settings.get("superuser_reserved_connections", 0)),
-            timeouts_seconds=context.timeouts_seconds,
+            timeouts_seconds=slow.settings.timeouts_seconds,
             can_read_all_stats=context.can_read_all_stats,
-            activity=activity,
-            oldest_transactions=oldest,
-            blocked=blocked,
+            activity=read.groups,
+            oldest_transactions=read.oldest,
+            blocked=read.blocked,
             blockers=blockers,
             tables=context.tables,
-            databases=context.databases,
-            growth_bytes_per_second=self._growth.update(
-                taken_at, {d.datname: d.bytes for d in context.databases}),
+            databases=databases,
+            # the sizes as of when they were read
+            growth_bytes_per_second=self._growth.update(slow.read_at, slow.sizes),
             involved=involved,
-            group_pids=group_pids,
+            group_pids=read.group_pids,
             address=address_of(self._target),
             database=context.database,
             invalid_indexes=context.invalid_indexes,
@@ -567,19 +488,16 @@ class PostgresSource:
             oldest_rows=oldest_rows,
         )
 
-    async def _involved(self, conn: asyncpg.Connection, activity: Sequence[ActivityGroup],
-                        blocked: Sequence[BlockedSession]) -> Involved:
+    async def _involved(self, conn: asyncpg.Connection, read: ActivityRead) -> Involved:
         """The sessions of the incidents of the moment, read only when there are some."""
-        pids = explicit_pids(blocked)
-        if not pids and not stalls_past_thresholds(activity, self._thresholds):
+        pids = explicit_pids(read.blocked)
+        if not pids and not stalls_past_thresholds(read.groups, self._thresholds):
             return Involved()
-        t = self._thresholds
+        wanted = involved_pids(pids, read.in_transaction, self._thresholds)
         rows = _involved_rows(await conn.fetch(
-            INVOLVED_SQL if self._statements else INVOLVED_NO_TEXT_SQL, pids,
-            t["client_read_stall_critical_seconds"], t["idle_in_transaction_warning_seconds"],
-            len(pids) + MAX_OTHER_DETAILS))
+            INVOLVED_SQL if self._statements else INVOLVED_NO_TEXT_SQL, wanted))
         waits_on = (waited_on(map(LockRow._make, await conn.fetch(
-            LOCKS_SQL, [b.pid for b in blocked]))) if blocked else {})
+            LOCKS_SQL, [b.pid for b in read.blocked]))) if read.blocked else {})
         # fingerprinted here, as it is read: raw query text never reaches a snapshot
         statements = {r.session.pid: fingerprint(r.statement) for r in rows if r.statement}
         return Involved(tuple(r.session for r in rows), statements, waits_on)

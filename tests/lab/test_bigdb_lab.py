@@ -318,7 +318,7 @@ async def test_statements_are_read_once_a_minute_and_a_poll_stays_two_statements
     for row in calls:
         query = row["query"]
         kind = ("context" if "AS can_read_all_stats" in query else
-                "activity" if "row_kind" in query else
+                "activity" if "idle_apps" in query else
                 "top" if "GROUP BY queryid" in query else
                 "texts" if "DISTINCT ON (queryid)" in query else "")
         if kind:

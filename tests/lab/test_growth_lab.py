@@ -31,7 +31,9 @@ RULE = "prefect_pg:postgres_table_net_growth_rows:rate1h"
 # the warning window (7 days, from the last 6 h) can pass it, never the size itself.
 BUDGET_MARGIN_BYTES = 2 * 1024**3
 # every second: under the load, on a shared 2-core machine, a poll may take more than 0.25 s
-POLL = {"poll_interval_seconds": "1", "poll_timeout_seconds": "1"}
+# the database's size every poll too (once a minute by default)
+POLL = {"poll_interval_seconds": "1", "poll_timeout_seconds": "1",
+        "database_size_interval_seconds": "1"}
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from exporter.labels import FOLDED
 from exporter.metricspec import MetricOptions
 from exporter.postgres import snapshot as pgsnap
 from exporter.postgres import source as pgsrc
+from exporter.postgres.activity import ACTIVITY_SQL, activity
 from exporter.postgres.involved import LockRow
 from exporter.postgres.metrics import postgres_families
 from exporter.postgres.snapshot import PostgresSnapshot
@@ -223,8 +224,8 @@ async def _columns(postgres: LabPostgres, sql: str) -> list[str]:
 
 async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: LabPostgres
                                                                    ) -> None:
-    assert await _columns(postgres, pgsrc.ACTIVITY_SQL) == [
-        *pgsnap.ActivityGroup._fields, "pid", "client_addr", "blocked_by", "row_kind", "pids"]
+    assert await _columns(postgres, ACTIVITY_SQL) == [
+        *pgsnap.ActivityGroup._fields, "client", "pid", "client_addr", "blocked_by", "idle_apps"]
 
 
 @pytest.mark.parametrize(("sql", "row_type"), [
@@ -275,7 +276,7 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
                 "AND wait_event_type = 'Lock'", writer_pid))
 
         await eventually(writer_waits, what="the writer waits on the holder's lock")
-        read = pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 10, 20))
+        read = activity(await monitor.fetch(ACTIVITY_SQL), 10, 20)
         channels = sorted(g.listen_channel for g in read.groups if g.listen_channel)
         assert channels == ["lower_case", "prefect_automation_changes"]
         assert sum(g.sessions for g in read.groups) >= len(spellings) + 2
@@ -284,18 +285,62 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
         assert [(b.pid, b.blocked_by) for b in read.blocked] == [(writer_pid, (holder_pid,))]
         # its wait since its UPDATE began: not nothing, nor more than the test has waited
         assert 0 < read.blocked[0].wait_seconds <= time.monotonic() - asked + 1
-        assert pgsrc._activity(await monitor.fetch(pgsrc.ACTIVITY_SQL, 0, 20)).oldest == ()
+        assert activity(await monitor.fetch(ACTIVITY_SQL), 0, 20).oldest == ()
         waiting.cancel()
     finally:
         for conn in (*listeners, holder, writer, monitor):
             conn.terminate()
 
 
-async def test_folding_idle_sessions_in_sql_exports_what_folding_in_python_did(
+async def test_settings_and_sizes_are_read_once_a_minute_new_databases_at_once(
         own_postgres: LabPostgres) -> None:
-    """The SQL folds the idle sessions of values beyond the top N (#26): the families built
-    from its rows are the ones built from every group, and every session the checks name is
-    still a group of its own (idle in transaction, LISTEN), with its pids."""
+    """The settings and every database's size are read at most once a minute (#26) and on
+    every new connection; a database created meanwhile is sized at once."""
+    target = parse_target(own_postgres.monitor_dsn(), "test")
+    source = pgsrc.PostgresSource(target, statement_timeout_ms=5000, connect_timeout=10,
+                                  top_transactions=5, hot_tables=())
+    admin = await asyncpg.connect(own_postgres.dsn())
+    setting = "idle_session_timeout"
+    try:
+        before = (await source.poll()).timeouts_seconds[setting]
+        await admin.execute(f"ALTER SYSTEM SET {setting} = '7min'")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.execute("CREATE DATABASE sized_at_once")
+
+        async def reloaded() -> bool:
+            return bool(await admin.fetchval(
+                "SELECT setting = '420000' FROM pg_settings WHERE name = $1", setting))
+
+        await eventually(reloaded, what="the server reloaded its configuration")
+        within_the_minute = await source.poll()
+        assert within_the_minute.timeouts_seconds[setting] == before  # not read again
+        sizes = {d.datname: d.bytes for d in within_the_minute.databases}
+        assert sizes["sized_at_once"] > 0 and sizes["postgres"] > 0
+        source._sizes_every_seconds = 0.0  # a minute later
+        assert (await source.poll()).timeouts_seconds[setting] == 420.0
+        await admin.execute(f"ALTER SYSTEM SET {setting} = '8min'")
+        await admin.execute("SELECT pg_reload_conf()")
+        source._sizes_every_seconds = 3600.0
+        await source.close()  # a new connection reads them whatever the time
+
+        async def read_again() -> bool:
+            await source.close()
+            return (await source.poll()).timeouts_seconds[setting] == 480.0
+
+        await eventually(read_again, what="a new connection reads the settings again")
+    finally:
+        await admin.execute(f"ALTER SYSTEM RESET {setting}")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.execute("DROP DATABASE IF EXISTS sized_at_once")
+        await admin.close()
+        await source.close()
+
+
+async def test_folding_idle_sessions_exports_what_grouping_every_session_did(
+        own_postgres: LabPostgres) -> None:
+    """The idle sessions of values beyond the top N are folded (#26): the families built from
+    the folded groups are the ones built from every group, and every session the checks name
+    is still a group of its own (idle in transaction, LISTEN), with its pids."""
     dsn = own_postgres.dsn()
     names = [f"fold-idle-{i:02d}" for i in range(12)]
     conns = [await asyncpg.connect(dsn, server_settings={"application_name": name})

@@ -97,6 +97,8 @@ BAD = [
     ({"label_top_n": "ten"}, "whole number"),
     ({"top_transactions": "-3"}, "whole number"),
     ({"top_statements": "ten"}, "whole number"),
+    ({"database_size_interval_seconds": "0.5"}, "at least 1 second"),
+    ({"database_size_interval_seconds": "hourly"}, "could not convert"),
     ({"hot_tables": "task_run,drop table"}, "not a table name"),
     ({"postgres_dsn": "host=db bogus"}, "invalid DSN"),
     ({"postgres_dsn": "nonsense=1"}, "invalid DSN"),

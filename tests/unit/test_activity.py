@@ -1,0 +1,119 @@
+"""exporter/postgres/activity.py: the rows of ACTIVITY_SQL into groups, the oldest transactions
+and the blocked sessions, with the idle sessions folded in Python (#26). Rows are tuples in the
+SQL's column order (the lab test test_activity_columns_* holds the order to the server's)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from exporter.labels import FOLDED
+from exporter.metricspec import MetricOptions
+from exporter.postgres.activity import activity
+from exporter.postgres.involved import explicit_pids, involved_pids
+from exporter.postgres.metrics import postgres_families
+from exporter.thresholds import thresholds
+from tests.factories import pg_snapshot
+
+Row = tuple[Any, ...]
+
+
+def listed(pid: int, app: str, state: str = "active", *, age: float | None = 5.0,
+           state_age: float = 3.0,
+           wait: tuple[str, str] = ("", ""), blocked_by: list[int] | None = None,
+           client: bool = True, db: str = "prefect", user: str = "prefect") -> Row:
+    """A session that is not idle: a row of its own."""
+    return (db, user, app, state, *wait, state == "active" and wait[1] == "ClientRead", None, 1,
+            age, state_age, client, pid, "10.0.0.1", blocked_by, None)
+
+
+def idle(apps: list[str], *, db: str = "prefect", user: str = "prefect",
+         state_age: float = 60.0) -> Row:
+    """Idle sessions without a LISTEN, grouped without their application."""
+    return (db, user, None, "idle", "Client", "ClientRead", False, None, len(apps), None,
+            state_age, True, None, None, None, apps)
+
+
+def listener(app: str, channel: str) -> Row:
+    return ("prefect", "prefect", app, "idle", "Client", "ClientRead", False, channel, 1, None,
+            9.0, True, None, None, None, None)
+
+
+def test_sessions_of_one_group_add_up_with_their_pids_and_oldest_ages() -> None:
+    read = activity([listed(11, "api", age=5.0), listed(12, "api", age=50.0),
+                     listed(13, "worker", "idle in transaction", age=20.0)], 5, 20)
+    api = next(g for g in read.groups if g.application_name == "api")
+    assert (api.sessions, api.max_transaction_age) == (2, 50.0)
+    pids = dict(zip((g.application_name for g in read.groups), read.group_pids, strict=True))
+    assert pids == {"api": (11, 12), "worker": (13,)}
+    assert [s.pid for s in read.oldest] == [12, 13, 11]  # the oldest transaction first
+
+
+def test_the_oldest_are_the_top_n_ties_broken_by_pid() -> None:
+    rows = [listed(pid, f"app-{pid}", age=7.0) for pid in (40, 10, 30, 20)]
+    assert [s.pid for s in activity(rows, 2, 20).oldest] == [10, 20]
+    assert activity(rows, 0, 20).oldest == ()
+
+
+def test_blocked_sessions_are_read_from_any_backend_and_only_while_blocked() -> None:
+    rows = [listed(21, "writer", wait=("Lock", "transactionid"), blocked_by=[7]),
+            listed(22, "writer", wait=("Lock", "transactionid"), blocked_by=[]),  # went
+            listed(23, "autovacuum", wait=("Lock", "relation"), blocked_by=[7], client=False)]
+    read = activity(rows, 5, 20)
+    assert [(b.pid, b.blocked_by) for b in read.blocked] == [(21, (7,)), (23, (7,))]
+    assert all(g.application_name != "autovacuum" for g in read.groups)  # not a client
+
+
+def test_idle_sessions_beyond_the_top_n_fold_and_the_kept_keep_their_whole_weight() -> None:
+    rows = [idle(["big"] * 5 + ["mid"] * 3 + ["a", "b", "c"]), listed(1, "mid"),
+            listener("services", "prefect_automation_changes")]
+    groups = {(g.application_name, g.state): g.sessions for g in activity(rows, 5, 2).groups}
+    # big (5) and mid (3 idle + 1 active) are the top 2; a, b, c fold; the listener never folds
+    assert groups == {("big", "idle"): 5, ("mid", "idle"): 3, ("mid", "active"): 1,
+                      (FOLDED, "idle"): 3, ("services", "idle"): 1}
+
+
+def test_nothing_folds_without_a_top_n() -> None:
+    groups = activity([idle(["x", "y", "y"])], 5, None).groups
+    assert sorted((g.application_name, g.sessions) for g in groups) == [("x", 1), ("y", 2)]
+
+
+def test_folding_in_python_exports_what_grouping_every_session_exports() -> None:
+    """Random servers: the families from the folded read equal those from a read that folds
+    nothing, as the metrics fold them (same top N, same ties broken by value)."""
+    rng = random.Random(26)
+    options = MetricOptions(label_top_n=4)
+    for _ in range(200):
+        apps = [f"app-{rng.randrange(12)}" for _ in range(rng.randrange(1, 40))]
+        rows: list[Row] = [idle(apps[: len(apps) // 2], db="prefect"),
+                           idle(apps[len(apps) // 2:] or ["solo"], db=f"db-{rng.randrange(6)}",
+                                user=f"user-{rng.randrange(6)}")]
+        rows += [listed(100 + i, rng.choice(apps), rng.choice(["active", "idle in transaction"]),
+                        db=f"db-{rng.randrange(6)}") for i in range(rng.randrange(6))]
+
+        def families(rows: list[Row], top_n: int | None) -> dict[str, list[Any]]:
+            snap = pg_snapshot(*activity(rows, 5, top_n).groups)
+            return {m.name: sorted((sorted(s.labels.items()), s.value) for s in m.samples)
+                    for m in postgres_families(snap, options)
+                    if m.name in ("postgres_connections", "postgres_wait_event_sessions")}
+
+        assert families(rows, 4) == families(rows, None)
+
+
+def test_the_involved_are_the_chain_then_the_stalled_and_idle_past_thresholds_oldest_first(
+) -> None:
+    """Chosen from the activity read, so only they are read again (#26): the lock chain's
+    sessions first (an idle advisory-lock holder too, after those in a transaction), then
+    sessions past the stall and idle-in-transaction thresholds, each part oldest first."""
+    t = thresholds()
+    stall, idle_after = (t["client_read_stall_critical_seconds"],
+                         t["idle_in_transaction_warning_seconds"])
+    rows = [listed(1, "copier", wait=("Client", "ClientRead"), age=stall + 50,
+                   state_age=stall + 50),
+            listed(2, "holder", "idle in transaction", age=idle_after + 10),
+            listed(3, "older", "idle in transaction", age=idle_after + 900),
+            listed(4, "young", "idle in transaction", age=idle_after - 10),  # not yet
+            listed(5, "writer", wait=("Lock", "transactionid"), age=30.0, blocked_by=[2])]
+    read = activity(rows, 5, 20)
+    assert involved_pids(explicit_pids(read.blocked), read.in_transaction, t) == [2, 5, 3, 1]
+    assert involved_pids([99, 5], read.in_transaction, t) == [5, 99, 3, 2, 1]
