@@ -218,7 +218,7 @@ def _idle_groups(listed: Collection[ActivityGroup], idle: Sequence[_IdleRow],
         datnames[g.datname] += g.sessions
         usenames[g.usename] += g.sessions
     for row in idle:
-        apps.update(row.applications)  # an iterable of counts: a C loop
+        apps.update(row.applications)  # into an empty Counter (the usual one row): in C
     for g in listed:
         apps[g.application_name] += g.sessions
     kept_datnames, kept_usenames = keep_top(datnames, top_n), keep_top(usenames, top_n)
