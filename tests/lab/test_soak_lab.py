@@ -20,11 +20,9 @@ from tests.lab.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.lab
 
-# 24 s after the 8 s warm-up: a fault every 4 s is 7 or 8 over the run (the bound below asks
-# for 4), each mode of the proxy about twice; each third that the latency compares holds
-# thousands of scrapes from the 8 scrapers, so its p99 is as stable as at 40 s.
-# benchmarks/soak.py runs the same for 10 minutes.
-SECONDS = float(os.environ.get("SOAK_SECONDS", "24"))
+# 40 s: a run of 24 s was tried (thirds of 8 s) and failed once in the full suite on the p99
+# ratio (4.9x) when the machine's load changed between the first and the last third.
+SECONDS = float(os.environ.get("SOAK_SECONDS", "40"))
 
 
 async def test_soak_with_faults_and_concurrent_scrapers(
