@@ -30,10 +30,13 @@ RULE = "prefect_pg:postgres_table_net_growth_rows:rate1h"
 # The budget is this far above the database's size before the load: only growth projected over
 # the warning window (7 days, from the last 6 h) can pass it, never the size itself.
 BUDGET_MARGIN_BYTES = 2 * 1024**3
-# every second: under the load, on a shared 2-core machine, a poll may take more than 0.25 s
+# every second: under the load, on a shared 2-core machine, a poll may take more than 0.25 s;
 # the database's size every poll too (once a minute by default)
 POLL = {"poll_interval_seconds": "1", "poll_timeout_seconds": "1",
         "database_size_interval_seconds": "1"}
+# The alerts' `for:` a 120th of the shipped one: 30 min becomes 15 s, still 15 evaluations in a
+# row (Prometheus evaluates every second here) of a condition that only the load made true.
+FOR_SCALE = 1 / 120
 
 
 @pytest.fixture
@@ -81,7 +84,7 @@ async def test_tables_grow_under_api_writes_and_prometheus_sees_it(
     budget = size_before + BUDGET_MARGIN_BYTES
     rules = tmp_path / "rules.yml"
     rules.write_text(alerting.render_yaml(alerting.rule_groups(
-        {"database_size_limit_bytes": budget}, for_scale=1 / 60)))
+        {"database_size_limit_bytes": budget}, for_scale=FOR_SCALE)))
     prom = LabPrometheus(tmp_path / "prometheus", exporter.port, rules)
     prom.start()
     api = PrefectAPI(server.api_url)
@@ -127,7 +130,7 @@ async def test_tables_grow_under_api_writes_and_prometheus_sees_it(
             return any(a["labels"].get("datname") == "prefect"
                        for a in firing.get("PostgresDatabaseFilling", []))
 
-        # 30 min of `for:` scaled to 30 s; the size stays gigabytes under the budget
+        # 30 min of `for:` scaled to 15 s; the size stays gigabytes under the budget
         await eventually(filling, 90, "PostgresDatabaseFilling for database prefect")
         size_now = (await scrape(exporter.port)).value("postgres_database_size_bytes",
                                                        datname="prefect")
