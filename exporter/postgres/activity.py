@@ -110,9 +110,13 @@ LEFT JOIN pg_roles r ON r.oid = g.usesysid
 """
 GROUP_WIDTH = len(ActivityGroup._fields)
 # ActivityGroup's columns by position: the labels, then what adds up
-_LABELS = ActivityGroup._fields.index("sessions")
-_SESSIONS, _TRANSACTION_AGE, _STATE_AGE, _STATE = 8, 9, 10, 3
-_PID, _CLIENT_ADDR = GROUP_WIDTH + 1, GROUP_WIDTH + 2
+_STATE, _SESSIONS, _TRANSACTION_AGE, _STATE_AGE = map(ActivityGroup._fields.index, (
+    "state", "sessions", "max_transaction_age", "max_state_age"))
+_CLIENT_ADDR = GROUP_WIDTH + 2  # after client and pid
+
+
+# A group's labels (ActivityGroup's fields before sessions): its sessions and oldest ages
+_Totals = dict[tuple[Any, ...], list[Any]]
 
 
 class InTransaction(NamedTuple):
@@ -156,7 +160,7 @@ def activity(rows: Iterable[Row], top_transactions: int,
     sessions. label_top_n: the values kept per label, the idle sessions of the others folded
     (None: none folded). Rows are added up by their labels before any group is built: there
     may be a row per session."""
-    totals: dict[tuple[Any, ...], list[Any]] = {}  # labels: sessions, oldest ages; never folded
+    totals: _Totals = {}  # never folded
     pids: dict[tuple[Any, ...], list[int]] = {}
     idle: list[_IdleRow] = []
     in_transaction: list[InTransaction] = []
@@ -171,21 +175,15 @@ def activity(rows: Iterable[Row], top_transactions: int,
             group = ActivityGroup._make((*r[:2], FOLDED, *r[3:GROUP_WIDTH]))
             idle.append(_IdleRow(group, Counter(idle_apps)))
             continue
-        labels, transaction_age = r[:_LABELS], r[_TRANSACTION_AGE]
-        total = totals.get(labels)
-        if total is None:
-            totals[labels] = [r[_SESSIONS], transaction_age, r[_STATE_AGE]]
-        else:
-            total[0] += r[_SESSIONS]
-            total[1] = _oldest(total[1], transaction_age)
-            total[2] = _oldest(total[2], r[_STATE_AGE])
+        labels, transaction_age = r[:_SESSIONS], r[_TRANSACTION_AGE]
+        _add(totals, labels, r[_SESSIONS], transaction_age, r[_STATE_AGE])
         if pid is None:
             continue
         if r[_STATE] != "unknown":  # another role's, without pg_monitor: state unknown
             pids.setdefault(labels, []).append(pid)
         if transaction_age is not None:
             in_transaction.append(InTransaction(-transaction_age, pid, r))
-    listed = [ActivityGroup(*labels, *total) for labels, total in totals.items()]
+    listed = _groups(totals)
     groups = [*listed, *_idle_groups(listed, idle, label_top_n)]
     oldest = [s.session() for s in heapq.nsmallest(top_transactions, in_transaction,
                                                    key=_AGE_AND_PID)]
@@ -223,32 +221,35 @@ def _idle_groups(listed: Collection[ActivityGroup], idle: Sequence[_IdleRow],
         apps[g.application_name] += g.sessions
     kept_datnames, kept_usenames = keep_top(datnames, top_n), keep_top(usenames, top_n)
     kept_apps = keep_top(apps, top_n)
-    folded: dict[tuple[object, ...], ActivityGroup] = {}
+    folded: _Totals = {}
     for row in idle:
         g = row.group
-        group = g._replace(datname=g.datname if g.datname in kept_datnames else FOLDED,
-                           usename=g.usename if g.usename in kept_usenames else FOLDED)
+        datname = g.datname if g.datname in kept_datnames else FOLDED
+        usename = g.usename if g.usename in kept_usenames else FOLDED
         # only the kept applications are looked up: the rest is what they leave
         kept = [(app, row.applications[app]) for app in kept_apps if app in row.applications]
         shares = [*kept, (FOLDED, g.sessions - sum(sessions for _, sessions in kept))]
         for app, sessions in shares:
             if sessions:
-                split = group._replace(application_name=app, sessions=sessions)
-                _merge(folded, split[:6], split)
-    yield from folded.values()
+                _add(folded, (datname, usename, app, *g[_STATE:_SESSIONS]), sessions,
+                     g.max_transaction_age, g.max_state_age)
+    yield from _groups(folded)
 
 
-def _merge(groups: dict[tuple[object, ...], ActivityGroup], key: tuple[object, ...],
-           group: ActivityGroup) -> None:
-    """Add a group to the one of the same key: sessions add, the oldest ages stay."""
-    same = groups.get(key)
-    if same is None:
-        groups[key] = group
-        return
-    groups[key] = same._replace(
-        sessions=same.sessions + group.sessions,
-        max_transaction_age=_oldest(same.max_transaction_age, group.max_transaction_age),
-        max_state_age=_oldest(same.max_state_age, group.max_state_age))
+def _add(totals: _Totals, labels: tuple[Any, ...], sessions: int,
+         transaction_age: float | None, state_age: float | None) -> None:
+    """Sessions under the same labels add up; the oldest ages stay."""
+    total = totals.get(labels)
+    if total is None:
+        totals[labels] = [sessions, transaction_age, state_age]
+    else:
+        total[0] += sessions
+        total[1] = _oldest(total[1], transaction_age)
+        total[2] = _oldest(total[2], state_age)
+
+
+def _groups(totals: _Totals) -> list[ActivityGroup]:
+    return [ActivityGroup(*labels, *total) for labels, total in totals.items()]
 
 
 def _oldest(a: float | None, b: float | None) -> float | None:
