@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from exporter.allocator import release_free_memory
+from exporter.allocator import freeze_startup_objects, release_free_memory
 from exporter.collector import ExporterCollector, Exposition
 from exporter.config import Config, describe
 from exporter.diagnosis import diagnose
@@ -109,6 +109,7 @@ class Exporter:
 async def serve(config: Config) -> None:
     exporter = Exporter(config)
     await exporter.start()
+    freeze_startup_objects()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

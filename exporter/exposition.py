@@ -12,6 +12,7 @@ every family the exporter builds, and on names and values that need escaping).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import cast
@@ -35,21 +36,45 @@ _TEXT_TYPE = {"counter": ("counter", "_total"), "info": ("gauge", "_info"),
               "unknown": ("untyped", "")}
 
 
-class _LabelFormats:
+# Names, label names and help texts are the catalogue's (and the process metrics'): a fixed set,
+# so what is made of them is made once for the process, not on every render. The caches are
+# bounded all the same.
+_ONCE = functools.lru_cache(maxsize=4096)
+
+
+@_ONCE
+def _label_format(names: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
     """Per set of label names (in the order a sample holds them): the names sorted as
     generate_latest sorts them, and a %-format string with each escaped name in place."""
+    ordered = tuple(sorted(names))
+    # an escaped name holds no "%" (UNDERSCORES escaping keeps [a-zA-Z0-9_] only)
+    pairs = ",".join(f'{escape_label_name(n, UNDERSCORES)}="%s"' for n in ordered)
+    return ordered, "{" + pairs + "}"
 
-    def __init__(self) -> None:
-        self._formats: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}
 
-    def get(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
-        found = self._formats.get(names)
-        if found is None:
-            ordered = tuple(sorted(names))
-            # an escaped name holds no "%" (UNDERSCORES escaping keeps [a-zA-Z0-9_] only)
-            pairs = ",".join(f'{escape_label_name(n, UNDERSCORES)}="%s"' for n in ordered)
-            found = self._formats[names] = (ordered, "{" + pairs + "}")
-        return found
+@_ONCE
+def _escaped_name(name: str) -> str:
+    return escape_metric_name(name, UNDERSCORES)
+
+
+@_ONCE
+def _header(name: str, metric_type: str, documentation: str) -> str:
+    """A family's # HELP and # TYPE lines, in the text format's names for its type."""
+    text_type, suffix = _TEXT_TYPE.get(metric_type, (metric_type, ""))
+    escaped = _escaped_name(name + suffix)
+    return f"# HELP {escaped} {_help(documentation)}\n# TYPE {escaped} {text_type}\n"
+
+
+@_ONCE
+def _row_format(sample_name: str,
+                names: tuple[str, ...]) -> tuple[str, Callable[[tuple[str, ...]], tuple[str, ...]]]:
+    """A family's line format up to its value, and what picks its label values from a row in
+    the order the format wants them."""
+    ordered, labels_fmt = _label_format(names)
+    order = [names.index(n) for n in ordered]  # where each sorted name sits in a row
+    pick: Callable[[tuple[str, ...]], tuple[str, ...]] = (
+        itemgetter(*order) if len(order) > 1 else lambda labels: (labels[0],))
+    return _escaped_name(sample_name) + labels_fmt, pick
 
 
 class _EscapedValues(dict[str, str]):
@@ -81,22 +106,18 @@ def _help(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
-def _samples(metric: Metric, formats: _LabelFormats, values: _EscapedValues,
-             floats: _GoFloats, output: list[str]) -> dict[str, list[str]]:
+def _samples(metric: Metric, values: _EscapedValues, floats: _GoFloats,
+             output: list[str]) -> dict[str, list[str]]:
     """Appends the family's sample lines to output; returns the OpenMetrics-only ones, which
     the text format puts after the family, by suffix. The loop every sample goes through."""
     openmetrics_only: dict[str, list[str]] = {}
     suffix_of = {metric.name + s: s for s in _OPENMETRICS_SUFFIXES}
-    escaped_names: dict[str, str] = {}
-    get_format, escape, go, append = (formats.get, values.__getitem__, floats.__getitem__,
-                                      output.append)
+    escape, go, append = values.__getitem__, floats.__getitem__, output.append
     for sample in metric.samples:
         name, labels, value, timestamp = sample[0], sample[1], sample[2], sample[3]
-        escaped = escaped_names.get(name)
-        if escaped is None:
-            escaped = escaped_names[name] = escape_metric_name(name, UNDERSCORES)
+        escaped = _escaped_name(name)
         if labels:
-            ordered, fmt = get_format(tuple(labels))
+            ordered, fmt = _label_format(tuple(labels))
             escaped += fmt % tuple(map(escape, map(labels.__getitem__, ordered)))
         if timestamp is None:
             line = f"{escaped} {go(value)}\n"
@@ -110,21 +131,18 @@ def _samples(metric: Metric, formats: _LabelFormats, values: _EscapedValues,
     return openmetrics_only
 
 
-def _rows(family: MetricFamily, formats: _LabelFormats, values: _EscapedValues,
-          floats: _GoFloats, output: list[str]) -> None:
+def _rows(family: MetricFamily, values: _EscapedValues, floats: _GoFloats,
+          output: list[str]) -> None:
     """Appends the lines of a family kept as rows: the label names, their order and their
     escaping are the family's, decided once for all its rows."""
-    name = escape_metric_name(family.sample_name, UNDERSCORES)
     escape, go, append = values.__getitem__, floats.__getitem__, output.append
     names = family.labelnames
     if not names:
+        name = _escaped_name(family.sample_name)
         for _, value in family.rows:
             append(f"{name} {go(value)}\n")
         return
-    ordered, labels_fmt = formats.get(names)
-    order = [names.index(n) for n in ordered]  # where each sorted name sits in a row
-    fmt = name + labels_fmt
-    pick = itemgetter(*order) if len(order) > 1 else lambda labels: (labels[0],)
+    fmt, pick = _row_format(family.sample_name, names)
     for labels, value in family.rows:
         raw = pick(labels)
         joined = "".join(raw)  # one scan for the three characters that need escaping
@@ -135,21 +153,16 @@ def _rows(family: MetricFamily, formats: _LabelFormats, values: _EscapedValues,
 
 def render(metrics: Iterable[Metric]) -> bytes:
     """The families in the Prometheus text format, as generate_latest(registry) renders them."""
-    formats = _LabelFormats()
     values = _EscapedValues()
     floats = _GoFloats()
     output: list[str] = []
     for metric in metrics:
-        text_type, suffix = _TEXT_TYPE.get(metric.type, (metric.type, ""))
-        name = escape_metric_name(metric.name + suffix, UNDERSCORES)
-        documentation = _help(metric.documentation)
-        output.append(f"# HELP {name} {documentation}\n# TYPE {name} {text_type}\n")
+        output.append(_header(metric.name, metric.type, metric.documentation))
         if isinstance(metric, MetricFamily):
-            _rows(metric, formats, values, floats, output)
+            _rows(metric, values, floats, output)
             continue
-        openmetrics_only = _samples(metric, formats, values, floats, output)
+        openmetrics_only = _samples(metric, values, floats, output)
         for om_suffix, lines in sorted(openmetrics_only.items()):
-            om_name = escape_metric_name(metric.name + om_suffix, UNDERSCORES)
-            output.append(f"# HELP {om_name} {documentation}\n# TYPE {om_name} gauge\n")
+            output.append(_header(metric.name + om_suffix, "gauge", metric.documentation))
             output.extend(lines)
     return "".join(output).encode("utf-8")

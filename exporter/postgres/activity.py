@@ -33,7 +33,8 @@ from __future__ import annotations
 import heapq
 import operator
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from itertools import compress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from exporter.labels import FOLDED, keep_top
@@ -115,8 +116,13 @@ _STATE, _SESSIONS, _TRANSACTION_AGE, _STATE_AGE = map(ActivityGroup._fields.inde
 _CLIENT_ADDR = GROUP_WIDTH + 2  # after client and pid
 
 
-# A group's labels (ActivityGroup's fields before sessions): its sessions and oldest ages
-_Totals = dict[tuple[Any, ...], list[Any]]
+# A group's labels (ActivityGroup's fields before sessions) -> its columns: the row of its one
+# session, or what several added up to (a row is its group's until another joins it)
+_Listed = dict[tuple[Any, ...], Sequence[Any]]
+_GROUP_COLUMNS = operator.itemgetter(slice(0, GROUP_WIDTH))
+_DATNAME, _USENAME, _APPLICATION, _SESSIONS_OF = map(operator.itemgetter, map(
+    ActivityGroup._fields.index, ("datname", "usename", "application_name", "sessions")))
+_MORE_THAN_ONE = (1).__lt__
 
 
 class InTransaction(NamedTuple):
@@ -160,12 +166,12 @@ def activity(rows: Iterable[Row], top_transactions: int,
     sessions. label_top_n: the values kept per label, the idle sessions of the others folded
     (None: none folded). Rows are added up by their labels before any group is built: there
     may be a row per session."""
-    totals: _Totals = {}  # never folded
+    listed: _Listed = {}  # never folded
     pids: dict[tuple[Any, ...], list[int]] = {}
     idle: list[_IdleRow] = []
     in_transaction: list[InTransaction] = []
     blocked: list[BlockedSession] = []
-    for r in rows:
+    for r in rows:  # a row per session that is not idle: this loop is most of a busy poll's CPU
         client, pid, _, blocked_by, idle_apps = r[GROUP_WIDTH:]
         if blocked_by:  # a lock wait whose blocker already went is no longer blocked
             blocked.append(BlockedSession(pid, tuple(blocked_by), r[_STATE_AGE] or 0.0))
@@ -175,53 +181,45 @@ def activity(rows: Iterable[Row], top_transactions: int,
             group = ActivityGroup._make((*r[:2], FOLDED, *r[3:GROUP_WIDTH]))
             idle.append(_IdleRow(group, Counter(idle_apps)))
             continue
-        labels, transaction_age = r[:_SESSIONS], r[_TRANSACTION_AGE]
-        _add(totals, labels, r[_SESSIONS], transaction_age, r[_STATE_AGE])
+        labels = r[:_SESSIONS]
+        same = listed.get(labels)
+        listed[labels] = r if same is None else _added(same, r)
         if pid is None:
             continue
         if r[_STATE] != "unknown":  # another role's, without pg_monitor: state unknown
             pids.setdefault(labels, []).append(pid)
+        transaction_age = r[_TRANSACTION_AGE]
         if transaction_age is not None:
             in_transaction.append(InTransaction(-transaction_age, pid, r))
-    listed = _groups(totals)
-    groups = [*listed, *_idle_groups(listed, idle, label_top_n)]
-    oldest = [s.session() for s in heapq.nsmallest(top_transactions, in_transaction,
-                                                   key=_AGE_AND_PID)]
-    group_pids = [tuple(pids.get(labels, ())) for labels in totals]
+    groups = list(map(ActivityGroup._make, map(_GROUP_COLUMNS, listed.values())))
+    listed_count = len(groups)
+    groups += _idle_groups(groups, idle, label_top_n)
+    oldest = [s.session() for s in heapq.nsmallest(top_transactions, in_transaction)]
+    group_pids = [tuple(pids.get(labels, ())) for labels in listed]
     return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked),
-                        (*group_pids, *[()] * (len(groups) - len(listed))),  # idle: no pids
+                        (*group_pids, *[()] * (len(groups) - listed_count)),  # idle: no pids
                         tuple(in_transaction))
 
 
-_AGE_AND_PID = operator.itemgetter(0, 1)  # rows do not compare: the order ends at the pid
-
-
 def _idle_groups(listed: Collection[ActivityGroup], idle: Sequence[_IdleRow],
-                 top_n: int | None) -> Iterable[ActivityGroup]:
+                 top_n: int | None) -> list[ActivityGroup]:
     """The idle sessions as groups per application: the top N values of each label (by every
     session's weight, as the metrics rank them) keep their names, the idle sessions of the
     others fold into FOLDED. A kept value is never folded, so its weight is whole, and the same
     values are the top N when the metrics rank these groups."""
     if top_n is None:
-        for row in idle:
-            head, tail = row.group[:2], row.group[3:_SESSIONS]
-            ages = row.group[_TRANSACTION_AGE:]
-            for app, sessions in row.applications.items():
-                yield ActivityGroup._make((*head, app, *tail, sessions, *ages))
-        return
-    datnames: Counter[str] = Counter()
-    usenames: Counter[str] = Counter()
+        return [ActivityGroup._make((*row.group[:2], app, *row.group[3:_SESSIONS], sessions,
+                                     *row.group[_TRANSACTION_AGE:]))
+                for row in idle for app, sessions in row.applications.items()]
+    everyone = [*listed, *(row.group for row in idle)]
     apps: Counter[str] = Counter()
-    for g in (*listed, *(row.group for row in idle)):
-        datnames[g.datname] += g.sessions
-        usenames[g.usename] += g.sessions
     for row in idle:
         apps.update(row.applications)  # into an empty Counter (the usual one row): in C
-    for g in listed:
-        apps[g.application_name] += g.sessions
-    kept_datnames, kept_usenames = keep_top(datnames, top_n), keep_top(usenames, top_n)
+    apps.update(session_weights(_APPLICATION, listed))
     kept_apps = keep_top(apps, top_n)
-    folded: _Totals = {}
+    kept_datnames = keep_top(session_weights(_DATNAME, everyone), top_n)
+    kept_usenames = keep_top(session_weights(_USENAME, everyone), top_n)
+    folded: list[tuple[Any, ...]] = []
     for row in idle:
         g = row.group
         datname = g.datname if g.datname in kept_datnames else FOLDED
@@ -231,25 +229,49 @@ def _idle_groups(listed: Collection[ActivityGroup], idle: Sequence[_IdleRow],
         shares = [*kept, (FOLDED, g.sessions - sum(sessions for _, sessions in kept))]
         for app, sessions in shares:
             if sessions:
-                _add(folded, (datname, usename, app, *g[_STATE:_SESSIONS]), sessions,
-                     g.max_transaction_age, g.max_state_age)
-    yield from _groups(folded)
+                folded.append((datname, usename, app, *g[_STATE:_SESSIONS], sessions,
+                               *g[_TRANSACTION_AGE:]))
+    return added_up(folded)
 
 
-def _add(totals: _Totals, labels: tuple[Any, ...], sessions: int,
-         transaction_age: float | None, state_age: float | None) -> None:
-    """Sessions under the same labels add up; the oldest ages stay."""
-    total = totals.get(labels)
-    if total is None:
-        totals[labels] = [sessions, transaction_age, state_age]
-    else:
-        total[0] += sessions
-        total[1] = _oldest(total[1], transaction_age)
-        total[2] = _oldest(total[2], state_age)
+def added_up(groups: Iterable[Sequence[Any]]) -> list[ActivityGroup]:
+    """Groups (or rows, or tuples in ActivityGroup's order) of the same labels added up into
+    one, in the order their labels first come."""
+    first: _Listed = {}
+    totals: dict[tuple[Any, ...], list[Any]] = {}  # labels seen more than once: running sums
+    for g in groups:
+        labels = g[:_SESSIONS]
+        if labels not in first:
+            first[labels] = g
+            continue
+        total = totals.get(labels)
+        if total is None:
+            one = first[labels]
+            total = totals[labels] = [one[_SESSIONS], one[_TRANSACTION_AGE], one[_STATE_AGE]]
+        total[0] += g[_SESSIONS]
+        total[1] = _oldest(total[1], g[_TRANSACTION_AGE])
+        total[2] = _oldest(total[2], g[_STATE_AGE])
+    for labels, total in totals.items():
+        first[labels] = (*labels, *total)
+    return list(map(ActivityGroup._make, map(_GROUP_COLUMNS, first.values())))
 
 
-def _groups(totals: _Totals) -> list[ActivityGroup]:
-    return [ActivityGroup(*labels, *total) for labels, total in totals.items()]
+def session_weights(value_of: Callable[[ActivityGroup], str],
+                    groups: Sequence[ActivityGroup]) -> Counter[str]:
+    """Each value's sessions: every group counted once by a Counter, in C, then the groups of
+    more than one session add the rest (on a busy server most groups are one session each)."""
+    weights = Counter(map(value_of, groups))
+    for g in compress(groups, map(_MORE_THAN_ONE, map(_SESSIONS_OF, groups))):
+        weights[value_of(g)] += g.sessions - 1
+    return weights
+
+
+def _added(a: Sequence[Any], b: Sequence[Any]) -> tuple[Any, ...]:
+    """Two groups of the same labels (rows, or what was added up before) as one: sessions add
+    up, the oldest ages stay."""
+    return (*a[:_SESSIONS], a[_SESSIONS] + b[_SESSIONS],
+            _oldest(a[_TRANSACTION_AGE], b[_TRANSACTION_AGE]),
+            _oldest(a[_STATE_AGE], b[_STATE_AGE]))
 
 
 def _oldest(a: float | None, b: float | None) -> float | None:

@@ -10,7 +10,7 @@ which table."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from exporter.finding import Context, age
@@ -137,28 +137,30 @@ def _stall(pg: PostgresSnapshot, cause: tuple[tuple[str, str], ...], sessions: l
 def idle_in_transaction(pg: PostgresSnapshot, ctx: Context) -> Iterator[Observation]:
     """As the doctor's idle_in_transaction: per database and application whose oldest
     transaction idle in transaction is past the warning threshold."""
+    candidates = _candidates(pg)
     for old in old_transactions(pg, ctx.thresholds, IDLE_IN_TRANSACTION_CHECK):
         datname, app, seconds = old.datname, old.application_name, old.seconds
-        sessions = [s for s in _candidates(pg)
-                    if (s.datname, s.application_name) == (datname, app)
-                    and s.state in old.states
-                    and (s.transaction_age or 0.0) > old.warning_seconds]
+        sessions = [s for s in candidates.get((datname, app), ())
+                    if s.state in old.states and (s.transaction_age or 0.0) > old.warning_seconds]
         holder = max(sessions, key=lambda s: (s.transaction_age or 0.0, -s.pid), default=None)
+        pids = {s.pid for s in sessions}
         evidence: dict[str, Evidence] = evidence_of({
             **(session_evidence(holder, holder.pid, pg.involved) if holder else
                {"application_name": app, "datname": datname}),
-            "idle_sessions": len({s.pid for s in sessions}) or None,
+            "idle_sessions": len(pids) or None,
         })
         yield Observation(
             IDLE_IN_TRANSACTION_CHECK.id, pg.target,
             (("application_name", app), ("datname", datname)), old.severity,
             f"a transaction idle in transaction for {age(seconds)} ({app or '-'} on "
             f"{datname})" + (f", pid {holder.pid}" if holder else ""),
-            evidence, magnitude=len({s.pid for s in sessions}) or 1,
-            instances=tuple(sorted({str(s.pid) for s in sessions})))
+            evidence, magnitude=len(pids) or 1, instances=tuple(sorted(map(str, pids))))
 
 
-def _candidates(pg: PostgresSnapshot) -> Iterable[Session]:
-    """The sessions read by pid, then the oldest transactions (the doctor's fallback)."""
-    yield from pg.involved.sessions
-    yield from pg.oldest_transactions
+def _candidates(pg: PostgresSnapshot) -> dict[tuple[str, str], list[Session]]:
+    """The sessions read by pid, then the oldest transactions (the doctor's fallback), by
+    database and application: hundreds of applications may each have a transaction idle."""
+    by_who: dict[tuple[str, str], list[Session]] = {}
+    for s in (*pg.involved.sessions, *pg.oldest_transactions):
+        by_who.setdefault((s.datname, s.application_name), []).append(s)
+    return by_who

@@ -12,6 +12,7 @@ from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean, keep_top
 from exporter.metricspec import MetricOptions, MetricSpec, Specs
+from exporter.postgres.activity import added_up, session_weights
 from exporter.postgres.snapshot import (
     ActivityGroup,
     PostgresSnapshot,
@@ -169,37 +170,42 @@ class _Folders:
 
 
 def _folders(groups: tuple[ActivityGroup, ...], top_n: int) -> _Folders:
-    return _Folders(*(_folder(groups, field, top_n)
+    return _Folders(*(_folder(groups, attrgetter(field), top_n)
                       for field in ("datname", "usename", "application_name")))
 
 
-def _folder(groups: tuple[ActivityGroup, ...], field: str, top_n: int) -> Folder:
+def _folder(groups: tuple[ActivityGroup, ...], value_of: Callable[[ActivityGroup], str],
+            top_n: int) -> Folder:
     """The values of one field, weighted by sessions only when some must fold (the common
     case, a few application names, needs no weights; neither does every name kept)."""
-    value_of = attrgetter(field)
     values = set(map(value_of, groups))
     if len(values) <= top_n:
         return Folder(values, top_n)
-    weights: dict[str, int] = dict.fromkeys(values, 0)
-    for g in groups:
-        weights[value_of(g)] += g.sessions
-    return Folder(weights, top_n)
+    return Folder(session_weights(value_of, groups), top_n)
+
+
+def _exported(groups: tuple[ActivityGroup, ...], f: _Folders) -> list[ActivityGroup]:
+    """The groups under the labels they are exported with (datname, usename and application
+    beyond the top N as OTHER), added up: on a busy server hundreds of groups, one per
+    application, become a few tens, which every family of the sessions then reads."""
+    db, user, app = f.datname, f.usename, f.application_name
+    return added_up((db[g[0]], user[g[1]], app[g[2]], *g[3:]) for g in groups)
 
 
 def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterator[Metric]:
     top_n = options.label_top_n
     target = snap.target
-    folders = _folders(snap.activity, top_n)
+    exported = _exported(snap.activity, _folders(snap.activity, top_n))
     yield _server_info(snap, target)
     yield from _connection_limits(snap, target)
-    yield from _connections(snap, target, folders)
-    yield _transaction_max_age(snap, target, folders)
-    yield from _client_read(snap, target)
-    yield _wait_events(snap, target, top_n)
+    yield _connections(exported, target)
+    yield _transaction_max_age(exported, target)
+    yield from _client_read(exported, target)
+    yield _wait_events(exported, target, top_n)
     yield from _blocking(snap, target)
     yield _blocked_by_relation(snap, target, top_n)
     yield _oldest_transactions(snap, target)
-    yield _listen(snap, target, top_n)
+    yield _listen(exported, target, top_n)
     yield _settings(snap, target)
     yield from _tables(snap, target)
     yield from _databases(snap, target, top_n)
@@ -219,31 +225,27 @@ def _connection_limits(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
         yield metric_spec.sample([target], value)
 
 
-def _connections(snap: PostgresSnapshot, target: str, f: _Folders) -> Iterator[Metric]:
-    db, user, app = f.datname, f.usename, f.application_name
-    counts = bounded_sum(((db[g.datname], user[g.usename], app[g.application_name], g.state),
-                          g.sessions)
-                         for g in snap.activity)
+def _connections(exported: list[ActivityGroup], target: str) -> Metric:
+    counts = bounded_sum(((g.datname, g.usename, g.application_name, g.state), g.sessions)
+                         for g in exported)
     metric = CONNECTIONS.family()
     for labels, value in sorted(counts.items()):
         metric.add_metric([target, *labels], value)
-    yield metric
+    return metric
 
 
-def _transaction_max_age(snap: PostgresSnapshot, target: str, f: _Folders) -> Metric:
-    ages = bounded_max(
-        ((f.datname(g.datname), f.application_name(g.application_name), g.state),
-         g.max_transaction_age)
-        for g in snap.activity
-        if g.max_transaction_age is not None and g.state in TRANSACTION_STATES)
+def _transaction_max_age(exported: list[ActivityGroup], target: str) -> Metric:
+    ages = bounded_max(((g.datname, g.application_name, g.state), g.max_transaction_age)
+                       for g in exported
+                       if g.max_transaction_age is not None and g.state in TRANSACTION_STATES)
     metric = TRANSACTION_MAX_AGE.family()
     for labels, value in sorted(ages.items()):
         metric.add_metric([target, *labels], value)
     return metric
 
 
-def _client_read(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
-    stalled = [g for g in snap.activity if g.client_read_in_transaction]
+def _client_read(exported: list[ActivityGroup], target: str) -> Iterator[Metric]:
+    stalled = [g for g in exported if g.client_read_in_transaction]
     count = CLIENT_READ_SESSIONS.sample([target], sum(g.sessions for g in stalled))
     age = CLIENT_READ_MAX_AGE.family()
     age.add_metric([target], max((g.max_state_age or 0.0 for g in stalled), default=0.0))
@@ -251,8 +253,8 @@ def _client_read(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
     yield age
 
 
-def _wait_events(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
-    busy = [g for g in snap.activity if g.state != "idle"]
+def _wait_events(exported: list[ActivityGroup], target: str, top_n: int) -> Metric:
+    busy = [g for g in exported if g.state != "idle"]
     weights: Counter[str] = Counter()
     for g in busy:
         weights[g.wait_event] += g.sessions
@@ -301,9 +303,9 @@ def _oldest_transactions(snap: PostgresSnapshot, target: str) -> Metric:
     return metric
 
 
-def _listen(snap: PostgresSnapshot, target: str, top_n: int) -> Metric:
+def _listen(exported: list[ActivityGroup], target: str, top_n: int) -> Metric:
     channels: Counter[str] = Counter()
-    for g in snap.activity:
+    for g in exported:
         if g.listen_channel:
             channels[g.listen_channel] += g.sessions
     channel_of = Folder(channels, top_n)
