@@ -6,17 +6,18 @@ at thousands of backends that call is most of a poll's database CPU, and no SQL 
 it cheaper. So it is called once per poll, and what the SQL does around it is one pass over its
 rows, one hash aggregate (benchmarks/compare.py; the figures are in docs/benchmarks.md):
 
-- The backends are grouped by database, role, state, wait event and LISTEN channel, and by
-  application, except the idle sessions without a LISTEN: those are grouped without their
-  application and list their applications in one array (idle_apps). On a busy server most
-  sessions are idle, often from as many applications as there are sessions; grouping them per
-  application cost the database passes of hashing and sorting (to pick the top N) and the
-  exporter thousands of rows. Counting an array of names is a C loop in Python
-  (collections.Counter).
-- The sessions that are not idle (a few on a busy server) are a row each, with their pid,
-  client address and, waiting on a lock, the pids blocking them: Python adds them up into
-  groups, and reads the oldest transactions, the blocked sessions and each group's pids (the
-  PgBouncer join, exporter/pgbouncer/servers.py) from them.
+- The backends are grouped by database, role, state, wait event and LISTEN channel; only idle
+  sessions with a LISTEN (a few) are grouped by application too. The idle sessions without a
+  LISTEN list their applications in one array (idle_apps). On a busy server most sessions are
+  idle, often from as many applications as there are sessions; grouping them per application
+  cost the database passes of hashing and sorting (to pick the top N) and the exporter
+  thousands of rows. Counting an array of names is a C loop in Python (collections.Counter).
+- The sessions that are not idle (hundreds on a busy server) are listed in arrays, a position
+  per session: application, pid, ages, client address and, waiting on a lock, the pids
+  blocking it. Python groups them by application, and reads the oldest transactions, the
+  blocked sessions and each group's pids (the PgBouncer join, exporter/pgbouncer/servers.py)
+  from them, mostly with C loops (zip, map, Counter): a row per session cost the exporter more
+  CPU than the whole rest of a poll at 5,000 backends (benchmarks/compare.py).
 - Names are joined to the groups, not to each backend.
 
 Python then keeps the top N values of each label by sessions (exporter.labels.keep_top, as the
@@ -30,15 +31,17 @@ with a database and a role are client backends (autovacuum workers have no role)
 
 from __future__ import annotations
 
+import functools
 import heapq
 import operator
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
-from itertools import compress
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain, compress, count, repeat
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from exporter.labels import FOLDED, keep_top
-from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Session
+from exporter.labels import FOLDED, Folder, keep_top
+from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Exported, Session
 
 if TYPE_CHECKING:  # the PgBouncer join imports this module, and asyncpg only with PostgreSQL
     from typing import TypeAlias
@@ -52,20 +55,22 @@ CLIENT_ADDR = "coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'loca
 
 # Idle, and not listening: what may be folded, and is grouped without its application.
 _FOLDABLE = "state = 'idle' AND listen_channel IS NULL"
-# The sessions listed one by one in their group (NULL state: another role's, without pg_monitor).
+# The sessions listed one by one (NULL state: another role's, without pg_monitor).
 _LISTED = "state IS DISTINCT FROM 'idle'"
 
 # A row per group of backends (client backends and others: client says which), by everything the
-# metrics label or count on (ActivityGroup, the first eleven columns). An *active* statement
-# waiting on ClientRead is a stalled client: it stopped sending mid-statement (a COPY, a blocked
-# event loop between protocol messages). Idle and idle in transaction sessions wait on
-# ClientRead too, by definition: the idle-in-transaction checks, with their own thresholds,
-# judge the latter.
-# - A session that is not idle is a group of its own (pid, client_addr, and blocked_by: the pids
-#   blocking it when it waits on a lock), and Python adds them up into groups. Listing them in
-#   arrays per group measured dearer: each array is a memory context per group.
-# - Idle sessions without a LISTEN are grouped without their application (NULL), and list their
-#   applications in idle_apps. Other idle sessions keep theirs.
+# metrics label or count on but the application (ActivityGroup, the first eleven columns). An
+# *active* statement waiting on ClientRead is a stalled client: it stopped sending
+# mid-statement (a COPY, a blocked event loop between protocol messages). Idle and idle in
+# transaction sessions wait on ClientRead too, by definition: the idle-in-transaction checks,
+# with their own thresholds, judge the latter.
+# - The sessions that are not idle list each session in arrays, one position per session (its
+#   application, pid, ages, client address and, waiting on a lock, the pids blocking it):
+#   Python groups them by application. A handful of rows of arrays cost the exporter a third of
+#   what a row per session did (asyncpg builds a Record and its values for every row), and the
+#   database no more: the arrays of a few groups are a few memory contexts.
+# - Idle sessions without a LISTEN list their applications in idle_apps. Idle sessions with a
+#   LISTEN keep theirs as a label (application_name is NULL in the other rows).
 # pg_blocking_pids() takes the lock manager's partition locks: CASE calls it for the sessions
 # waiting on a lock only. The wait is measured from the waiting statement's start
 # (state_change). The ages use date_part, which returns float8: EXTRACT returns numeric since
@@ -80,22 +85,29 @@ SELECT coalesce(d.datname, '') AS datname, coalesce(r.rolname, '') AS usename,
        date_part('epoch', now() - g.state_change) AS max_state_age,
        (g.client_backend OR (g.client_backend IS NULL AND d.datname IS NOT NULL
                              AND r.rolname IS NOT NULL)) AS client,
-       g.pid, g.client_addr, g.blocked_by, g.idle_apps
+       g.applications, g.pids, g.transaction_ages, g.state_ages, g.client_addrs, g.blocked_by,
+       g.idle_apps
 FROM (
     SELECT datid, usesysid, backend_type = 'client backend' AS client_backend,
            coalesce(state, 'unknown') AS state,
            coalesce(wait_event_type, '') AS wait_event_type,
            coalesce(wait_event, '') AS wait_event,
            listen_channel,
-           CASE WHEN {_FOLDABLE} THEN NULL ELSE coalesce(application_name, '') END
+           CASE WHEN {_FOLDABLE} OR {_LISTED} THEN NULL ELSE coalesce(application_name, '') END
                AS application_name,
-           CASE WHEN {_LISTED} THEN pid END AS pid,
-           CASE WHEN {_LISTED} THEN {CLIENT_ADDR} END AS client_addr,
-           CASE WHEN {_LISTED} AND wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END
-               AS blocked_by,
            count(*) AS sessions,
            min(xact_start) AS xact_start,
            min(state_change) AS state_change,
+           array_agg(coalesce(application_name, '')) FILTER (WHERE {_LISTED}) AS applications,
+           array_agg(pid) FILTER (WHERE {_LISTED}) AS pids,
+           array_agg(date_part('epoch', now() - xact_start)) FILTER (WHERE {_LISTED})
+               AS transaction_ages,
+           array_agg(date_part('epoch', now() - state_change)) FILTER (WHERE {_LISTED})
+               AS state_ages,
+           array_agg({CLIENT_ADDR}) FILTER (WHERE {_LISTED}) AS client_addrs,
+           array_agg(CASE WHEN wait_event_type = 'Lock'
+                          THEN nullif(array_to_string(pg_blocking_pids(pid), ','), '') END)
+               FILTER (WHERE {_LISTED}) AS blocked_by,
            array_agg(coalesce(application_name, '')) FILTER (WHERE {_FOLDABLE}) AS idle_apps
     FROM (SELECT *,
                  CASE WHEN ascii(query) NOT IN (9, 10, 12, 13, 32, 76, 108) THEN NULL
@@ -104,53 +116,84 @@ FROM (
                  END AS listen_channel
           FROM pg_stat_get_activity(NULL)
           WHERE pid <> pg_backend_pid()) backend
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 ) g
 LEFT JOIN pg_database d ON d.oid = g.datid
 LEFT JOIN pg_roles r ON r.oid = g.usesysid
 """
 GROUP_WIDTH = len(ActivityGroup._fields)
 # ActivityGroup's columns by position: the labels, then what adds up
-_STATE, _SESSIONS, _TRANSACTION_AGE, _STATE_AGE = map(ActivityGroup._fields.index, (
-    "state", "sessions", "max_transaction_age", "max_state_age"))
-_CLIENT_ADDR = GROUP_WIDTH + 2  # after client and pid
-
-
-# A group's labels (ActivityGroup's fields before sessions) -> its columns: the row of its one
-# session, or what several added up to (a row is its group's until another joins it)
-_Listed = dict[tuple[Any, ...], Sequence[Any]]
+_APP, _STATE, _SESSIONS, _TRANSACTION_AGE, _STATE_AGE = map(ActivityGroup._fields.index, (
+    "application_name", "state", "sessions", "max_transaction_age", "max_state_age"))
 _GROUP_COLUMNS = operator.itemgetter(slice(0, GROUP_WIDTH))
 _DATNAME, _USENAME, _APPLICATION, _SESSIONS_OF = map(operator.itemgetter, map(
     ActivityGroup._fields.index, ("datname", "usename", "application_name", "sessions")))
 _MORE_THAN_ONE = (1).__lt__
+# ActivityGroup._make without its length check, a C call: _make is Python, and hundreds of groups
+# are made per poll from columns of the right width
+_new_group = cast(Callable[[Iterable[Any]], ActivityGroup],
+                  functools.partial(tuple.__new__, ActivityGroup))
+
+# A group's labels (ActivityGroup's fields before sessions) -> its columns
+_Groups = dict[tuple[Any, ...], Sequence[Any]]
+
+
+class _Listed(NamedTuple):
+    """The sessions that are not idle under one set of labels but the application, one
+    position per session (ACTIVITY_SQL's arrays, of every row with these labels)."""
+
+    labels: tuple[Any, ...]  # ActivityGroup's labels, application_name None
+    applications: list[str]
+    pids: list[int]
+    transaction_ages: list[float | None]
+    state_ages: list[float | None]
+    client_addrs: list[str]
+
+    def group(self, i: int) -> ActivityGroup:
+        """The i-th session as a group of its own."""
+        return ActivityGroup(*self.labels[:_APP], self.applications[i],
+                             *self.labels[_APP + 1:], 1, self.transaction_ages[i],
+                             self.state_ages[i])
 
 
 class InTransaction(NamedTuple):
     """A client backend in a transaction, as read. Ordered by its first two fields as ORDER
-    BY xact_start, pid orders: the oldest transaction first. Its group is built when asked:
-    on a busy server there are hundreds, and only a few are shown."""
+    BY xact_start, pid orders: the oldest transaction first."""
 
     minus_age: float  # -transaction_age
     pid: int
-    row: Row  # ACTIVITY_SQL's: this session alone, so its ages are the group's
-
-    @property
-    def group(self) -> ActivityGroup:
-        return ActivityGroup._make(self.row[:GROUP_WIDTH])
+    group: ActivityGroup  # this session alone, so its ages are the group's
+    client_addr: str
 
     def session(self) -> Session:
         g = self.group
-        return Session(self.pid, g.datname, g.usename, g.application_name,
-                       self.row[_CLIENT_ADDR] or "", g.state, g.wait_event_type, g.wait_event,
-                       g.max_transaction_age, g.max_state_age)
+        return Session(self.pid, g.datname, g.usename, g.application_name, self.client_addr,
+                       g.state, g.wait_event_type, g.wait_event, g.max_transaction_age,
+                       g.max_state_age)
 
 
-class ActivityRead(NamedTuple):
+@dataclass(frozen=True)
+class ActivityRead:
     groups: tuple[ActivityGroup, ...]
     oldest: tuple[Session, ...]  # oldest transaction first
     blocked: tuple[BlockedSession, ...]  # only those another session blocks
-    group_pids: tuple[tuple[int, ...], ...] = ()  # each group's backends, in groups' order
-    in_transaction: tuple[InTransaction, ...] = ()  # every client backend in a transaction
+    group_pids: tuple[tuple[int, ...], ...]  # each group's backends, in groups' order
+    # per set of labels but the application: the sessions' count and oldest ages, for a
+    # judgement that holds for a group if it holds for the oldest of its kind
+    summaries: tuple[ActivityGroup, ...]
+    listed: tuple[_Listed, ...]  # every client backend that is not idle
+    # the groups as the metrics export them (top N kept, the rest OTHER), when folded
+    exported: Exported | None = None
+
+    @functools.cached_property
+    def in_transaction(self) -> tuple[InTransaction, ...]:
+        """Every client backend in a transaction: built when asked (the incidents' sessions
+        are chosen from them), not on every poll."""
+        return tuple(InTransaction(-age, pid, sessions.group(i), sessions.client_addrs[i] or "")
+                     for sessions in self.listed
+                     for i, (pid, age) in enumerate(zip(sessions.pids,
+                                                        sessions.transaction_ages, strict=True))
+                     if age is not None)
 
 
 class _IdleRow(NamedTuple):
@@ -164,69 +207,150 @@ def activity(rows: Iterable[Row], top_transactions: int,
              label_top_n: int | None) -> ActivityRead:
     """The read's rows as groups, the top_transactions oldest transactions and the blocked
     sessions. label_top_n: the values kept per label, the idle sessions of the others folded
-    (None: none folded). Rows are added up by their labels before any group is built: there
-    may be a row per session."""
-    listed: _Listed = {}  # never folded
-    pids: dict[tuple[Any, ...], list[int]] = {}
+    (None: none folded)."""
+    listed: dict[tuple[Any, ...], _Listed] = {}
+    labelled: list[Row] = []  # idle sessions with a LISTEN, grouped with their application
     idle: list[_IdleRow] = []
-    in_transaction: list[InTransaction] = []
     blocked: list[BlockedSession] = []
-    for r in rows:  # a row per session that is not idle: this loop is most of a busy poll's CPU
-        client, pid, _, blocked_by, idle_apps = r[GROUP_WIDTH:]
-        if blocked_by:  # a lock wait whose blocker already went is no longer blocked
-            blocked.append(BlockedSession(pid, tuple(blocked_by), r[_STATE_AGE] or 0.0))
+    for r in rows:
+        (client, applications, pids, transaction_ages, state_ages, addrs, blocked_by,
+         idle_apps) = r[GROUP_WIDTH:]
+        if blocked_by:  # any backend's; a lock wait whose blocker already went is not blocked
+            blocked += (BlockedSession(pid, tuple(map(int, by.split(","))), age or 0.0)
+                        for pid, by, age in compress(zip(pids, blocked_by, state_ages),
+                                                     blocked_by))
         if not client:
             continue
         if idle_apps is not None:
-            group = ActivityGroup._make((*r[:2], FOLDED, *r[3:GROUP_WIDTH]))
+            group = ActivityGroup._make((*r[:_APP], FOLDED, *r[_APP + 1:GROUP_WIDTH]))
             idle.append(_IdleRow(group, Counter(idle_apps)))
-            continue
-        labels = r[:_SESSIONS]
-        same = listed.get(labels)
-        listed[labels] = r if same is None else _added(same, r)
-        if pid is None:
-            continue
-        if r[_STATE] != "unknown":  # another role's, without pg_monitor: state unknown
-            pids.setdefault(labels, []).append(pid)
-        transaction_age = r[_TRANSACTION_AGE]
-        if transaction_age is not None:
-            in_transaction.append(InTransaction(-transaction_age, pid, r))
-    groups = list(map(ActivityGroup._make, map(_GROUP_COLUMNS, listed.values())))
-    listed_count = len(groups)
-    groups += _idle_groups(groups, idle, label_top_n)
-    oldest = [s.session() for s in heapq.nsmallest(top_transactions, in_transaction)]
-    group_pids = [tuple(pids.get(labels, ())) for labels in listed]
-    return ActivityRead(tuple(groups), tuple(oldest), tuple(blocked),
-                        (*group_pids, *[()] * (len(groups) - listed_count)),  # idle: no pids
-                        tuple(in_transaction))
+        elif pids is None:
+            labelled.append(r)
+        else:  # rows of the same labels (other roles' sessions, without pg_monitor) join
+            labels = r[:_SESSIONS]
+            same = listed.get(labels)
+            if same is None:
+                listed[labels] = _Listed(labels, applications, pids, transaction_ages,
+                                         state_ages, addrs)
+            else:  # new lists: the rows read stay as they were
+                listed[labels] = _Listed(labels, *(mine + more for mine, more in zip(
+                    same[1:], (applications, pids, transaction_ages, state_ages, addrs),
+                    strict=True)))
+    groups: list[ActivityGroup] = []
+    group_pids: list[tuple[int, ...]] = []
+    for sessions in listed.values():
+        _by_application(sessions, groups, group_pids)
+    groups += added_up(labelled)
+    exported = None
+    if label_top_n is None:
+        groups += _unfolded_idle_groups(idle)
+    else:
+        kept = _kept(groups, idle, label_top_n)
+        groups += _idle_groups(idle, kept)
+        exported = Exported(label_top_n, tuple(_exported(
+            listed.values(), groups[len(group_pids):], kept, label_top_n)))
+    summaries = [*map(_summary, listed.values()), *groups[len(group_pids):]]
+    return ActivityRead(tuple(groups), _oldest_sessions(listed.values(), top_transactions),
+                        tuple(blocked),
+                        (*group_pids, *[()] * (len(groups) - len(group_pids))),  # no pids
+                        tuple(summaries), tuple(listed.values()), exported)
 
 
-def _idle_groups(listed: Collection[ActivityGroup], idle: Sequence[_IdleRow],
-                 top_n: int | None) -> list[ActivityGroup]:
-    """The idle sessions as groups per application: the top N values of each label (by every
-    session's weight, as the metrics rank them) keep their names, the idle sessions of the
-    others fold into FOLDED. A kept value is never folded, so its weight is whole, and the same
-    values are the top N when the metrics rank these groups."""
-    if top_n is None:
-        return [ActivityGroup._make((*row.group[:2], app, *row.group[3:_SESSIONS], sessions,
-                                     *row.group[_TRANSACTION_AGE:]))
-                for row in idle for app, sessions in row.applications.items()]
+def _by_application(sessions: _Listed, groups: list[ActivityGroup],
+                    group_pids: list[tuple[int, ...]]) -> None:
+    """The sessions of one set of labels as groups per application, with their pids (none for
+    another role's sessions without pg_monitor: their state is unknown)."""
+    labels = sessions.labels
+    head, tail = labels[:_APP], labels[_APP + 1:]
+    apps, pids = sessions.applications, sessions.pids
+    known = labels[_STATE] != "unknown"
+    if len(set(apps)) == len(apps):  # a session per application: each a group, built in C
+        groups += map(_new_group, zip(
+            *map(repeat, head), apps, *map(repeat, tail), repeat(1),
+            sessions.transaction_ages, sessions.state_ages))
+        group_pids += zip(pids) if known else repeat((), len(pids))
+        return
+    by_app: dict[str, list[Any]] = {}
+    for app, pid, transaction_age, state_age in zip(apps, pids, sessions.transaction_ages,
+                                                    sessions.state_ages, strict=True):
+        total = by_app.get(app)
+        if total is None:
+            by_app[app] = [1, transaction_age, state_age, [pid]]
+        else:
+            total[0] += 1
+            total[1] = _oldest(total[1], transaction_age)
+            total[2] = _oldest(total[2], state_age)
+            total[3].append(pid)
+    for app, (count, transaction_age, state_age, app_pids) in by_app.items():
+        groups.append(ActivityGroup(*head, app, *tail, count, transaction_age, state_age))
+        group_pids.append(tuple(app_pids) if known else ())
+
+
+def _summary(sessions: _Listed) -> ActivityGroup:
+    """The sessions of one set of labels but the application: their count and oldest ages."""
+    return ActivityGroup(*sessions.labels[:_APP], "", *sessions.labels[_APP + 1:],
+                         len(sessions.pids), _largest(sessions.transaction_ages),
+                         _largest(sessions.state_ages))
+
+
+def _largest(ages: list[float | None]) -> float | None:
+    return max(compress(ages, map(operator.is_not, ages, repeat(None))), default=None)
+
+
+def _oldest_sessions(listed: Iterable[_Listed], top: int) -> tuple[Session, ...]:
+    """The top oldest transactions, ties broken by pid, ranked over (-age, pid, which, where)
+    tuples zipped in C: only the few shown become sessions."""
+    ranked = heapq.nsmallest(top, chain.from_iterable(
+        zip(map(operator.neg, compress(s.transaction_ages, present)),
+            compress(s.pids, present), repeat(which), compress(count(), present))
+        for which, s in enumerate(listed)
+        for present in [list(map(operator.is_not, s.transaction_ages, repeat(None)))]))
+    by_index = list(listed)
+    return tuple(InTransaction(minus_age, pid, by_index[which].group(i),
+                               by_index[which].client_addrs[i] or "").session()
+                 for minus_age, pid, which, i in ranked)
+
+
+class _Kept(NamedTuple):
+    """The values of each label that keep their names: the top N by sessions."""
+
+    datnames: frozenset[str]
+    usenames: frozenset[str]
+    applications: frozenset[str]
+
+
+def _kept(listed: Sequence[ActivityGroup], idle: Sequence[_IdleRow], top_n: int) -> _Kept:
+    """The top N values of each label by every session's weight, as the metrics rank them. A
+    kept value is never folded, so its weight is whole, and the same values are the top N when
+    the metrics rank the groups folded with them."""
     everyone = [*listed, *(row.group for row in idle)]
     apps: Counter[str] = Counter()
     for row in idle:
         apps.update(row.applications)  # into an empty Counter (the usual one row): in C
-    apps.update(session_weights(_APPLICATION, listed))
-    kept_apps = keep_top(apps, top_n)
-    kept_datnames = keep_top(session_weights(_DATNAME, everyone), top_n)
-    kept_usenames = keep_top(session_weights(_USENAME, everyone), top_n)
+    count_sessions(apps, _APPLICATION, listed)
+    return _Kept(keep_top(session_weights(_DATNAME, everyone), top_n),
+                 keep_top(session_weights(_USENAME, everyone), top_n), keep_top(apps, top_n))
+
+
+def _unfolded_idle_groups(idle: Sequence[_IdleRow]) -> list[ActivityGroup]:
+    """The idle sessions as groups per application, none folded."""
+    return [ActivityGroup._make((*row.group[:2], app, *row.group[3:_SESSIONS], sessions,
+                                 *row.group[_TRANSACTION_AGE:]))
+            for row in idle for app, sessions in row.applications.items()]
+
+
+def _idle_groups(idle: Sequence[_IdleRow], kept: _Kept) -> list[ActivityGroup]:
+    """The idle sessions as groups per application: the kept values of each label keep their
+    names, the idle sessions of the others fold into FOLDED."""
     folded: list[tuple[Any, ...]] = []
     for row in idle:
         g = row.group
-        datname = g.datname if g.datname in kept_datnames else FOLDED
-        usename = g.usename if g.usename in kept_usenames else FOLDED
+        datname = g.datname if g.datname in kept.datnames else FOLDED
+        usename = g.usename if g.usename in kept.usenames else FOLDED
         # only the kept applications are looked up: the rest is what they leave
-        kept = [(app, row.applications[app]) for app in kept_apps if app in row.applications]
-        shares = [*kept, (FOLDED, g.sessions - sum(sessions for _, sessions in kept))]
+        shares = [(app, row.applications[app]) for app in kept.applications
+                  if app in row.applications]
+        shares.append((FOLDED, g.sessions - sum(sessions for _, sessions in shares)))
         for app, sessions in shares:
             if sessions:
                 folded.append((datname, usename, app, *g[_STATE:_SESSIONS], sessions,
@@ -234,10 +358,39 @@ def _idle_groups(listed: Collection[ActivityGroup], idle: Sequence[_IdleRow],
     return added_up(folded)
 
 
+def _exported(listed: Iterable[_Listed], others: Iterable[ActivityGroup], kept: _Kept,
+              top_n: int) -> list[ActivityGroup]:
+    """The groups under the labels they are exported with: kept values cleaned, the rest
+    OTHER (exporter.postgres.metrics folds groups the same way when it has only them). The
+    listed sessions are folded from their columns: per set of labels, each session's exported
+    application is a C map, its sessions a Counter; only the ages are a Python loop."""
+    db, user, app = (Folder(values, top_n) for values in kept)
+    folded: list[Sequence[Any]] = []
+    for sessions in listed:
+        labels = sessions.labels
+        head, tail = (db[labels[0]], user[labels[1]]), labels[_APP + 1:]
+        apps = list(map(app.__getitem__, sessions.applications))
+        oldest: dict[str, list[float | None]] = {}
+        for name, transaction_age, state_age in zip(apps, sessions.transaction_ages,
+                                                    sessions.state_ages, strict=True):
+            ages = oldest.get(name)
+            if ages is None:
+                oldest[name] = [transaction_age, state_age]
+                continue
+            if transaction_age is not None and (ages[0] is None or transaction_age > ages[0]):
+                ages[0] = transaction_age
+            if state_age is not None and (ages[1] is None or state_age > ages[1]):
+                ages[1] = state_age
+        folded += ((*head, name, *tail, count, *oldest[name])
+                   for name, count in Counter(apps).items())
+    folded += ((db[g[0]], user[g[1]], app[g[2]], *g[3:]) for g in others)
+    return added_up(folded)
+
+
 def added_up(groups: Iterable[Sequence[Any]]) -> list[ActivityGroup]:
     """Groups (or rows, or tuples in ActivityGroup's order) of the same labels added up into
     one, in the order their labels first come."""
-    first: _Listed = {}
+    first: _Groups = {}
     totals: dict[tuple[Any, ...], list[Any]] = {}  # labels seen more than once: running sums
     for g in groups:
         labels = g[:_SESSIONS]
@@ -249,18 +402,30 @@ def added_up(groups: Iterable[Sequence[Any]]) -> list[ActivityGroup]:
             one = first[labels]
             total = totals[labels] = [one[_SESSIONS], one[_TRANSACTION_AGE], one[_STATE_AGE]]
         total[0] += g[_SESSIONS]
-        total[1] = _oldest(total[1], g[_TRANSACTION_AGE])
-        total[2] = _oldest(total[2], g[_STATE_AGE])
+        # the oldest ages stay (None: none); written out, not _oldest(): a call per group
+        # costs a tenth of a busy poll here
+        transaction_age, state_age = g[_TRANSACTION_AGE], g[_STATE_AGE]
+        if transaction_age is not None and (total[1] is None or transaction_age > total[1]):
+            total[1] = transaction_age
+        if state_age is not None and (total[2] is None or state_age > total[2]):
+            total[2] = state_age
     for labels, total in totals.items():
         first[labels] = (*labels, *total)
-    return list(map(ActivityGroup._make, map(_GROUP_COLUMNS, first.values())))
+    return list(map(_new_group, map(_GROUP_COLUMNS, first.values())))
 
 
 def session_weights(value_of: Callable[[ActivityGroup], str],
                     groups: Sequence[ActivityGroup]) -> Counter[str]:
-    """Each value's sessions: every group counted once by a Counter, in C, then the groups of
-    more than one session add the rest (on a busy server most groups are one session each)."""
-    weights = Counter(map(value_of, groups))
+    """Each value's sessions."""
+    return count_sessions(Counter(), value_of, groups)
+
+
+def count_sessions(weights: Counter[str], value_of: Callable[[ActivityGroup], str],
+                   groups: Sequence[ActivityGroup]) -> Counter[str]:
+    """Adds each value's sessions to weights: every group counted once by the Counter, in C
+    (update() of an iterable, not of a mapping: that is a Python loop), then the groups of more
+    than one session add the rest (on a busy server most groups are one session each)."""
+    weights.update(map(value_of, groups))
     for g in compress(groups, map(_MORE_THAN_ONE, map(_SESSIONS_OF, groups))):
         weights[value_of(g)] += g.sessions - 1
     return weights

@@ -4,7 +4,7 @@ labels, meaning) is declared here, beside the builder that emits it."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -187,7 +187,8 @@ def _folder(groups: tuple[ActivityGroup, ...], value_of: Callable[[ActivityGroup
 def _exported(groups: tuple[ActivityGroup, ...], f: _Folders) -> list[ActivityGroup]:
     """The groups under the labels they are exported with (datname, usename and application
     beyond the top N as OTHER), added up: on a busy server hundreds of groups, one per
-    application, become a few tens, which every family of the sessions then reads."""
+    application, become a few tens, which every family of the sessions then reads. The source
+    folds them as it reads them (snap.exported); this is for a snapshot without them."""
     db, user, app = f.datname, f.usename, f.application_name
     return added_up((db[g[0]], user[g[1]], app[g[2]], *g[3:]) for g in groups)
 
@@ -195,7 +196,8 @@ def _exported(groups: tuple[ActivityGroup, ...], f: _Folders) -> list[ActivityGr
 def postgres_families(snap: PostgresSnapshot, options: MetricOptions) -> Iterator[Metric]:
     top_n = options.label_top_n
     target = snap.target
-    exported = _exported(snap.activity, _folders(snap.activity, top_n))
+    exported = (snap.exported.groups if snap.exported and snap.exported.top_n == top_n
+                else _exported(snap.activity, _folders(snap.activity, top_n)))
     yield _server_info(snap, target)
     yield from _connection_limits(snap, target)
     yield _connections(exported, target)
@@ -225,7 +227,7 @@ def _connection_limits(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
         yield metric_spec.sample([target], value)
 
 
-def _connections(exported: list[ActivityGroup], target: str) -> Metric:
+def _connections(exported: Sequence[ActivityGroup], target: str) -> Metric:
     counts = bounded_sum(((g.datname, g.usename, g.application_name, g.state), g.sessions)
                          for g in exported)
     metric = CONNECTIONS.family()
@@ -234,7 +236,7 @@ def _connections(exported: list[ActivityGroup], target: str) -> Metric:
     return metric
 
 
-def _transaction_max_age(exported: list[ActivityGroup], target: str) -> Metric:
+def _transaction_max_age(exported: Sequence[ActivityGroup], target: str) -> Metric:
     ages = bounded_max(((g.datname, g.application_name, g.state), g.max_transaction_age)
                        for g in exported
                        if g.max_transaction_age is not None and g.state in TRANSACTION_STATES)
@@ -244,7 +246,7 @@ def _transaction_max_age(exported: list[ActivityGroup], target: str) -> Metric:
     return metric
 
 
-def _client_read(exported: list[ActivityGroup], target: str) -> Iterator[Metric]:
+def _client_read(exported: Sequence[ActivityGroup], target: str) -> Iterator[Metric]:
     stalled = [g for g in exported if g.client_read_in_transaction]
     count = CLIENT_READ_SESSIONS.sample([target], sum(g.sessions for g in stalled))
     age = CLIENT_READ_MAX_AGE.family()
@@ -253,7 +255,7 @@ def _client_read(exported: list[ActivityGroup], target: str) -> Iterator[Metric]
     yield age
 
 
-def _wait_events(exported: list[ActivityGroup], target: str, top_n: int) -> Metric:
+def _wait_events(exported: Sequence[ActivityGroup], target: str, top_n: int) -> Metric:
     busy = [g for g in exported if g.state != "idle"]
     weights: Counter[str] = Counter()
     for g in busy:
@@ -303,7 +305,7 @@ def _oldest_transactions(snap: PostgresSnapshot, target: str) -> Metric:
     return metric
 
 
-def _listen(exported: list[ActivityGroup], target: str, top_n: int) -> Metric:
+def _listen(exported: Sequence[ActivityGroup], target: str, top_n: int) -> Metric:
     channels: Counter[str] = Counter()
     for g in exported:
         if g.listen_channel:

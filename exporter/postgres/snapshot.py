@@ -27,6 +27,15 @@ class ActivityGroup(NamedTuple):
     max_state_age: float | None  # now - state_change
 
 
+class Exported(NamedTuple):
+    """The sessions as the metrics export them with top_n values kept per label (the rest
+    OTHER), folded by the source as it read them: the families of the sessions read these few
+    groups instead of folding hundreds (exporter/postgres/activity.py)."""
+
+    top_n: int
+    groups: tuple[ActivityGroup, ...]
+
+
 class Session(NamedTuple):
     """One backend, for the oldest transactions and the blockers."""
 
@@ -197,6 +206,7 @@ class PostgresSnapshot:
     oldest_rows: tuple[OldestRow, ...] = ()  # the Prefect tables present, read once a minute
     # each activity group's backends, in the order of `activity` (empty when not read)
     group_pids: tuple[tuple[int, ...], ...] = ()
+    exported: Exported | None = None  # `activity` as exported, when the source folded it
     address: Address = NOWHERE
 
     def group_of(self, pid: int) -> ActivityGroup | None:

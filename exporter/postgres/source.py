@@ -478,6 +478,7 @@ class PostgresSource:
             growth_bytes_per_second=self._growth.update(slow.read_at, slow.sizes),
             involved=involved,
             group_pids=read.group_pids,
+            exported=read.exported,
             address=address_of(self._target),
             database=context.database,
             invalid_indexes=context.invalid_indexes,
@@ -491,7 +492,7 @@ class PostgresSource:
     async def _involved(self, conn: asyncpg.Connection, read: ActivityRead) -> Involved:
         """The sessions of the incidents of the moment, read only when there are some."""
         pids = explicit_pids(read.blocked)
-        if not pids and not stalls_past_thresholds(read.groups, self._thresholds):
+        if not pids and not stalls_past_thresholds(read.summaries, self._thresholds):
             return Involved()
         wanted = involved_pids(pids, read.in_transaction, self._thresholds)
         rows = _involved_rows(await conn.fetch(

@@ -22,21 +22,40 @@ def listed(pid: int, app: str, state: str = "active", *, age: float | None = 5.0
            state_age: float = 3.0,
            wait: tuple[str, str] = ("", ""), blocked_by: list[int] | None = None,
            client: bool = True, db: str = "prefect", user: str = "prefect") -> Row:
-    """A session that is not idle: a row of its own."""
-    return (db, user, app, state, *wait, state == "active" and wait[1] == "ClientRead", None, 1,
-            age, state_age, client, pid, "10.0.0.1", blocked_by, None)
+    """A session that is not idle, as a row of its own (the read lists the sessions of one set
+    of labels in one row: a row of one session is one of those; several join, see rows())."""
+    return (db, user, None, state, *wait, state == "active" and wait[1] == "ClientRead", None, 1,
+            age, state_age, client, [app], [pid], [age], [state_age], ["10.0.0.1"],
+            [",".join(map(str, blocked_by)) or None if blocked_by is not None else None], None)
 
 
 def idle(apps: list[str], *, db: str = "prefect", user: str = "prefect",
          state_age: float = 60.0) -> Row:
     """Idle sessions without a LISTEN, grouped without their application."""
     return (db, user, None, "idle", "Client", "ClientRead", False, None, len(apps), None,
-            state_age, True, None, None, None, apps)
+            state_age, True, None, None, None, None, None, None, apps)
 
 
 def listener(app: str, channel: str) -> Row:
     return ("prefect", "prefect", app, "idle", "Client", "ClientRead", False, channel, 1, None,
-            9.0, True, None, None, None, None)
+            9.0, True, None, None, None, None, None, None, None)
+
+
+def rows(*sessions: Row) -> list[Row]:
+    """Rows as the read returns them: the listed sessions of one set of labels (and client or
+    not) in one row, their arrays joined; other rows as they are."""
+    joined: dict[tuple[Any, ...], Row] = {}
+    others: list[Row] = []
+    for r in sessions:
+        if r[13] is None:
+            others.append(r)
+            continue
+        key = (*r[:8], r[11])
+        same = joined.get(key)
+        joined[key] = r if same is None else (
+            *same[:8], same[8] + 1, *r[9:12], *(a + b for a, b in zip(same[12:18], r[12:18],
+                                                                     strict=True)), None)
+    return [*joined.values(), *others]
 
 
 def test_sessions_of_one_group_add_up_with_their_pids_and_oldest_ages() -> None:
