@@ -131,6 +131,9 @@ def test_what_was_known_survives_a_restart() -> None:
                   now=110.0)
     after.update([chain(115.0, relation=False)], now=115.0)
     assert after.incidents()[0]["evidence"]["relation"] == "public.task_run"
+    # a record of an earlier version, without the occurrence: read, the newer then replaces it
+    old = {k: v for k, v in open_[0].record().items() if k != "observed"}
+    assert Incident.from_record(old).observation.instances == ()
 
 
 def test_another_occurrence_of_equal_rank_replaces_the_evidence() -> None:
