@@ -5,7 +5,11 @@ Pure (no clock, no I/O, no logging), so every transition is unit-tested on hand-
   appears, since the source kinds observe it on the same conditions and thresholds.
 - It is updated (an event) only when it worsens: its severity rises, or the sessions or clients
   it affects at least double since the last event. Its evidence follows the worst moment seen
-  (the latest of equals, so ages show how long it lasted).
+  (the latest of equals, so ages show how long it lasted). A later equal sighting of the same
+  occurrence (the same instances: root blocker, stalled pids) that misses an entry the record
+  already had (a poll that caught the blocked writer between the activity read and the lock
+  read knows no table) keeps that entry: read after the fact, the incident must still say
+  which table and which statement, not lose them to the last poll before it ended.
 - It ends with the first snapshot of its target that no longer shows it, or when its target is
   no longer read. The end event waits `coalesce_seconds`: an incident with the same cause
   (application, pool) that comes back within that time is the same incident, one more
@@ -101,6 +105,7 @@ class Incident:
             "id": self.id, "source": self.source, "kind": o.kind, "target": o.target,
             "cause": [list(pair) for pair in o.cause], "severity": o.severity, "title": o.title,
             "evidence": dict(o.evidence), "magnitude": o.magnitude,
+            "observed": list(o.instances),
             "began_at": self.began_at, "last_seen_at": self.last_seen_at,
             "ended_at": self.ended_at, "end_reason": self.end_reason,
             "occurrences": self.occurrences, "instances": list(self._instances),
@@ -111,8 +116,10 @@ class Incident:
     def from_record(cls, r: Mapping[str, Any]) -> Incident:
         """The inverse of record(); KeyError, TypeError or ValueError when it is not one."""
         cause = tuple((str(k), str(v)) for k, v in r["cause"])
+        # "observed" is absent from the records of earlier versions: no occurrence known
         o = Observation(str(r["kind"]), str(r["target"]), cause, str(r["severity"]),
-                        str(r["title"]), dict(r["evidence"]), float(r["magnitude"]))
+                        str(r["title"]), dict(r["evidence"]), float(r["magnitude"]),
+                        tuple(str(i) for i in r.get("observed", ())))
         ended = None if r["ended_at"] is None else float(r["ended_at"])
         severity, magnitude = r["logged"]
         return cls(int(r["id"]), str(r["source"]), _bounded(o), float(r["began_at"]),
@@ -298,8 +305,26 @@ def _merged(observations: Sequence[Observation]) -> list[Observation]:
 
 
 def _worst(kept: Observation, new: Observation) -> Observation:
-    """The worse of two (the newer of equals: its ages are the longer)."""
-    return new if new.rank >= kept.rank else kept
+    """The worse of two (the newer of equals: its ages are the longer). Of equals that show the
+    same occurrence, the entries the newer misses are kept from the older: a poll that read
+    less of the same moment (the lock was granted between two reads, the session's statement
+    was gone) must not erase what an earlier one knew. A new occurrence replaces it all: the
+    older's table or statement would belong to another session."""
+    if new.rank > kept.rank:
+        return new
+    if new.rank < kept.rank:
+        return kept
+    if not _same_occurrence(kept, new) or kept.evidence.keys() <= new.evidence.keys():
+        return new
+    evidence = {**kept.evidence, **new.evidence}  # the older's order, the newer's values
+    return Observation(new.kind, new.target, new.cause, new.severity, new.title, evidence,
+                       new.magnitude, new.instances)
+
+
+def _same_occurrence(a: Observation, b: Observation) -> bool:
+    """Both name their instances, and the same ones (a kind without instances, or an
+    occurrence with more than the tracker keeps, cannot tell: then it is not the same)."""
+    return bool(a.instances) and set(a.instances) == set(b.instances)
 
 
 def _worse(rank: tuple[int, float], logged: tuple[int, float]) -> bool:
@@ -310,5 +335,8 @@ def _worse(rank: tuple[int, float], logged: tuple[int, float]) -> bool:
 
 def _bounded(o: Observation) -> Observation:
     evidence: dict[str, Evidence] = bounded(o.evidence)
+    # its instances are kept to tell the next sighting of the same occurrence (_worst), up to
+    # MAX_INSTANCES: past that, none (an occurrence that large is never taken as the same)
+    instances = tuple(dict.fromkeys(o.instances))
     return Observation(o.kind, o.target, o.cause, o.severity, one_line(o.title), evidence,
-                       o.magnitude, ())
+                       o.magnitude, instances if len(instances) <= MAX_INSTANCES else ())

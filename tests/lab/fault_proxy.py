@@ -6,6 +6,7 @@ In "pass" mode it forwards every request unchanged, so recovery is tested agains
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 from aiohttp import web
@@ -20,6 +21,9 @@ class FaultProxy:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._client = httpx.AsyncClient(timeout=30)
+        # set by stop(): a request held in "slow" mode is let go at once rather than have the
+        # shutdown wait out its seconds (the exporter that sent it is gone by then)
+        self._closing = asyncio.Event()
 
     @property
     def api_url(self) -> str:
@@ -27,7 +31,10 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.Response:
         if self.mode == "slow":
-            await asyncio.sleep(5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), 5)
+            if self._closing.is_set():
+                return web.Response(status=503, text="proxy stopping")
         if self.mode == "error":
             return web.Response(status=500, text="Internal Server Error")
         if self.mode == "garbage":
@@ -51,6 +58,7 @@ class FaultProxy:
         self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
+        self._closing.set()
         if self._runner is not None:  # first stop serving, then close the upstream client
             await self._runner.cleanup()
         await self._client.aclose()

@@ -82,6 +82,8 @@ async def test_a_lock_chain_is_one_incident_with_who_what_and_which_table(
     incident = begin["incident"]
 
     end = await logged(logs, "the incident's end event", incident, event="incident end")
+    # the table stays even when the last poll caught the writer between its activity read and
+    # its lock read (blocked, on no table yet): the record keeps what that occurrence showed
     assert end["pid"] == chain.holder_pid and end["relation"] == TABLE
     assert end["end_reason"] == "resolved" and end["duration_seconds"] > 0
     assert [e["event"] for e in events(logs, incident)] == ["incident begin", "incident end"]

@@ -42,9 +42,10 @@ pytestmark = pytest.mark.lab
 POOL = "pool-services"
 INTERVAL_SECONDS = 10
 LATE_AFTER_SECONDS = 5  # the lab sets late_runs.loop_seconds to 1: unmarked after 5 + 2 * 1 s
+LATE_LOOP_SECONDS = 1
 # The scheduler, made quick: every 2 s (1 s for new deployments) it keeps 2-3 future runs of
 # each schedule, up to 20 s ahead (defaults: 60 s, 3 to 100 runs, at least an hour ahead). Its
-# future runs are all in the past 30 s after it stops.
+# future runs would all be in the past 30 s after it stops: the test moves them there.
 SCHEDULER_ENV = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
     "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
@@ -178,6 +179,10 @@ async def test_services_die_silently_and_come_back(
         own_postgres.psql(COPY_EVENTS_INTO_PAST)
         copied_events, copied_resources = map(int, own_postgres.psql(PAST_RETENTION).split())
         assert copied_events > 0 and copied_resources > 0
+        # the future runs the scheduler left are spent, as the half minute it takes them to be
+        # would leave them: no scheduler runs now to make new ones (asserted below on a poll)
+        assert future_runs_left(own_postgres) >= 1
+        backdate_scheduled_runs(own_postgres, LATE_AFTER_SECONDS + 2 * LATE_LOOP_SECONDS + 1)
 
         exporter = await start_exporter(
             prefect_api_url=server.api_url, **PREFECT_POLL,
@@ -204,10 +209,11 @@ async def _without_services(api: PrefectAPI, pg: LabPostgres,
         return {"scheduler_stalled", "late_runs_service_stalled",
                 "events_retention_lagging"} <= checks(exporter)
 
-    # the last future run is at most 30 s ahead, the first overdue one unmarked 7 s after its
-    # start: both within a minute of the restart
+    # the future runs were moved into the past (backdate_scheduled_runs): both at the first
+    # polls, where waiting for the last of them took 20-30 s
     await until("scheduler_stalled, late_runs_service_stalled, events_retention_lagging", 90,
                 stalled_and_lagging)
+    assert await future_runs(api) == 0  # and no scheduler made a new one meanwhile
     s = await scrape(exporter.port)
     for check in ("scheduler_stalled", "late_runs_service_stalled", "events_retention_lagging"):
         assert s.value("prefect_pg_exporter_finding", check=check, severity="warning") == 1
@@ -282,6 +288,25 @@ def backdate_events(pg: LabPostgres, seconds: float) -> None:
     pg.psql(f"UPDATE events SET occurred = occurred - {shift} WHERE {recent}")
     pg.psql(f"UPDATE event_resources SET occurred = occurred - {shift} WHERE {recent}")
     assert newest_event(pg) < time.time() - 60
+
+
+def future_runs_left(pg: LabPostgres) -> int:
+    return int(pg.psql("SELECT count(*) FROM flow_run WHERE state_type = 'SCHEDULED' "
+                       "AND expected_start_time > now()"))
+
+
+def backdate_scheduled_runs(pg: LabPostgres, overdue_seconds: float) -> None:
+    """Every SCHEDULED run moved back so that the latest starts `overdue_seconds` ago: what
+    waiting out the scheduler's horizon (20 s ahead, and the late_runs grace) would do. Both
+    columns the API filters on: expected_start_time (future runs, the backlog) and
+    next_scheduled_start_time (what late_runs, and the exporter's unmarked count, key on)."""
+    shift = ("(SELECT greatest(max(expected_start_time) - now(), interval '0') "
+             f"+ interval '{overdue_seconds:.3f} seconds' FROM flow_run "
+             "WHERE state_type = 'SCHEDULED')")
+    pg.psql(f"UPDATE flow_run SET expected_start_time = expected_start_time - {shift}, "
+            f"next_scheduled_start_time = next_scheduled_start_time - {shift} "
+            "WHERE state_type = 'SCHEDULED'")
+    assert future_runs_left(pg) == 0
 
 
 def events_received_since(pg: LabPostgres, since: float) -> int:

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from lab.redis import LabRedis, LabSentinel, prefect_like_streams
-from tests.helpers import StartExporter, wait_for, wait_for_value
+from tests.helpers import StartExporter, eventually, wait_for, wait_for_value
 
 pytestmark = pytest.mark.lab
 
@@ -106,8 +106,15 @@ async def test_a_departed_docket_worker_stays_listed_and_the_doctor_says_so(
 
     reader = threading.Thread(target=worker)
     reader.start()
+    async def departed_idle_past_the_limit() -> bool:
+        # the old worker's consumer idle past the doctor's 2 s (with room), the new one reading
+        idle = {(n.decode() if isinstance(n := c["name"], bytes) else n): c["idle"]
+                for c in docket.xinfo_consumers("prefect:stream", "docket-workers")}
+        return idle["old-host#4242"] > 2500 and idle["new-host#4343"] < 1000
+
     try:
-        await asyncio.sleep(3)
+        await eventually(departed_idle_past_the_limit, 10,
+                         "the departed worker idle past 2 s, the new one reading")
         done = await asyncio.to_thread(
             doctor, PREFECT_PG_EXPORTER_REDIS_URL=f"docket={redis_server.url(3)}",
             PREFECT_PG_EXPORTER_REDIS_CONSUMER_IDLE_SECONDS="1",

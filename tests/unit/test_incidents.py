@@ -10,7 +10,7 @@ from exporter.diagnosis import CHECKS, diagnose
 from exporter.finding import Context
 from exporter.incidents.journal import SUPPRESSED, Journal
 from exporter.incidents.model import MAX_ITEMS
-from exporter.incidents.tracker import IncidentEvent, IncidentTracker
+from exporter.incidents.tracker import Incident, IncidentEvent, IncidentTracker
 from exporter.kinds import KINDS
 from exporter.pgbouncer.snapshot import PgBouncerSnapshot, Pool
 from exporter.postgres.snapshot import (
@@ -39,14 +39,19 @@ WRITER_SQL = "UPDATE task_run SET end_time = $1 WHERE id = $2"
 
 
 def chain(at: float, holder: int = 4711, waiters: tuple[int, ...] = (4790,), wait: float = 5.0,
-          app: str = "prefect-server", **kw: Any) -> PostgresSnapshot:
-    """A snapshot with an idle-in-transaction holder blocking `waiters` on task_run."""
+          app: str = "prefect-server", relation: bool = True, statements: bool = True,
+          **kw: Any) -> PostgresSnapshot:
+    """A snapshot with an idle-in-transaction holder blocking `waiters` on task_run. Without
+    `relation`, the poll read the locks after the writers got theirs (no table they wait on);
+    without `statements`, after the sessions' statements were gone."""
     hold = session(holder, age=30.0, app=app)
     blocked = tuple(BlockedSession(pid, (holder,), wait) for pid in waiters)
     writers = tuple(session(pid, state="active", age=wait, app="writer") for pid in waiters)
     involved = Involved((hold, *writers),
-                        {holder: HOLDER_SQL, **{pid: WRITER_SQL for pid in waiters}},
-                        {pid: Relation("public", "task_run") for pid in waiters})
+                        {holder: HOLDER_SQL, **{pid: WRITER_SQL for pid in waiters}}
+                        if statements else {},
+                        {pid: Relation("public", "task_run") for pid in waiters}
+                        if relation else {})
     return pg_snapshot(group(app=app, state="idle in transaction", max_transaction_age=30.0),
                        taken_at=at, blocked=blocked, blockers=(hold,), involved=involved, **kw)
 
@@ -95,6 +100,51 @@ def test_a_lock_chain_begins_ends_after_the_window_with_its_evidence() -> None:
     assert end["occurrences"] == 1
     assert tracker.update([quiet(175.0)], now=175.0) == []
     assert [i["id"] for i in tracker.incidents()] == [1]
+
+
+def test_a_later_equal_poll_that_read_less_keeps_what_was_known() -> None:
+    """The last poll before the end caught the writer between the activity read and the lock
+    read: blocked, on no table, and no statements left. The record keeps the table and the
+    statements of that same occurrence, with the later poll's ages."""
+    tracker = IncidentTracker(coalesce_seconds=30)
+    tracker.update([chain(100.0)], now=100.0)
+    tracker.update([chain(115.0, wait=20.0, relation=False, statements=False)], now=115.0)
+    tracker.update([quiet(130.0)], now=130.0)
+    (end,) = [e.incident for e in tracker.update([quiet(160.0)], now=160.0)]
+    assert end["evidence"]["relation"] == "public.task_run"
+    assert end["evidence"]["relations"] == ["public.task_run"]
+    assert end["evidence"]["statement"] == HOLDER_SQL
+    assert end["evidence"]["blocked_statements"] == [WRITER_SQL]
+    assert end["evidence"]["longest_wait_seconds"] == 20.0  # the latest of equals still
+    assert end["evidence"]["pid"] == 4711
+
+
+def test_what_was_known_survives_a_restart() -> None:
+    """The occurrence a record shows is kept with it: after a restart, a poll that read less
+    of the same occurrence does not erase its table either."""
+    before = IncidentTracker(coalesce_seconds=30)
+    before.update([chain(100.0)], now=100.0)
+    open_, ended = before.records()
+    restored = [Incident.from_record(i.record()) for i in open_]
+    after = IncidentTracker(coalesce_seconds=30)
+    after.restore(before.next_id, restored, [Incident.from_record(i.record()) for i in ended],
+                  now=110.0)
+    after.update([chain(115.0, relation=False)], now=115.0)
+    assert after.incidents()[0]["evidence"]["relation"] == "public.task_run"
+    # a record of an earlier version, without the occurrence: read, the newer then replaces it
+    old = {k: v for k, v in open_[0].record().items() if k != "observed"}
+    assert Incident.from_record(old).observation.instances == ()
+
+
+def test_another_occurrence_of_equal_rank_replaces_the_evidence() -> None:
+    """Another root blocker of the same application: its own evidence, nothing carried over
+    from the earlier session (its table or statement would be another session's)."""
+    tracker = IncidentTracker(coalesce_seconds=30)
+    tracker.update([chain(100.0)], now=100.0)
+    tracker.update([chain(115.0, holder=4712, relation=False, statements=False)], now=115.0)
+    evidence = tracker.incidents()[0]["evidence"]
+    assert evidence["pid"] == 4712
+    assert "relation" not in evidence and "statement" not in evidence
 
 
 def test_updates_only_when_it_worsens() -> None:
