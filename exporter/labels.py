@@ -34,6 +34,13 @@ def clean(value: str) -> str:
     return value
 
 
+def needs_cleaning(values: Iterable[str] | AbstractSet[str]) -> bool:
+    """Whether clean() changes any of the values (tested with C loops: there may be
+    thousands)."""
+    values = values if isinstance(values, AbstractSet) else list(values)
+    return not all(map(str.isascii, values)) or max(map(len, values), default=0) > MAX_LABEL_LENGTH
+
+
 def keep_top(weights: Mapping[S, int], top_n: int) -> frozenset[S]:
     """The top_n values by weight (ties broken by name, so the choice is stable)."""
     if len(weights) <= top_n:  # the common case: nothing to fold, nothing to sort
@@ -62,7 +69,10 @@ class Folder(dict[str, str]):
             kept = weights
         else:
             raise ValueError(f"{len(weights)} values without weights cannot fold to {top_n}")
-        super().__init__((value, clean(value)) for value in kept)
+        if not needs_cleaning(kept):
+            super().__init__(zip(kept, kept, strict=True))  # the usual case: C loops
+        else:
+            super().__init__((value, clean(value)) for value in kept)
 
     def __missing__(self, value: str) -> str:
         return OTHER  # not stored: the folder never grows

@@ -4,8 +4,9 @@ catalogue that the docs, dashboards and alert tests are checked against."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Literal, get_args
 
 from prometheus_client.core import Metric
@@ -14,6 +15,9 @@ from prometheus_client.samples import Sample
 # A metric's type, as `# TYPE` says it. Not "kind": that word is the source kind's
 # (postgres | pgbouncer | prefect | redis). A Literal, so mypy refuses a typo.
 MetricType = Literal["gauge", "counter"]
+
+
+_LABELS = itemgetter(0)  # a row's label values
 
 
 class MetricFamily(Metric):
@@ -38,6 +42,16 @@ class MetricFamily(Metric):
             raise ValueError(f"{self.name}: {len(labels)} label values for "
                              f"{len(self.labelnames)} labels {self.labelnames}")
         self.rows.append((tuple(labels), value))
+
+    def add_rows(self, labels: Iterable[tuple[str, ...]], values: Iterable[float]) -> None:
+        """Many rows at once, label values paired with values in C: for the families of
+        thousands of series (a call of add_metric() per row was most of their cost)."""
+        start = len(self.rows)
+        self.rows.extend(zip(labels, values, strict=True))
+        if set(map(len, map(_LABELS, self.rows[start:]))) - {len(self.labelnames)}:
+            del self.rows[start:]
+            raise ValueError(f"{self.name}: rows without {len(self.labelnames)} label values "
+                             f"for {self.labelnames}")
 
     @property
     def samples(self) -> list[Sample]:

@@ -8,7 +8,7 @@ rows, one hash aggregate (benchmarks/compare.py; the figures are in docs/benchma
 
 - The backends are grouped by database, role, state, wait event and LISTEN channel; only idle
   sessions with a LISTEN (a few) are grouped by application too. The idle sessions without a
-  LISTEN list their applications in one array (idle_apps). On a busy server most sessions are
+  LISTEN list their applications in one text (idle_apps). On a busy server most sessions are
   idle, often from as many applications as there are sessions; grouping them per application
   cost the database passes of hashing and sorting (to pick the top N) and the exporter
   thousands of rows. Counting an array of names is a C loop in Python (collections.Counter).
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from itertools import chain, compress, count, repeat
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from exporter.labels import FOLDED, Folder, keep_top
+from exporter.labels import FOLDED, OTHER, Folder, keep_top, needs_cleaning
 from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Exported, Session
 
 if TYPE_CHECKING:  # the PgBouncer join imports this module, and asyncpg only with PostgreSQL
@@ -52,6 +52,11 @@ if TYPE_CHECKING:  # the PgBouncer join imports this module, and asyncpg only wi
 
 # A client's address as the doctor shows it: a Unix socket (port -1) is "local".
 CLIENT_ADDR = "coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local' ELSE '' END)"
+
+# Joins the applications of the idle sessions in one text: one string to decode and split (in C)
+# where an array of thousands of names was as many values to decode. PostgreSQL keeps
+# application_name printable ASCII (anything else becomes ? or an escape), so never this.
+APPLICATIONS_SEPARATOR = "\x01"
 
 # Idle, and not listening: what may be folded, and is grouped without its application.
 _FOLDABLE = "state = 'idle' AND listen_channel IS NULL"
@@ -69,8 +74,8 @@ _LISTED = "state IS DISTINCT FROM 'idle'"
 #   Python groups them by application. A handful of rows of arrays cost the exporter a third of
 #   what a row per session did (asyncpg builds a Record and its values for every row), and the
 #   database no more: the arrays of a few groups are a few memory contexts.
-# - Idle sessions without a LISTEN list their applications in idle_apps. Idle sessions with a
-#   LISTEN keep theirs as a label (application_name is NULL in the other rows).
+# - Idle sessions without a LISTEN list their applications in idle_apps, one text. Idle
+#   sessions with a LISTEN keep theirs as a label (application_name is NULL in the others).
 # pg_blocking_pids() takes the lock manager's partition locks: CASE calls it for the sessions
 # waiting on a lock only. The wait is measured from the waiting statement's start
 # (state_change). The ages use date_part, which returns float8: EXTRACT returns numeric since
@@ -108,7 +113,8 @@ FROM (
            array_agg(CASE WHEN wait_event_type = 'Lock'
                           THEN nullif(array_to_string(pg_blocking_pids(pid), ','), '') END)
                FILTER (WHERE {_LISTED}) AS blocked_by,
-           array_agg(coalesce(application_name, '')) FILTER (WHERE {_FOLDABLE}) AS idle_apps
+           string_agg(coalesce(application_name, ''), E'\x01') FILTER (WHERE {_FOLDABLE})
+               AS idle_apps
     FROM (SELECT *,
                  CASE WHEN ascii(query) NOT IN (9, 10, 12, 13, 32, 76, 108) THEN NULL
                       WHEN ltrim(query, E' \t\n\r\f') ILIKE 'listen%'
@@ -126,7 +132,8 @@ GROUP_WIDTH = len(ActivityGroup._fields)
 _APP, _STATE, _SESSIONS, _TRANSACTION_AGE, _STATE_AGE = map(ActivityGroup._fields.index, (
     "application_name", "state", "sessions", "max_transaction_age", "max_state_age"))
 _GROUP_COLUMNS = operator.itemgetter(slice(0, GROUP_WIDTH))
-_DATNAME, _USENAME, _APPLICATION, _SESSIONS_OF = map(operator.itemgetter, map(
+_LABELS = operator.itemgetter(slice(0, _SESSIONS))
+_DATNAME, _USENAME, _APPLICATION, SESSIONS_OF = map(operator.itemgetter, map(
     ActivityGroup._fields.index, ("datname", "usename", "application_name", "sessions")))
 _MORE_THAN_ONE = (1).__lt__
 # ActivityGroup._make without its length check, a C call: _make is Python, and hundreds of groups
@@ -135,7 +142,6 @@ _new_group = cast(Callable[[Iterable[Any]], ActivityGroup],
                   functools.partial(tuple.__new__, ActivityGroup))
 
 # A group's labels (ActivityGroup's fields before sessions) -> its columns
-_Groups = dict[tuple[Any, ...], Sequence[Any]]
 
 
 class _Listed(NamedTuple):
@@ -151,9 +157,9 @@ class _Listed(NamedTuple):
 
     def group(self, i: int) -> ActivityGroup:
         """The i-th session as a group of its own."""
-        return ActivityGroup(*self.labels[:_APP], self.applications[i],
-                             *self.labels[_APP + 1:], 1, self.transaction_ages[i],
-                             self.state_ages[i])
+        return _new_group((*self.labels[:_APP], self.applications[i],
+                           *self.labels[_APP + 1:], 1, self.transaction_ages[i],
+                           self.state_ages[i]))
 
 
 class InTransaction(NamedTuple):
@@ -217,13 +223,13 @@ def activity(rows: Iterable[Row], top_transactions: int,
          idle_apps) = r[GROUP_WIDTH:]
         if blocked_by:  # any backend's; a lock wait whose blocker already went is not blocked
             blocked += (BlockedSession(pid, tuple(map(int, by.split(","))), age or 0.0)
-                        for pid, by, age in compress(zip(pids, blocked_by, state_ages),
+                        for pid, by, age in compress(zip(pids, blocked_by, state_ages, strict=True),
                                                      blocked_by))
         if not client:
             continue
         if idle_apps is not None:
             group = ActivityGroup._make((*r[:_APP], FOLDED, *r[_APP + 1:GROUP_WIDTH]))
-            idle.append(_IdleRow(group, Counter(idle_apps)))
+            idle.append(_IdleRow(group, Counter(idle_apps.split(APPLICATIONS_SEPARATOR))))
         elif pids is None:
             labelled.append(r)
         else:  # rows of the same labels (other roles' sessions, without pg_monitor) join
@@ -241,15 +247,21 @@ def activity(rows: Iterable[Row], top_transactions: int,
     for sessions in listed.values():
         _by_application(sessions, groups, group_pids)
     groups += added_up(labelled)
+    # per set of labels but the application, as judged: the listed, the listeners, the idle
+    summaries = [*map(_summary, listed.values()), *groups[len(group_pids):],
+                 *(row.group for row in idle)]
     exported = None
-    if label_top_n is None:
+    kept = None if label_top_n is None else _kept(groups, idle, label_top_n)
+    if kept is None:
         groups += _unfolded_idle_groups(idle)
+    elif not kept.folds:  # two rows of idle sessions may share labels: added up, as folded
+        groups += _unfolded_idle_groups(idle) if len(idle) < 2 else added_up(
+            _unfolded_idle_groups(idle))
     else:
-        kept = _kept(groups, idle, label_top_n)
         groups += _idle_groups(idle, kept)
-        exported = Exported(label_top_n, tuple(_exported(
-            listed.values(), groups[len(group_pids):], kept, label_top_n)))
-    summaries = [*map(_summary, listed.values()), *groups[len(group_pids):]]
+    if kept is not None:
+        exported = Exported(kept.top_n, _exported_groups(groups, listed.values(),
+                                                         len(group_pids), kept))
     return ActivityRead(tuple(groups), _oldest_sessions(listed.values(), top_transactions),
                         tuple(blocked),
                         (*group_pids, *[()] * (len(groups) - len(group_pids))),  # no pids
@@ -281,27 +293,33 @@ def _by_application(sessions: _Listed, groups: list[ActivityGroup],
             total[1] = _oldest(total[1], transaction_age)
             total[2] = _oldest(total[2], state_age)
             total[3].append(pid)
-    for app, (count, transaction_age, state_age, app_pids) in by_app.items():
-        groups.append(ActivityGroup(*head, app, *tail, count, transaction_age, state_age))
+    for app, (sessions_of_app, transaction_age, state_age, app_pids) in by_app.items():
+        groups.append(_new_group((*head, app, *tail, sessions_of_app, transaction_age,
+                                  state_age)))
         group_pids.append(tuple(app_pids) if known else ())
 
 
 def _summary(sessions: _Listed) -> ActivityGroup:
     """The sessions of one set of labels but the application: their count and oldest ages."""
-    return ActivityGroup(*sessions.labels[:_APP], "", *sessions.labels[_APP + 1:],
-                         len(sessions.pids), _largest(sessions.transaction_ages),
-                         _largest(sessions.state_ages))
+    return _new_group((*sessions.labels[:_APP], "", *sessions.labels[_APP + 1:],
+                       len(sessions.pids), _largest(sessions.transaction_ages),
+                       _largest(sessions.state_ages)))
 
 
 def _largest(ages: list[float | None]) -> float | None:
-    return max(compress(ages, map(operator.is_not, ages, repeat(None))), default=None)
+    return max(_known(ages), default=None)
+
+
+def _known(ages: list[float | None]) -> Iterable[float]:
+    """The ages that are not None, filtered in C."""
+    return cast(Iterable[float], compress(ages, map(operator.is_not, ages, repeat(None))))
 
 
 def _oldest_sessions(listed: Iterable[_Listed], top: int) -> tuple[Session, ...]:
     """The top oldest transactions, ties broken by pid, ranked over (-age, pid, which, where)
     tuples zipped in C: only the few shown become sessions."""
     ranked = heapq.nsmallest(top, chain.from_iterable(
-        zip(map(operator.neg, compress(s.transaction_ages, present)),
+        zip(map(operator.neg, cast(Iterable[float], compress(s.transaction_ages, present))),
             compress(s.pids, present), repeat(which), compress(count(), present))
         for which, s in enumerate(listed)
         for present in [list(map(operator.is_not, s.transaction_ages, repeat(None)))]))
@@ -317,6 +335,8 @@ class _Kept(NamedTuple):
     datnames: frozenset[str]
     usenames: frozenset[str]
     applications: frozenset[str]
+    top_n: int
+    folds: bool  # whether any value is not kept
 
 
 def _kept(listed: Sequence[ActivityGroup], idle: Sequence[_IdleRow], top_n: int) -> _Kept:
@@ -328,8 +348,9 @@ def _kept(listed: Sequence[ActivityGroup], idle: Sequence[_IdleRow], top_n: int)
     for row in idle:
         apps.update(row.applications)  # into an empty Counter (the usual one row): in C
     count_sessions(apps, _APPLICATION, listed)
-    return _Kept(keep_top(session_weights(_DATNAME, everyone), top_n),
-                 keep_top(session_weights(_USENAME, everyone), top_n), keep_top(apps, top_n))
+    datnames, usenames = session_weights(_DATNAME, everyone), session_weights(_USENAME, everyone)
+    return _Kept(keep_top(datnames, top_n), keep_top(usenames, top_n), keep_top(apps, top_n),
+                 top_n, any(len(w) > top_n for w in (datnames, usenames, apps)))
 
 
 def _unfolded_idle_groups(idle: Sequence[_IdleRow]) -> list[ActivityGroup]:
@@ -358,40 +379,60 @@ def _idle_groups(idle: Sequence[_IdleRow], kept: _Kept) -> list[ActivityGroup]:
     return added_up(folded)
 
 
+def _exported_groups(groups: list[ActivityGroup], listed: Iterable[_Listed], listed_count: int,
+                     kept: _Kept) -> tuple[ActivityGroup, ...]:
+    """The groups as exported. When no value folds and none needs cleaning (every application
+    kept, as with a large --label-top-n), they are the groups themselves, unless two share
+    their labels (idle sessions of one role read with and without pg_monitor's view)."""
+    values = (kept.datnames, kept.usenames, kept.applications)
+    if (not kept.folds and not any(needs_cleaning(v) for v in values)
+            and len(set(map(_LABELS, groups))) == len(groups)):
+        return tuple(groups)
+    return tuple(_exported(listed, groups[listed_count:], kept, kept.top_n))
+
+
 def _exported(listed: Iterable[_Listed], others: Iterable[ActivityGroup], kept: _Kept,
               top_n: int) -> list[ActivityGroup]:
     """The groups under the labels they are exported with: kept values cleaned, the rest
     OTHER (exporter.postgres.metrics folds groups the same way when it has only them). The
     listed sessions are folded from their columns: per set of labels, each session's exported
-    application is a C map, its sessions a Counter; only the ages are a Python loop."""
-    db, user, app = (Folder(values, top_n) for values in kept)
+    application is a C map and its sessions a Counter; the oldest ages of those folded into
+    OTHER, often most, are C loops too, and only the kept ones' a Python loop."""
+    db, user, app = (Folder(values, top_n)
+                     for values in (kept.datnames, kept.usenames, kept.applications))
     folded: list[Sequence[Any]] = []
     for sessions in listed:
         labels = sessions.labels
         head, tail = (db[labels[0]], user[labels[1]]), labels[_APP + 1:]
-        apps = list(map(app.__getitem__, sessions.applications))
+        apps = list(map(app.get, sessions.applications, repeat(OTHER)))  # C: no __missing__
+        counts = Counter(apps)
+        ages: Iterable[tuple[str, float | None, float | None]] = zip(
+            apps, sessions.transaction_ages, sessions.state_ages, strict=True)
         oldest: dict[str, list[float | None]] = {}
-        for name, transaction_age, state_age in zip(apps, sessions.transaction_ages,
-                                                    sessions.state_ages, strict=True):
-            ages = oldest.get(name)
-            if ages is None:
+        if OTHER in counts:
+            other = list(map(OTHER.__eq__, apps))
+            oldest[OTHER] = [_largest(list(compress(sessions.transaction_ages, other))),
+                             _largest(list(compress(sessions.state_ages, other)))]
+            ages = compress(ages, map(operator.not_, other))
+        for name, transaction_age, state_age in ages:
+            known = oldest.get(name)
+            if known is None:
                 oldest[name] = [transaction_age, state_age]
                 continue
-            if transaction_age is not None and (ages[0] is None or transaction_age > ages[0]):
-                ages[0] = transaction_age
-            if state_age is not None and (ages[1] is None or state_age > ages[1]):
-                ages[1] = state_age
-        folded += ((*head, name, *tail, count, *oldest[name])
-                   for name, count in Counter(apps).items())
+            if transaction_age is not None and (known[0] is None or transaction_age > known[0]):
+                known[0] = transaction_age
+            if state_age is not None and (known[1] is None or state_age > known[1]):
+                known[1] = state_age
+        folded += ((*head, name, *tail, count, *oldest[name]) for name, count in counts.items())
     folded += ((db[g[0]], user[g[1]], app[g[2]], *g[3:]) for g in others)
     return added_up(folded)
 
 
-def added_up(groups: Iterable[Sequence[Any]]) -> list[ActivityGroup]:
+def added_up(groups: Iterable[Row | Sequence[Any]]) -> list[ActivityGroup]:
     """Groups (or rows, or tuples in ActivityGroup's order) of the same labels added up into
     one, in the order their labels first come."""
-    first: _Groups = {}
-    totals: dict[tuple[Any, ...], list[Any]] = {}  # labels seen more than once: running sums
+    first: dict[Any, Row | Sequence[Any]] = {}  # by labels: a row's slice is a tuple too
+    totals: dict[Any, list[Any]] = {}  # labels seen more than once: running sums
     for g in groups:
         labels = g[:_SESSIONS]
         if labels not in first:
@@ -426,7 +467,7 @@ def count_sessions(weights: Counter[str], value_of: Callable[[ActivityGroup], st
     (update() of an iterable, not of a mapping: that is a Python loop), then the groups of more
     than one session add the rest (on a busy server most groups are one session each)."""
     weights.update(map(value_of, groups))
-    for g in compress(groups, map(_MORE_THAN_ONE, map(_SESSIONS_OF, groups))):
+    for g in compress(groups, map(_MORE_THAN_ONE, map(SESSIONS_OF, groups))):
         weights[value_of(g)] += g.sessions - 1
     return weights
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter
 
 from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean, keep_top
 from exporter.metricspec import MetricOptions, MetricSpec, Specs
-from exporter.postgres.activity import added_up, session_weights
+from exporter.postgres.activity import SESSIONS_OF, added_up, session_weights
 from exporter.postgres.snapshot import (
     ActivityGroup,
     PostgresSnapshot,
@@ -160,6 +161,10 @@ SPECS: tuple[MetricSpec, ...] = (
     OLDEST_ROW_AGE)
 
 
+_CONNECTION_LABELS = attrgetter("datname", "usename", "application_name", "state")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
 @dataclass(frozen=True)
 class _Folders:
     """The bounded labels from the database, each decided once per snapshot."""
@@ -228,11 +233,13 @@ def _connection_limits(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
 
 
 def _connections(exported: Sequence[ActivityGroup], target: str) -> Metric:
-    counts = bounded_sum(((g.datname, g.usename, g.application_name, g.state), g.sessions)
-                         for g in exported)
+    # sessions counted per label set in C (each group's labels repeated once per session): with
+    # every application kept there are thousands of groups
+    counts = Counter(chain.from_iterable(map(repeat, map(_CONNECTION_LABELS, exported),
+                                             map(SESSIONS_OF, exported))))
+    rows = sorted(counts.items())
     metric = CONNECTIONS.family()
-    for labels, value in sorted(counts.items()):
-        metric.add_metric([target, *labels], value)
+    metric.add_rows(map((target,).__add__, map(_FIRST, rows)), map(_SECOND, rows))
     return metric
 
 

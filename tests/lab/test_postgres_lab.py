@@ -225,7 +225,8 @@ async def _columns(postgres: LabPostgres, sql: str) -> list[str]:
 async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: LabPostgres
                                                                    ) -> None:
     assert await _columns(postgres, ACTIVITY_SQL) == [
-        *pgsnap.ActivityGroup._fields, "client", "pid", "client_addr", "blocked_by", "idle_apps"]
+        *pgsnap.ActivityGroup._fields, "client", "applications", "pids", "transaction_ages",
+        "state_ages", "client_addrs", "blocked_by", "idle_apps"]
 
 
 @pytest.mark.parametrize(("sql", "row_type"), [

@@ -9,7 +9,7 @@ from typing import Any
 
 from exporter.labels import FOLDED
 from exporter.metricspec import MetricOptions
-from exporter.postgres.activity import activity
+from exporter.postgres.activity import APPLICATIONS_SEPARATOR, activity
 from exporter.postgres.involved import explicit_pids, involved_pids
 from exporter.postgres.metrics import postgres_families
 from exporter.thresholds import thresholds
@@ -33,7 +33,8 @@ def idle(apps: list[str], *, db: str = "prefect", user: str = "prefect",
          state_age: float = 60.0) -> Row:
     """Idle sessions without a LISTEN, grouped without their application."""
     return (db, user, None, "idle", "Client", "ClientRead", False, None, len(apps), None,
-            state_age, True, None, None, None, None, None, None, apps)
+            state_age, True, None, None, None, None, None, None,
+            APPLICATIONS_SEPARATOR.join(apps))
 
 
 def listener(app: str, channel: str) -> Row:
