@@ -141,8 +141,6 @@ _MORE_THAN_ONE = (1).__lt__
 _new_group = cast(Callable[[Iterable[Any]], ActivityGroup],
                   functools.partial(tuple.__new__, ActivityGroup))
 
-# A group's labels (ActivityGroup's fields before sessions) -> its columns
-
 
 class _Listed(NamedTuple):
     """The sessions that are not idle under one set of labels but the application, one
@@ -250,18 +248,10 @@ def activity(rows: Iterable[Row], top_transactions: int,
     # per set of labels but the application, as judged: the listed, the listeners, the idle
     summaries = [*map(_summary, listed.values()), *groups[len(group_pids):],
                  *(row.group for row in idle)]
-    exported = None
     kept = None if label_top_n is None else _kept(groups, idle, label_top_n)
-    if kept is None:
-        groups += _unfolded_idle_groups(idle)
-    elif not kept.folds:  # two rows of idle sessions may share labels: added up, as folded
-        groups += _unfolded_idle_groups(idle) if len(idle) < 2 else added_up(
-            _unfolded_idle_groups(idle))
-    else:
-        groups += _idle_groups(idle, kept)
-    if kept is not None:
-        exported = Exported(kept.top_n, _exported_groups(groups, listed.values(),
-                                                         len(group_pids), kept))
+    groups += _idle_groups(idle, kept)
+    exported = None if kept is None else Exported(
+        kept.top_n, _exported_groups(groups, listed.values(), len(group_pids), kept))
     return ActivityRead(tuple(groups), _oldest_sessions(listed.values(), top_transactions),
                         tuple(blocked),
                         (*group_pids, *[()] * (len(groups) - len(group_pids))),  # no pids
@@ -353,16 +343,16 @@ def _kept(listed: Sequence[ActivityGroup], idle: Sequence[_IdleRow], top_n: int)
                  top_n, any(len(w) > top_n for w in (datnames, usenames, apps)))
 
 
-def _unfolded_idle_groups(idle: Sequence[_IdleRow]) -> list[ActivityGroup]:
-    """The idle sessions as groups per application, none folded."""
-    return [ActivityGroup._make((*row.group[:2], app, *row.group[3:_SESSIONS], sessions,
-                                 *row.group[_TRANSACTION_AGE:]))
-            for row in idle for app, sessions in row.applications.items()]
-
-
-def _idle_groups(idle: Sequence[_IdleRow], kept: _Kept) -> list[ActivityGroup]:
+def _idle_groups(idle: Sequence[_IdleRow], kept: _Kept | None) -> list[ActivityGroup]:
     """The idle sessions as groups per application: the kept values of each label keep their
-    names, the idle sessions of the others fold into FOLDED."""
+    names, the idle sessions of the others fold into FOLDED (kept None: none folds)."""
+    if kept is None or not kept.folds:
+        unfolded = [_new_group((*row.group[:_APP], app, *row.group[_APP + 1:_SESSIONS],
+                                sessions, *row.group[_TRANSACTION_AGE:]))
+                    for row in idle for app, sessions in row.applications.items()]
+        # two rows of idle sessions may share their labels (one role's, read with and without
+        # pg_monitor's view): added up, as folded groups are
+        return unfolded if kept is None or len(idle) < 2 else added_up(unfolded)
     folded: list[tuple[Any, ...]] = []
     for row in idle:
         g = row.group
@@ -470,14 +460,6 @@ def count_sessions(weights: Counter[str], value_of: Callable[[ActivityGroup], st
     for g in compress(groups, map(_MORE_THAN_ONE, map(SESSIONS_OF, groups))):
         weights[value_of(g)] += g.sessions - 1
     return weights
-
-
-def _added(a: Sequence[Any], b: Sequence[Any]) -> tuple[Any, ...]:
-    """Two groups of the same labels (rows, or what was added up before) as one: sessions add
-    up, the oldest ages stay."""
-    return (*a[:_SESSIONS], a[_SESSIONS] + b[_SESSIONS],
-            _oldest(a[_TRANSACTION_AGE], b[_TRANSACTION_AGE]),
-            _oldest(a[_STATE_AGE], b[_STATE_AGE]))
 
 
 def _oldest(a: float | None, b: float | None) -> float | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import compress
+from operator import attrgetter
 
 from exporter.finding import ROOT, Check, Context, Finding, age
 from exporter.postgres.activity import SESSIONS_OF
@@ -20,6 +22,7 @@ from exporter.prefect.retention import how_to_clean, retention_of
 from exporter.prefect.snapshot import PrefectSnapshot
 
 SERVICES_CHANNEL = "prefect_automation_changes"
+_STATE, _CLIENT_READ = attrgetter("state"), attrgetter("client_read_in_transaction")
 
 
 def _who(s: Session) -> str:
@@ -141,7 +144,7 @@ class ClientStall:
 
 
 def client_stall(pg: PostgresSnapshot, t: Mapping[str, float]) -> ClientStall | None:
-    stalled = tuple(g for g in pg.activity if g.client_read_in_transaction)
+    stalled = tuple(compress(pg.activity, map(_CLIENT_READ, pg.activity)))
     past = tuple(g for g in stalled if stalled_past(g, t))
     if not past:
         return None
@@ -178,8 +181,9 @@ def old_transactions(pg: PostgresSnapshot, t: Mapping[str, float],
     first."""
     _, states, warn, crit = next(row for row in TRANSACTIONS if row[0] == which)
     oldest: dict[tuple[str, str], float] = {}
-    for g in pg.activity:
-        if g.state in states and (g.max_transaction_age or 0) > t[warn]:
+    # the groups in these states picked by C loops: hundreds of groups, a few in each state
+    for g in compress(pg.activity, map(frozenset(states).__contains__, map(_STATE, pg.activity))):
+        if (g.max_transaction_age or 0) > t[warn]:
             key = (g.datname, g.application_name)
             oldest[key] = max(oldest.get(key, 0.0), g.max_transaction_age or 0.0)
     return [OldTransaction(which, states, datname, app, seconds,

@@ -5,6 +5,7 @@ SQL's column order (the lab test test_activity_columns_* holds the order to the 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 from exporter.labels import FOLDED
@@ -137,3 +138,54 @@ def test_the_involved_are_the_chain_then_the_stalled_and_idle_past_thresholds_ol
     read = activity(rows, 5, 20)
     assert involved_pids(explicit_pids(read.blocked), read.in_transaction, t) == [2, 5, 3, 1]
     assert involved_pids([99, 5], read.in_transaction, t) == [5, 99, 3, 2, 1]
+
+
+def test_a_session_blocked_by_several_lists_them_all() -> None:
+    read = activity(rows(listed(31, "writer", wait=("Lock", "tuple"), blocked_by=[7, 8]),
+                         listed(32, "writer", wait=("Lock", "tuple"), blocked_by=[31])), 5, 20)
+    assert [(b.pid, b.blocked_by) for b in read.blocked] == [(31, (7, 8)), (32, (31,))]
+
+
+def test_rows_of_the_same_labels_join_and_stay_as_read() -> None:
+    """Two rows may carry one set of labels (client backends, and other roles' sessions whose
+    backend type pg_monitor's view hides): their sessions count together, and the rows read are
+    not changed (asyncpg's, or a test's, may be read again)."""
+    first, second = listed(41, "api"), listed(42, "api", age=80.0)
+    before = [list(column) for column in first[12:18]]
+    read = activity([first, second], 5, 20)
+    api = next(g for g in read.groups if g.application_name == "api")
+    assert (api.sessions, api.max_transaction_age) == (2, 80.0)
+    assert read.group_pids[read.groups.index(api)] == (41, 42)
+    assert [list(column) for column in first[12:18]] == before
+
+
+def test_the_source_folds_the_sessions_as_the_metrics_fold_them() -> None:
+    """Random servers: the exported groups the read folds (snapshot.exported) give the families
+    the metrics build when they fold the groups themselves, and those of a read that folds
+    nothing; names that need cleaning and an application named like OTHER included."""
+    rng = random.Random(27)
+    apps = [f"app-{i}" for i in range(10)] + ["x" * 200, "other", "é"]
+    for _ in range(300):
+        top_n = rng.choice([1, 2, 3, 20])
+        sessions = [listed(100 + i, rng.choice(apps),
+                           rng.choice(["active", "idle in transaction", "unknown"]),
+                           age=rng.choice([None, 1.0, 7.0]), db=rng.choice(["prefect", "db"]),
+                           wait=rng.choice([("", ""), ("Client", "ClientRead")]))
+                    for i in range(rng.randrange(12))]
+        sessions += [idle([rng.choice(apps) for _ in range(rng.randrange(1, 9))],
+                          db=rng.choice(["prefect", "db", "x" * 200]))
+                     for _ in range(rng.randrange(3))]
+        sessions += [listener(rng.choice(apps), "prefect_automation_changes")
+                     for _ in range(rng.randrange(2))]
+        read = activity(rows(*sessions), 5, top_n)
+        options = MetricOptions(label_top_n=top_n)
+
+        def families(snap: Any) -> list[Any]:
+            return [(m.name, sorted((sorted(s.labels.items()), s.value) for s in m.samples))
+                    for m in postgres_families(snap, options)]
+
+        folded_by_metrics = pg_snapshot(*read.groups)
+        assert read.exported is not None and read.exported.top_n == top_n
+        assert families(replace(folded_by_metrics, exported=read.exported)) == families(
+            folded_by_metrics) == families(pg_snapshot(*activity(rows(*sessions), 5,
+                                                                 None).groups))
