@@ -178,14 +178,13 @@ def test_the_source_folds_the_sessions_as_the_metrics_fold_them() -> None:
         sessions += [listener(rng.choice(apps), "prefect_automation_changes")
                      for _ in range(rng.randrange(2))]
         read = activity(rows(*sessions), 5, top_n)
-        options = MetricOptions(label_top_n=top_n)
-
-        def families(snap: Any) -> list[Any]:
-            return [(m.name, sorted((sorted(s.labels.items()), s.value) for s in m.samples))
-                    for m in postgres_families(snap, options)]
-
         folded_by_metrics = pg_snapshot(*read.groups)
         assert read.exported is not None and read.exported.top_n == top_n
-        assert families(replace(folded_by_metrics, exported=read.exported)) == families(
-            folded_by_metrics) == families(pg_snapshot(*activity(rows(*sessions), 5,
-                                                                 None).groups))
+        unfolded = pg_snapshot(*activity(rows(*sessions), 5, None).groups)
+        assert (_families(replace(folded_by_metrics, exported=read.exported), top_n)
+                == _families(folded_by_metrics, top_n) == _families(unfolded, top_n))
+
+
+def _families(snap: Any, top_n: int) -> list[Any]:
+    return [(m.name, sorted((sorted(s.labels.items()), s.value) for s in m.samples))
+            for m in postgres_families(snap, MetricOptions(label_top_n=top_n))]
