@@ -11,7 +11,8 @@ rows, one hash aggregate (benchmarks/compare.py; the figures are in docs/benchma
   LISTEN list their applications in one text (idle_apps). On a busy server most sessions are
   idle, often from as many applications as there are sessions; grouping them per application
   cost the database passes of hashing and sorting (to pick the top N) and the exporter
-  thousands of rows. Counting an array of names is a C loop in Python (collections.Counter).
+  thousands of rows. Splitting the text and counting the names are C loops in Python
+  (str.split, collections.Counter).
 - The sessions that are not idle (hundreds on a busy server) are listed in arrays, a position
   per session: application, pid, ages, client address and, waiting on a lock, the pids
   blocking it. Python groups them by application, and reads the oldest transactions, the
@@ -21,7 +22,8 @@ rows, one hash aggregate (benchmarks/compare.py; the figures are in docs/benchma
 - Names are joined to the groups, not to each backend.
 
 Python then keeps the top N values of each label by sessions (exporter.labels.keep_top, as the
-metrics rank them) and folds the idle sessions of the other values (exporter.labels.FOLDED).
+metrics rank them), folds the idle sessions of the other values (exporter.labels.FOLDED), and
+folds every group as the metrics export them (ActivityRead.exported: the families read those).
 The idle groups of one database, role and wait event share one state age (their oldest): no
 check reads an idle group's state age.
 
