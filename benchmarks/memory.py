@@ -48,6 +48,11 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def thread_count(pid: int) -> int:
+    """The process's threads: each may bring a malloc arena of its own, a step in RSS."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
 def slope_per_hour(samples: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, MB) samples, in MB/hour."""
     n = len(samples)
@@ -69,6 +74,7 @@ class Process:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     samples: list[tuple[float, float]] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)  # at each sample
     scrapes: int = 0
     polls_start: float = 0.0
     polls_end: float = 0.0
@@ -87,6 +93,10 @@ class Process:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(15)
 
+    def restart_measurement(self) -> None:
+        """Forget the samples and counts, to measure the same running process again."""
+        self.samples, self.threads, self.scrapes = [], [], 0
+
     @property
     def polls(self) -> float:
         return self.polls_end - self.polls_start
@@ -104,7 +114,8 @@ class Process:
         per_poll = self.growth_per_poll_mb() * 1024 * 1024
         return (f"{self.name:>10}: RSS {self.samples[0][1]:.1f} -> {self.samples[-1][1]:.1f} MB, "
                 f"slope {slope:+.2f} MB/hour ({slope * 24:+.1f} MB/day), "
-                f"{per_poll:+.0f} B/poll over {polls:.0f} polls, {self.scrapes} scrapes; "
+                f"{per_poll:+.0f} B/poll over {polls:.0f} polls, {self.scrapes} scrapes, "
+                f"threads {self.threads[0]} -> {self.threads[-1]}; "
                 f"{slope / GOAL_MB_PER_HOUR:+.2f}x the goal's {GOAL_MB_PER_HOUR:g} MB/hour")
 
 
@@ -137,11 +148,13 @@ async def measure(processes: list[Process], warmup: float, seconds: float) -> No
         for p in processes:
             assert p.proc is not None
             p.samples.append((now, rss_mb(p.proc.pid)))
+            p.threads.append(thread_count(p.proc.pid))
         await asyncio.sleep(min(SAMPLE_EVERY, max(0.0, stop - time.monotonic())))
     await asyncio.gather(*scrapers)
     for p in processes:
         assert p.proc is not None
         p.samples.append((time.monotonic() - began, rss_mb(p.proc.pid)))
+        p.threads.append(thread_count(p.proc.pid))
         p.polls_end = await _polls(p.port)
 
 

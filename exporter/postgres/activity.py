@@ -279,13 +279,12 @@ def _by_application(sessions: _Listed, groups: list[ActivityGroup],
                                                     sessions.state_ages, strict=True):
         total = by_app.get(app)
         if total is None:
-            by_app[app] = [1, transaction_age, state_age, [pid]]
+            by_app[app] = [transaction_age, state_age, 1, [pid]]
         else:
-            total[0] += 1
-            total[1] = _oldest(total[1], transaction_age)
-            total[2] = _oldest(total[2], state_age)
+            _keep_oldest(total, transaction_age, state_age)
+            total[2] += 1
             total[3].append(pid)
-    for app, (sessions_of_app, transaction_age, state_age, app_pids) in by_app.items():
+    for app, (transaction_age, state_age, sessions_of_app, app_pids) in by_app.items():
         groups.append(_new_group((*head, app, *tail, sessions_of_app, transaction_age,
                                   state_age)))
         group_pids.append(tuple(app_pids) if known else ())
@@ -380,17 +379,17 @@ def _exported_groups(groups: list[ActivityGroup], listed: Iterable[_Listed], lis
     if (not kept.folds and not any(needs_cleaning(v) for v in values)
             and len(set(map(_LABELS, groups))) == len(groups)):
         return tuple(groups)
-    return tuple(_exported(listed, groups[listed_count:], kept, kept.top_n))
+    return tuple(_exported(listed, groups[listed_count:], kept))
 
 
-def _exported(listed: Iterable[_Listed], others: Iterable[ActivityGroup], kept: _Kept,
-              top_n: int) -> list[ActivityGroup]:
+def _exported(listed: Iterable[_Listed], others: Iterable[ActivityGroup],
+              kept: _Kept) -> list[ActivityGroup]:
     """The groups under the labels they are exported with: kept values cleaned, the rest
     OTHER (exporter.postgres.metrics folds groups the same way when it has only them). The
     listed sessions are folded from their columns: per set of labels, each session's exported
     application is a C map and its sessions a Counter; the oldest ages of those folded into
     OTHER, often most, are C loops too, and only the kept ones' a Python loop."""
-    db, user, app = (Folder(values, top_n)
+    db, user, app = (Folder(values, kept.top_n)
                      for values in (kept.datnames, kept.usenames, kept.applications))
     folded: list[Sequence[Any]] = []
     for sessions in listed:
@@ -398,23 +397,14 @@ def _exported(listed: Iterable[_Listed], others: Iterable[ActivityGroup], kept: 
         head, tail = (db[labels[0]], user[labels[1]]), labels[_APP + 1:]
         apps = list(map(app.get, sessions.applications, repeat(OTHER)))  # C: no __missing__
         counts = Counter(apps)
-        ages: Iterable[tuple[str, float | None, float | None]] = zip(
-            apps, sessions.transaction_ages, sessions.state_ages, strict=True)
+        ages = zip(apps, sessions.transaction_ages, sessions.state_ages, strict=True)
         oldest: dict[str, list[float | None]] = {}
-        if OTHER in counts:
-            other = list(map(OTHER.__eq__, apps))
-            oldest[OTHER] = [_largest(list(compress(sessions.transaction_ages, other))),
-                             _largest(list(compress(sessions.state_ages, other)))]
-            ages = compress(ages, map(operator.not_, other))
         for name, transaction_age, state_age in ages:
             known = oldest.get(name)
             if known is None:
                 oldest[name] = [transaction_age, state_age]
-                continue
-            if transaction_age is not None and (known[0] is None or transaction_age > known[0]):
-                known[0] = transaction_age
-            if state_age is not None and (known[1] is None or state_age > known[1]):
-                known[1] = state_age
+            else:
+                _keep_oldest(known, transaction_age, state_age)
         folded += ((*head, name, *tail, count, *oldest[name]) for name, count in counts.items())
     folded += ((db[g[0]], user[g[1]], app[g[2]], *g[3:]) for g in others)
     return added_up(folded)
@@ -433,17 +423,11 @@ def added_up(groups: Iterable[Row | Sequence[Any]]) -> list[ActivityGroup]:
         total = totals.get(labels)
         if total is None:
             one = first[labels]
-            total = totals[labels] = [one[_SESSIONS], one[_TRANSACTION_AGE], one[_STATE_AGE]]
-        total[0] += g[_SESSIONS]
-        # the oldest ages stay (None: none); written out, not _oldest(): a call per group
-        # costs a tenth of a busy poll here
-        transaction_age, state_age = g[_TRANSACTION_AGE], g[_STATE_AGE]
-        if transaction_age is not None and (total[1] is None or transaction_age > total[1]):
-            total[1] = transaction_age
-        if state_age is not None and (total[2] is None or state_age > total[2]):
-            total[2] = state_age
-    for labels, total in totals.items():
-        first[labels] = (*labels, *total)
+            total = totals[labels] = [one[_TRANSACTION_AGE], one[_STATE_AGE], one[_SESSIONS]]
+        total[2] += g[_SESSIONS]
+        _keep_oldest(total, g[_TRANSACTION_AGE], g[_STATE_AGE])
+    for labels, (transaction_age, state_age, sessions) in totals.items():
+        first[labels] = (*labels, sessions, transaction_age, state_age)
     return list(map(_new_group, map(_GROUP_COLUMNS, first.values())))
 
 
@@ -464,5 +448,12 @@ def count_sessions(weights: Counter[str], value_of: Callable[[ActivityGroup], st
     return weights
 
 
-def _oldest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else max(a, b)
+def _keep_oldest(ages: list[Any], transaction_age: float | None,
+                 state_age: float | None) -> None:
+    """ages[0] and ages[1], the oldest transaction and state ages so far, raised to these
+    where they are older (None: none)."""
+    if transaction_age is not None and (ages[0] is None or transaction_age > ages[0]):
+        ages[0] = transaction_age
+    if state_age is not None and (ages[1] is None or state_age > ages[1]):
+        ages[1] = state_age
+
