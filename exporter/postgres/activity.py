@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, count, repeat
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from exporter.labels import FOLDED, OTHER, Folder, keep_top, needs_cleaning
 from exporter.postgres.snapshot import ActivityGroup, BlockedSession, Exported, Session
@@ -431,14 +431,17 @@ def added_up(groups: Iterable[Row | Sequence[Any]]) -> list[ActivityGroup]:
     return list(map(_new_group, map(_GROUP_COLUMNS, first.values())))
 
 
-def session_weights(value_of: Callable[[ActivityGroup], str],
-                    groups: Sequence[ActivityGroup]) -> Counter[str]:
+V = TypeVar("V")  # what sessions are counted by: a label's value, a tuple of them
+
+
+def session_weights(value_of: Callable[[ActivityGroup], V],
+                    groups: Sequence[ActivityGroup]) -> Counter[V]:
     """Each value's sessions."""
     return count_sessions(Counter(), value_of, groups)
 
 
-def count_sessions(weights: Counter[str], value_of: Callable[[ActivityGroup], str],
-                   groups: Sequence[ActivityGroup]) -> Counter[str]:
+def count_sessions(weights: Counter[V], value_of: Callable[[ActivityGroup], V],
+                   groups: Sequence[ActivityGroup]) -> Counter[V]:
     """Adds each value's sessions to weights: every group counted once by the Counter, in C
     (update() of an iterable, not of a mapping: that is a Python loop), then the groups of more
     than one session add the rest (on a busy server most groups are one session each)."""

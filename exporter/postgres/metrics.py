@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 
 from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean, keep_top
 from exporter.metricspec import MetricOptions, MetricSpec, Specs
-from exporter.postgres.activity import SESSIONS_OF, added_up, session_weights
+from exporter.postgres.activity import added_up, session_weights
 from exporter.postgres.snapshot import (
     ActivityGroup,
     PostgresSnapshot,
@@ -233,10 +232,10 @@ def _connection_limits(snap: PostgresSnapshot, target: str) -> Iterator[Metric]:
 
 
 def _connections(exported: Sequence[ActivityGroup], target: str) -> Metric:
-    # sessions counted per label set in C (each group's labels repeated once per session): with
-    # every application kept there are thousands of groups
-    counts = Counter(chain.from_iterable(map(repeat, map(_CONNECTION_LABELS, exported),
-                                             map(SESSIONS_OF, exported))))
+    # sessions per label set, counted in C: a Counter of the groups, then the few groups of more
+    # than one session add the rest (with every application kept there are thousands of groups;
+    # the idle sessions folded are one group of thousands)
+    counts = session_weights(_CONNECTION_LABELS, exported)
     rows = sorted(counts.items())
     metric = CONNECTIONS.family()
     metric.add_rows(map((target,).__add__, map(_FIRST, rows)), map(_SECOND, rows))

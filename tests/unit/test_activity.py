@@ -32,7 +32,9 @@ def listed(pid: int, app: str, state: str = "active", *, age: float | None = 5.0
 
 def idle(apps: list[str], *, db: str = "prefect", user: str = "prefect",
          state_age: float = 60.0) -> Row:
-    """Idle sessions without a LISTEN, grouped without their application."""
+    """Idle sessions without a LISTEN, grouped without their application (a row is at least
+    one session: the read has no row for none)."""
+    assert apps, "a row of no idle session"
     return (db, user, None, "idle", "Client", "ClientRead", False, None, len(apps), None,
             state_age, True, None, None, None, None, None, None,
             APPLICATIONS_SEPARATOR.join(apps))
@@ -106,7 +108,7 @@ def test_folding_in_python_exports_what_grouping_every_session_exports() -> None
     options = MetricOptions(label_top_n=4)
     for _ in range(200):
         apps = [f"app-{rng.randrange(12)}" for _ in range(rng.randrange(1, 40))]
-        rows: list[Row] = [idle(apps[: len(apps) // 2], db="prefect"),
+        rows: list[Row] = [idle(apps[: len(apps) // 2] or ["solo"], db="prefect"),
                            idle(apps[len(apps) // 2:] or ["solo"], db=f"db-{rng.randrange(6)}",
                                 user=f"user-{rng.randrange(6)}")]
         rows += [listed(100 + i, rng.choice(apps), rng.choice(["active", "idle in transaction"]),
