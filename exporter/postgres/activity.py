@@ -190,6 +190,9 @@ class ActivityRead:
     listed: tuple[_Listed, ...]  # every client backend that is not idle
     # the groups as the metrics export them (top N kept, the rest OTHER), when folded
     exported: Exported | None = None
+    # the top N values of each label and what they were ranked from: give it to the next
+    # read, which reuses it when its sessions' names are the same (None: nothing folds)
+    ranking: Ranking | None = None
 
     @functools.cached_property
     def in_transaction(self) -> tuple[InTransaction, ...]:
@@ -203,17 +206,21 @@ class ActivityRead:
 
 
 class _IdleRow(NamedTuple):
-    """A group of idle sessions without their application, and how many each has."""
+    """A group of idle sessions without their application, and their applications."""
 
     group: ActivityGroup  # application_name: FOLDED
-    applications: Counter[str]
+    applications: str  # one per session, joined by APPLICATIONS_SEPARATOR
+
+    def counts(self) -> Counter[str]:
+        """Each application's sessions (split and counted in C)."""
+        return Counter(self.applications.split(APPLICATIONS_SEPARATOR))
 
 
-def activity(rows: Iterable[Row], top_transactions: int,
-             label_top_n: int | None) -> ActivityRead:
+def activity(rows: Iterable[Row], top_transactions: int, label_top_n: int | None,
+             last: Ranking | None = None) -> ActivityRead:
     """The read's rows as groups, the top_transactions oldest transactions and the blocked
     sessions. label_top_n: the values kept per label, the idle sessions of the others folded
-    (None: none folded)."""
+    (None: none folded). last: the last read's ranking, reused if it still holds."""
     listed: dict[tuple[Any, ...], _Listed] = {}
     labelled: list[Row] = []  # idle sessions with a LISTEN, grouped with their application
     idle: list[_IdleRow] = []
@@ -229,7 +236,7 @@ def activity(rows: Iterable[Row], top_transactions: int,
             continue
         if idle_apps is not None:
             group = ActivityGroup._make((*r[:_APP], FOLDED, *r[_APP + 1:GROUP_WIDTH]))
-            idle.append(_IdleRow(group, Counter(idle_apps.split(APPLICATIONS_SEPARATOR))))
+            idle.append(_IdleRow(group, idle_apps))
         elif pids is None:
             labelled.append(r)
         else:  # rows of the same labels (other roles' sessions, without pg_monitor) join
@@ -250,14 +257,15 @@ def activity(rows: Iterable[Row], top_transactions: int,
     # per set of labels but the application, as judged: the listed, the listeners, the idle
     summaries = [*map(_summary, listed.values()), *groups[len(group_pids):],
                  *(row.group for row in idle)]
-    kept = None if label_top_n is None else _kept(groups, idle, label_top_n)
-    groups += _idle_groups(idle, kept)
-    exported = None if kept is None else Exported(
-        kept.top_n, _exported_groups(groups, listed.values(), len(group_pids), kept))
+    ranking = None if label_top_n is None else _ranking(
+        listed.values(), groups, len(group_pids), idle, label_top_n, last)
+    groups += _idle_groups(idle, ranking)
+    exported = None if ranking is None else Exported(ranking.kept.top_n, _exported_groups(
+        groups, listed.values(), len(group_pids), ranking.kept))
     return ActivityRead(tuple(groups), _oldest_sessions(listed.values(), top_transactions),
                         tuple(blocked),
                         (*group_pids, *[()] * (len(groups) - len(group_pids))),  # no pids
-                        tuple(summaries), tuple(listed.values()), exported)
+                        tuple(summaries), tuple(listed.values()), exported, ranking)
 
 
 def _by_application(sessions: _Listed, groups: list[ActivityGroup],
@@ -330,40 +338,68 @@ class _Kept(NamedTuple):
     folds: bool  # whether any value is not kept
 
 
-def _kept(listed: Sequence[ActivityGroup], idle: Sequence[_IdleRow], top_n: int) -> _Kept:
+class Ranking(NamedTuple):
+    """The top N values of each label, ranked from the sessions' names (key). Splitting,
+    counting and ranking thousands of application names was a fifth of a poll at 5,000
+    backends; a server's sessions keep their names from poll to poll (its pools stay
+    connected), so a read whose names are the last read's reuses its ranking."""
+
+    key: tuple[Any, ...]  # what was ranked: compared, never hashed
+    kept: _Kept
+    # per idle row, the sessions of each kept application it has (its other sessions fold)
+    idle_shares: tuple[tuple[tuple[str, int], ...], ...]
+
+
+def _ranking(listed: Iterable[_Listed], groups: Sequence[ActivityGroup], listed_count: int,
+             idle: Sequence[_IdleRow], top_n: int, last: Ranking | None) -> Ranking:
+    """The ranking of these sessions: last's if they have the same names and counts. groups:
+    the listed sessions' groups (the first listed_count), then the listeners'."""
+    key = (top_n,
+           [(s.labels[0], s.labels[1], s.applications) for s in listed],
+           [(g.datname, g.usename, g.application_name, g.sessions)
+            for g in groups[listed_count:]],
+           [(row.group.datname, row.group.usename, row.applications) for row in idle])
+    if last is not None and last.key == key:  # lists and texts compared in C
+        return last
+    counts = [row.counts() for row in idle]
+    kept = _kept(groups, idle, counts, top_n)
+    return Ranking(key, kept, tuple(tuple((app, c[app]) for app in kept.applications if app in c)
+                                    for c in counts))
+
+
+def _kept(listed: Sequence[ActivityGroup], idle: Sequence[_IdleRow],
+          idle_counts: Sequence[Counter[str]], top_n: int) -> _Kept:
     """The top N values of each label by every session's weight, as the metrics rank them. A
     kept value is never folded, so its weight is whole, and the same values are the top N when
     the metrics rank the groups folded with them."""
     everyone = [*listed, *(row.group for row in idle)]
     apps: Counter[str] = Counter()
-    for row in idle:
-        apps.update(row.applications)  # into an empty Counter (the usual one row): in C
+    for counts in idle_counts:
+        apps.update(counts)  # into an empty Counter (the usual one row): in C
     count_sessions(apps, _APPLICATION, listed)
     datnames, usenames = session_weights(_DATNAME, everyone), session_weights(_USENAME, everyone)
     return _Kept(keep_top(datnames, top_n), keep_top(usenames, top_n), keep_top(apps, top_n),
                  top_n, any(len(w) > top_n for w in (datnames, usenames, apps)))
 
 
-def _idle_groups(idle: Sequence[_IdleRow], kept: _Kept | None) -> list[ActivityGroup]:
+def _idle_groups(idle: Sequence[_IdleRow], ranking: Ranking | None) -> list[ActivityGroup]:
     """The idle sessions as groups per application: the kept values of each label keep their
-    names, the idle sessions of the others fold into FOLDED (kept None: none folds)."""
-    if kept is None or not kept.folds:
+    names, the idle sessions of the others fold into FOLDED (ranking None: none folds)."""
+    if ranking is None:
         unfolded = [_new_group((*row.group[:_APP], app, *row.group[_APP + 1:_SESSIONS],
                                 sessions, *row.group[_TRANSACTION_AGE:]))
-                    for row in idle for app, sessions in row.applications.items()]
+                    for row in idle for app, sessions in row.counts().items()]
         # two rows of idle sessions may share their labels (one role's, read with and without
         # pg_monitor's view): added up, as folded groups are
-        return unfolded if kept is None or len(idle) < 2 else added_up(unfolded)
+        return unfolded if len(idle) < 2 else added_up(unfolded)
+    kept = ranking.kept
     folded: list[tuple[Any, ...]] = []
-    for row in idle:
+    for row, shares in zip(idle, ranking.idle_shares, strict=True):
         g = row.group
         datname = g.datname if g.datname in kept.datnames else FOLDED
         usename = g.usename if g.usename in kept.usenames else FOLDED
-        # only the kept applications are looked up: the rest is what they leave
-        shares = [(app, row.applications[app]) for app in kept.applications
-                  if app in row.applications]
-        shares.append((FOLDED, g.sessions - sum(sessions for _, sessions in shares)))
-        for app, sessions in shares:
+        # the kept applications' sessions; the rest is what they leave (none when none folds)
+        for app, sessions in (*shares, (FOLDED, g.sessions - sum(n for _, n in shares))):
             if sessions:
                 folded.append((datname, usename, app, *g[_STATE:_SESSIONS], sessions,
                                *g[_TRANSACTION_AGE:]))

@@ -16,7 +16,13 @@ import asyncpg
 
 from exporter.dsn import Target
 from exporter.incidents.fingerprint import fingerprint
-from exporter.postgres.activity import ACTIVITY_SQL, CLIENT_ADDR, ActivityRead, activity
+from exporter.postgres.activity import (
+    ACTIVITY_SQL,
+    CLIENT_ADDR,
+    ActivityRead,
+    Ranking,
+    activity,
+)
 from exporter.postgres.growth import GrowthTracker
 from exporter.postgres.involved import (
     LockRow,
@@ -392,6 +398,7 @@ class PostgresSource:
                                 if statements and top_statements > 0 else None)
         self._oldest = OldestRowsReader()
         self._slow: _Slow | None = None  # the settings and sizes last read
+        self._ranking: Ranking | None = None  # the labels' top N as last ranked
         self._sizes_every_seconds = sizes_every_seconds
         self._thresholds = all_thresholds(thresholds)
 
@@ -448,7 +455,8 @@ class PostgresSource:
             [] if slow is None else list(slow.sizes)))[0])
         slow = self._slow = _slow_part(slow, context, now)
         read = activity(await conn.fetch(ACTIVITY_SQL), self._top_transactions,
-                        self._label_top_n)
+                        self._label_top_n, self._ranking)
+        self._ranking = read.ranking
         involved = await self._involved(conn, read)
         top_statements = (await self._top_statements.read(conn, context.statements_extension,
                                                           time.time())

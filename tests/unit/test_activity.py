@@ -190,3 +190,58 @@ def test_the_source_folds_the_sessions_as_the_metrics_fold_them() -> None:
 def _families(snap: Any, top_n: int) -> list[Any]:
     return [(m.name, sorted((sorted(s.labels.items()), s.value) for s in m.samples))
             for m in postgres_families(snap, MetricOptions(label_top_n=top_n))]
+
+
+def _read_as_fresh(read: Any) -> tuple[Any, ...]:
+    """What a read gives the rest of the exporter, groups in a stable order."""
+    assert read.exported is not None
+    return (sorted(zip(read.groups, read.group_pids, strict=True), key=repr),
+            sorted(read.exported.groups, key=repr), read.oldest, read.blocked)
+
+
+def test_a_read_with_the_same_names_reuses_the_last_ranking_and_reads_the_same() -> None:
+    """Same applications, databases and roles, with other ages and states of the same
+    sessions: the last ranking is reused (not ranked again) and the read equals a fresh one."""
+    apps = [f"app-{i % 7}" for i in range(30)]
+    first = activity(rows(idle(apps), listed(1, "app-3"), listed(2, "api", age=9.0)), 5, 3)
+    again_rows = rows(idle(apps, state_age=90.0), listed(1, "app-3", age=70.0),
+                      listed(2, "api", age=99.0))
+    again = activity(again_rows, 5, 3, first.ranking)
+    assert again.ranking is first.ranking
+    assert _read_as_fresh(again) == _read_as_fresh(activity(again_rows, 5, 3))
+
+
+def test_a_new_name_or_count_ranks_again() -> None:
+    apps = [f"app-{i % 7}" for i in range(30)]
+    first = activity(rows(idle(apps), listed(1, "app-3")), 5, 3)
+    changes = [rows(idle([*apps, "app-9"]), listed(1, "app-3")),  # one idle session more
+               rows(idle(apps), listed(1, "app-4")),  # another application is busy
+               rows(idle(apps, db="other"), listed(1, "app-3")),  # another database
+               rows(idle(apps), listed(1, "app-3"), listener("app-5", "prefect_automation"))]
+    for changed in changes:
+        read = activity(changed, 5, 3, first.ranking)
+        assert read.ranking is not first.ranking
+        assert _read_as_fresh(read) == _read_as_fresh(activity(changed, 5, 3))
+    assert activity(rows(idle(apps), listed(1, "app-3")), 5, 4, first.ranking).ranking \
+        is not first.ranking  # another top N
+
+
+def test_reads_given_the_last_ranking_equal_fresh_reads() -> None:
+    """Random servers in a row, each read with the last one's ranking: what every read gives
+    equals a fresh read of its rows (a server changes its names, or not, between two polls)."""
+    rng = random.Random(28)
+    apps = [f"app-{i}" for i in range(8)]
+    last = None
+    for _ in range(400):
+        if last is None or rng.random() < 0.5:  # else the same sessions, read again
+            sessions = [listed(100 + i, rng.choice(apps), rng.choice(["active", "unknown"]),
+                               db=rng.choice(["prefect", "db"]))
+                        for i in range(rng.randrange(6))]
+            sessions += [idle([rng.choice(apps) for _ in range(rng.randrange(1, 9))],
+                              db=rng.choice(["prefect", "db"]))
+                         for _ in range(rng.randrange(3))]
+            sessions += [listener(rng.choice(apps), "c") for _ in range(rng.randrange(2))]
+            top_n = rng.choice([1, 2, 20])
+        read = activity(rows(*sessions), 5, top_n, last)
+        assert _read_as_fresh(read) == _read_as_fresh(activity(rows(*sessions), 5, top_n))
+        last = read.ranking
