@@ -22,7 +22,8 @@ rows, one hash aggregate (benchmarks/compare.py; the figures are in docs/benchma
 - Names are joined to the groups, not to each backend.
 
 Python then keeps the top N values of each label by sessions (exporter.labels.keep_top, as the
-metrics rank them), folds the idle sessions of the other values (exporter.labels.FOLDED), and
+metrics rank them; ranked again only when the sessions' names or counts changed since the last
+read, see Ranking), folds the idle sessions of the other values (exporter.labels.FOLDED), and
 folds every group as the metrics export them (ActivityRead.exported: the families read those).
 The idle groups of one database, role and wait event share one state age (their oldest): no
 check reads an idle group's state age.
