@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter.exposition import render
@@ -22,6 +21,7 @@ from exporter.health import build_info, finding_family, health_families
 from exporter.kinds import KINDS
 from exporter.metricspec import MetricFamily, MetricOptions
 from exporter.poller import SourceState
+from exporter.process import ProcessMetrics
 from exporter.source import Snapshot
 
 
@@ -111,7 +111,7 @@ class Exposition:
         self._collector = collector
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(collector)
-        ProcessCollector(registry=self._registry)
+        self._registry.register(ProcessMetrics())
         self.body = b""
         self._gzipped: bytes | None = None
         self._probes: dict[str, bytes] = {}
