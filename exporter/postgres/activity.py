@@ -424,8 +424,8 @@ def _exported(listed: Iterable[_Listed], others: Iterable[ActivityGroup],
     """The groups under the labels they are exported with: kept values cleaned, the rest
     OTHER (exporter.postgres.metrics folds groups the same way when it has only them). The
     listed sessions are folded from their columns: per set of labels, each session's exported
-    application is a C map and its sessions a Counter; the oldest ages of those folded into
-    OTHER, often most, are C loops too, and only the kept ones' a Python loop."""
+    application is a C map and its sessions a Counter; the oldest ages one loop. (Picking the
+    ages of those folded into OTHER with C loops measured no faster at 5,000 backends.)"""
     db, user, app = (Folder(values, kept.top_n)
                      for values in (kept.datnames, kept.usenames, kept.applications))
     folded: list[Sequence[Any]] = []
