@@ -23,7 +23,6 @@ from functools import partial
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
-from prometheus_client.process_collector import ProcessCollector
 
 from exporter.collector import ExporterCollector
 from exporter.diagnosis import diagnose
@@ -31,6 +30,7 @@ from exporter.exposition import render
 from exporter.metricspec import MetricOptions
 from exporter.poller import SourceState
 from exporter.postgres.snapshot import ActivityGroup, PostgresSnapshot
+from exporter.process import ProcessMetrics
 from tests.factories import NamedSource, group, pg_snapshot
 
 
@@ -56,7 +56,7 @@ def registry_for(backends: int) -> CollectorRegistry:
     collector.update([snap], diagnose([snap]))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    ProcessCollector(registry=registry)
+    registry.register(ProcessMetrics())  # the exporter's process metrics
     return registry
 
 

@@ -19,12 +19,12 @@ from prometheus_client.core import (
     SummaryMetricFamily,
     UnknownMetricFamily,
 )
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from exporter.exposition import render
 from exporter.postgres.metrics import CONNECTIONS, TABLE_INSERTED
+from exporter.process import ProcessMetrics
 from tests.unit.test_recorded_exposition import recorded_registry
 
 
@@ -44,7 +44,7 @@ def _both(families: list[Metric]) -> tuple[bytes, bytes]:
 
 def test_every_family_the_exporter_builds_renders_as_generate_latest_does() -> None:
     registry = recorded_registry()
-    ProcessCollector(registry=registry)
+    registry.register(ProcessMetrics())  # the exporter's process metrics
     # collected once, rendered twice: the process metrics change between two collections
     ours, theirs = _both(list(registry.collect()))
     assert ours == theirs
