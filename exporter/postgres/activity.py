@@ -341,9 +341,10 @@ class _Kept(NamedTuple):
 
 class Ranking(NamedTuple):
     """The top N values of each label, ranked from the sessions' names (key). Splitting,
-    counting and ranking thousands of application names was a fifth of a poll at 5,000
-    backends; a server's sessions keep their names from poll to poll (its pools stay
-    connected), so a read whose names are the last read's reuses its ranking."""
+    counting and ranking thousands of application names was about a quarter of a poll at
+    5,000 backends (4.1 -> 3.0 ms); a server's sessions keep their names from poll to poll
+    (its pools stay connected), so a read whose names are the last read's reuses its
+    ranking."""
 
     key: tuple[Any, ...]  # what was ranked: compared, never hashed
     kept: _Kept

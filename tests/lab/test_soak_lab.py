@@ -83,8 +83,9 @@ async def test_memory_stays_flat_under_fast_polling(
     A minute over the budget is measured again, a minute more of the same process: a leak
     grows in every minute, a one-off step does not (CI once saw RSS rise 1.6 MB within a
     minute, late in a loaded suite, where the hour's slope is +1.4 MB; the Python heap stays
-    flat over thousands of polls). The step may be a thread's first malloc arena (threads
-    are reported) or the allocator fitting a larger answer of the session's Prefect."""
+    flat over thousands of polls). What stepped is not known: the report shows the threads
+    (a thread's first malloc arena is a step; an hour's run kept one thread throughout), and
+    late in the suite the session's Prefect answers with more runs."""
     process = FastPolling(
         "exporter", {"PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": str(POLL_SECONDS)},
         scraped=True)
