@@ -77,9 +77,19 @@ async def test_a_lock_chain_is_one_incident_with_who_what_and_which_table(
         s = await wait_for_value(exporter.port, "postgres_blocked_sessions_by_relation",
                                  {"schema": "scratch", "table": "incident_rows"}, 1)
         assert s.value("postgres_blocked_sessions") == 1
+        incident = begin["incident"]
+
+        async def seen_again() -> bool:
+            """A later poll saw the chain too. A snapshot is stamped when its read ends: the
+            chain's poll reads more (its sessions, its locks) than the next, so the next poll,
+            once the chain is gone, may be stamped a few hundredths of a second after it, a
+            duration that rounds to 0.0 (it did, in a CI run)."""
+            listed = (await get(exporter, "/incidents")).json()["incidents"]
+            return any(i["id"] == incident and i["duration_seconds"] > 0 for i in listed)
+
+        await eventually(seen_again, 30, "a second sighting of the chain")
         await chain.end()
     # the holder is gone (its session terminated): the incident ends, once
-    incident = begin["incident"]
 
     end = await logged(logs, "the incident's end event", incident, event="incident end")
     # the table stays even when the last poll caught the writer between its activity read and
