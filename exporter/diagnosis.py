@@ -79,3 +79,15 @@ def diagnose(snapshots: Sequence[Snapshot], failures: Sequence[SourceFailure] = 
             if kind.owns(snapshot):
                 found += kind.diagnose(snapshot, context)
     return sorted(found, key=rank)
+
+
+def to_confirm(findings: Sequence[Finding]) -> set[str]:
+    """The targets of the findings that rest on one timing (Check.sampled)."""
+    return {f.target for f in findings if BY_ID[f.check].sampled}
+
+
+def confirmed(first: Sequence[Finding], second: Sequence[Finding]) -> list[Finding]:
+    """The second diagnosis, less its findings on one timing that the first did not make too:
+    what two polls in a row both found (the doctor's second look)."""
+    seen = {(f.check, f.target) for f in first}
+    return [f for f in second if not BY_ID[f.check].sampled or (f.check, f.target) in seen]

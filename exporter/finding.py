@@ -70,7 +70,7 @@ class Check:
     them): its id (the findings' `check`, the metric label, an alert's `check`, an incident's
     kind), the severities it reports (the most severe first), what it means in one line
     (`doctor --list-checks`), the thresholds it reads, its place in the chain from a cause to
-    its symptoms, and whether it is also an incident."""
+    its symptoms, whether it is also an incident, and whether it rests on one timing."""
 
     id: str
     severities: tuple[str, ...]
@@ -79,6 +79,9 @@ class Check:
     role: str = ""  # ROOT | SYMPTOM | "" (ranked by severity alone)
     # its kind's incidents observe it too, on the same condition (exporter/<kind>/incidents.py)
     incident: bool = False
+    # judged on one round trip's timing, which a cold connection or a busy moment makes slow
+    # once: the doctor, which polls once, keeps it only when a second poll finds it again
+    sampled: bool = False
 
     def finding(self, severity: str, target: str, title: str, evidence: tuple[str, ...],
                 action: str, cause: Cause | None = None) -> Finding:

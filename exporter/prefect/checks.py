@@ -46,15 +46,16 @@ SCHEDULER_STALLED = Check(
     ("deployments_without_future_runs_warning",))
 API_SLOW = Check(
     "api_slow", ("warning",), "GET /api/ready (a connection from the API's database pool) is "
-    "slow", ("api_ready_warning_seconds",), SYMPTOM)
+    "slow", ("api_ready_warning_seconds",), SYMPTOM, sampled=True)
 API_WAITS_ON_DATABASE = Check(
     "api_waits_on_database", ("info",),
     "the API waits on its database, and PgBouncer or PostgreSQL show why",
-    ("api_pool_saturated_ready_seconds", "api_pool_saturated_ratio"), SYMPTOM)
+    ("api_pool_saturated_ready_seconds", "api_pool_saturated_ratio"), SYMPTOM, sampled=True)
 API_POOL_SATURATED = Check(
     "prefect_api_pool_saturated", ("warning",),
     "the API server's own database pool is saturated: /api/ready slow, /api/health fast, "
-    "the database calm", ("api_pool_saturated_ready_seconds", "api_pool_saturated_ratio"), ROOT)
+    "the database calm", ("api_pool_saturated_ready_seconds", "api_pool_saturated_ratio"), ROOT,
+    sampled=True)
 EVENT_PIPELINE_STALLED = Check(
     "event_pipeline_stalled", ("warning",), "no new event while flow runs keep starting",
     ("event_pipeline_stall_seconds",))
