@@ -4,7 +4,6 @@ rules` case for every alert that fires when it should and stays quiet when it sh
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,10 @@ import yaml
 
 from exporter import alerting
 from exporter.catalogue import CATALOGUE
+from tests.promtool import PROMTOOL, run_rule_tests
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerts" / "prefect-pg-exporter.rules.yml"
-PROMTOOL = shutil.which("promtool") or "promtool"  # scripts/bootstrap installs it
 
 DB = 'target="db"'
 IIT = f'{DB},datname="prefect",application_name="app"'
@@ -502,12 +501,10 @@ def test_promtool_check_rules() -> None:
                          ids=str)
 def test_promtool_unit_tests(tmp_path: Path, overrides: dict[str, float]) -> None:
     cases = CASES if not overrides else [c for o, c in OVERRIDE_CASES if o == overrides]
-    (tmp_path / "rules.yml").write_text(
-        alerting.render_yaml(alerting.rule_groups(overrides, annotations=False)))
-    (tmp_path / "tests.yml").write_text(yaml.safe_dump(_promtool_tests(cases), sort_keys=False))
-    done = subprocess.run([PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    status, output = run_rule_tests(
+        tmp_path, alerting.render_yaml(alerting.rule_groups(overrides, annotations=False)),
+        _promtool_tests(cases))
+    assert status == 0, output[-10000:]
 
 
 COMPAT = ROOT / "alerts" / "compat" / "pgbouncer-exporter-0.10-names.rules.yml"
