@@ -1,6 +1,7 @@
 """Memory over time: does the exporter's RSS stay flat under steady polling and scraping?
 
-    benchmarks/run memory [--warmup 300] [--seconds 3600] [--variant NAME:ENV=VALUE,... ...]
+    benchmarks/run memory [--warmup 300] [--seconds 3600] [--poll-seconds 1]
+                          [--variant NAME:ENV=VALUE,... ...]
 
 Starts the lab (PostgreSQL, PgBouncer, a Prefect server with its services), then runs, side by
 side in the same run on the same lab, exporter processes configured alike (all three sources,
@@ -15,7 +16,13 @@ poll every second), each scraped 10 times a second with gzip:
 
 After the warm-up, RSS is sampled every 5 s. Printed per process: RSS at the start and end of
 the measurement, the least-squares slope in MB/hour, its projection over a day, the growth per
-poll and the ratio of the slope to the goal (2 MB over 60 minutes).
+poll and the ratio of the slope to the goal (2 MB over 60 minutes), and for the polling
+processes the growth per poll over a day of polling three sources at the default 15 s
+interval (the short form's budget: under 50 MB).
+
+`--poll-seconds` below 1 runs the exporters as `lab.fast_exporter` (the shipped exporter with
+only the 1 s floor for people lowered): more polls in less time, the same code per poll. The
+short form the suite once ran: `--poll-seconds 0.5 --warmup 45 --seconds 60` (360 polls).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from lab.stack import running_lab
 
 GOAL_MB_PER_HOUR = 2.0
 SAMPLE_EVERY = 5.0
+DEFAULT_POLLS_PER_DAY = 86_400 / 15  # per source, at the default interval
+DAILY_BUDGET_MB = 50.0  # the short form's budget for that day
 
 
 def rss_mb(pid: int) -> float:
@@ -78,13 +87,14 @@ class Process:
     scrapes: int = 0
     polls_start: float = 0.0
     polls_end: float = 0.0
+    module: str = "exporter"  # lab.fast_exporter to poll faster than every second
 
     def start(self, base_env: dict[str, str]) -> None:
         self.port = free_port()
         env = {**os.environ, **base_env, **self.env,
                "PREFECT_PG_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{self.port}"}
         env = {k: v for k, v in env.items() if v}  # `ENV=` in a variant unsets it
-        self.proc = subprocess.Popen([sys.executable, "-m", "exporter"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env,
                                      stdout=subprocess.DEVNULL)
         wait_for_port(self.port, 120, f"exporter {self.name}")
 
@@ -108,6 +118,10 @@ class Process:
         duration = self.samples[-1][0] - self.samples[0][0]
         return slope_per_hour(self.samples) / 3600 * duration / self.polls
 
+    def daily_mb(self) -> float:
+        """The growth per poll over a day of polling three sources at the default interval."""
+        return self.growth_per_poll_mb() * 3 * DEFAULT_POLLS_PER_DAY
+
     def report(self) -> str:
         slope = slope_per_hour(self.samples)
         polls = self.polls
@@ -116,7 +130,9 @@ class Process:
                 f"slope {slope:+.2f} MB/hour ({slope * 24:+.1f} MB/day), "
                 f"{per_poll:+.0f} B/poll over {polls:.0f} polls, {self.scrapes} scrapes, "
                 f"threads {self.threads[0]} -> {self.threads[-1]}; "
-                f"{slope / GOAL_MB_PER_HOUR:+.2f}x the goal's {GOAL_MB_PER_HOUR:g} MB/hour")
+                f"{slope / GOAL_MB_PER_HOUR:+.2f}x the goal's {GOAL_MB_PER_HOUR:g} MB/hour; "
+                f"per poll over a day at 15 s {self.daily_mb():+.1f} MB, "
+                f"{self.daily_mb() / DAILY_BUDGET_MB:+.2f}x the {DAILY_BUDGET_MB:g} MB budget")
 
 
 async def _polls(port: int) -> float:
@@ -186,6 +202,7 @@ async def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warmup", type=float, default=300)
     parser.add_argument("--seconds", type=float, default=3600)
+    parser.add_argument("--poll-seconds", type=float, default=1.0)
     parser.add_argument("--variant", type=_variant, action="append", default=[])
     args = parser.parse_args()
     with running_lab("prefect-pg-memory-") as lab:
@@ -196,15 +213,19 @@ async def main() -> None:
 
 async def run(args: argparse.Namespace, base: dict[str, str]) -> None:
     """The exporter scraped, one idle, and the variants; each process stopped after."""
-    processes = [Process("exporter", {}, scraped=True),
+    module = "exporter" if args.poll_seconds >= 1 else "lab.fast_exporter"
+    base = {**base, "PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": f"{args.poll_seconds:g}"}
+    processes = [Process("exporter", {}, scraped=True, module=module),
                  Process("idle", {"PREFECT_PG_EXPORTER_POLL_INTERVAL_SECONDS": "3600"},
                          scraped=False), *args.variant]
+    for variant in args.variant:
+        variant.module = module
     try:
         for p in processes:
             p.start(base)
         await measure(processes, args.warmup, args.seconds)
         print(f"memory: {args.warmup:.0f} s warm-up, {args.seconds:.0f} s measured, poll every "
-              "1 s, /metrics scraped 10 times a second (gzip)")
+              f"{args.poll_seconds:g} s, /metrics scraped 10 times a second (gzip)")
         for p in processes:
             print("  " + p.report())
     finally:
