@@ -22,6 +22,7 @@ from exporter.postgres.activity import (
     ActivityRead,
     Ranking,
     activity,
+    index_builds,
 )
 from exporter.postgres.growth import GrowthTracker
 from exporter.postgres.involved import (
@@ -36,7 +37,6 @@ from exporter.postgres.oldest import OldestRowsReader
 from exporter.postgres.snapshot import (
     Address,
     DatabaseSize,
-    IndexBuild,
     InvalidIndex,
     Involved,
     OldestRow,
@@ -228,23 +228,6 @@ ORDER BY 1, 2
 """
 INVALID_INDEXES_SQL = _INVALID_INDEXES + f"LIMIT {MAX_INVALID_INDEXES}"
 
-# Index builds running in this database: the share done is the current phase's blocks (the
-# table scan) or tuples (sorting, loading, validating) done over its total, where it has one.
-INDEX_BUILDS_SQL = """
-SELECT p.pid, coalesce(n.nspname, '') AS "schema", coalesce(t.relname, '') AS "table",
-       coalesce(c.relname, '') AS name, p.command, p.phase,
-       CASE WHEN p.blocks_total > 0 THEN p.blocks_done::float8 / p.blocks_total
-            WHEN p.tuples_total > 0 THEN p.tuples_done::float8 / p.tuples_total
-       END AS done_ratio
-FROM pg_stat_progress_create_index p
-LEFT JOIN pg_class t ON t.oid = p.relid
-LEFT JOIN pg_namespace n ON n.oid = t.relnamespace
-LEFT JOIN pg_class c ON c.oid = p.index_relid
-WHERE p.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
-ORDER BY p.pid
-"""
-
-
 SETTING_NAMES = [*TIMEOUT_SETTINGS, "max_connections", "superuser_reserved_connections",
                  "server_version"]
 
@@ -266,7 +249,6 @@ SELECT CASE WHEN $3 THEN (SELECT coalesce(json_agg(s), '[]') FROM ({SETTINGS_SQL
        (SELECT coalesce(json_agg(i), '[]') FROM ({INVALID_INDEXES_SQL}) i)::text
            AS invalid_indexes,
        (SELECT count(*) FROM ({_INVALID_INDEXES}) i) AS invalid_index_count,
-       (SELECT coalesce(json_agg(b), '[]') FROM ({INDEX_BUILDS_SQL}) b)::text AS index_builds,
        ({EXTENSION_SQL})::text AS statements_extension,
        current_user AS role,
        (SELECT coalesce(json_agg(o), '[]') FROM ({OLDEST_COLUMNS_SQL}) o)::text AS oldest_columns
@@ -289,7 +271,6 @@ class Context(NamedTuple):
     database: str
     invalid_indexes: tuple[InvalidIndex, ...]
     invalid_index_count: int
-    index_builds: tuple[IndexBuild, ...]
     statements_extension: dict[str, str] | None  # pg_stat_statements' version and schema
     role: str
     oldest_columns: tuple[OldestRow, ...]  # without their ages
@@ -314,7 +295,6 @@ def _context(row: asyncpg.Record) -> Context:
                    row["database"],
                    tuple(InvalidIndex(**i) for i in json.loads(row["invalid_indexes"])),
                    row["invalid_index_count"],
-                   tuple(IndexBuild(**b) for b in json.loads(row["index_builds"])),
                    json.loads(row["statements_extension"] or "null"),
                    row["role"],
                    tuple(OldestRow(**o) for o in json.loads(row["oldest_columns"])))
@@ -454,7 +434,8 @@ class PostgresSource:
             CONTEXT_SQL, SETTING_NAMES, self._hot_tables, full,
             [] if slow is None else list(slow.sizes)))[0])
         slow = self._slow = _slow_part(slow, context, now)
-        read = activity(await conn.fetch(ACTIVITY_SQL), self._top_transactions,
+        rows = await conn.fetch(ACTIVITY_SQL)
+        read = activity(rows, self._top_transactions,
                         self._label_top_n, self._ranking)
         self._ranking = read.ranking
         involved = await self._involved(conn, read)
@@ -491,7 +472,7 @@ class PostgresSource:
             database=context.database,
             invalid_indexes=context.invalid_indexes,
             invalid_index_count=context.invalid_index_count,
-            index_builds=context.index_builds,
+            index_builds=index_builds(rows),
             top_statements=top_statements,
             role=context.role,
             oldest_rows=oldest_rows,

@@ -14,7 +14,7 @@ from exporter.labels import FOLDED
 from exporter.metricspec import MetricOptions
 from exporter.postgres import snapshot as pgsnap
 from exporter.postgres import source as pgsrc
-from exporter.postgres.activity import ACTIVITY_SQL, activity
+from exporter.postgres.activity import ACTIVITY_SQL, INDEX_BUILDS_SQL, activity
 from exporter.postgres.involved import LockRow
 from exporter.postgres.metrics import postgres_families
 from exporter.postgres.snapshot import PostgresSnapshot
@@ -226,7 +226,7 @@ async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: Lab
                                                                    ) -> None:
     assert await _columns(postgres, ACTIVITY_SQL) == [
         *pgsnap.ActivityGroup._fields, "client", "applications", "pids", "transaction_ages",
-        "state_ages", "client_addrs", "blocked_by", "idle_apps"]
+        "state_ages", "client_addrs", "blocked_by", "idle_apps", "index_builds"]
 
 
 @pytest.mark.parametrize(("sql", "row_type"), [
@@ -234,7 +234,7 @@ async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: Lab
     (pgsrc.TABLES_SQL, pgsnap.TableStats),
     (pgsrc.DATABASES_SQL, pgsnap.DatabaseSize),
     (pgsrc.INVALID_INDEXES_SQL, pgsnap.InvalidIndex),
-    (pgsrc.INDEX_BUILDS_SQL, pgsnap.IndexBuild),
+    (INDEX_BUILDS_SQL, pgsnap.IndexBuild),
 ])
 async def test_query_columns_are_the_row_fields_in_order(postgres: LabPostgres, sql: str,
                                                          row_type: type[tuple[Any, ...]]
