@@ -12,7 +12,9 @@ migrations), and the exporter's role has its opt-in column grants, so every read
 - today's poll: CONTEXT_SQL and ACTIVITY_SQL as they were, bare through asyncpg;
 - this poll: PostgresSource.poll(), its once-a-minute reads served from their cache;
 - the once-a-minute reads alone, each bare: pg_stat_statements' top 10 (no text), the texts
-  of 10 new queryids (PostgreSQL reads the text file whole), the six oldest rows.
+  of 10 new queryids (PostgreSQL reads the text file whole), the six oldest rows;
+- the RSS of a fresh exporter process (lab/once.py, PostgreSQL only, top 10 statements, these
+  hot tables) after five polls, against the small size's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.compare_kinds import rss_mb
 from benchmarks.compare_procs import cpu_seconds
 from exporter.dsn import parse_target
 from exporter.postgres import source as pgsrc
@@ -47,6 +50,7 @@ INDEXES = {"flow_run": "ix_flow_run__end_time_desc ON public.flow_run (end_time 
            "events": "ix_events__occurred ON public.events (occurred)",
            "event_resources": "ix_event_resources__updated ON public.event_resources (updated)"}
 HOT_TABLES = [t for t, _ in OLDEST_COLUMNS]
+RSS_POLLS = 5
 
 
 def before_statements() -> tuple[str, list[str]]:
@@ -173,12 +177,18 @@ async def main() -> None:
             "shared_buffers": "256MB", "pg_stat_statements.max": "5000"})
         conn = await asyncpg.connect(pg.dsn())
         await create_tables(conn)
+        rss: dict[int, float] = {}
         for size in (args.small, args.large):
             started = time.monotonic()
             await grow(conn, size)
             await fill_statements(pg, args.statements)
             print(f"{size:,} rows per table in {time.monotonic() - started:.0f}s", flush=True)
             report(size, await measure(pg, args.rounds))
+            # the exporter's own memory with these reads: a fresh process, PostgreSQL only
+            rss[size] = rss_mb({"postgres_dsn": pg.monitor_dsn(), "top_statements": "10",
+                                "hot_tables": ",".join(HOT_TABLES)}, RSS_POLLS)
+            print(f"  RSS of a fresh exporter after {RSS_POLLS} polls {rss[size]:6.1f} MB   "
+                  f"({rss[size] - rss[args.small]:+.1f} MB vs {args.small:,} rows)")
         await conn.close()
 
 

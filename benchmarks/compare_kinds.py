@@ -20,8 +20,9 @@ SETUPS = {"PostgreSQL only": PG, "+ PgBouncer": {**PG, **PGB}, "+ Prefect API": 
           "+ Redis": {**PG, **REDIS}, "all four": {**PG, **PGB, **PREFECT, **REDIS}}
 
 
-def rss_mb(settings: dict[str, str]) -> float:
-    out = subprocess.run([sys.executable, "-m", "lab.once", json.dumps(settings)],
+def rss_mb(settings: dict[str, str], polls: int = 1) -> float:
+    """The RSS of a fresh exporter on these settings once each target was polled polls times."""
+    out = subprocess.run([sys.executable, "-m", "lab.once", json.dumps(settings), str(polls)],
                          capture_output=True, text=True, check=True).stdout
     return float(json.loads(out.strip().splitlines()[-1])["rss_mb"])
 

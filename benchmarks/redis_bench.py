@@ -9,7 +9,8 @@ string keys, then polls it with the exporter's RedisSource (the read-only ACL us
 gives the exporter) after one warm-up poll: the commands per poll as the source counts them and
 as Redis counts them (INFO commandstats, the measuring INFO subtracted), and the wall time per
 poll (median and slowest). The cases take turns, so a machine busy with something else slows
-them alike.
+them alike. Then the RSS of a fresh exporter process (lab/once.py) polling each case's Redis
+five times, against the first case's.
 
     .venv/bin/python -m benchmarks.redis_bench [--polls 30]
 """
@@ -23,11 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.compare_kinds import rss_mb
 from exporter.redis.source import RedisSource
 from exporter.redis.target import parse_redis_target
 from lab.redis import LabRedis
 from lab.stack import Lab, running_lab
 
+RSS_POLLS = 5
 CASES = ((10, 10), (100_000, 10), (10, 10_000), (100_000, 10_000), (10, 100_000))  # (entries, keys)
 
 
@@ -105,6 +108,14 @@ async def run(lab: Lab, polls: int) -> None:
                   f"{max(case.commands)} / {min(case.server_commands)}–"
                   f"{max(case.server_commands)} | {median * 1000:.2f} ms | "
                   f"{max(case.times) * 1000:.2f} ms | {median / base:.2f}x |")
+        # the exporter's own memory with this data: a fresh process, Redis as its only target
+        rss = {(c.entries, c.keys): rss_mb({"redis_url": c.redis.url(0)}, RSS_POLLS)
+               for c in cases}
+        first = rss[CASES[0]]
+        print(f"\nRSS of a fresh exporter (Redis only) after {RSS_POLLS} polls:")
+        for (entries, keys), mb in rss.items():
+            print(f"  {entries:>7,} entries, {keys:>7,} keys: {mb:5.1f} MB "
+                  f"({mb - first:+.1f} MB vs 10/10)")
     finally:
         for case in cases:
             await case.source.close()
