@@ -48,6 +48,7 @@ GOAL_MB_PER_HOUR = 2.0
 SAMPLE_EVERY = 5.0
 DEFAULT_POLLS_PER_DAY = 86_400 / 15  # per source, at the default interval
 DAILY_BUDGET_MB = 50.0  # the short form's budget for that day
+MIN_POLLS_PER_DAY_FIGURE = 100  # fewer (the idle twin's few): no figure per poll over a day
 
 
 def rss_mb(pid: int) -> float:
@@ -130,9 +131,10 @@ class Process:
                 f"slope {slope:+.2f} MB/hour ({slope * 24:+.1f} MB/day), "
                 f"{per_poll:+.0f} B/poll over {polls:.0f} polls, {self.scrapes} scrapes, "
                 f"threads {self.threads[0]} -> {self.threads[-1]}; "
-                f"{slope / GOAL_MB_PER_HOUR:+.2f}x the goal's {GOAL_MB_PER_HOUR:g} MB/hour; "
-                f"per poll over a day at 15 s {self.daily_mb():+.1f} MB, "
-                f"{self.daily_mb() / DAILY_BUDGET_MB:+.2f}x the {DAILY_BUDGET_MB:g} MB budget")
+                f"{slope / GOAL_MB_PER_HOUR:+.2f}x the goal's {GOAL_MB_PER_HOUR:g} MB/hour"
+                + (f"; per poll over a day at 15 s {self.daily_mb():+.1f} MB, "
+                   f"{self.daily_mb() / DAILY_BUDGET_MB:+.2f}x the {DAILY_BUDGET_MB:g} MB budget"
+                   if polls >= MIN_POLLS_PER_DAY_FIGURE else ""))
 
 
 async def _polls(port: int) -> float:
