@@ -18,8 +18,9 @@ PROMTOOL = shutil.which("promtool") or "promtool"  # scripts/bootstrap installs 
 
 def run_rule_tests(directory: Path, rules: str, document: dict[str, Any]) -> tuple[int, str]:
     """Writes rules (YAML) to rules.yml and runs `promtool test rules` on document's test groups
-    (its rule_files naming rules.yml), as many files as CPUs, at once. Returns the worst exit
-    status and what the failing runs printed (all runs' output when none failed)."""
+    (its rule_files naming rules.yml), as many files as CPUs, at once. Returns the first failing
+    run's exit status (0 when none failed; a run killed by a signal is negative) and what the
+    failing runs printed (all runs' output when none failed)."""
     (directory / "rules.yml").write_text(rules)
     groups: list[Any] = document["tests"]
     parts = max(1, min(len(groups), os.cpu_count() or 1))
@@ -37,5 +38,5 @@ def run_rule_tests(directory: Path, rules: str, document: dict[str, Any]) -> tup
     with ThreadPoolExecutor(parts) as pool:
         done = list(pool.map(run, names))
     failed = [d for d in done if d.returncode != 0]
-    return (max(d.returncode for d in done),
+    return (failed[0].returncode if failed else 0,
             "".join(d.stdout + d.stderr for d in (failed or done)))
