@@ -104,10 +104,6 @@ class Process:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(15)
 
-    def restart_measurement(self) -> None:
-        """Forget the samples and counts, to measure the same running process again."""
-        self.samples, self.threads, self.scrapes = [], [], 0
-
     @property
     def polls(self) -> float:
         return self.polls_end - self.polls_start
