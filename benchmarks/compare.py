@@ -11,8 +11,10 @@ pooling in front of it) and prints, all measured in this run:
    pg_blocked / pg_oldest_blocked collectors: benchmarks/postgres_exporter_current.yaml), and
    this exporter, each alone: scrape latency p50/p99, CPU per scrape (ours: per poll, and per
    scrape), CPU of the database backends per scrape or poll, RSS, sessions held on the
-   database, series exported; our poll duration; and the floor, our SQL bare through asyncpg,
-   with our poll as a ratio to it.
+   database, series exported; our poll duration; and two floors: our SQL bare through asyncpg,
+   with our poll as a ratio to it, and the database CPU of one bare read of the sessions
+   (pg_stat_get_activity, which every exporter of pg_stat_activity pays), as a ratio of each
+   scrape of theirs and of our poll.
 2. Incidents reproduced one at a time with lab/incidents.py in a quiet lab (a lock chain, a
    stalled COPY, a duplicated LISTEN, a long statement), and whether each exporter's /metrics
    identifies them: a sign (metric, labels, value) that holds during the incident and did not
@@ -65,13 +67,19 @@ from benchmarks.compare_procs import (
     start_ours,
     start_peer,
 )
-from benchmarks.compare_profile import pgbouncer_floor, postgres_floor, profile_postgres
+from benchmarks.compare_profile import (
+    pgbouncer_floor,
+    postgres_floor,
+    profile_postgres,
+    sessions_read_cpu,
+)
 from benchmarks.compare_report import (
     header,
     print_figures,
     print_floor,
     print_incidents,
     print_ratios,
+    print_sessions_read,
 )
 from lab.pgbouncer import ADMIN_PASSWORD, ADMIN_USER, LabPgBouncer
 from lab.postgres import LabPostgres
@@ -127,6 +135,8 @@ async def postgres_at(run: Run, n: int) -> None:
                 print_ratios(mine, peer, "DB")
         print_floor("PostgresSource.poll", await postgres_floor(run.pg, args.rounds),
                     args.rounds)
+        if ours:
+            print_sessions_read(await sessions_read_cpu(run.pg, args.polls), ours[0], theirs)
         if args.profile and n == max(args.backends):
             await profile_postgres(run.pg, args.rounds)
     finally:

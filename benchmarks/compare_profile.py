@@ -72,6 +72,34 @@ async def postgres_floor(pg: LabPostgres, rounds: int) -> tuple[float, float, fl
         await source.close()
 
 
+# What any exporter pays to read the sessions once: pg_stat_get_activity() builds every
+# backend's row (looking each one's PGPROC up by pid, a scan of the process array: quadratic in
+# the backends), whatever the SQL around it keeps. postgres_exporter's defaults read it twice a
+# scrape (pg_stat_activity, pg_stat_replication); ours once a poll.
+SESSIONS_READ_SQL = "SELECT count(*) FROM pg_stat_get_activity(NULL)"
+
+
+def on_cpu_seconds(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+async def sessions_read_cpu(pg: LabPostgres, reads: int) -> float:
+    """The database CPU of one bare read of the sessions, the mean over `reads` reads: its
+    backend's time on a CPU from /proc/<pid>/schedstat (nanoseconds; /proc/<pid>/stat counts
+    10 ms ticks, coarser than a read at a hundred backends)."""
+    conn = await asyncpg.connect(pg.monitor_dsn(),
+                                 server_settings={"application_name": "compare-floor"})
+    try:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        await conn.fetchval(SESSIONS_READ_SQL)
+        before = on_cpu_seconds(pid)
+        for _ in range(reads):
+            await conn.fetchval(SESSIONS_READ_SQL)
+        return (on_cpu_seconds(pid) - before) / reads
+    finally:
+        await conn.close()
+
+
 async def pgbouncer_floor(bouncer: LabPgBouncer, rounds: int
                           ) -> tuple[float, float, float, float]:
     config = load({"pgbouncer_dsn": bouncer.stats_dsn()}, environ={})

@@ -65,6 +65,15 @@ def print_floor(what: str, floor: tuple[float, float, float, float], rounds: int
           f"ratio {ratio(ours_wall, bare_wall)} wall, {ratio(ours_cpu, bare_cpu)} CPU")
 
 
+def print_sessions_read(read_cpu: float, ours: Figures, theirs: Sequence[Figures]) -> None:
+    """The database's floor: one bare read of the sessions, against our poll and their scrapes."""
+    per_scrape = ", ".join(f"{ratio(read_cpu, t.server_cpu or 0.0)} of {t.name}'s scrape"
+                           for t in theirs)
+    print(f"  one bare read of the sessions (pg_stat_get_activity), nothing else: "
+          f"{ms(read_cpu).strip()} DB CPU; {per_scrape}; our poll is "
+          f"{ratio(ours.server_cpu or 0.0, read_cpu)} of it")
+
+
 def print_incidents(results: Sequence[AspectResult]) -> None:
     """Per aspect: the signs looked for in each family's names, then each exporter's verdict
     with the samples behind it."""

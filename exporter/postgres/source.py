@@ -138,6 +138,26 @@ WHERE name = ANY($1::text[])
 """
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
+# pg_stat_get_activity() puts a row per backend, with its query text (up to
+# track_activity_query_size), in a tuplestore that work_mem bounds; past it the rows go to a
+# temporary file. At 5,000 backends with 1 kB queries that is 5 MB written every read (measured),
+# and where temp_file_limit is lower the read fails: the exporter went blind on the largest
+# servers. So the session's work_mem holds a row for every backend slot: twice the text (palloc
+# rounds a chunk up to a power of two) and 512 bytes of the other columns, never below the
+# server's work_mem, at most 256 MB (past that it spills, as before). The memory is used only as
+# far as backends exist, for the length of the statement.
+WORK_MEM_SQL = """
+SELECT set_config('work_mem', greatest(
+    (SELECT setting::int8 FROM pg_settings WHERE name = 'work_mem'),
+    least(262144,
+          (SELECT sum(setting::int8) + 16 FROM pg_settings
+           WHERE name IN ('max_connections', 'autovacuum_max_workers',
+                          'max_worker_processes', 'max_wal_senders'))
+          * 2 * ((SELECT setting::int8 FROM pg_settings
+                  WHERE name = 'track_activity_query_size') + 512) / 1024))::text || 'kB',
+    false)
+"""
+
 
 def _settings(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, float]]:
     raw = {r["name"]: r["setting"] for r in rows}
@@ -424,6 +444,7 @@ class PostgresSource:
             for name in ("statement_timeout", "lock_timeout",
                          "idle_in_transaction_session_timeout"):
                 await self._conn.execute(f"SET {name} = {timeout}")
+            await self._conn.execute(WORK_MEM_SQL)
         return self._conn
 
     async def _read(self, conn: asyncpg.Connection) -> PostgresSnapshot:

@@ -21,6 +21,7 @@ from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.postgres.source import APPLICATION_NAME
 from lab import incidents
 from lab.postgres import LabPostgres
+from lab.stack import Lab
 from tests.helpers import StartExporter, eventually, scrape, wait_for, wait_for_value
 
 pytestmark = pytest.mark.lab
@@ -385,4 +386,33 @@ async def test_folding_idle_sessions_exports_what_grouping_every_session_did(
         await folding.close()
         await whole.close()
         for conn in conns:
+            conn.terminate()
+
+
+async def test_activity_is_read_where_temporary_files_are_limited(lab: Lab) -> None:
+    """pg_stat_get_activity() keeps a row per backend, query text included, in work_mem, past
+    it in a temporary file: under temp_file_limit the read failed and the exporter saw nothing
+    of the largest servers. 150 sessions of 30 kB queries (track_activity_query_size 32kB) are
+    the 5,000 sessions of 1 kB queries where that begins at the default work_mem, 4 MB."""
+    pg = lab.postgres("pg-temp-file-limit", max_connections=200, extra_settings={
+        "track_activity_query_size": "'32kB'", "temp_file_limit": "'1MB'"})
+    long_query = "SELECT 1 /* " + "x" * 30_000 + " */"
+    sessions = await asyncio.gather(*(asyncpg.connect(
+        pg.dsn(), server_settings={"application_name": "long-queries"}) for _ in range(150)))
+    plain = await asyncpg.connect(pg.monitor_dsn())
+    source = pgsrc.PostgresSource(parse_target(pg.monitor_dsn(), "test"),
+                                  statement_timeout_ms=5000, connect_timeout=10,
+                                  top_transactions=5, hot_tables=())
+    try:
+        for conn in sessions:
+            await conn.execute(long_query)
+        # the fault is real: at the server's work_mem the same statement fails
+        with pytest.raises(asyncpg.ConfigurationLimitExceededError):
+            await plain.fetch(ACTIVITY_SQL)
+        snap = await source.poll()
+        assert sum(g.sessions for g in snap.activity
+                   if g.application_name == "long-queries") == 150
+    finally:
+        await source.close()
+        for conn in (plain, *sessions):
             conn.terminate()
