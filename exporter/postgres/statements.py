@@ -5,7 +5,8 @@ most every STATEMENTS_EVERY_SECONDS, in two steps. The ranking reads the counter
 (pg_stat_statements(false): no query text), summed per queryid over roles and nesting levels,
 and keeps the top N by total execution time. The query texts live in a file PostgreSQL reads
 whole for any call that shows them, so they are read only for queryids that entered the top N
-since the last read, and fingerprinted as they arrive: utility statements such as
+since the last read (a read of the texts that fails leaves them unknown, asked again at the
+next read: the ranking stands), and fingerprinted as they arrive: utility statements such as
 `ALTER ROLE ... PASSWORD '...'` keep their literals in pg_stat_statements, and no raw text is
 ever kept, exported or logged.
 
@@ -18,12 +19,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from exporter.incidents.fingerprint import fingerprint
 from exporter.postgres.snapshot import StatementStats, TopStatements
 from exporter.source import Snapshot
 
 if TYPE_CHECKING:
     import asyncpg
+
+log = structlog.get_logger("exporter.postgres")
 
 STATEMENTS_EVERY_SECONDS = 60.0
 
@@ -88,23 +93,44 @@ class StatementsReader:
         schema, total = extension["schema"], total_column(extension["version"])
         try:
             rows = await conn.fetch(TOP_SQL.format(schema=schema, total=total), self._top_n)
-            new = [r["queryid"] for r in rows if r["queryid"] not in self._fingerprints]
-            texts = ({r["queryid"]: r["query"] for r in await conn.fetch(
-                TEXTS_SQL.format(schema=schema), new)} if new else {})
         except asyncpg.ObjectNotInPrerequisiteStateError:
             # created in the database, but not in shared_preload_libraries
             return TopStatements(now, "not loaded")
         except asyncpg.PostgresError as exc:
             # a statement timeout, a privilege: the rest of the poll goes on without it
             return TopStatements(now, f"unreadable ({exc.sqlstate})")
-        # fingerprinted here, as they are read: raw text never reaches a snapshot
-        self._fingerprints = {
-            r["queryid"]: self._fingerprints.get(r["queryid"])
-            or (fingerprint(texts[r["queryid"]]) if texts.get(r["queryid"]) else "")
-            for r in rows}
+        new = [r["queryid"] for r in rows if r["queryid"] not in self._fingerprints]
+        texts = await _texts(conn, schema, new) if new else {}
+        fingerprints = {}
+        for r in rows:
+            queryid = r["queryid"]
+            if queryid in self._fingerprints:
+                fingerprints[queryid] = self._fingerprints[queryid]
+            elif texts is not None:  # fingerprinted as read: raw text never reaches a snapshot
+                text = texts.get(queryid)
+                fingerprints[queryid] = fingerprint(text) if text else ""
+            # else: its text unknown this time, asked again at the next read
+        self._fingerprints = fingerprints
         return TopStatements(now, "read", tuple(
             StatementStats(r["queryid"], r["calls"], r["seconds"], r["rows"],
-                           self._fingerprints[r["queryid"]]) for r in rows))
+                           fingerprints.get(r["queryid"], "")) for r in rows))
+
+
+async def _texts(conn: asyncpg.Connection, schema: str, queryids: list[int]
+                 ) -> dict[int, str] | None:
+    """The texts of these queryids; None when they cannot be read. pg_stat_statements(true)
+    loads the whole texts file and puts every entry's text in a tuplestore before any WHERE:
+    megabytes of texts go to a temporary file, which fails under temp_file_limit, and a huge
+    file can outlast the statement timeout. The ranking stands without them."""
+    import asyncpg  # the source has imported it already
+
+    try:
+        rows = await conn.fetch(TEXTS_SQL.format(schema=schema), queryids)
+    except asyncpg.PostgresError as exc:
+        log.warning("statement texts unreadable", sqlstate=exc.sqlstate,
+                    error=type(exc).__name__, statements=len(queryids))
+        return None
+    return {r["queryid"]: r["query"] for r in rows}
 
 
 def statements_report(snapshots: Sequence[Snapshot]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from exporter.dsn import parse_target
 from exporter.postgres.oldest import OLDEST_COLUMNS, ages_sql
 from exporter.postgres.source import PostgresSource
-from exporter.postgres.statements import StatementsReader
+from exporter.postgres.statements import TEXTS_SQL, StatementsReader
 from lab.common import LabError
 from lab.postgres import MONITOR_ROLE, LabPostgres
 from lab.prefect import LabPrefect
@@ -355,6 +355,44 @@ async def test_statement_texts_are_read_only_for_queryids_new_to_the_top(
     last = reads[2].statements
     assert any(s.fingerprint.startswith("SELECT queryid, sum(calls)") for s in last)  # 2nd read
     assert all(s.fingerprint for s in last)
+
+
+
+async def test_the_ranking_stands_when_the_texts_cannot_be_read(
+        own_postgres: LabPostgres, app: asyncpg.Connection) -> None:
+    """pg_stat_statements(true) puts every entry's text in a tuplestore before its WHERE: 250
+    statements of 20 kB (5 MB, past the default work_mem) go to a temporary file, which
+    temp_file_limit refuses. The ranking stands, those statements' fingerprints unknown, and
+    the next read asks for them again."""
+    padding = " /* " + "x" * 20_000 + " */"
+    for columns in range(1, 251):  # 250 queryids: the target lists differ
+        await app.execute("SELECT " + ", ".join(["1"] * columns) + padding)
+    padded = {r["queryid"] for r in await app.fetch(
+        "SELECT queryid FROM pg_stat_statements WHERE query LIKE '%xxxxxxxxxx%'")}
+    assert len(padded) == 250
+    extension = {"version": await app.fetchval(
+        "SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'"),
+        "schema": "public"}
+    await app.execute(f"ALTER ROLE {MONITOR_ROLE} SET temp_file_limit = '1MB'")
+    limited = await asyncpg.connect(own_postgres.monitor_dsn())
+    reader = StatementsReader(1000)
+    try:
+        with pytest.raises(asyncpg.ConfigurationLimitExceededError):  # the fault is real
+            await limited.fetch(TEXTS_SQL.format(schema="public"), list(padded))
+        first = await reader.read(limited, extension, 1000.0)
+        assert first.status == "read"
+        shown = {s.queryid: s.fingerprint for s in first.statements}
+        assert padded <= set(shown) and not any(shown[q] for q in padded)
+    finally:
+        await limited.close()
+        await app.execute(f"ALTER ROLE {MONITOR_ROLE} RESET temp_file_limit")
+    unlimited = await asyncpg.connect(own_postgres.monitor_dsn())
+    try:
+        second = await reader.read(unlimited, extension, 1061.0)
+    finally:
+        await unlimited.close()
+    shown = {s.queryid: s.fingerprint for s in second.statements}
+    assert all(shown[q].startswith("SELECT") for q in padded)
 
 
 # The index of a real Prefect database whose first key is that column: valid, not partial.
