@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from exporter.dsn import Target
+from exporter.dsn import Target, redact
 from exporter.incidents.fingerprint import fingerprint
 from exporter.postgres.activity import (
     ACTIVITY_SQL,
@@ -45,7 +45,7 @@ from exporter.postgres.snapshot import (
     TableStats,
 )
 from exporter.postgres.statements import EXTENSION_SQL, StatementsReader
-from exporter.source import ErrorMap, SourceError, translated
+from exporter.source import ErrorMap, SourceError, first_line, translated
 from exporter.thresholds import thresholds as all_thresholds
 
 APPLICATION_NAME = "prefect-pg-exporter"
@@ -137,6 +137,13 @@ FROM pg_settings
 WHERE name = ANY($1::text[])
 """
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+# PgBouncer refuses the read-only startup parameter: the DSN is a PgBouncer's, and through it,
+# in transaction pooling, the session's SETs below would stay on a server connection that
+# PgBouncer hands to Prefect next (Prefect's queries cut at the exporter's statement_timeout).
+THROUGH_PGBOUNCER = (" (a PgBouncer? The exporter reads PostgreSQL directly: give it "
+                     "PostgreSQL's host and port, and PgBouncer's admin console, database "
+                     "pgbouncer, as PREFECT_PG_EXPORTER_PGBOUNCER_DSN)")
 
 # pg_stat_get_activity() puts a row per backend, with its query text (up to
 # track_activity_query_size), in a tuplestore that work_mem bounds; past it the rows go to a
@@ -428,14 +435,20 @@ class PostgresSource:
             return self._conn
         await self.close()
         self._slow = None  # a new connection (a restart?) reads the settings and sizes again
-        with translated(CONNECT_ERRORS, self._target.secrets(),
-                        f"cannot connect to {self._target.redacted()}: "):
-            self._conn = await asyncpg.connect(
-                self._target.asyncpg_dsn(),
-                timeout=self._connect_timeout,
-                server_settings={"application_name": APPLICATION_NAME,
-                                 "default_transaction_read_only": "on"},
-            )
+        prefix = f"cannot connect to {self._target.redacted()}: "
+        with translated(CONNECT_ERRORS, self._target.secrets(), prefix):
+            try:
+                self._conn = await asyncpg.connect(
+                    self._target.asyncpg_dsn(),
+                    timeout=self._connect_timeout,
+                    server_settings={"application_name": APPLICATION_NAME,
+                                     "default_transaction_read_only": "on"},
+                )
+            except asyncpg.ProtocolViolationError as exc:
+                if "unsupported startup parameter" not in str(exc):
+                    raise
+                raise SourceError("connect", prefix + redact(first_line(exc), list(
+                    self._target.secrets())) + THROUGH_PGBOUNCER) from None
             if self._lenient:
                 await _lenient_text(self._conn)
             # SET, not startup parameters: pg_settings.reset_val then still shows the server's

@@ -8,8 +8,11 @@ import contextlib
 import asyncpg
 import pytest
 
+from exporter.dsn import parse_target
+from exporter.postgres.source import PostgresSource
+from exporter.source import SourceError
 from lab.pgbouncer import LabPgBouncer
-from lab.postgres import LabPostgres
+from lab.postgres import SUPERUSER_PASSWORD, LabPostgres
 from lab.stack import Lab
 from tests.helpers import StartExporter, scrape, wait_for, wait_for_value
 
@@ -98,3 +101,28 @@ async def test_pgbouncer_killed_and_restarted(lab: Lab, postgres: LabPostgres,
     # after a restart no client waits (and the pool may not exist yet)
     assert s.find("pgbouncer_pools_client_waiting_connections", database="prefect") in (0, None)
 
+
+
+async def test_a_postgres_dsn_pointing_at_pgbouncer_is_refused_with_where_to_point_it(
+        pgbouncer: LabPgBouncer) -> None:
+    """Through PgBouncer in transaction pooling the exporter's session settings (its
+    statement_timeout, lock_timeout, work_mem) would stay on a server connection that Prefect
+    gets next. PgBouncer refuses the read-only startup parameter; the error says so, and
+    where each DSN should point."""
+    dsn = pgbouncer.dsn()
+    source = PostgresSource(parse_target(dsn, "through-pgbouncer"), statement_timeout_ms=5000,
+                            connect_timeout=10, top_transactions=5, hot_tables=())
+    with pytest.raises(SourceError) as refused:
+        await source.poll()
+    message = str(refused.value)
+    assert refused.value.reason == "connect"
+    assert "unsupported startup parameter: default_transaction_read_only" in message
+    assert "The exporter reads PostgreSQL directly" in message
+    assert "PREFECT_PG_EXPORTER_PGBOUNCER_DSN" in message
+    assert SUPERUSER_PASSWORD not in message
+    # and Prefect's connections through it keep the server's own timeout
+    client = await asyncpg.connect(dsn)
+    try:
+        assert await client.fetchval("SHOW statement_timeout") == "0"
+    finally:
+        await client.close()
