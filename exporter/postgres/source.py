@@ -150,18 +150,21 @@ THROUGH_PGBOUNCER = (" (a PgBouncer? The exporter reads PostgreSQL directly: giv
 # temporary file. At 5,000 backends with 1 kB queries that is 5 MB written every read (measured),
 # and where temp_file_limit is lower the read fails: the exporter went blind on the largest
 # servers. So the session's work_mem holds a row for every backend slot: twice the text (palloc
-# rounds a chunk up to a power of two) and 512 bytes of the other columns, never below the
-# server's work_mem, at most 256 MB (past that it spills, as before). The memory is used only as
-# far as backends exist, for the length of the statement.
+# rounds a chunk up to a power of two) and 512 bytes of the other columns. pg_stat_statements(),
+# whose ranking reads every entry (pg_stat_statements.max, when it is loaded), gets 1 kB an
+# entry (its rows, without text, take a 512-byte chunk). Never below the server's work_mem, at
+# most 256 MB (past that it spills, as before). The memory is used only as far as backends and
+# entries exist, for the length of a statement. current_setting(), not pg_settings: that view
+# builds a row of every setting.
 WORK_MEM_SQL = """
 SELECT set_config('work_mem', greatest(
-    (SELECT setting::int8 FROM pg_settings WHERE name = 'work_mem'),
-    least(262144,
-          (SELECT sum(setting::int8) + 16 FROM pg_settings
-           WHERE name IN ('max_connections', 'autovacuum_max_workers',
-                          'max_worker_processes', 'max_wal_senders'))
-          * 2 * ((SELECT setting::int8 FROM pg_settings
-                  WHERE name = 'track_activity_query_size') + 512) / 1024))::text || 'kB',
+    pg_size_bytes(current_setting('work_mem')) / 1024,
+    least(262144, greatest(
+        (current_setting('max_connections')::int8 + current_setting('autovacuum_max_workers')::int8
+         + current_setting('max_worker_processes')::int8
+         + current_setting('max_wal_senders')::int8 + 16)
+        * 2 * (pg_size_bytes(current_setting('track_activity_query_size')) + 512) / 1024,
+        coalesce(current_setting('pg_stat_statements.max', true)::int8, 0))))::text || 'kB',
     false)
 """
 

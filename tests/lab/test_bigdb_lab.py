@@ -22,10 +22,11 @@ from structlog.testing import capture_logs
 from exporter.dsn import parse_target
 from exporter.postgres.oldest import OLDEST_COLUMNS, ages_sql
 from exporter.postgres.source import PostgresSource
-from exporter.postgres.statements import TEXTS_SQL, StatementsReader
+from exporter.postgres.statements import TEXTS_SQL, TOP_SQL, StatementsReader
 from lab.common import LabError
 from lab.postgres import MONITOR_ROLE, LabPostgres
 from lab.prefect import LabPrefect
+from lab.stack import Lab
 from tests.helpers import StartExporter, scrape, wait_for, wait_for_value
 
 pytestmark = pytest.mark.lab
@@ -394,6 +395,33 @@ async def test_the_ranking_stands_when_the_texts_cannot_be_read(
     shown = {s.queryid: s.fingerprint for s in second.statements}
     assert all(shown[q].startswith("SELECT") for q in padded)
 
+
+
+async def test_the_ranking_of_every_entry_stays_in_memory(lab: Lab) -> None:
+    """pg_stat_statements(false), the ranking, puts every entry in a tuplestore bounded by
+    work_mem (a 512-byte chunk each): 9,000 entries are 4.6 MB, past the default 4 MB, so they
+    went to a temporary file, which temp_file_limit refused."""
+    pg = lab.postgres("pg-ranking-in-memory", extra_settings={
+        "pg_stat_statements.max": "10000", "temp_file_limit": "'1MB'"})
+    app = await asyncpg.connect(pg.dsn())
+    plain = await asyncpg.connect(pg.monitor_dsn())
+    source = PostgresSource(parse_target(pg.monitor_dsn(), "test"), statement_timeout_ms=5000,
+                            connect_timeout=10, top_transactions=5, hot_tables=(),
+                            top_statements=10)
+    try:
+        await app.execute("CREATE TABLE t0 (); CREATE TABLE t1 (); CREATE TABLE t2 ();"
+                          "CREATE TABLE t3 (); CREATE TABLE t4 (); CREATE TABLE t5 ()")
+        for table in range(6):  # 9,000 queryids: the tables and target lists differ
+            await app.execute(";".join(f"SELECT {', '.join(['1'] * columns)} FROM t{table}"
+                                       for columns in range(1, 1501)))
+        with pytest.raises(asyncpg.ConfigurationLimitExceededError):  # the fault is real
+            await plain.fetch(TOP_SQL.format(schema="public", total="total_exec_time"), 10)
+        top = (await source.poll()).top_statements
+        assert top is not None and top.status == "read" and len(top.statements) == 10
+    finally:
+        await source.close()
+        await app.close()
+        await plain.close()
 
 # The index of a real Prefect database whose first key is that column: valid, not partial.
 INDEX_ON_COLUMN = """
