@@ -3,8 +3,9 @@ a cap on requests in flight, and an account of every request by endpoint (export
 prefect_api_requests_total and friends).
 
 Every answer is checked here: an HTTP error becomes a SourceError that names the endpoint (and,
-for 401/403, the setting to check); a body that is not JSON too. Transport errors (timeouts,
-refused connections) propagate as httpx errors; the source translates them.
+for 401/403, the setting to check); a body that is not JSON too, and one larger than
+MAX_ANSWER_BYTES once decoded (read no further). Transport errors (timeouts, refused
+connections) propagate as httpx errors; the source translates them.
 
 CSRF: a server with PREFECT_SERVER_CSRF_PROTECTION_ENABLED=true refuses every POST (the exporter's
 counts and filters are POSTs) without a token. Tokens are handled as Prefect's own client does
@@ -77,6 +78,42 @@ class CsrfToken:
         the requests in flight."""
         if sent == self.token:
             self.enabled, self.token, self.expires = True, None, None
+
+
+# The most an answer may hold, decoded. Prefect's pages are 200 items at most (a work pool with a
+# large base job template is tens of kB): a few MB. An unbounded answer (a proxy's, a server
+# that ignores the limit, a small gzip body that decodes to gigabytes) must not take the
+# exporter's memory: past this the request fails, its body unread.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+# What framed the body on the wire, not the body read: a response rebuilt from it has neither.
+_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class AnswerTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"answer larger than {limit // (1024 * 1024)} MiB, not read")
+
+
+async def send_capped(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Sends `request` and reads its answer, decoded, up to MAX_ANSWER_BYTES (AnswerTooLarge
+    past it, before reading more): a response whose content is read, as client.send() returns."""
+    limit = MAX_ANSWER_BYTES
+    response = await client.send(request, stream=True)
+    try:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise AnswerTooLarge(limit)
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise AnswerTooLarge(limit)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _FRAMING]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+                          request=response.request)
 
 
 def csrf_refusal(response: httpx.Response) -> bool:
@@ -162,11 +199,14 @@ class PrefectClient:
         async with self._limit:
             started = time.monotonic()
             try:
-                return await self._client.request(method, path, json=body, headers=headers,
-                                                  params=params)
+                return await send_capped(self._client, self._client.build_request(
+                    method, path, json=body, headers=headers, params=params))
             except httpx.HTTPError:
                 stats.errors += 1
                 raise
+            except AnswerTooLarge as exc:
+                stats.errors += 1
+                raise SourceError("query", f"{method} {endpoint}: {exc}") from None
             finally:
                 stats.count += 1
                 stats.seconds += time.monotonic() - started
@@ -242,9 +282,10 @@ class PrefectClient:
         stats = self.requests.setdefault(f"/{path}", RequestStats())
         started = time.monotonic()
         try:
-            response = await self._probe_client.get(path, timeout=timeout)
+            response = await send_capped(self._probe_client, self._probe_client.build_request(
+                "GET", path, timeout=timeout))
             ok = response.status_code == 200
-        except httpx.HTTPError:
+        except (httpx.HTTPError, AnswerTooLarge):
             ok = False
         seconds = time.monotonic() - started
         stats.count += 1
