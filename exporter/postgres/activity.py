@@ -14,11 +14,11 @@ rows, one hash aggregate (benchmarks/compare.py; the figures are in docs/benchma
   thousands of rows. Splitting the text and counting the names are C loops in Python
   (str.split, collections.Counter).
 - The sessions that are not idle (hundreds on a busy server) are listed in arrays, a position
-  per session: application, pid, ages, client address and, waiting on a lock, the pids
-  blocking it. Python groups them by application, and reads the oldest transactions, the
-  blocked sessions and each group's pids (the PgBouncer join, exporter/pgbouncer/servers.py)
-  from them, mostly with C loops (zip, map, Counter): a row per session cost the exporter more
-  CPU than the whole rest of a poll at 5,000 backends (benchmarks/compare.py).
+  per session: application, pid, ages and client address. Python groups them by application,
+  and reads the oldest transactions, the lock waits and each group's pids (the PgBouncer join,
+  exporter/pgbouncer/servers.py) from them, mostly with C loops (zip, map, Counter): a row per
+  session cost the exporter more CPU than the whole rest of a poll at 5,000 backends
+  (benchmarks/compare.py).
 - Names are joined to the groups, not to each backend.
 
 Python then keeps the top N values of each label by sessions (exporter.labels.keep_top, as the
@@ -39,7 +39,7 @@ import heapq
 import json
 import operator
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, count, repeat
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
@@ -99,17 +99,17 @@ ORDER BY p.pid
 # transaction sessions wait on ClientRead too, by definition: the idle-in-transaction checks,
 # with their own thresholds, judge the latter.
 # - The sessions that are not idle list each session in arrays, one position per session (its
-#   application, pid, ages, client address and, waiting on a lock, the pids blocking it):
+#   application, pid, ages and client address):
 #   Python groups them by application. A handful of rows of arrays cost the exporter a third of
 #   what a row per session did (asyncpg builds a Record and its values for every row), and the
 #   database no more: the arrays of a few groups are a few memory contexts.
 # - Idle sessions without a LISTEN list their applications in idle_apps, one text. Idle
 #   sessions with a LISTEN keep theirs as a label (application_name is NULL in the others).
-# pg_blocking_pids() takes the lock manager's partition locks: CASE calls it for the sessions
-# waiting on a lock only. The wait is measured from the waiting statement's start
-# (state_change). The ages use date_part, which returns float8: EXTRACT returns numeric since
-# PostgreSQL 14, several times dearer. The LISTEN regular expression runs only on text that can
-# start with "listen" (its first character is a space or an l: ascii() reads one character).
+# Who blocks the sessions that wait on a lock is asked after this read (BLOCKERS_SQL). A lock
+# wait is measured from the waiting statement's start (state_change). The ages use date_part,
+# which returns float8: EXTRACT returns numeric since PostgreSQL 14, several times dearer. The
+# LISTEN regular expression runs only on text that can start with "listen" (its first
+# character is a space or an l: ascii() reads one character).
 # The index builds (INDEX_BUILDS_SQL) come as JSON in the first row's last column, NULL in the
 # others: an uncorrelated subquery, run once.
 ACTIVITY_SQL = rf"""
@@ -121,7 +121,7 @@ SELECT coalesce(d.datname, '') AS datname, coalesce(r.rolname, '') AS usename,
        date_part('epoch', now() - g.state_change) AS max_state_age,
        (g.client_backend OR (g.client_backend IS NULL AND d.datname IS NOT NULL
                              AND r.rolname IS NOT NULL)) AS client,
-       g.applications, g.pids, g.transaction_ages, g.state_ages, g.client_addrs, g.blocked_by,
+       g.applications, g.pids, g.transaction_ages, g.state_ages, g.client_addrs,
        g.idle_apps,
        CASE WHEN row_number() OVER () = 1
             THEN (SELECT coalesce(json_agg(b), '[]') FROM ({INDEX_BUILDS_SQL}) b)::text
@@ -144,9 +144,6 @@ FROM (
            array_agg(date_part('epoch', now() - state_change)) FILTER (WHERE {_LISTED})
                AS state_ages,
            array_agg({CLIENT_ADDR}) FILTER (WHERE {_LISTED}) AS client_addrs,
-           array_agg(CASE WHEN wait_event_type = 'Lock'
-                          THEN nullif(array_to_string(pg_blocking_pids(pid), ','), '') END)
-               FILTER (WHERE {_LISTED}) AS blocked_by,
            string_agg(coalesce(application_name, ''), E'\x01') FILTER (WHERE {_FOLDABLE})
                AS idle_apps
     FROM (SELECT *,
@@ -161,11 +158,22 @@ FROM (
 LEFT JOIN pg_database d ON d.oid = g.datid
 LEFT JOIN pg_roles r ON r.oid = g.usesysid
 """
+# pg_blocking_pids() takes every partition lock of the lock manager and walks the holders and
+# waiters of the lock waited on: for N sessions waiting on one lock each call is O(N), N calls
+# O(N²), each holding the lock manager's partitions (at 3,000 sessions waiting behind one ACCESS
+# EXCLUSIVE, 111 of a poll's 125 ms of database CPU, measured; blocking for every session
+# that takes or releases a lock meanwhile). So it is asked after the activity read, only while
+# sessions wait on a lock, and only for the MAX_BLOCKERS_ASKED that waited longest: a lock
+# chain's root blocks those first. The others count as blocked, their blockers not asked.
+BLOCKERS_SQL = "SELECT pid, pg_blocking_pids(pid) AS blocked_by FROM unnest($1::int[]) AS pid"
+MAX_BLOCKERS_ASKED = 100
+
 GROUP_WIDTH = len(ActivityGroup._fields)
-_SESSIONS_END = GROUP_WIDTH + 8  # then what the sessions add: client ... idle_apps
+_SESSIONS_END = GROUP_WIDTH + 7  # then what the sessions add: client ... idle_apps
 # ActivityGroup's columns by position: the labels, then what adds up
-_APP, _STATE, _SESSIONS, _TRANSACTION_AGE, _STATE_AGE = map(ActivityGroup._fields.index, (
-    "application_name", "state", "sessions", "max_transaction_age", "max_state_age"))
+_APP, _STATE, _WAIT_TYPE, _SESSIONS, _TRANSACTION_AGE, _STATE_AGE = map(
+    ActivityGroup._fields.index, ("application_name", "state", "wait_event_type", "sessions",
+                                  "max_transaction_age", "max_state_age"))
 _GROUP_COLUMNS = operator.itemgetter(slice(0, GROUP_WIDTH))
 _LABELS = operator.itemgetter(slice(0, _SESSIONS))
 _DATNAME, _USENAME, _APPLICATION, SESSIONS_OF = map(operator.itemgetter, map(
@@ -211,11 +219,34 @@ class InTransaction(NamedTuple):
                        g.max_state_age)
 
 
+class LockWait(NamedTuple):
+    """A backend waiting on a lock (its group's wait_event_type is Lock), since its statement
+    began."""
+
+    pid: int
+    wait_seconds: float
+
+
+def blockers_to_ask(waits: Iterable[LockWait]) -> list[int]:
+    """The pids whose blockers BLOCKERS_SQL asks for: the MAX_BLOCKERS_ASKED longest waits."""
+    longest = sorted(waits, key=lambda w: (-w.wait_seconds, w.pid))[:MAX_BLOCKERS_ASKED]
+    return [w.pid for w in longest]
+
+
+def blocked_sessions(waits: Iterable[LockWait], blockers: Mapping[int, Sequence[int]]
+                     ) -> tuple[BlockedSession, ...]:
+    """Every lock wait as a blocked session, with its blockers where they were asked
+    (BLOCKERS_SQL's rows, pid: blockers); one asked whose blockers already went is not
+    blocked."""
+    return tuple(BlockedSession(w.pid, tuple(blockers.get(w.pid, ())), w.wait_seconds)
+                 for w in waits if w.pid not in blockers or blockers[w.pid])
+
+
 @dataclass(frozen=True)
 class ActivityRead:
     groups: tuple[ActivityGroup, ...]
     oldest: tuple[Session, ...]  # oldest transaction first
-    blocked: tuple[BlockedSession, ...]  # only those another session blocks
+    lock_waits: tuple[LockWait, ...]  # any backend's, client or not
     group_pids: tuple[tuple[int, ...], ...]  # each group's backends, in groups' order
     # per set of labels but the application: the sessions' count and oldest ages, for a
     # judgement that holds for a group if it holds for the oldest of its kind
@@ -251,20 +282,19 @@ class _IdleRow(NamedTuple):
 
 def activity(rows: Iterable[Row], top_transactions: int, label_top_n: int | None,
              last: Ranking | None = None) -> ActivityRead:
-    """The read's rows as groups, the top_transactions oldest transactions and the blocked
-    sessions. label_top_n: the values kept per label, the idle sessions of the others folded
+    """The read's rows as groups, the top_transactions oldest transactions and the lock
+    waits. label_top_n: the values kept per label, the idle sessions of the others folded
     (None: none folded). last: the last read's ranking, reused if it still holds."""
     listed: dict[tuple[Any, ...], _Listed] = {}
     labelled: list[Row] = []  # idle sessions with a LISTEN, grouped with their application
     idle: list[_IdleRow] = []
-    blocked: list[BlockedSession] = []
+    lock_waits: list[LockWait] = []
     for r in rows:
-        (client, applications, pids, transaction_ages, state_ages, addrs, blocked_by,
+        (client, applications, pids, transaction_ages, state_ages, addrs,
          idle_apps) = r[GROUP_WIDTH:_SESSIONS_END]
-        if blocked_by:  # any backend's; a lock wait whose blocker already went is not blocked
-            blocked += (BlockedSession(pid, tuple(map(int, by.split(","))), age or 0.0)
-                        for pid, by, age in compress(zip(pids, blocked_by, state_ages, strict=True),
-                                                     blocked_by))
+        if r[_WAIT_TYPE] == "Lock" and pids is not None:  # any backend's
+            lock_waits += (LockWait(pid, age or 0.0)
+                           for pid, age in zip(pids, state_ages, strict=True))
         if not client:
             continue
         if idle_apps is not None:
@@ -296,7 +326,7 @@ def activity(rows: Iterable[Row], top_transactions: int, label_top_n: int | None
     exported = None if ranking is None else Exported(ranking.kept.top_n, _exported_groups(
         groups, listed.values(), len(group_pids), ranking.kept))
     return ActivityRead(tuple(groups), _oldest_sessions(listed.values(), top_transactions),
-                        tuple(blocked),
+                        tuple(lock_waits),
                         (*group_pids, *[()] * (len(groups) - len(group_pids))),  # no pids
                         tuple(summaries), tuple(listed.values()), exported, ranking)
 

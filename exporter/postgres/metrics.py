@@ -67,7 +67,8 @@ BLOCKED_BY_RELATION = _pg(
     "while nothing is blocked.")
 BLOCKING_SESSIONS = _pg(
     "postgres_blocking_sessions", "target",
-    "Distinct sessions that block at least one other session (pg_blocking_pids).")
+    "Distinct sessions that block at least one other session (pg_blocking_pids, asked for the "
+    "100 longest lock waits).")
 OLDEST_TRANSACTIONS = _pg(
     "postgres_oldest_transaction_age_seconds",
     "target rank pid datname usename application_name client_addr state wait_event",

@@ -18,10 +18,14 @@ from exporter.dsn import Target, redact
 from exporter.incidents.fingerprint import fingerprint
 from exporter.postgres.activity import (
     ACTIVITY_SQL,
+    BLOCKERS_SQL,
     CLIENT_ADDR,
     ActivityRead,
+    LockWait,
     Ranking,
     activity,
+    blocked_sessions,
+    blockers_to_ask,
     index_builds,
 )
 from exporter.postgres.growth import GrowthTracker
@@ -36,6 +40,7 @@ from exporter.postgres.oldest import COLUMNS_SQL as OLDEST_COLUMNS_SQL
 from exporter.postgres.oldest import OldestRowsReader
 from exporter.postgres.snapshot import (
     Address,
+    BlockedSession,
     DatabaseSize,
     InvalidIndex,
     Involved,
@@ -383,6 +388,16 @@ def address_of(target: Target) -> Address:
     return Address(p.get("host", ""), p.get("port", "5432"), p.get("dbname", p.get("user", "")))
 
 
+async def _blocked(conn: asyncpg.Connection, waits: Sequence[LockWait]
+                   ) -> tuple[BlockedSession, ...]:
+    """The lock waits as blocked sessions, their blockers asked for the longest waits (one more
+    statement, only while sessions wait on a lock)."""
+    if not waits:
+        return ()
+    rows = await conn.fetch(BLOCKERS_SQL, blockers_to_ask(waits))
+    return blocked_sessions(waits, {r["pid"]: r["blocked_by"] for r in rows})
+
+
 class PostgresSource:
     kind = "postgres"
 
@@ -475,12 +490,13 @@ class PostgresSource:
         read = activity(rows, self._top_transactions,
                         self._label_top_n, self._ranking)
         self._ranking = read.ranking
-        involved = await self._involved(conn, read)
+        blocked = await _blocked(conn, read.lock_waits)
+        involved = await self._involved(conn, read, blocked)
         top_statements = (await self._top_statements.read(conn, context.statements_extension,
                                                           time.time())
                           if self._top_statements else None)
         oldest_rows = await self._oldest.read(conn, context.oldest_columns, time.time())
-        blocker_pids = {pid for b in read.blocked for pid in b.blocked_by}
+        blocker_pids = {pid for b in blocked for pid in b.blocked_by}
         blockers = tuple(s for s in involved.sessions if s.pid in blocker_pids)
         taken_at = time.time()
         raw_settings = slow.settings.raw
@@ -496,7 +512,7 @@ class PostgresSource:
             can_read_all_stats=context.can_read_all_stats,
             activity=read.groups,
             oldest_transactions=read.oldest,
-            blocked=read.blocked,
+            blocked=blocked,
             blockers=blockers,
             tables=context.tables,
             databases=databases,
@@ -515,16 +531,17 @@ class PostgresSource:
             oldest_rows=oldest_rows,
         )
 
-    async def _involved(self, conn: asyncpg.Connection, read: ActivityRead) -> Involved:
+    async def _involved(self, conn: asyncpg.Connection, read: ActivityRead,
+                        blocked: Sequence[BlockedSession]) -> Involved:
         """The sessions of the incidents of the moment, read only when there are some."""
-        pids = explicit_pids(read.blocked)
+        pids = explicit_pids(blocked)
         if not pids and not stalls_past_thresholds(read.summaries, self._thresholds):
             return Involved()
         wanted = involved_pids(pids, read.in_transaction, self._thresholds)
         rows = _involved_rows(await conn.fetch(
             INVOLVED_SQL if self._statements else INVOLVED_NO_TEXT_SQL, wanted))
         waits_on = (waited_on(map(LockRow._make, await conn.fetch(
-            LOCKS_SQL, [b.pid for b in read.blocked]))) if read.blocked else {})
+            LOCKS_SQL, [b.pid for b in blocked]))) if blocked else {})
         # fingerprinted here, as it is read: raw query text never reaches a snapshot
         statements = {r.session.pid: fingerprint(r.statement) for r in rows if r.statement}
         return Involved(tuple(r.session for r in rows), statements, waits_on)

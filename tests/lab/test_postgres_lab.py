@@ -14,8 +14,16 @@ from exporter.labels import FOLDED
 from exporter.metricspec import MetricOptions
 from exporter.postgres import snapshot as pgsnap
 from exporter.postgres import source as pgsrc
-from exporter.postgres.activity import ACTIVITY_SQL, INDEX_BUILDS_SQL, activity
+from exporter.postgres.activity import (
+    ACTIVITY_SQL,
+    BLOCKERS_SQL,
+    INDEX_BUILDS_SQL,
+    MAX_BLOCKERS_ASKED,
+    activity,
+    blockers_to_ask,
+)
 from exporter.postgres.involved import LockRow
+from exporter.postgres.locks import lock_roots
 from exporter.postgres.metrics import postgres_families
 from exporter.postgres.snapshot import PostgresSnapshot
 from exporter.postgres.source import APPLICATION_NAME
@@ -227,7 +235,7 @@ async def test_activity_columns_are_a_group_then_what_sessions_add(postgres: Lab
                                                                    ) -> None:
     assert await _columns(postgres, ACTIVITY_SQL) == [
         *pgsnap.ActivityGroup._fields, "client", "applications", "pids", "transaction_ages",
-        "state_ages", "client_addrs", "blocked_by", "idle_apps", "index_builds"]
+        "state_ages", "client_addrs", "idle_apps", "index_builds"]
 
 
 @pytest.mark.parametrize(("sql", "row_type"), [
@@ -284,9 +292,12 @@ async def test_one_activity_read_finds_groups_listeners_the_oldest_and_the_block
         assert sum(g.sessions for g in read.groups) >= len(spellings) + 2
         ours = [s.pid for s in read.oldest if s.pid in (holder_pid, writer_pid)]
         assert ours == [holder_pid, writer_pid]  # the older transaction first
-        assert [(b.pid, b.blocked_by) for b in read.blocked] == [(writer_pid, (holder_pid,))]
+        [wait] = read.lock_waits
+        assert wait.pid == writer_pid
         # its wait since its UPDATE began: not nothing, nor more than the test has waited
-        assert 0 < read.blocked[0].wait_seconds <= time.monotonic() - asked + 1
+        assert 0 < wait.wait_seconds <= time.monotonic() - asked + 1
+        blockers = await monitor.fetch(BLOCKERS_SQL, blockers_to_ask(read.lock_waits))
+        assert [(r["pid"], r["blocked_by"]) for r in blockers] == [(writer_pid, [holder_pid])]
         assert activity(await monitor.fetch(ACTIVITY_SQL), 0, 20).oldest == ()
         waiting.cancel()
     finally:
@@ -415,4 +426,47 @@ async def test_activity_is_read_where_temporary_files_are_limited(lab: Lab) -> N
     finally:
         await source.close()
         for conn in (plain, *sessions):
+            conn.terminate()
+
+
+async def test_a_lock_storm_asks_the_blockers_of_the_longest_waits_only(lab: Lab) -> None:
+    """250 sessions waiting behind one ACCESS EXCLUSIVE holder: all 250 are blocked sessions,
+    pg_blocking_pids() is asked for the MAX_BLOCKERS_ASKED longest waits (it walks every waiter
+    of the lock while it holds the lock manager, O(N²) for all of them), and the holder is the
+    chain's one root, as with a pg_blocking_pids() per waiter."""
+    pg = lab.postgres("pg-lock-storm", max_connections=300)
+    holder = await asyncpg.connect(pg.dsn())
+    waiters = await asyncio.gather(*(asyncpg.connect(pg.dsn()) for _ in range(250)))
+    source = pgsrc.PostgresSource(parse_target(pg.monitor_dsn(), "test"),
+                                  statement_timeout_ms=5000, connect_timeout=10,
+                                  top_transactions=5, hot_tables=())
+    tasks: list[asyncio.Task[str]] = []
+    try:
+        holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+        await holder.execute("CREATE TABLE storm (id int)")
+        await holder.execute("BEGIN; LOCK TABLE storm IN ACCESS EXCLUSIVE MODE")
+        tasks = [asyncio.create_task(w.execute("INSERT INTO storm VALUES (1)")) for w in waiters]
+
+        async def all_wait() -> bool:
+            return await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == 250
+
+        await eventually(all_wait, what="250 sessions wait on the lock")
+        snap = await source.poll()
+        assert len(snap.blocked) == 250
+        asked = [b for b in snap.blocked if b.blocked_by]
+        assert len(asked) == MAX_BLOCKERS_ASKED
+        assert {b.blocked_by for b in asked} == {(holder_pid,)}
+        longest_unasked = max(b.wait_seconds for b in snap.blocked if not b.blocked_by)
+        assert min(b.wait_seconds for b in asked) >= longest_unasked
+        assert [root for root, _ in lock_roots(snap)] == [holder_pid]
+        assert [b.pid for b in snap.blockers] == [holder_pid]
+        await holder.execute("ROLLBACK")
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert (await source.poll()).blocked == ()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await source.close()
+        for conn in (holder, *waiters):
             conn.terminate()

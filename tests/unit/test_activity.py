@@ -10,7 +10,14 @@ from typing import Any
 
 from exporter.labels import FOLDED
 from exporter.metricspec import MetricOptions
-from exporter.postgres.activity import APPLICATIONS_SEPARATOR, activity
+from exporter.postgres.activity import (
+    APPLICATIONS_SEPARATOR,
+    MAX_BLOCKERS_ASKED,
+    LockWait,
+    activity,
+    blocked_sessions,
+    blockers_to_ask,
+)
 from exporter.postgres.involved import explicit_pids, involved_pids
 from exporter.postgres.metrics import postgres_families
 from exporter.thresholds import thresholds
@@ -20,14 +27,12 @@ Row = tuple[Any, ...]
 
 
 def listed(pid: int, app: str, state: str = "active", *, age: float | None = 5.0,
-           state_age: float = 3.0,
-           wait: tuple[str, str] = ("", ""), blocked_by: list[int] | None = None,
+           state_age: float = 3.0, wait: tuple[str, str] = ("", ""),
            client: bool = True, db: str = "prefect", user: str = "prefect") -> Row:
     """A session that is not idle, as a row of its own (the read lists the sessions of one set
     of labels in one row: a row of one session is one of those; several join, see rows())."""
     return (db, user, None, state, *wait, state == "active" and wait[1] == "ClientRead", None, 1,
-            age, state_age, client, [app], [pid], [age], [state_age], ["10.0.0.1"],
-            [",".join(map(str, blocked_by)) or None if blocked_by is not None else None], None)
+            age, state_age, client, [app], [pid], [age], [state_age], ["10.0.0.1"], None)
 
 
 def idle(apps: list[str], *, db: str = "prefect", user: str = "prefect",
@@ -36,13 +41,13 @@ def idle(apps: list[str], *, db: str = "prefect", user: str = "prefect",
     one session: the read has no row for none)."""
     assert apps, "a row of no idle session"
     return (db, user, None, "idle", "Client", "ClientRead", False, None, len(apps), None,
-            state_age, True, None, None, None, None, None, None,
+            state_age, True, None, None, None, None, None,
             APPLICATIONS_SEPARATOR.join(apps))
 
 
 def listener(app: str, channel: str) -> Row:
     return ("prefect", "prefect", app, "idle", "Client", "ClientRead", False, channel, 1, None,
-            9.0, True, None, None, None, None, None, None, None)
+            9.0, True, None, None, None, None, None, None)
 
 
 def rows(*sessions: Row) -> list[Row]:
@@ -57,7 +62,7 @@ def rows(*sessions: Row) -> list[Row]:
         key = (*r[:8], r[11])
         same = joined.get(key)
         joined[key] = r if same is None else (
-            *same[:8], same[8] + 1, *r[9:12], *(a + b for a, b in zip(same[12:18], r[12:18],
+            *same[:8], same[8] + 1, *r[9:12], *(a + b for a, b in zip(same[12:17], r[12:17],
                                                                      strict=True)), None)
     return [*joined.values(), *others]
 
@@ -79,12 +84,27 @@ def test_the_oldest_are_the_top_n_ties_broken_by_pid() -> None:
 
 
 def test_blocked_sessions_are_read_from_any_backend_and_only_while_blocked() -> None:
-    rows = [listed(21, "writer", wait=("Lock", "transactionid"), blocked_by=[7]),
-            listed(22, "writer", wait=("Lock", "transactionid"), blocked_by=[]),  # went
-            listed(23, "autovacuum", wait=("Lock", "relation"), blocked_by=[7], client=False)]
+    rows = [listed(21, "writer", wait=("Lock", "transactionid")),
+            listed(22, "writer", wait=("Lock", "transactionid")),
+            listed(23, "autovacuum", wait=("Lock", "relation"), client=False),
+            listed(24, "api", wait=("IO", "DataFileRead"))]
     read = activity(rows, 5, 20)
-    assert [(b.pid, b.blocked_by) for b in read.blocked] == [(21, (7,)), (23, (7,))]
+    assert sorted(w.pid for w in read.lock_waits) == [21, 22, 23]
+    blocked = blocked_sessions(read.lock_waits, {21: [7], 22: [], 23: [7]})  # 22's went
+    assert sorted((b.pid, b.blocked_by) for b in blocked) == [(21, (7,)), (23, (7,))]
     assert all(g.application_name != "autovacuum" for g in read.groups)  # not a client
+
+
+def test_blockers_are_asked_for_the_longest_waits_the_others_still_count() -> None:
+    """pg_blocking_pids() for the MAX_BLOCKERS_ASKED longest waits only; every wait is a
+    blocked session, and the chain still finds its root through the asked."""
+    waits = [LockWait(1000 + i, float(i)) for i in range(MAX_BLOCKERS_ASKED + 50)]
+    asked = blockers_to_ask(reversed(waits))
+    assert asked == [w.pid for w in waits[::-1][:MAX_BLOCKERS_ASKED]]  # longest first
+    blocked = blocked_sessions(waits, {pid: [7] for pid in asked})
+    assert len(blocked) == len(waits)
+    assert sum(1 for b in blocked if b.blocked_by == (7,)) == MAX_BLOCKERS_ASKED
+    assert explicit_pids(blocked)[0] == 7
 
 
 def test_idle_sessions_beyond_the_top_n_fold_and_the_kept_keep_their_whole_weight() -> None:
@@ -136,16 +156,19 @@ def test_the_involved_are_the_chain_then_the_stalled_and_idle_past_thresholds_ol
             listed(2, "holder", "idle in transaction", age=idle_after + 10),
             listed(3, "older", "idle in transaction", age=idle_after + 900),
             listed(4, "young", "idle in transaction", age=idle_after - 10),  # not yet
-            listed(5, "writer", wait=("Lock", "transactionid"), age=30.0, blocked_by=[2])]
+            listed(5, "writer", wait=("Lock", "transactionid"), age=30.0)]
     read = activity(rows, 5, 20)
-    assert involved_pids(explicit_pids(read.blocked), read.in_transaction, t) == [2, 5, 3, 1]
+    blocked = blocked_sessions(read.lock_waits, {5: [2]})
+    assert involved_pids(explicit_pids(blocked), read.in_transaction, t) == [2, 5, 3, 1]
     assert involved_pids([99, 5], read.in_transaction, t) == [5, 99, 3, 2, 1]
 
 
 def test_a_session_blocked_by_several_lists_them_all() -> None:
-    read = activity(rows(listed(31, "writer", wait=("Lock", "tuple"), blocked_by=[7, 8]),
-                         listed(32, "writer", wait=("Lock", "tuple"), blocked_by=[31])), 5, 20)
-    assert [(b.pid, b.blocked_by) for b in read.blocked] == [(31, (7, 8)), (32, (31,))]
+    read = activity(rows(listed(31, "writer", wait=("Lock", "tuple")),
+                         listed(32, "writer", wait=("Lock", "tuple"))), 5, 20)
+    assert [w.pid for w in read.lock_waits] == [31, 32]  # one row of both, in its order
+    blocked = blocked_sessions(read.lock_waits, {31: [7, 8], 32: [31]})
+    assert [(b.pid, b.blocked_by) for b in blocked] == [(31, (7, 8)), (32, (31,))]
 
 
 def test_rows_of_the_same_labels_join_and_stay_as_read() -> None:
@@ -153,12 +176,12 @@ def test_rows_of_the_same_labels_join_and_stay_as_read() -> None:
     backend type pg_monitor's view hides): their sessions count together, and the rows read are
     not changed (asyncpg's, or a test's, may be read again)."""
     first, second = listed(41, "api"), listed(42, "api", age=80.0)
-    before = [list(column) for column in first[12:18]]
+    before = [list(column) for column in first[12:17]]
     read = activity([first, second], 5, 20)
     api = next(g for g in read.groups if g.application_name == "api")
     assert (api.sessions, api.max_transaction_age) == (2, 80.0)
     assert read.group_pids[read.groups.index(api)] == (41, 42)
-    assert [list(column) for column in first[12:18]] == before
+    assert [list(column) for column in first[12:17]] == before
 
 
 def test_the_source_folds_the_sessions_as_the_metrics_fold_them() -> None:
@@ -196,7 +219,7 @@ def _read_as_fresh(read: Any) -> tuple[Any, ...]:
     """What a read gives the rest of the exporter, groups in a stable order."""
     assert read.exported is not None
     return (sorted(zip(read.groups, read.group_pids, strict=True), key=repr),
-            sorted(read.exported.groups, key=repr), read.oldest, read.blocked)
+            sorted(read.exported.groups, key=repr), read.oldest, read.lock_waits)
 
 
 def test_a_read_with_the_same_names_reuses_the_last_ranking_and_reads_the_same() -> None:
