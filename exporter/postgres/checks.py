@@ -207,9 +207,14 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
             evidence.append(f"they wait on {', '.join(tables[:5])}")
         if chain.idle:
             evidence.append("it is idle in transaction: it holds its locks and does nothing")
+        unasked = sum(1 for b in pg.blocked if not b.blocked_by)
+        if unasked:  # a lock storm: pg_blocking_pids() was asked for the longest waits only
+            evidence.append(f"{unasked} more session(s) wait on locks, whom they wait behind "
+                            "not asked (pg_blocking_pids() for the 100 longest waits only)")
         yield LOCK_CHAIN.finding(
             chain.severity, pg.target,
             f"pid {root} blocks {len(behind)} session(s)"
+            + (f" (of {len(pg.blocked)} waiting on locks)" if unasked else "")
             + (" while idle in transaction" if chain.idle else ""),
             tuple(evidence),
             f"SELECT pg_terminate_backend({root}); ends it (its transaction rolls back). For "

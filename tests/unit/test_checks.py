@@ -299,3 +299,17 @@ def test_every_threshold_is_read_by_a_check_or_an_alert() -> None:
     declared = {name for check in CHECKS for name in check.thresholds}
     in_rules = {name for a in alerting.ALERTS for name in THRESHOLDS if f"{{{name}}}" in a.expr}
     assert set(THRESHOLDS) - declared - in_rules == set()
+
+
+def test_a_lock_storm_says_how_many_wait_beyond_those_whose_blockers_were_asked() -> None:
+    """In a lock storm pg_blocking_pids() is asked for the longest waits only (the source's
+    MAX_BLOCKERS_ASKED): the chain's count is of those, and the finding says how many wait in
+    all rather than understate it."""
+    asked = tuple(BlockedSession(10 + i, (1,), 30.0 - i) for i in range(3))
+    unasked = tuple(BlockedSession(20 + i, (), 5.0) for i in range(2))
+    [calm] = [f for f in diagnose([pg(group(), blocked=asked)]) if f.check == "lock_chain"]
+    assert calm.title == "pid 1 blocks 3 session(s)"
+    [storm] = [f for f in diagnose([pg(group(), blocked=asked + unasked)])
+               if f.check == "lock_chain"]
+    assert storm.title == "pid 1 blocks 3 session(s) (of 5 waiting on locks)"
+    assert any(e.startswith("2 more session(s) wait on locks") for e in storm.evidence)
