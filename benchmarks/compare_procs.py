@@ -51,6 +51,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def on_cpu_seconds(pid: int) -> float:
+    """Time on a CPU of a process from /proc/<pid>/schedstat, in nanoseconds: finer than
+    cpu_seconds' 10 ms ticks, for what costs a few ms."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
 @dataclass
 class Running:
     name: str

@@ -14,7 +14,7 @@ import asyncpg
 import psycopg
 
 from benchmarks.bench import bare_sql, databases
-from benchmarks.compare_procs import SHOWS
+from benchmarks.compare_procs import SHOWS, on_cpu_seconds
 from exporter.collector import ExporterCollector, Exposition
 from exporter.config import load
 from exporter.diagnosis import diagnose
@@ -79,14 +79,9 @@ async def postgres_floor(pg: LabPostgres, rounds: int) -> tuple[float, float, fl
 SESSIONS_READ_SQL = "SELECT count(*) FROM pg_stat_get_activity(NULL)"
 
 
-def on_cpu_seconds(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-
-
 async def sessions_read_cpu(pg: LabPostgres, reads: int) -> float:
     """The database CPU of one bare read of the sessions, the mean over `reads` reads: its
-    backend's time on a CPU from /proc/<pid>/schedstat (nanoseconds; /proc/<pid>/stat counts
-    10 ms ticks, coarser than a read at a hundred backends)."""
+    backend's time on a CPU (schedstat: ticks are coarser than a read at a hundred backends)."""
     conn = await asyncpg.connect(pg.monitor_dsn(),
                                  server_settings={"application_name": "compare-floor"})
     try:

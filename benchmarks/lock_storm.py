@@ -24,18 +24,11 @@ import asyncio
 import statistics
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 
-from exporter.postgres.activity import (
-    ACTIVITY_SQL,
-    BLOCKERS_SQL,
-    MAX_BLOCKERS_ASKED,
-    activity,
-    blocked_sessions,
-    blockers_to_ask,
-)
+from benchmarks.compare_procs import on_cpu_seconds
+from exporter.postgres.activity import ACTIVITY_SQL, MAX_BLOCKERS_ASKED, activity, read_blocked
 from exporter.postgres.involved import explicit_pids
 from lab.postgres import LabPostgres
 from lab.stack import running_lab
@@ -44,10 +37,6 @@ EVERY_WAITER_SQL = """
 SELECT pid, pg_blocking_pids(pid) AS blocked_by FROM pg_stat_activity
 WHERE wait_event_type = 'Lock'
 """
-
-
-def on_cpu_ms(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e6
 
 
 async def storm(pg: LabPostgres, waiters: int, reads: int) -> bool:
@@ -74,21 +63,19 @@ async def storm(pg: LabPostgres, waiters: int, reads: int) -> bool:
             await monitor.fetch(EVERY_WAITER_SQL)
 
         async def longest() -> None:
-            read = activity(await monitor.fetch(ACTIVITY_SQL), 5, 20)
-            await monitor.fetch(BLOCKERS_SQL, blockers_to_ask(read.lock_waits))
+            await read_blocked(monitor, activity(await monitor.fetch(ACTIVITY_SQL), 5,
+                                                 20).lock_waits)
 
         calls: tuple[Callable[[], Awaitable[None]], ...] = (every_waiter, longest)
         costs: tuple[list[float], list[float]] = ([], [])
         for _ in range(reads):
             for call, cost in zip(calls, costs, strict=True):
-                before = on_cpu_ms(pid)
+                before = on_cpu_seconds(pid) * 1000
                 await call()
-                cost.append(on_cpu_ms(pid) - before)
+                cost.append(on_cpu_seconds(pid) * 1000 - before)
         baseline, ours = map(statistics.median, costs)
-        read = activity(await monitor.fetch(ACTIVITY_SQL), 5, 20)
-        blocked = blocked_sessions(read.lock_waits, {r["pid"]: r["blocked_by"] for r in
-                                   await monitor.fetch(BLOCKERS_SQL,
-                                                       blockers_to_ask(read.lock_waits))})
+        blocked = await read_blocked(monitor, activity(await monitor.fetch(ACTIVITY_SQL), 5,
+                                                       20).lock_waits)
         holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
         named = len(blocked) == waiters and explicit_pids(blocked)[0] == holder_pid
         print(f"  {waiters:,} waiting: pg_blocking_pids() for every waiter {baseline:8.2f} ms "

@@ -242,6 +242,16 @@ def blocked_sessions(waits: Iterable[LockWait], blockers: Mapping[int, Sequence[
                  for w in waits if w.pid not in blockers or blockers[w.pid])
 
 
+async def read_blocked(conn: asyncpg.Connection, waits: Sequence[LockWait]
+                       ) -> tuple[BlockedSession, ...]:
+    """The lock waits as blocked sessions, their blockers asked (BLOCKERS_SQL) for the longest
+    waits: one more statement, only while sessions wait on a lock."""
+    if not waits:
+        return ()
+    rows = await conn.fetch(BLOCKERS_SQL, blockers_to_ask(waits))
+    return blocked_sessions(waits, {r["pid"]: r["blocked_by"] for r in rows})
+
+
 @dataclass(frozen=True)
 class ActivityRead:
     groups: tuple[ActivityGroup, ...]

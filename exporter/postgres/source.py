@@ -18,15 +18,12 @@ from exporter.dsn import Target, redact
 from exporter.incidents.fingerprint import fingerprint
 from exporter.postgres.activity import (
     ACTIVITY_SQL,
-    BLOCKERS_SQL,
     CLIENT_ADDR,
     ActivityRead,
-    LockWait,
     Ranking,
     activity,
-    blocked_sessions,
-    blockers_to_ask,
     index_builds,
+    read_blocked,
 )
 from exporter.postgres.growth import GrowthTracker
 from exporter.postgres.involved import (
@@ -388,16 +385,6 @@ def address_of(target: Target) -> Address:
     return Address(p.get("host", ""), p.get("port", "5432"), p.get("dbname", p.get("user", "")))
 
 
-async def _blocked(conn: asyncpg.Connection, waits: Sequence[LockWait]
-                   ) -> tuple[BlockedSession, ...]:
-    """The lock waits as blocked sessions, their blockers asked for the longest waits (one more
-    statement, only while sessions wait on a lock)."""
-    if not waits:
-        return ()
-    rows = await conn.fetch(BLOCKERS_SQL, blockers_to_ask(waits))
-    return blocked_sessions(waits, {r["pid"]: r["blocked_by"] for r in rows})
-
-
 class PostgresSource:
     kind = "postgres"
 
@@ -490,7 +477,7 @@ class PostgresSource:
         read = activity(rows, self._top_transactions,
                         self._label_top_n, self._ranking)
         self._ranking = read.ranking
-        blocked = await _blocked(conn, read.lock_waits)
+        blocked = await read_blocked(conn, read.lock_waits)
         involved = await self._involved(conn, read, blocked)
         top_statements = (await self._top_statements.read(conn, context.statements_extension,
                                                           time.time())
