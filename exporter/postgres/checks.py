@@ -13,7 +13,7 @@ from itertools import compress
 from operator import attrgetter
 
 from exporter.finding import ROOT, Check, Context, Finding, age
-from exporter.postgres.activity import SESSIONS_OF
+from exporter.postgres.activity import MAX_BLOCKERS_ASKED, SESSIONS_OF
 from exporter.postgres.causes import cause
 from exporter.postgres.involved import IDLE_IN_TRANSACTION, stalled_past
 from exporter.postgres.locks import lock_roots
@@ -195,6 +195,8 @@ def old_transactions(pg: PostgresSnapshot, t: Mapping[str, float],
 
 def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
     """Who blocks whom, down to the root blockers: holders that are not waiting themselves."""
+    # in a lock storm pg_blocking_pids() is asked for the longest waits only
+    unasked = sum(1 for b in pg.blocked if not b.blocked_by)
     for chain in lock_chains(pg, ctx.thresholds):
         root, behind, holder = chain.root, chain.behind, chain.holder
         evidence = [f"root blocker: {_who(holder)}" if holder else f"root blocker: pid {root}",
@@ -207,10 +209,10 @@ def blocking_tree(pg: PostgresSnapshot, ctx: Context) -> Iterator[Finding]:
             evidence.append(f"they wait on {', '.join(tables[:5])}")
         if chain.idle:
             evidence.append("it is idle in transaction: it holds its locks and does nothing")
-        unasked = sum(1 for b in pg.blocked if not b.blocked_by)
-        if unasked:  # a lock storm: pg_blocking_pids() was asked for the longest waits only
+        if unasked:
             evidence.append(f"{unasked} more session(s) wait on locks, whom they wait behind "
-                            "not asked (pg_blocking_pids() for the 100 longest waits only)")
+                            f"not asked (pg_blocking_pids() for the {MAX_BLOCKERS_ASKED} "
+                            "longest waits only)")
         yield LOCK_CHAIN.finding(
             chain.severity, pg.target,
             f"pid {root} blocks {len(behind)} session(s)"

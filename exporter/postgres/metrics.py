@@ -12,7 +12,7 @@ from prometheus_client.core import Metric
 
 from exporter.labels import OTHER, Folder, bounded_max, bounded_sum, clean, keep_top
 from exporter.metricspec import MetricOptions, MetricSpec, Specs
-from exporter.postgres.activity import added_up, session_weights
+from exporter.postgres.activity import MAX_BLOCKERS_ASKED, added_up, session_weights
 from exporter.postgres.snapshot import (
     ActivityGroup,
     PostgresSnapshot,
@@ -68,7 +68,7 @@ BLOCKED_BY_RELATION = _pg(
 BLOCKING_SESSIONS = _pg(
     "postgres_blocking_sessions", "target",
     "Distinct sessions that block at least one other session (pg_blocking_pids, asked for the "
-    "100 longest lock waits).")
+    f"{MAX_BLOCKERS_ASKED} longest lock waits).")
 OLDEST_TRANSACTIONS = _pg(
     "postgres_oldest_transaction_age_seconds",
     "target rank pid datname usename application_name client_addr state wait_event",
